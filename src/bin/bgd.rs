@@ -1,0 +1,78 @@
+//! `bgd --config FILE`: the daemon, in the foreground, logging to stderr.
+//!
+//! Exit codes: 0 stopped by SIGTERM/SIGINT; 1 failed while running (cannot
+//! bind, cannot write root, ...); 2 bad arguments or bad config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use bgd::config::Config;
+use bgd::spawn;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Blue-green process supervisor: holds the sockets, runs blue and green, swaps them without a failed request"
+)]
+struct Args {
+    /// The config file (TOML).
+    #[arg(short, long, value_name = "FILE")]
+    config: PathBuf,
+    /// Only validate the config, then exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    // The exec trampoline must run before anything starts a thread.
+    let mut argv = std::env::args_os();
+    if argv.nth(1).is_some_and(|a| a == spawn::TRAMPOLINE_ARG) {
+        return ExitCode::from(spawn::trampoline(argv) as u8);
+    }
+    let args = Args::parse();
+    init_logging();
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bgd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        println!("{}: ok", config.file.display());
+        return ExitCode::SUCCESS;
+    }
+    // One runtime thread: every child is spawned from it, so PDEATHSIG (tied
+    // to the spawning thread) fires exactly when bgd exits. Blocking work
+    // such as copying a build runs on tokio's blocking pool.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bgd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bgd::daemon::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bgd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("BGD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,491 @@
+//! The TOML config file, parsed and validated into a [`Config`].
+//!
+//! Every error names the file, line and column and says what to change:
+//! `bgd.toml:12:9: bad duration "30": write a number with a unit, such as "30s"`.
+//! Relative paths resolve against the config file's directory.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::Deserialize;
+
+/// A validated config; every path in it is absolute.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub file: PathBuf,
+    pub name: String,
+    /// bgd's own directory: `blue/`, `green/`, the `live` symlink, state.
+    pub root: PathBuf,
+    pub control: PathBuf,
+    /// Mode of the control socket file (0600 unless `control_mode` says otherwise).
+    pub control_mode: u32,
+    pub listen: Vec<ListenConfig>,
+    pub app: AppConfig,
+    pub health: HealthConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenConfig {
+    /// Its `LISTEN_FDNAMES` entry.
+    pub name: String,
+    pub address: ListenAddr,
+    /// File mode of a Unix socket (0666 unless set).
+    pub mode: u32,
+    pub backlog: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// Program and arguments. A program with a `/` resolves inside the
+    /// color's directory; a bare name is looked up in `PATH`.
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub stop_signal: Signal,
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    /// Path for a GET through the color's private probe socket; ready on 2xx.
+    pub http: Option<String>,
+    /// Wait for `READY=1` on the NOTIFY_SOCKET bgd gives the color.
+    pub notify: bool,
+    /// A command run in the color's directory until it exits 0.
+    pub exec: Option<Vec<String>>,
+    pub timeout: Duration,
+}
+
+/// A config error, already formatted as `file:line:col: message`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Reads, parses and validates `file`. Binds nothing.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            ConfigError(format!(
+                "{}: cannot read the config file: {e}",
+                file.display()
+            ))
+        })?;
+        Self::parse(file, &text)
+    }
+
+    /// Parses `text` as if it had been read from `file`.
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let file = absolute(file);
+        let dir = file.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let raw: Raw = toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|s| line_col(text, s.start));
+            ConfigError(located(&file, at, e.message()))
+        })?;
+        let fail = |span: std::ops::Range<usize>, msg: String| {
+            ConfigError(located(&file, Some(line_col(text, span.start)), &msg))
+        };
+
+        if raw.name.get_ref().trim().is_empty() {
+            return Err(fail(
+                raw.name.span(),
+                "name is empty: give the app a name, such as \"hello\"".into(),
+            ));
+        }
+        let root = dir.join(raw.root);
+        let control = raw
+            .control
+            .map(|c| dir.join(c))
+            .unwrap_or_else(|| root.join("bgd.sock"));
+        check_unix_path(&control).map_err(|m| fail(0..0, format!("control: {m}")))?;
+
+        if raw.listen.is_empty() {
+            return Err(ConfigError(located(
+                &file,
+                None,
+                "no [[listen]] socket: add at least one, such as [[listen]] name = \"http\" address = \"127.0.0.1:8080\"",
+            )));
+        }
+        let mut listen = Vec::new();
+        for l in raw.listen {
+            let name = l.name.get_ref();
+            if !valid_fd_name(name) {
+                return Err(fail(l.name.span(), format!(
+                    "listen name {name:?} is not a valid LISTEN_FDNAMES entry: use 1 to 255 characters of letters, digits, '-', '_' or '.'"
+                )));
+            }
+            if name == PROBE_FD_NAME {
+                return Err(fail(l.name.span(), format!(
+                    "listen name {PROBE_FD_NAME:?} is reserved for bgd's private health-probe socket: pick another name"
+                )));
+            }
+            if listen.iter().any(|x: &ListenConfig| &x.name == name) {
+                return Err(fail(
+                    l.name.span(),
+                    format!("listen name {name:?} is used twice: names must be unique"),
+                ));
+            }
+            let address =
+                parse_address(l.address.get_ref(), &dir).map_err(|m| fail(l.address.span(), m))?;
+            if let ListenAddr::Unix(p) = &address {
+                check_unix_path(p).map_err(|m| fail(l.address.span(), m))?;
+            }
+            if listen.iter().any(|x: &ListenConfig| x.address == address) {
+                return Err(fail(
+                    l.address.span(),
+                    format!("address {address} is listed twice"),
+                ));
+            }
+            let mode = match l.mode {
+                Some(m) => parse_mode(m.get_ref()).map_err(|e| fail(m.span(), e))?,
+                None => 0o666,
+            };
+            listen.push(ListenConfig {
+                name: name.clone(),
+                address,
+                mode,
+                backlog: l
+                    .backlog
+                    .unwrap_or(libc::SOMAXCONN as u32)
+                    .min(i32::MAX as u32) as i32,
+            });
+        }
+
+        let command = raw.app.command.get_ref();
+        if command.is_empty() || command[0].is_empty() {
+            return Err(fail(
+                raw.app.command.span(),
+                "app.command is empty: name the program to run, such as [\"./server\"]".into(),
+            ));
+        }
+        for key in raw.app.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(fail(
+                    raw.app.command.span(),
+                    format!("app.env key {key:?} is not a valid variable name"),
+                ));
+            }
+        }
+
+        let health = raw.health;
+        if health.http.is_none() && !health.notify && health.exec.is_none() {
+            return Err(ConfigError(located(
+                &file,
+                None,
+                "[health] checks nothing: set http = \"/healthz\", notify = true or exec = [\"./check\"], so a release knows when the new color is ready",
+            )));
+        }
+        if let Some(p) = &health.http {
+            if !p.get_ref().starts_with('/') || p.get_ref().chars().any(|c| c.is_whitespace()) {
+                return Err(fail(
+                    p.span(),
+                    format!(
+                        "health.http {:?} must be a path starting with '/', such as \"/healthz\"",
+                        p.get_ref()
+                    ),
+                ));
+            }
+        }
+        if let Some(e) = &health.exec {
+            if e.get_ref().is_empty() || e.get_ref()[0].is_empty() {
+                return Err(fail(
+                    e.span(),
+                    "health.exec is empty: name the check command, such as [\"./check\"]".into(),
+                ));
+            }
+        }
+
+        Ok(Config {
+            file: file.clone(),
+            name: raw.name.into_inner(),
+            root,
+            control,
+            control_mode: match raw.control_mode {
+                Some(m) => parse_mode(m.get_ref()).map_err(|e| fail(m.span(), e))?,
+                None => 0o600,
+            },
+            listen,
+            app: AppConfig {
+                command: raw.app.command.into_inner(),
+                env: raw.app.env,
+                stop_signal: raw.app.stop_signal.map(|s| s.0).unwrap_or(Signal::SIGTERM),
+                drain_timeout: raw
+                    .app
+                    .drain_timeout
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_secs(30)),
+            },
+            health: HealthConfig {
+                http: health.http.map(|s| s.into_inner()),
+                notify: health.notify,
+                exec: health.exec.map(|s| s.into_inner()),
+                timeout: health
+                    .timeout
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_secs(30)),
+            },
+        })
+    }
+}
+
+/// The extra named fd bgd passes to each color for health probes.
+pub const PROBE_FD_NAME: &str = "probe";
+
+type Spanned<T> = toml::Spanned<T>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    name: Spanned<String>,
+    root: PathBuf,
+    control: Option<PathBuf>,
+    control_mode: Option<Spanned<String>>,
+    #[serde(default)]
+    listen: Vec<RawListen>,
+    app: RawApp,
+    health: RawHealth,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    name: Spanned<String>,
+    address: Spanned<String>,
+    mode: Option<Spanned<String>>,
+    backlog: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    command: Spanned<Vec<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    stop_signal: Option<SignalName>,
+    drain_timeout: Option<HumanDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    http: Option<Spanned<String>>,
+    #[serde(default)]
+    notify: bool,
+    exec: Option<Spanned<Vec<String>>>,
+    timeout: Option<HumanDuration>,
+}
+
+/// A duration written with a unit: "30s", "500ms", "2m".
+struct HumanDuration(Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("bad duration {s:?} ({e}): write a number with a unit, such as \"30s\", \"500ms\" or \"2m\"")
+    })
+}
+
+/// A signal name: "SIGTERM", "TERM" or "term".
+struct SignalName(Signal);
+
+impl<'de> Deserialize<'de> for SignalName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_signal(&s)
+            .map(SignalName)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+pub fn parse_signal(s: &str) -> Result<Signal, String> {
+    let upper = s.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    match Signal::from_str(&full) {
+        Ok(Signal::SIGKILL | Signal::SIGSTOP) => Err(format!(
+            "stop_signal {s:?} cannot be caught, so the app could not drain: use the app's graceful-stop signal, such as \"SIGTERM\""
+        )),
+        Ok(sig) => Ok(sig),
+        Err(_) => Err(format!(
+            "unknown signal {s:?}: use a name such as \"SIGTERM\", \"SIGINT\", \"SIGQUIT\" or \"SIGUSR1\""
+        )),
+    }
+}
+
+fn parse_address(s: &str, dir: &Path) -> Result<ListenAddr, String> {
+    if let Some(path) = s.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err("unix: address has no path: write \"unix:/run/app.sock\"".into());
+        }
+        return Ok(ListenAddr::Unix(dir.join(path)));
+    }
+    s.parse::<SocketAddr>().map(ListenAddr::Tcp).map_err(|_| {
+        format!("bad address {s:?}: write \"host:port\" with an IP address (\"127.0.0.1:8080\"), \"[::1]:8080\" or \"unix:/path/to.sock\"")
+    })
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| {
+            format!("bad file mode {s:?}: write it in octal, such as \"0600\" or \"0660\"")
+        })
+}
+
+/// `sun_path` holds 108 bytes including the terminating NUL.
+fn check_unix_path(p: &Path) -> Result<(), String> {
+    let len = p.as_os_str().len();
+    if len >= 108 {
+        return Err(format!(
+            "Unix socket path {} is {len} bytes; the limit is 107: use a shorter path",
+            p.display()
+        ));
+    }
+    Ok(())
+}
+
+fn valid_fd_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 255
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+fn located(file: &Path, at: Option<(usize, usize)>, msg: &str) -> String {
+    let msg = msg.trim_end();
+    match at {
+        Some((l, c)) => format!("{}:{l}:{c}: {msg}", file.display()),
+        None => format!("{}: {msg}", file.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "hello"
+root = "state"
+
+[[listen]]
+name = "http"
+address = "127.0.0.1:8080"
+
+[app]
+command = ["./server"]
+drain_timeout = "5s"
+
+[health]
+http = "/healthz"
+"#;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(Path::new("/etc/bgd/app.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn good_config_resolves_paths_and_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.root, Path::new("/etc/bgd/state"));
+        assert_eq!(c.control, Path::new("/etc/bgd/state/bgd.sock"));
+        assert_eq!(c.app.stop_signal, Signal::SIGTERM);
+        assert_eq!(c.app.drain_timeout, Duration::from_secs(5));
+        assert_eq!(c.health.timeout, Duration::from_secs(30));
+        assert_eq!(c.control_mode, 0o600);
+    }
+
+    #[test]
+    fn errors_name_line_and_column() {
+        let bad = GOOD.replace("drain_timeout = \"5s\"", "drain_timeout = \"5\"");
+        let e = parse(&bad).unwrap_err();
+        assert!(e.starts_with("/etc/bgd/app.toml:12:17: "), "{e}");
+        assert!(e.contains("such as \"30s\""), "{e}");
+
+        let e = parse(&GOOD.replace("[app]", "[app]\ncomand = 1")).unwrap_err();
+        assert!(e.starts_with("/etc/bgd/app.toml:11:1: "), "{e}");
+        assert!(e.contains("unknown field `comand`"), "{e}");
+    }
+
+    #[test]
+    fn rejects_what_cannot_work() {
+        for (from, to, want) in [
+            ("127.0.0.1:8080", "localhost", "bad address"),
+            ("[\"./server\"]", "[]", "app.command is empty"),
+            ("http = \"/healthz\"", "", "checks nothing"),
+            (
+                "http = \"/healthz\"",
+                "http = \"healthz\"",
+                "starting with '/'",
+            ),
+            (
+                "drain_timeout = \"5s\"",
+                "stop_signal = \"SIGKILL\"",
+                "cannot be caught",
+            ),
+            (
+                "drain_timeout = \"5s\"",
+                "stop_signal = \"SIGFOO\"",
+                "unknown signal",
+            ),
+            ("name = \"http\"", "name = \"probe\"", "reserved"),
+            ("name = \"http\"", "name = \"a:b\"", "LISTEN_FDNAMES"),
+        ] {
+            let e = parse(&GOOD.replace(from, to)).unwrap_err();
+            assert!(e.contains(want), "{from} -> {to}: {e}");
+        }
+    }
+
+    #[test]
+    fn signal_names_in_any_case() {
+        assert_eq!(parse_signal("term").unwrap(), Signal::SIGTERM);
+        assert_eq!(parse_signal("SIGQUIT").unwrap(), Signal::SIGQUIT);
+    }
+}

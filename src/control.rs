@@ -1,0 +1,116 @@
+//! The control socket: accept, check the peer, decode one request, stream
+//! the replies back.
+//!
+//! Each connection is its own task, so a slow or stalled client never
+//! blocks the daemon's event loop or other clients. A client that goes away
+//! mid-release only stops receiving progress: the release itself goes on.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc::{self, UnboundedSender};
+
+use crate::daemon::Event;
+use crate::listen::remove_stale_unix_socket;
+use crate::protocol::{self, Failure, FailureKind, Reply, MAX_REQUEST_BYTES};
+
+/// How long a client may take to send its request line.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn bind(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    remove_stale_unix_socket(path).with_context(|| format!("control socket {}", path.display()))?;
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("cannot bind the control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set mode {mode:o} on {}", path.display()))?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, events: UnboundedSender<Event>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(handle(stream, events.clone()));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!("control socket accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Root and bgd's own user may send requests.
+fn allowed(uid: u32) -> bool {
+    uid == 0 || uid == nix::unistd::geteuid().as_raw()
+}
+
+async fn handle(stream: UnixStream, events: UnboundedSender<Event>) {
+    let (read, mut write) = stream.into_split();
+    let peer = write.as_ref().peer_cred();
+    if let Ok(cred) = &peer {
+        if !allowed(cred.uid()) {
+            tracing::warn!(
+                uid = cred.uid(),
+                pid = cred.pid(),
+                "refused a control connection from a user that may not control bgd"
+            );
+            let f = Failure::new(FailureKind::BadRequest, None, format!(
+                "permission denied: uid {} may not control this bgd; run bgctl as root or as bgd's own user", cred.uid()
+            ));
+            let _ = write.write_all(&protocol::encode(&Reply::Error(f))).await;
+            return;
+        }
+    }
+    let mut reader = BufReader::new(read).take(MAX_REQUEST_BYTES as u64 + 1);
+    let mut line = Vec::new();
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await;
+    let request = match read {
+        Err(_) => Err(Failure::new(
+            FailureKind::BadRequest,
+            None,
+            format!("no request line within {REQUEST_TIMEOUT:?}"),
+        )),
+        Ok(Err(e)) => Err(Failure::new(
+            FailureKind::BadRequest,
+            None,
+            format!("cannot read the request: {e}"),
+        )),
+        Ok(Ok(0)) => return,
+        Ok(Ok(_)) if line.len() > MAX_REQUEST_BYTES => Err(Failure::new(
+            FailureKind::BadRequest,
+            None,
+            format!("request line longer than {MAX_REQUEST_BYTES} bytes"),
+        )),
+        Ok(Ok(_)) => protocol::decode_request(&line),
+    };
+    let request = match request {
+        Ok(r) => r,
+        Err(f) => {
+            tracing::debug!("bad control request: {}", f.message);
+            let _ = write.write_all(&protocol::encode(&Reply::Error(f))).await;
+            return;
+        }
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    if events.send(Event::Request(request, tx)).is_err() {
+        return;
+    }
+    while let Some(reply) = rx.recv().await {
+        let last = !matches!(reply, Reply::Progress { .. });
+        if write.write_all(&protocol::encode(&reply)).await.is_err() {
+            return; // the client left; the daemon carries on
+        }
+        if last {
+            return;
+        }
+    }
+}

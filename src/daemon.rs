@@ -1,0 +1,850 @@
+//! The daemon: start-up order, the event loop that owns the deployment
+//! state, and the shutdown sequence.
+//!
+//! [`Daemon`] is the one owner of the state: which color is live, what each
+//! color runs, the release in progress. Everything else (the control socket,
+//! release tasks, drains, exit watchers, signals) talks to it through the
+//! closed [`Event`] enum, and each arm of the loop is one call.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::task::JoinHandle;
+
+use crate::color::Color;
+use crate::config::Config;
+use crate::listen::Listeners;
+use crate::process::AppProcess;
+use crate::protocol::{
+    ColorStatus, Failure, FailureKind, ReleaseProgress, Reply, Request, Status, Step,
+};
+use crate::reaper::{Exit, Reaper};
+use crate::release::{self, Plan, Timings};
+use crate::state::{self, Build, State};
+use crate::{control, stage, Ctx};
+
+/// Where a client's replies go. Sending fails silently once the client has
+/// gone: a release whose client disconnected still completes.
+pub type Responder = UnboundedSender<Reply>;
+
+/// Everything the daemon reacts to.
+pub enum Event {
+    /// A control request and where to answer it.
+    Request(Request, Responder),
+    /// A release task reached a step.
+    Progress {
+        id: u64,
+        step: Step,
+        message: String,
+    },
+    /// A release task copied a build into `color`'s directory.
+    Staged { id: u64, color: Color, build: Build },
+    /// A release task finished: a ready color, or why not.
+    Prepared {
+        id: u64,
+        result: Result<(AppProcess, Timings), Failure>,
+    },
+    /// A drain task stopped the old color.
+    Drained { id: u64, color: Color, exit: Exit },
+    /// A live color's leader exited on its own.
+    Exited { color: Color, pid: Pid, exit: Exit },
+    /// The backoff before restarting a dead live color has passed.
+    RestartDue { color: Color },
+    /// SIGTERM or SIGINT.
+    Stop,
+}
+
+/// Runs the daemon until it is stopped.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let root = config.root.clone();
+    std::fs::create_dir_all(&root)
+        .with_context(|| format!("cannot create root {}", root.display()))?;
+    let _lock = lock_root(&root)?;
+    state::kill_leftover_groups(&root);
+    stage::remove_leftovers(&root).with_context(|| format!("cannot clean {}", root.display()))?;
+    let state = State::load(&root)?;
+    let listeners = Listeners::bind(&config.listen)?;
+    let reaper = Reaper::start().context("cannot start reaping child processes")?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    forward_signals(tx.clone())?;
+    let control = control::bind(&config.control, config.control_mode)?;
+    let ctx = Arc::new(Ctx {
+        config,
+        listeners,
+        reaper,
+    });
+    tokio::spawn(control::serve(control, tx.clone()));
+    tracing::info!(name = %ctx.config.name, control = %ctx.config.control.display(), "bgd is up");
+
+    let mut daemon = Daemon::new(ctx.clone(), state, tx);
+    daemon.boot();
+    daemon.run(rx).await;
+
+    let _ = std::fs::remove_file(&ctx.config.control);
+    ctx.listeners.remove_unix_paths();
+    tracing::info!("bgd stopped");
+    Ok(())
+}
+
+/// One bgd per root: a second one would fight over the colors.
+fn lock_root(root: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = root.join("bgd.lock");
+    let file = std::fs::File::create(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        anyhow::anyhow!("another bgd already runs with root {} ({e}): stop it first, or give this one another root", root.display())
+    })
+}
+
+fn forward_signals(tx: UnboundedSender<Event>) -> std::io::Result<()> {
+    for kind in [SignalKind::terminate(), SignalKind::interrupt()] {
+        let mut s = signal(kind)?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                if tx.send(Event::Stop).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// What a release task was started for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Release,
+    Rollback,
+    /// Starting the live color again after it died, or after bgd started.
+    Restart,
+}
+
+struct InProgress {
+    /// Matches this task's events; for a release also its release id.
+    id: u64,
+    /// The release id of the build being started.
+    release: u64,
+    kind: Kind,
+    color: Color,
+    label: Option<String>,
+    step: Step,
+    since: SystemTime,
+    started: Instant,
+    client: Option<Responder>,
+    timings: Timings,
+    swapped_at: Option<Instant>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Stopped,
+    Starting,
+    Live,
+    Draining,
+    /// Live, but its process died; a restart is scheduled or running.
+    Restarting,
+}
+
+struct Slot {
+    /// The running process while the color is live.
+    process: Option<AppProcess>,
+    phase: Phase,
+    /// The pid shown in status; also set while a release or drain owns the process.
+    pid: Option<Pid>,
+    since: SystemTime,
+    restarts: u32,
+    /// Restarts since the color last ran long enough to count as healthy.
+    streak: u32,
+    last_exit: Option<Exit>,
+    /// A restart came due while a release was running.
+    restart_waiting: bool,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            process: None,
+            phase: Phase::Stopped,
+            pid: None,
+            since: SystemTime::now(),
+            restarts: 0,
+            streak: 0,
+            last_exit: None,
+            restart_waiting: false,
+        }
+    }
+
+    fn set(&mut self, phase: Phase, pid: Option<Pid>) {
+        self.phase = phase;
+        self.pid = pid;
+        self.since = SystemTime::now();
+    }
+}
+
+/// A color that has run this long before dying is restarted without delay.
+const HEALTHY_UPTIME: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+struct Daemon {
+    ctx: Arc<Ctx>,
+    state: State,
+    blue: Slot,
+    green: Slot,
+    release: Option<InProgress>,
+    events: UnboundedSender<Event>,
+    last_result: Option<String>,
+    /// 0 while running; 1 after the first stop signal (drain); 2 after the second (kill).
+    stopping: u8,
+    /// Drains still running; the daemon exits when this is 0 and it is stopping.
+    drains: usize,
+    /// Sent READY=1 to systemd already.
+    notified_ready: bool,
+}
+
+impl Daemon {
+    fn new(ctx: Arc<Ctx>, state: State, events: UnboundedSender<Event>) -> Daemon {
+        Daemon {
+            ctx,
+            state,
+            blue: Slot::new(),
+            green: Slot::new(),
+            release: None,
+            events,
+            last_result: None,
+            stopping: 0,
+            drains: 0,
+            notified_ready: false,
+        }
+    }
+
+    fn slot(&mut self, c: Color) -> &mut Slot {
+        match c {
+            Color::Blue => &mut self.blue,
+            Color::Green => &mut self.green,
+        }
+    }
+
+    /// Starts the color the state says was live, from its directory.
+    fn boot(&mut self) {
+        match self.state.live {
+            Some(color) => {
+                tracing::info!(%color, "starting the live color from its directory");
+                self.slot(color).set(Phase::Restarting, None);
+                self.start_restart(color);
+            }
+            None => {
+                tracing::info!("no color is live yet: waiting for `bgctl release DIR`");
+                self.notify_ready();
+            }
+        }
+    }
+
+    async fn run(&mut self, mut rx: UnboundedReceiver<Event>) {
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                Event::Request(req, reply) => self.on_request(req, reply),
+                Event::Progress { id, step, message } => self.on_progress(id, step, message),
+                Event::Staged { id, color, build } => self.on_staged(id, color, build),
+                Event::Prepared { id, result } => self.on_prepared(id, result),
+                Event::Drained { id, color, exit } => self.on_drained(id, color, exit),
+                Event::Exited { color, pid, exit } => self.on_exited(color, pid, exit).await,
+                Event::RestartDue { color } => self.on_restart_due(color),
+                Event::Stop => self.on_stop(),
+            }
+            if self.stopping > 0 && self.drains == 0 && self.release.is_none() {
+                return;
+            }
+        }
+    }
+
+    fn on_request(&mut self, req: Request, reply: Responder) {
+        match req {
+            Request::Status => {
+                let status =
+                    serde_json::to_value(self.status()).expect("status serializes infallibly");
+                let _ = reply.send(Reply::Done { result: status });
+            }
+            Request::Release { dir, label } => {
+                self.begin(Kind::Release, Some(PathBuf::from(dir)), label, reply)
+            }
+            Request::Rollback => self.begin(Kind::Rollback, None, None, reply),
+        }
+    }
+
+    /// Starts a release or rollback requested by a client, or refuses it.
+    fn begin(
+        &mut self,
+        kind: Kind,
+        source: Option<PathBuf>,
+        label: Option<String>,
+        reply: Responder,
+    ) {
+        let refuse = |kind: FailureKind, msg: String| {
+            let _ = reply.send(Reply::Error(Failure::new(kind, None, msg)));
+        };
+        if self.stopping > 0 {
+            return refuse(
+                FailureKind::Busy,
+                "bgd is shutting down; nothing new is started".into(),
+            );
+        }
+        if let Some(r) = &self.release {
+            return refuse(
+                FailureKind::Busy,
+                format!(
+                    "{} {} is in progress (step {}, {} since {}): releases never overlap, so run this one again when it finishes (`bgctl status` shows progress)",
+                    kind_name(r.kind), r.release, r.step, r.color, crate::rfc3339(r.since)
+                ),
+            );
+        }
+        let color = match self.state.live {
+            Some(live) => live.other(),
+            None => Color::Blue,
+        };
+        let (source, release, label) = match kind {
+            Kind::Rollback => {
+                let Some(live) = self.state.live else {
+                    return refuse(FailureKind::BadRequest, "nothing is live, so there is nothing to roll back from: use `bgctl release DIR`".into());
+                };
+                match self.state.build(color) {
+                    Some(b) if b.went_live => (None, b.release, b.label.clone()),
+                    Some(b) => {
+                        return refuse(FailureKind::BadRequest, format!(
+                            "nothing to roll back to: {color} holds release {} which never went live (its release failed); {live} stays live", b.release
+                        ))
+                    }
+                    None => return refuse(FailureKind::BadRequest, format!("nothing to roll back to: {color} holds no build yet")),
+                }
+            }
+            _ => {
+                let Some(src) = source else {
+                    unreachable!("a release always has a source")
+                };
+                if !src.is_absolute() {
+                    return refuse(
+                        FailureKind::BadRequest,
+                        format!("build path {} must be absolute", src.display()),
+                    );
+                }
+                let id = self.state.next_release;
+                self.state.next_release += 1;
+                if let Err(e) = self.state.save(&self.ctx.config.root) {
+                    self.state.next_release -= 1;
+                    return refuse(
+                        FailureKind::Internal,
+                        format!("cannot write bgd's state: {e}"),
+                    );
+                }
+                (Some(src), id, label)
+            }
+        };
+        let id = if kind == Kind::Rollback {
+            fresh_id()
+        } else {
+            release
+        };
+        let plan = Plan {
+            id,
+            color,
+            source,
+            label: label.clone(),
+            release,
+        };
+        tracing::info!(release, %color, "{} begins", kind_name(kind));
+        self.launch(kind, plan, Some(reply));
+    }
+
+    fn launch(&mut self, kind: Kind, plan: Plan, client: Option<Responder>) {
+        let color = plan.color;
+        let task = tokio::spawn(release::run(
+            self.ctx.clone(),
+            plan.clone(),
+            self.events.clone(),
+        ));
+        if kind != Kind::Restart {
+            self.slot(color).set(Phase::Starting, None);
+        }
+        self.release = Some(InProgress {
+            id: plan.id,
+            release: plan.release,
+            kind,
+            color,
+            label: plan.label,
+            step: if plan.source.is_some() {
+                Step::Validate
+            } else {
+                Step::Start
+            },
+            since: SystemTime::now(),
+            started: Instant::now(),
+            client,
+            timings: Timings::default(),
+            swapped_at: None,
+            task,
+        });
+    }
+
+    fn current(&mut self, id: u64) -> Option<&mut InProgress> {
+        self.release.as_mut().filter(|r| r.id == id)
+    }
+
+    fn on_progress(&mut self, id: u64, step: Step, message: String) {
+        let Some(r) = self.current(id) else { return };
+        r.step = step;
+        tracing::info!("{step}: {message}");
+        if let Some(c) = &r.client {
+            let _ = c.send(Reply::Progress { step, message });
+        }
+    }
+
+    fn on_staged(&mut self, id: u64, color: Color, build: Build) {
+        if self.current(id).is_none() {
+            return;
+        }
+        self.state.set_build(color, build);
+        if let Err(e) = self.state.save(&self.ctx.config.root) {
+            tracing::error!("cannot write bgd's state after staging: {e}");
+        }
+    }
+
+    fn on_prepared(&mut self, id: u64, result: Result<(AppProcess, Timings), Failure>) {
+        let Some(r) = self.current(id) else {
+            // A task aborted at shutdown; dropping its process kills it.
+            return;
+        };
+        let kind = r.kind;
+        match result {
+            Ok((app, timings)) => {
+                r.timings = timings;
+                if kind == Kind::Restart {
+                    self.finish_restart(app)
+                } else {
+                    self.swap(app)
+                }
+            }
+            Err(failure) => self.fail(failure),
+        }
+    }
+
+    /// The new color is ready: record it as live, then drain the old one.
+    fn swap(&mut self, app: AppProcess) {
+        let r = self
+            .release
+            .as_mut()
+            .expect("swap runs for the release in progress");
+        let (id, release, new) = (r.id, r.release, r.color);
+        r.step = Step::Swap;
+        let root = self.ctx.config.root.clone();
+        let previous = self.state.clone();
+        self.state.live = Some(new);
+        let mut build = self.state.build(new).cloned();
+        if let Some(b) = build.as_mut() {
+            b.went_live = true;
+            self.state.set_build(new, b.clone());
+        }
+        if let Err(e) = self.state.save(&root) {
+            self.state = previous;
+            let f = Failure::new(
+                FailureKind::Internal,
+                Some(Step::Swap),
+                format!(
+                    "cannot record the new live color in {}: {e}; the old color stays live",
+                    State::path(&root).display()
+                ),
+            );
+            drop(app); // kills the new color
+            return self.fail(f);
+        }
+        if let Err(e) = state::point_live_symlink(&root, new) {
+            tracing::error!("cannot repoint {}/live: {e}", root.display());
+        }
+        self.make_live(app);
+        let r = self.release.as_mut().expect("still in progress");
+        r.swapped_at = Some(Instant::now());
+        tracing::info!(release, "{new} is live");
+
+        let old = new.other();
+        match self.slot(old).process.take() {
+            Some(proc) => {
+                let pid = proc.pid;
+                self.slot(old).set(Phase::Draining, Some(pid));
+                self.on_progress(
+                    id,
+                    Step::Drain,
+                    format!("{new} is live; draining {old} (pid {pid})"),
+                );
+                self.spawn_drain(id, proc);
+            }
+            None => {
+                self.slot(old).set(Phase::Stopped, None);
+                self.finish_release(id, old, None);
+            }
+        }
+    }
+
+    fn make_live(&mut self, app: AppProcess) {
+        let (color, pid) = (app.color, app.pid);
+        state::record_pgid(&self.ctx.config.root, color, Some(pid));
+        let exit = app.wait_exit();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let status = exit.await;
+            let _ = events.send(Event::Exited {
+                color,
+                pid,
+                exit: status,
+            });
+        });
+        let slot = self.slot(color);
+        slot.set(Phase::Live, Some(pid));
+        slot.process = Some(app);
+        slot.restart_waiting = false;
+        self.notify_ready();
+    }
+
+    fn spawn_drain(&mut self, id: u64, proc: AppProcess) {
+        let (sig, deadline) = (
+            self.ctx.config.app.stop_signal,
+            self.ctx.config.app.drain_timeout,
+        );
+        let events = self.events.clone();
+        self.drains += 1;
+        tokio::spawn(async move {
+            let exit = proc.stop(sig, deadline).await;
+            let _ = events.send(Event::Drained {
+                id,
+                color: proc.color,
+                exit,
+            });
+        });
+    }
+
+    fn on_drained(&mut self, id: u64, color: Color, exit: Exit) {
+        self.drains -= 1;
+        tracing::info!(%color, "drained ({exit})");
+        state::record_pgid(&self.ctx.config.root, color, None);
+        let slot = self.slot(color);
+        slot.set(Phase::Stopped, None);
+        slot.last_exit = Some(exit);
+        if self.current(id).is_some() {
+            self.finish_release(id, color, Some(exit));
+        }
+    }
+
+    fn finish_release(&mut self, id: u64, old: Color, drained: Option<Exit>) {
+        let r = self
+            .release
+            .take()
+            .expect("finishing the release in progress");
+        let total = r.started.elapsed();
+        let drain_ms = r.swapped_at.map_or(0, |t| t.elapsed().as_millis() as u64);
+        let build = self.state.build(r.color).cloned();
+        let msg = format!(
+            "{} of release {} is live on {} ({} ms)",
+            kind_name(r.kind),
+            r.release,
+            r.color,
+            total.as_millis()
+        );
+        tracing::info!("{msg}");
+        self.last_result = Some(format!("{} ok: {msg}", crate::now_rfc3339()));
+        if let Some(c) = r.client {
+            let _ = c.send(Reply::Done {
+                result: serde_json::json!({
+                    "release": build.as_ref().map(|b| b.release),
+                    "label": build.as_ref().and_then(|b| b.label.clone()),
+                    "color": r.color,
+                    "previous": old,
+                    "previous_exit": drained.map(|e| e.to_string()),
+                    "ms": {
+                        "total": total.as_millis() as u64,
+                        "stage": r.timings.stage_ms,
+                        "start": r.timings.start_ms,
+                        "ready": r.timings.ready_ms,
+                        "drain": drain_ms,
+                    }
+                }),
+            });
+        }
+        self.after_release();
+    }
+
+    fn fail(&mut self, failure: Failure) {
+        let r = self
+            .release
+            .take()
+            .expect("failing the release in progress");
+        let step = failure
+            .step
+            .map_or("request".to_string(), |s| s.to_string());
+        tracing::error!(release = r.release, color = %r.color, "{} failed at {step}: {}", kind_name(r.kind), failure.message);
+        for line in &failure.log_tail {
+            tracing::error!(color = %r.color, "  | {line}");
+        }
+        self.last_result = Some(format!(
+            "{} {} of release {} failed at {step}: {}",
+            crate::now_rfc3339(),
+            kind_name(r.kind),
+            r.release,
+            failure.message
+        ));
+        let live = self.state.live;
+        if r.kind == Kind::Restart {
+            self.slot(r.color).restarts += 1;
+            self.schedule_restart(r.color);
+        } else {
+            self.slot(r.color).set(Phase::Stopped, None);
+            if let Some(live) = live {
+                tracing::info!(%live, "{live} stays live");
+            }
+        }
+        if let Some(c) = r.client {
+            let _ = c.send(Reply::Error(failure));
+        }
+        if live.is_none() {
+            // No color has been live: nobody will accept, so refuse clients
+            // rather than let them wait in the queue.
+            if let Err(e) = self.ctx.listeners.unlisten() {
+                tracing::error!("cannot reset the listening sockets: {e}");
+            }
+        }
+        self.after_release();
+    }
+
+    fn after_release(&mut self) {
+        if self.stopping > 0 {
+            return self.drain_all();
+        }
+        for color in Color::BOTH {
+            if self.slot(color).restart_waiting && self.release.is_none() {
+                self.slot(color).restart_waiting = false;
+                self.start_restart(color);
+            }
+        }
+    }
+
+    /// A live color's leader exited without being asked to.
+    async fn on_exited(&mut self, color: Color, pid: Pid, exit: Exit) {
+        let slot = self.slot(color);
+        if slot.phase != Phase::Live || slot.pid != Some(pid) {
+            return; // a drain or stop already handles it
+        }
+        let proc = slot.process.take().expect("a live slot holds its process");
+        let uptime = proc.started.elapsed().unwrap_or_default();
+        let tail = proc.log_tail().await;
+        tracing::error!(%color, pid = pid.as_raw(), "the live color died ({exit}) after {uptime:.1?}; last output:");
+        for line in tail.iter().rev().take(10).rev() {
+            tracing::error!(%color, "  | {line}");
+        }
+        drop(proc); // kills what is left of its group
+        let slot = self.slot(color);
+        slot.last_exit = Some(exit);
+        slot.restarts += 1;
+        if uptime >= HEALTHY_UPTIME {
+            slot.streak = 0;
+        }
+        if self.stopping > 0 {
+            self.slot(color).set(Phase::Stopped, None);
+            return;
+        }
+        self.slot(color).set(Phase::Restarting, None);
+        self.schedule_restart(color);
+    }
+
+    fn schedule_restart(&mut self, color: Color) {
+        let slot = self.slot(color);
+        slot.phase = Phase::Restarting;
+        let delay = backoff(slot.streak);
+        slot.streak += 1;
+        tracing::info!(%color, "restarting in {delay:?}");
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = events.send(Event::RestartDue { color });
+        });
+    }
+
+    fn on_restart_due(&mut self, color: Color) {
+        if self.stopping > 0
+            || self.state.live != Some(color)
+            || self.slot(color).phase != Phase::Restarting
+        {
+            return;
+        }
+        if self.release.is_some() {
+            self.slot(color).restart_waiting = true;
+            return;
+        }
+        self.start_restart(color);
+    }
+
+    fn start_restart(&mut self, color: Color) {
+        let Some(build) = self.state.build(color).cloned() else {
+            tracing::error!(%color, "state says {color} is live but records no build for it: release again");
+            self.state.live = None;
+            self.slot(color).set(Phase::Stopped, None);
+            self.notify_ready();
+            return;
+        };
+        let id = fresh_id();
+        let plan = Plan {
+            id,
+            color,
+            source: None,
+            label: build.label,
+            release: build.release,
+        };
+        self.launch(Kind::Restart, plan, None);
+    }
+
+    fn finish_restart(&mut self, app: AppProcess) {
+        let r = self
+            .release
+            .take()
+            .expect("finishing the restart in progress");
+        tracing::info!(color = %r.color, pid = app.pid.as_raw(), "{} is serving again", r.color);
+        self.make_live(app);
+        self.after_release();
+    }
+
+    fn on_stop(&mut self) {
+        self.stopping += 1;
+        if self.stopping == 1 {
+            tracing::info!("stopping: draining the app (send the signal again to kill it at once)");
+            sd_notify_stopping();
+            if let Some(r) = &self.release {
+                if r.swapped_at.is_none() {
+                    // Not yet live: abort. Dropping the task's process kills its group.
+                    let r = self.release.take().expect("checked above");
+                    r.task.abort();
+                    self.slot(r.color).set(Phase::Stopped, None);
+                    if let Some(c) = r.client {
+                        let _ = c.send(Reply::Error(Failure::new(FailureKind::Busy, Some(r.step), "bgd is shutting down: the release was aborted and the old color stays recorded as live")));
+                    }
+                }
+            }
+            if self.release.is_none() {
+                self.drain_all();
+            }
+        } else {
+            tracing::warn!("second stop signal: killing every color now");
+            for color in Color::BOTH {
+                if let Some(pid) = self.slot(color).pid {
+                    let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
+                }
+            }
+        }
+    }
+
+    /// Stops every running color with its stop signal and deadline.
+    fn drain_all(&mut self) {
+        for color in Color::BOTH {
+            if let Some(proc) = self.slot(color).process.take() {
+                let pid = proc.pid;
+                self.slot(color).set(Phase::Draining, Some(pid));
+                tracing::info!(%color, pid = pid.as_raw(), "draining");
+                self.spawn_drain(0, proc);
+            }
+        }
+    }
+
+    fn notify_ready(&mut self) {
+        if !self.notified_ready {
+            self.notified_ready = true;
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        }
+    }
+
+    fn status(&self) -> Status {
+        let color_status = |c: Color, slot: &Slot| {
+            let build = self.state.build(c);
+            let state = match slot.phase {
+                Phase::Stopped if build.is_none() => "empty",
+                Phase::Stopped => "stopped",
+                Phase::Starting => "starting",
+                Phase::Live => "live",
+                Phase::Draining => "draining",
+                Phase::Restarting => "restarting",
+            };
+            ColorStatus {
+                state: state.into(),
+                pid: slot.pid.map(|p| p.as_raw() as u32),
+                release: build.map(|b| b.release),
+                label: build.and_then(|b| b.label.clone()),
+                source: build.map(|b| b.source.clone()),
+                since: Some(crate::rfc3339(slot.since)),
+                restarts: slot.restarts,
+                last_exit: slot.last_exit.map(|e| e.to_string()),
+            }
+        };
+        Status {
+            name: self.ctx.config.name.clone(),
+            pid: std::process::id(),
+            live: self.state.live,
+            release_in_progress: self
+                .release
+                .as_ref()
+                .filter(|r| r.kind != Kind::Restart)
+                .map(|r| ReleaseProgress {
+                    id: r.release,
+                    color: r.color,
+                    step: r.step,
+                    label: r.label.clone(),
+                    since: crate::rfc3339(r.since),
+                }),
+            blue: color_status(Color::Blue, &self.blue),
+            green: color_status(Color::Green, &self.green),
+            last_result: self.last_result.clone(),
+        }
+    }
+}
+
+/// An id for a task that stages nothing (rollback, restart), so that events
+/// of an older task are never mistaken for its own. Ids above the release
+/// range; they only match events in memory and are never stored.
+fn fresh_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 62);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Release => "release",
+        Kind::Rollback => "rollback",
+        Kind::Restart => "restart",
+    }
+}
+
+/// 0.1 s, 0.2 s, 0.4 s ... up to 30 s.
+fn backoff(streak: u32) -> Duration {
+    if streak == 0 {
+        return Duration::ZERO;
+    }
+    (Duration::from_millis(100) * 2u32.saturating_pow(streak.min(16) - 1)).min(MAX_BACKOFF)
+}
+
+fn sd_notify_stopping() {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_bounded() {
+        assert_eq!(backoff(0), Duration::ZERO);
+        assert_eq!(backoff(1), Duration::from_millis(100));
+        assert_eq!(backoff(2), Duration::from_millis(200));
+        assert_eq!(backoff(5), Duration::from_millis(1600));
+        assert_eq!(backoff(40), MAX_BACKOFF);
+    }
+}

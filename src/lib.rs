@@ -1,0 +1,55 @@
+//! bgd: a single-host blue-green process supervisor.
+//!
+//! `bgd` holds an app's listening sockets for its whole life and runs the app
+//! from one of two directories, blue and green. `bgctl release DIR` stages a
+//! build into the dormant color, starts it on the same sockets, waits until
+//! it is ready, swaps which color is live and drains the old one.
+//!
+//! Code map (read top-down from `daemon.rs`; ARCHITECTURE.md has the invariants):
+//!
+//! - [`config`]   TOML file -> validated [`config::Config`], errors as file:line:col
+//! - [`protocol`] the versioned line-delimited JSON spoken over the control socket
+//! - [`daemon`]   start-up order, the event loop that owns all deployment state, shutdown
+//! - [`release`]  one release as a task: stage, start, wait until ready
+//! - [`process`]  one running color: its process group, exit, output, graceful stop
+//! - [`spawn`]    building a child: fds 3.., LISTEN_*, process group; the only `pre_exec`
+//! - [`reaper`]   the only place that waits for children (bgd is a subreaper)
+//! - [`listen`]   binding and holding the app's listening sockets
+//! - [`health`]   readiness checks that reach the new color alone
+//! - [`stage`]    copying a build into a color directory atomically
+//! - [`state`]    what survives a restart: live color, builds, the `live` symlink
+//! - [`control`]  the control socket: peer check, decode, stream replies
+//! - [`color`]    blue and green
+
+pub mod color;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod health;
+pub mod listen;
+pub mod process;
+pub mod protocol;
+pub mod reaper;
+pub mod release;
+pub mod spawn;
+pub mod stage;
+pub mod state;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// What every part of a running daemon shares. Built once at start-up.
+pub struct Ctx {
+    pub config: config::Config,
+    pub listeners: listen::Listeners,
+    pub reaper: Arc<reaper::Reaper>,
+}
+
+/// `t` as RFC 3339 in UTC, to the second.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+pub fn now_rfc3339() -> String {
+    rfc3339(SystemTime::now())
+}

@@ -1,0 +1,197 @@
+//! The app's listening sockets, which bgd binds and holds for its whole life.
+//!
+//! bgd keeps its own copy of every socket open, so the kernel's accept queue
+//! outlives any color; bgd never accepts on them, never `shutdown()`s them and
+//! never changes their `O_NONBLOCK` flag (it belongs to the open file
+//! description that every child shares).
+//!
+//! A socket is bound at start-up (so a port in use is reported before any
+//! app runs) but `listen()` is called only when the first color starts. If
+//! that first start fails, [`Listeners::unlisten`] closes and re-binds it, so
+//! clients are refused rather than left waiting on a queue nobody will ever
+//! accept from.
+//!
+//! Today both colors get the same sockets ([`Listeners::fds_for`]); the
+//! color is an argument so that a per-color `SO_REUSEPORT` mode can hand each
+//! color its own socket in one group without changing the callers.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Mutex;
+
+use nix::sys::socket::{
+    bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+    SockaddrIn, SockaddrIn6, UnixAddr,
+};
+
+use crate::color::Color;
+use crate::config::{ListenAddr, ListenConfig};
+
+pub struct Listeners {
+    sockets: Mutex<Vec<Socket>>,
+}
+
+struct Socket {
+    config: ListenConfig,
+    fd: OwnedFd,
+    listening: bool,
+}
+
+impl Listeners {
+    /// Binds every socket without listening. Fails with the address and a
+    /// hint when one cannot be bound (port in use, missing directory, ...).
+    pub fn bind(configs: &[ListenConfig]) -> anyhow::Result<Listeners> {
+        let mut sockets = Vec::new();
+        for c in configs {
+            let fd = bind_one(c).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot bind [[listen]] {:?} at {}: {e}{}",
+                    c.name,
+                    c.address,
+                    hint(&e)
+                )
+            })?;
+            sockets.push(Socket {
+                config: c.clone(),
+                fd,
+                listening: false,
+            });
+        }
+        Ok(Listeners {
+            sockets: Mutex::new(sockets),
+        })
+    }
+
+    /// Starts listening on every socket that is not yet listening.
+    pub fn ensure_listening(&self) -> io::Result<()> {
+        for s in self.lock().iter_mut().filter(|s| !s.listening) {
+            let backlog = Backlog::new(s.config.backlog).unwrap_or(Backlog::MAXCONN);
+            listen(&s.fd, backlog)?;
+            s.listening = true;
+        }
+        Ok(())
+    }
+
+    /// Closes and re-binds every socket without listening: queued clients are
+    /// reset. Only for when no color runs and none has been live.
+    pub fn unlisten(&self) -> io::Result<()> {
+        for s in self.lock().iter_mut().filter(|s| s.listening) {
+            // The old socket must be closed before its address can be bound
+            // again; an unbound placeholder holds the slot meanwhile.
+            drop(std::mem::replace(&mut s.fd, placeholder()?));
+            s.fd = bind_one(&s.config)?;
+            s.listening = false;
+        }
+        Ok(())
+    }
+
+    /// The (name, fd) pairs a color inherits, in `[[listen]]` order. The fds
+    /// stay valid while `self` lives and no [`unlisten`](Self::unlisten) runs.
+    pub fn fds_for(&self, _color: Color) -> Vec<(String, RawFd)> {
+        self.lock()
+            .iter()
+            .map(|s| (s.config.name.clone(), s.fd.as_raw_fd()))
+            .collect()
+    }
+
+    /// Removes the Unix socket files bgd created. Called on a clean exit.
+    pub fn remove_unix_paths(&self) {
+        for s in self.lock().iter() {
+            if let ListenAddr::Unix(p) = &s.config.address {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Socket>> {
+        self.sockets
+            .lock()
+            .expect("listener lock is never held across a panic")
+    }
+}
+
+fn placeholder() -> io::Result<OwnedFd> {
+    Ok(socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?)
+}
+
+fn bind_one(c: &ListenConfig) -> io::Result<OwnedFd> {
+    match &c.address {
+        ListenAddr::Tcp(addr) => {
+            let family = if addr.is_ipv4() {
+                AddressFamily::Inet
+            } else {
+                AddressFamily::Inet6
+            };
+            let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+            setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+            match addr {
+                std::net::SocketAddr::V4(a) => bind(fd.as_raw_fd(), &SockaddrIn::from(*a))?,
+                std::net::SocketAddr::V6(a) => {
+                    // "[::]:80" means IPv6 only, as written; list 0.0.0.0:80 too for v4.
+                    setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+                    bind(fd.as_raw_fd(), &SockaddrIn6::from(*a))?
+                }
+            }
+            Ok(fd)
+        }
+        ListenAddr::Unix(path) => {
+            remove_stale_unix_socket(path)?;
+            let fd = socket(
+                AddressFamily::Unix,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )?;
+            bind(fd.as_raw_fd(), &UnixAddr::new(path.as_path())?)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(c.mode))?;
+            Ok(fd)
+        }
+    }
+}
+
+/// A socket file left by a dead process is removed; one that still accepts
+/// connections, or a file that is not a socket, is refused.
+pub fn remove_stale_unix_socket(path: &Path) -> io::Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists and is not a socket; move it away or pick another path",
+                path.display()
+            ),
+        ));
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "{} is in use: another process accepts on it (is another bgd running?)",
+                path.display()
+            ),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    }
+}
+
+fn hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EADDRINUSE) => " (another process holds this address: stop it or pick another port)",
+        Some(libc::EACCES) => " (ports below 1024 need root or CAP_NET_BIND_SERVICE; Unix paths need a writable directory)",
+        Some(libc::ENOENT) => " (the socket's directory does not exist: create it first)",
+        Some(libc::EADDRNOTAVAIL) => " (no interface on this machine has that IP address)",
+        _ => "",
+    }
+}

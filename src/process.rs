@@ -1,0 +1,291 @@
+//! One running color: the app's process group, its exit status and its
+//! captured output.
+//!
+//! An [`AppProcess`] is owned by exactly one party at a time (the release that
+//! starts it, then the daemon while it is live, then the drain that stops
+//! it). Dropping one whose group may still be running kills the group with
+//! SIGKILL, so an aborted release can never leave processes behind.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use nix::errno::Errno;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::watch;
+
+use crate::color::Color;
+use crate::config::PROBE_FD_NAME;
+use crate::health::NotifySocket;
+use crate::reaper::Exit;
+use crate::spawn;
+use crate::Ctx;
+
+/// Lines of output kept per color for failure reports.
+const TAIL_LINES: usize = 40;
+/// Longest line logged; the rest of a longer line is cut.
+const MAX_LINE: usize = 8 * 1024;
+
+pub struct AppProcess {
+    pub color: Color,
+    /// Also the process group id.
+    pub pid: Pid,
+    pub started: SystemTime,
+    /// Set by the reaper task; `None` while the leader runs.
+    exit: watch::Receiver<Option<Exit>>,
+    /// Number of output pipes (of 2) that reached end of file.
+    eof: watch::Receiver<u8>,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    /// Set once the whole group is known to be gone; its pgid may then be
+    /// reused by an unrelated process, so it is never signalled again.
+    group_gone: AtomicBool,
+    /// bgd's copy of the private probe socket; closed when this drops.
+    _probe: Option<std::net::TcpListener>,
+    pub probe_addr: Option<SocketAddr>,
+    pub notify: Option<NotifySocket>,
+}
+
+impl AppProcess {
+    /// Starts the app from `dir` as `color`, with the listening sockets and,
+    /// as the health config asks, a probe socket and a notify socket.
+    pub fn start(ctx: &Ctx, color: Color, release: u64, dir: &Path) -> anyhow::Result<AppProcess> {
+        let cfg = &ctx.config;
+        let program = &cfg.app.command[0];
+        if program.contains('/') {
+            let path = dir.join(program);
+            if !path.is_file() {
+                anyhow::bail!(
+                    "app.command[0] {program:?} is not a file in the build ({}): check the command or the build",
+                    path.display()
+                );
+            }
+        }
+        let mut fds = ctx.listeners.fds_for(color);
+        let mut env: Vec<(String, String)> = cfg.app.env.clone().into_iter().collect();
+        env.push(("BG_COLOR".into(), color.to_string()));
+        env.push(("BG_RELEASE".into(), release.to_string()));
+        env.push(("BG_ROOT".into(), cfg.root.display().to_string()));
+
+        let probe = if cfg.health.http.is_some() {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")
+                .context("cannot bind the probe socket on 127.0.0.1")?;
+            let addr = l.local_addr()?;
+            env.push(("BG_PROBE_ADDR".into(), addr.to_string()));
+            fds.push((PROBE_FD_NAME.to_string(), l.as_raw_fd()));
+            Some((l, addr))
+        } else {
+            None
+        };
+        let notify = if cfg.health.notify {
+            let n = NotifySocket::bind(&run_dir(&cfg.root).join(format!("{color}.notify")))?;
+            env.push(("NOTIFY_SOCKET".into(), n.path().display().to_string()));
+            Some(n)
+        } else {
+            None
+        };
+
+        let spawned = spawn::spawn(&spawn::Spec {
+            command: &cfg.app.command,
+            cwd: dir,
+            env,
+            fds,
+        })
+        .with_context(|| format!("cannot start {:?} in {}", cfg.app.command[0], dir.display()))?;
+        // No .await may come between spawn and watch: see reaper.rs.
+        let exited = ctx.reaper.watch(spawned.pid);
+        let (exit_tx, exit) = watch::channel(None);
+        tokio::spawn(async move {
+            if let Ok(status) = exited.await {
+                let _ = exit_tx.send(Some(status));
+            }
+        });
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
+        let (eof_tx, eof) = watch::channel(0u8);
+        let eof_tx = Arc::new(eof_tx);
+        for (fd, stream) in [(spawned.stdout, "stdout"), (spawned.stderr, "stderr")] {
+            tokio::spawn(capture(
+                fd,
+                stream,
+                color,
+                spawned.pid,
+                tail.clone(),
+                eof_tx.clone(),
+            ));
+        }
+        tracing::info!(%color, pid = spawned.pid.as_raw(), release, "started {}", dir.display());
+        let (probe, probe_addr) = probe.map_or((None, None), |(l, a)| (Some(l), Some(a)));
+        Ok(AppProcess {
+            color,
+            pid: spawned.pid,
+            started: SystemTime::now(),
+            exit,
+            eof,
+            tail,
+            group_gone: AtomicBool::new(false),
+            _probe: probe,
+            probe_addr,
+            notify,
+        })
+    }
+
+    /// The leader's exit status once it has exited.
+    pub fn exit_status(&self) -> Option<Exit> {
+        *self.exit.borrow()
+    }
+
+    /// Waits for the leader to exit.
+    pub async fn exited(&self) -> Exit {
+        self.wait_exit().await
+    }
+
+    /// A future for the leader's exit that does not borrow `self`, for a task
+    /// that watches a color it does not own.
+    pub fn wait_exit(&self) -> impl std::future::Future<Output = Exit> + Send + 'static {
+        let mut rx = self.exit.clone();
+        async move {
+            match rx.wait_for(|e| e.is_some()).await {
+                Ok(e) => e.expect("checked by wait_for"),
+                // The sender lives until the status is sent; it only goes away
+                // without one when the runtime shuts down.
+                Err(_) => Exit::Signal(libc::SIGKILL),
+            }
+        }
+    }
+
+    /// Sends `sig` to the whole group. Errors other than "no such group" are logged.
+    pub fn signal(&self, sig: Signal) {
+        if self.group_gone.load(Ordering::Relaxed) {
+            return;
+        }
+        match killpg(self.pid, sig) {
+            Ok(()) => {}
+            Err(Errno::ESRCH) => self.group_gone.store(true, Ordering::Relaxed),
+            Err(e) => {
+                tracing::warn!(color = %self.color, "cannot send {sig} to process group {}: {e}", self.pid)
+            }
+        }
+    }
+
+    fn group_alive(&self) -> bool {
+        if self.group_gone.load(Ordering::Relaxed) {
+            return false;
+        }
+        match killpg(self.pid, None) {
+            Err(Errno::ESRCH) => {
+                self.group_gone.store(true, Ordering::Relaxed);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Graceful stop: `sig` to the group, then SIGKILL to the group if any
+    /// process of it is left after `deadline`. Returns once the whole group is
+    /// gone and reaped, with the leader's exit status.
+    pub async fn stop(&self, sig: Signal, deadline: Duration) -> Exit {
+        self.signal(sig);
+        let until = tokio::time::Instant::now() + deadline;
+        if tokio::time::timeout_at(until, self.wait_group_gone())
+            .await
+            .is_err()
+        {
+            tracing::warn!(color = %self.color, pid = self.pid.as_raw(), "still running {deadline:?} after {sig}: sending SIGKILL to its process group");
+            self.kill().await;
+        }
+        self.exited().await
+    }
+
+    /// SIGKILL to the group; returns once it is gone.
+    pub async fn kill(&self) {
+        self.signal(Signal::SIGKILL);
+        self.wait_group_gone().await;
+    }
+
+    /// Waits for the leader's exit, then for the rest of the group (workers
+    /// the app forked, re-parented to bgd and reaped by the reaper). The
+    /// kernel has no event for "group empty", so this polls, only while a
+    /// stop is in progress.
+    async fn wait_group_gone(&self) {
+        self.exited().await;
+        let mut every = Duration::from_millis(5);
+        while self.group_alive() {
+            tokio::time::sleep(every).await;
+            every = (every * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// The last lines the app printed, oldest first. After an exit it first
+    /// waits briefly for the pipes to drain so the final words are included.
+    pub async fn log_tail(&self) -> Vec<String> {
+        if self.exit_status().is_some() {
+            let mut eof = self.eof.clone();
+            let _ =
+                tokio::time::timeout(Duration::from_millis(500), eof.wait_for(|n| *n >= 2)).await;
+        }
+        self.tail
+            .lock()
+            .expect("tail lock is never held across a panic")
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for AppProcess {
+    fn drop(&mut self) {
+        if self.exit_status().is_none() || self.group_alive() {
+            tracing::warn!(color = %self.color, pid = self.pid.as_raw(), "abandoned while running: killing its process group");
+            self.signal(Signal::SIGKILL);
+        }
+    }
+}
+
+/// `root/run`: per-color sockets and pid records.
+pub fn run_dir(root: &Path) -> PathBuf {
+    root.join("run")
+}
+
+/// Logs each line of one output stream and keeps the last ones.
+async fn capture(
+    fd: OwnedFd,
+    stream: &'static str,
+    color: Color,
+    pid: Pid,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    eof: Arc<watch::Sender<u8>>,
+) {
+    let pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(%color, "cannot read the app's {stream}: {e}");
+            eof.send_modify(|n| *n += 1);
+            return;
+        }
+    };
+    let mut reader = tokio::io::BufReader::new(pipe);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let end = buf.len().min(MAX_LINE);
+        let line = String::from_utf8_lossy(&buf[..end]);
+        let line = line.trim_end_matches(['\n', '\r']);
+        tracing::info!(target: "app", %color, pid = pid.as_raw(), stream, "{line}");
+        let mut t = tail.lock().expect("tail lock is never held across a panic");
+        if t.len() == TAIL_LINES {
+            t.pop_front();
+        }
+        t.push_back(line.to_string());
+    }
+    eof.send_modify(|n| *n += 1);
+}

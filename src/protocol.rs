@@ -1,0 +1,248 @@
+//! The control protocol shared by `bgd` and `bgctl`.
+//!
+//! Line-delimited JSON over a Unix stream socket. The client sends one
+//! [`Request`] line; bgd answers with zero or more [`Reply::Progress`] lines
+//! and ends with exactly one [`Reply::Done`] or [`Reply::Error`], then closes.
+//! Every line carries `"v": PROTOCOL_VERSION`; see `docs/protocol.md`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::color::Color;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest request line bgd reads; longer ones are refused.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Envelope<T> {
+    pub v: u32,
+    #[serde(flatten)]
+    pub body: T,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Stage `dir` (an absolute path) into the dormant color and make it live.
+    Release {
+        dir: String,
+        label: Option<String>,
+    },
+    /// Make the previous color live again from its directory.
+    Rollback,
+    Status,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Reply {
+    Progress { step: Step, message: String },
+    Done { result: serde_json::Value },
+    Error(Failure),
+}
+
+/// The steps of a release, in order.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Validate,
+    Stage,
+    Start,
+    WaitReady,
+    Swap,
+    Drain,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::Validate => "validate",
+            Step::Stage => "stage",
+            Step::Start => "start",
+            Step::WaitReady => "wait_ready",
+            Step::Swap => "swap",
+            Step::Drain => "drain",
+        })
+    }
+}
+
+/// Why a request was refused or a release failed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    /// The release step that failed, if a release was running.
+    pub step: Option<Step>,
+    pub message: String,
+    /// The last lines the new color printed, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_tail: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The request itself was wrong: bad JSON, unknown command, wrong version,
+    /// a build directory that does not exist, nothing to roll back to.
+    BadRequest,
+    /// Another release is running, or bgd is shutting down.
+    Busy,
+    /// Copying the build failed (I/O error, disk full).
+    Stage,
+    /// The new color could not start, exited, or was not ready in time.
+    App,
+    /// bgd itself failed (could not write its state, ...).
+    Internal,
+}
+
+impl FailureKind {
+    /// bgctl's exit code for this failure; documented in the README.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            FailureKind::App => 1,
+            FailureKind::Busy => 4,
+            FailureKind::BadRequest => 5,
+            FailureKind::Stage => 6,
+            FailureKind::Internal => 7,
+        }
+    }
+}
+
+impl Failure {
+    pub fn new(kind: FailureKind, step: Option<Step>, message: impl Into<String>) -> Self {
+        Failure {
+            kind,
+            step,
+            message: message.into(),
+            log_tail: Vec::new(),
+        }
+    }
+}
+
+/// Decodes one request line, checking the version first so an old or new
+/// client gets a clear answer rather than a field error.
+pub fn decode_request(line: &[u8]) -> Result<Request, Failure> {
+    let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| {
+        Failure::new(
+            FailureKind::BadRequest,
+            None,
+            format!("request is not valid JSON: {e}"),
+        )
+    })?;
+    match value.get("v").and_then(|v| v.as_u64()) {
+        Some(v) if v == PROTOCOL_VERSION as u64 => {}
+        Some(v) => {
+            return Err(Failure::new(
+                FailureKind::BadRequest,
+                None,
+                format!("protocol version {v} is not supported; this bgd speaks version {PROTOCOL_VERSION}: use a bgctl of the same release"),
+            ))
+        }
+        None => {
+            return Err(Failure::new(
+                FailureKind::BadRequest,
+                None,
+                format!("request has no protocol version: send {{\"v\":{PROTOCOL_VERSION},\"cmd\":...}}"),
+            ))
+        }
+    }
+    let mut obj = value;
+    if let Some(map) = obj.as_object_mut() {
+        map.remove("v");
+    }
+    serde_json::from_value(obj)
+        .map_err(|e| Failure::new(FailureKind::BadRequest, None, format!("bad request: {e}")))
+}
+
+/// One line of JSON, newline included.
+pub fn encode<T: Serialize>(body: &T) -> Vec<u8> {
+    let mut line = serde_json::to_vec(&Envelope {
+        v: PROTOCOL_VERSION,
+        body,
+    })
+    .expect("protocol types serialize infallibly: plain structs with string keys");
+    line.push(b'\n');
+    line
+}
+
+pub fn decode_reply(line: &[u8]) -> Result<Reply, String> {
+    let env: Envelope<Reply> =
+        serde_json::from_slice(line).map_err(|e| format!("bad reply from bgd: {e}"))?;
+    if env.v != PROTOCOL_VERSION {
+        return Err(format!(
+            "bgd speaks protocol version {}, this bgctl version {PROTOCOL_VERSION}: use a bgctl of the same release",
+            env.v
+        ));
+    }
+    Ok(env.body)
+}
+
+/// Status of the whole deployment, as `bgctl status --json` prints it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub name: String,
+    pub pid: u32,
+    pub live: Option<Color>,
+    pub release_in_progress: Option<ReleaseProgress>,
+    pub blue: ColorStatus,
+    pub green: ColorStatus,
+    pub last_result: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReleaseProgress {
+    pub id: u64,
+    pub color: Color,
+    pub step: Step,
+    pub label: Option<String>,
+    pub since: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ColorStatus {
+    /// `live`, `starting`, `draining`, `restarting`, `stopped` or `empty`.
+    pub state: String,
+    pub pid: Option<u32>,
+    pub release: Option<u64>,
+    pub label: Option<String>,
+    pub source: Option<String>,
+    /// When this color entered its state (RFC 3339, UTC).
+    pub since: Option<String>,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trip() {
+        let r = Request::Release {
+            dir: "/tmp/x".into(),
+            label: Some("v2".into()),
+        };
+        let line = encode(&r);
+        assert_eq!(
+            std::str::from_utf8(&line).unwrap(),
+            "{\"v\":1,\"cmd\":\"release\",\"dir\":\"/tmp/x\",\"label\":\"v2\"}\n"
+        );
+        assert_eq!(decode_request(&line).unwrap(), r);
+    }
+
+    #[test]
+    fn clear_answers_to_bad_requests() {
+        let e = decode_request(b"{\"v\":2,\"cmd\":\"status\"}").unwrap_err();
+        assert!(
+            e.message.contains("version 2 is not supported"),
+            "{}",
+            e.message
+        );
+        let e = decode_request(b"{\"cmd\":\"status\"}").unwrap_err();
+        assert!(e.message.contains("no protocol version"), "{}", e.message);
+        let e = decode_request(b"{\"v\":1,\"cmd\":\"launch\"}").unwrap_err();
+        assert!(e.message.contains("unknown variant"), "{}", e.message);
+        let e = decode_request(b"{\"v\":1,").unwrap_err();
+        assert!(e.message.contains("not valid JSON"), "{}", e.message);
+    }
+}

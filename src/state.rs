@@ -1,0 +1,195 @@
+//! What survives a restart of bgd: which color is live and which build each
+//! color directory holds, in `root/state.json`, plus the `root/live` symlink.
+//!
+//! Every write goes to a temp file in the same directory, is fsynced, renamed
+//! over the old file, and the directory is fsynced: a crash leaves either
+//! the old state or the new one, never a torn file.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::color::Color;
+
+const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct State {
+    pub version: u32,
+    pub live: Option<Color>,
+    /// The id the next release gets.
+    pub next_release: u64,
+    pub blue: Option<Build>,
+    pub green: Option<Build>,
+}
+
+/// The build a color directory holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Build {
+    pub release: u64,
+    pub label: Option<String>,
+    /// The directory it was copied from.
+    pub source: String,
+    /// RFC 3339, UTC.
+    pub staged_at: String,
+    /// Whether this build ever passed its readiness check and went live.
+    /// Rollback refuses a build that never did.
+    #[serde(default)]
+    pub went_live: bool,
+}
+
+impl State {
+    pub fn path(root: &Path) -> PathBuf {
+        root.join("state.json")
+    }
+
+    /// Reads the state; a root without one starts empty.
+    pub fn load(root: &Path) -> anyhow::Result<State> {
+        let path = Self::path(root);
+        let text = match fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(State {
+                    version: STATE_VERSION,
+                    next_release: 1,
+                    ..State::default()
+                })
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let state: State = serde_json::from_slice(&text).with_context(|| {
+            format!("{} is not valid bgd state; it is only ever replaced whole, so it was edited by hand: fix it or move it away to start with no live color", path.display())
+        })?;
+        if state.version != STATE_VERSION {
+            anyhow::bail!(
+                "{} has state version {}, this bgd reads version {STATE_VERSION}",
+                path.display(),
+                state.version
+            );
+        }
+        Ok(state)
+    }
+
+    pub fn save(&self, root: &Path) -> io::Result<()> {
+        let data = serde_json::to_vec_pretty(self).expect("state serializes infallibly");
+        write_atomically(&Self::path(root), &data)
+    }
+
+    pub fn build(&self, c: Color) -> Option<&Build> {
+        match c {
+            Color::Blue => self.blue.as_ref(),
+            Color::Green => self.green.as_ref(),
+        }
+    }
+
+    pub fn set_build(&mut self, c: Color, b: Build) {
+        match c {
+            Color::Blue => self.blue = Some(b),
+            Color::Green => self.green = Some(b),
+        }
+    }
+}
+
+/// Writes `path` whole or not at all.
+pub fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = path.parent().expect("state files live in bgd's root");
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(data)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Points `root/live` at `color` by renaming a new symlink over the old one.
+pub fn point_live_symlink(root: &Path, color: Color) -> io::Result<()> {
+    let tmp = root.join(".live.tmp");
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(color.as_str(), &tmp)?;
+    fs::rename(&tmp, root.join("live"))?;
+    fs::File::open(root)?.sync_all()
+}
+
+/// `root/run/<color>.pgid` names the process group of a running color, so a
+/// bgd started after a crash can stop what the old one left behind.
+fn pgid_file(root: &Path, color: Color) -> PathBuf {
+    crate::process::run_dir(root).join(format!("{color}.pgid"))
+}
+
+pub fn record_pgid(root: &Path, color: Color, pgid: Option<Pid>) {
+    let path = pgid_file(root, color);
+    let result = match pgid {
+        Some(p) => fs::create_dir_all(path.parent().expect("has a parent"))
+            .and_then(|()| write_atomically(&path, p.as_raw().to_string().as_bytes())),
+        None => fs::remove_file(&path).or_else(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }),
+    };
+    if let Err(e) = result {
+        tracing::warn!("cannot update {}: {e}", path.display());
+    }
+}
+
+/// Kills process groups a previous bgd recorded and left running. The app's
+/// leader dies with bgd (PDEATHSIG), but workers it forked may not.
+pub fn kill_leftover_groups(root: &Path) {
+    for color in Color::BOTH {
+        let path = pgid_file(root, color);
+        let Ok(text) = fs::read_to_string(&path) else {
+            continue;
+        };
+        if let Ok(pgid) = text.trim().parse::<i32>() {
+            if pgid > 1 && killpg(Pid::from_raw(pgid), Signal::SIGKILL).is_ok() {
+                tracing::warn!(%color, pgid, "killed processes left running by a previous bgd");
+            }
+        }
+        let _ = fs::remove_file(&path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_starts_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = State::load(dir.path()).unwrap();
+        assert_eq!(s.live, None);
+        assert_eq!(s.next_release, 1);
+        s.live = Some(Color::Green);
+        s.set_build(
+            Color::Green,
+            Build {
+                release: 3,
+                label: Some("v3".into()),
+                source: "/b".into(),
+                staged_at: "t".into(),
+                went_live: true,
+            },
+        );
+        s.save(dir.path()).unwrap();
+        assert_eq!(State::load(dir.path()).unwrap(), s);
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers, vec!["state.json"]);
+    }
+
+    #[test]
+    fn corrupt_state_is_refused_with_advice() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(State::path(dir.path()), "{").unwrap();
+        let e = format!("{:#}", State::load(dir.path()).unwrap_err());
+        assert!(e.contains("move it away"), "{e}");
+    }
+}
