@@ -446,11 +446,11 @@ http = "/healthz"
     fn errors_name_line_and_column() {
         let bad = GOOD.replace("drain_timeout = \"5s\"", "drain_timeout = \"5\"");
         let e = parse(&bad).unwrap_err();
-        assert!(e.starts_with("/etc/bgd/app.toml:12:17: "), "{e}");
+        assert!(e.starts_with("/etc/bgd/app.toml:11:17: "), "{e}");
         assert!(e.contains("such as \"30s\""), "{e}");
 
         let e = parse(&GOOD.replace("[app]", "[app]\ncomand = 1")).unwrap_err();
-        assert!(e.starts_with("/etc/bgd/app.toml:11:1: "), "{e}");
+        assert!(e.starts_with("/etc/bgd/app.toml:10:1: "), "{e}");
         assert!(e.contains("unknown field `comand`"), "{e}");
     }
 

@@ -485,7 +485,7 @@ impl Daemon {
             }
             None => {
                 self.slot(old).set(Phase::Stopped, None);
-                self.finish_release(id, old, None);
+                self.finish_release(old, None);
             }
         }
     }
@@ -535,11 +535,11 @@ impl Daemon {
         slot.set(Phase::Stopped, None);
         slot.last_exit = Some(exit);
         if self.current(id).is_some() {
-            self.finish_release(id, color, Some(exit));
+            self.finish_release(color, Some(exit));
         }
     }
 
-    fn finish_release(&mut self, id: u64, old: Color, drained: Option<Exit>) {
+    fn finish_release(&mut self, old: Color, drained: Option<Exit>) {
         let r = self
             .release
             .take()
@@ -803,6 +803,7 @@ impl Daemon {
             blue: color_status(Color::Blue, &self.blue),
             green: color_status(Color::Green, &self.green),
             last_result: self.last_result.clone(),
+            listen: self.ctx.listeners.addresses(),
         }
     }
 }

@@ -22,8 +22,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use nix::sys::socket::{
-    bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
-    SockaddrIn, SockaddrIn6, UnixAddr,
+    bind, getsockname, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag,
+    SockType, SockaddrIn, SockaddrIn6, SockaddrStorage, UnixAddr,
 };
 
 use crate::color::Color;
@@ -34,6 +34,8 @@ pub struct Listeners {
 }
 
 struct Socket {
+    /// As configured, but with the port the kernel picked for a port 0, so
+    /// that a re-bind gets the same address.
     config: ListenConfig,
     fd: OwnedFd,
     listening: bool,
@@ -53,8 +55,16 @@ impl Listeners {
                     hint(&e)
                 )
             })?;
+            let mut config = c.clone();
+            if let ListenAddr::Tcp(addr) = &mut config.address {
+                let bound: SockaddrStorage = getsockname(fd.as_raw_fd())?;
+                let port = bound.as_sockaddr_in().map(|a| a.port());
+                if let Some(port) = port.or_else(|| bound.as_sockaddr_in6().map(|a| a.port())) {
+                    addr.set_port(port);
+                }
+            }
             sockets.push(Socket {
-                config: c.clone(),
+                config,
                 fd,
                 listening: false,
             });
@@ -93,6 +103,17 @@ impl Listeners {
         self.lock()
             .iter()
             .map(|s| (s.config.name.clone(), s.fd.as_raw_fd()))
+            .collect()
+    }
+
+    /// Every socket's name and bound address, for status.
+    pub fn addresses(&self) -> Vec<crate::protocol::ListenStatus> {
+        self.lock()
+            .iter()
+            .map(|s| crate::protocol::ListenStatus {
+                name: s.config.name.clone(),
+                address: s.config.address.to_string(),
+            })
             .collect()
     }
 

@@ -187,6 +187,14 @@ pub struct Status {
     pub blue: ColorStatus,
     pub green: ColorStatus,
     pub last_result: Option<String>,
+    /// The app's sockets as bound (a configured port 0 shows the real port).
+    pub listen: Vec<ListenStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ListenStatus {
+    pub name: String,
+    pub address: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

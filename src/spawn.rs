@@ -166,6 +166,29 @@ fn child_setup(parent: libc::pid_t, sources: &[RawFd]) -> io::Result<()> {
     Ok(())
 }
 
+/// Marks every fd above stderr that bgd inherited as close-on-exec, so that
+/// whatever bgd's parent leaked to it (a shell's or CI runner's fds) never
+/// reaches an app. Call first thing in `main`, while single-threaded.
+pub fn cloexec_inherited_fds() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<RawFd> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl on an integer fd; one that was the read_dir's own and
+        // is closed by now fails with EBADF, which is ignored.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
 /// `bgd __bgd_exec PROGRAM ARGS...`: runs single-threaded, before anything
 /// else in bgd's `main`. Sets `LISTEN_PID` to this process's pid and execs
 /// the app in place. Returns only on failure, with the exit code to use.

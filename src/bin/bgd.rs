@@ -31,6 +31,7 @@ fn main() -> ExitCode {
     if argv.nth(1).is_some_and(|a| a == spawn::TRAMPOLINE_ARG) {
         return ExitCode::from(spawn::trampoline(argv) as u8);
     }
+    spawn::cloexec_inherited_fds();
     let args = Args::parse();
     init_logging();
     let config = match Config::load(&args.config) {

@@ -1,0 +1,311 @@
+//! A real `bgd` in a temp dir, driven by the real `bgctl`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BGD: &str = env!("CARGO_BIN_EXE_bgd");
+pub const BGCTL: &str = env!("CARGO_BIN_EXE_bgctl");
+
+/// The interpreter for the example and fixture apps. Not a version
+/// manager's shim: those fork, so the app's pid would differ from LISTEN_PID.
+pub fn python() -> &'static str {
+    for p in ["/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"] {
+        if Path::new(p).exists() {
+            return p;
+        }
+    }
+    panic!("the tests need python3 at /usr/bin/python3 (apt-get install python3)")
+}
+
+/// The repository's root, for `examples/`.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` at the deadline.
+pub fn wait_until<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline;
+    let mut every = Duration::from_millis(5);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(every); // poll interval of a deadline-bounded wait
+        every = (every * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Settings a test varies; the rest of the config is fixed.
+#[derive(Clone)]
+pub struct Setup {
+    pub command: String,
+    pub health: String,
+    pub drain_timeout: &'static str,
+    pub stop_signal: &'static str,
+    /// Extra `[[listen]]` tables, after the TCP one named `http`.
+    pub extra_listen: String,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            command: format!("[\"{}\", \"server.py\"]", python()),
+            health: "http = \"/healthz\"\ntimeout = \"20s\"".into(),
+            drain_timeout: "10s",
+            stop_signal: "SIGTERM",
+            extra_listen: String::new(),
+        }
+    }
+}
+
+pub struct Bgd {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Bgd {
+    /// Writes a config into a fresh temp dir and starts bgd on it.
+    pub fn start(setup: Setup) -> Bgd {
+        let dir = tempfile::Builder::new()
+            .prefix("bgd-test-")
+            .tempdir()
+            .unwrap();
+        let config = dir.path().join("bgd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+name = "test"
+root = "root"
+
+[[listen]]
+name = "http"
+address = "127.0.0.1:0"
+{extra}
+[app]
+command = {command}
+stop_signal = "{sig}"
+drain_timeout = "{drain}"
+env = {{ PYTHONUNBUFFERED = "1" }}
+
+[health]
+{health}
+"#,
+                extra = setup.extra_listen,
+                command = setup.command,
+                sig = setup.stop_signal,
+                drain = setup.drain_timeout,
+                health = setup.health,
+            ),
+        )
+        .unwrap();
+        let mut bgd = Bgd {
+            log: dir.path().join("bgd.log"),
+            dir,
+            config,
+            child: None,
+        };
+        bgd.spawn(|_| {});
+        bgd
+    }
+
+    /// Starts bgd (again) on the same config; `tweak` adjusts the command.
+    pub fn spawn(&mut self, tweak: impl FnOnce(&mut Command)) {
+        assert!(self.child.is_none(), "bgd is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(BGD);
+        cmd.arg("--config")
+            .arg(&self.config)
+            .env("BGD_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0);
+        tweak(&mut cmd);
+        self.child = Some(cmd.spawn().unwrap());
+        wait_until("bgd's control socket", Duration::from_secs(20), || {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("bgd exited at start ({status}):\n{}", self.log());
+            }
+            std::os::unix::net::UnixStream::connect(self.socket()).ok()
+        });
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.root().join("bgd.sock")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("bgd runs").id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs bgctl against this bgd; panics if it takes over two minutes.
+    pub fn bgctl(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(BGCTL);
+        cmd.arg("--socket").arg(self.socket()).args(args);
+        run_with_deadline(cmd, Duration::from_secs(120))
+    }
+
+    /// `bgctl release DIR`, asserting success.
+    pub fn release(&self, dir: &Path) -> Output {
+        let out = self.bgctl(&["release", dir.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "release of {} failed: {}\n{}\nbgd log:\n{}",
+            dir.display(),
+            text(&out.stderr),
+            text(&out.stdout),
+            self.log()
+        );
+        out
+    }
+
+    pub fn status(&self) -> Value {
+        let out = self.bgctl(&["status", "--json"]);
+        assert!(out.status.success(), "status failed: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The TCP address of the `http` socket (configured as port 0).
+    pub fn addr(&self) -> String {
+        self.status()["listen"][0]["address"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Sends `sig` to bgd and waits for it to exit; returns its exit code.
+    pub fn stop(&mut self, sig: i32) -> Option<i32> {
+        let mut child = self.child.take().expect("bgd runs");
+        // SAFETY: kill(2) with a pid we spawned and have not reaped.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let status = wait_until("bgd to exit", Duration::from_secs(30), || {
+            child.try_wait().unwrap()
+        });
+        status.code()
+    }
+}
+
+impl Drop for Bgd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on the process group of a child we spawned.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- bgd log ({}) ---\n{}", self.log.display(), self.log());
+        }
+    }
+}
+
+/// Runs `cmd` to completion, killing it and panicking at the deadline.
+pub fn run_with_deadline(mut cmd: Command, deadline: Duration) -> Output {
+    let out = tempfile::tempfile().unwrap();
+    let err = tempfile::tempfile().unwrap();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(err.try_clone().unwrap())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + deadline;
+    let status = wait_until(
+        &format!("{cmd:?} to finish"),
+        deadline + Duration::from_secs(1),
+        || {
+            if Instant::now() > end {
+                let _ = child.kill();
+            }
+            child.try_wait().unwrap()
+        },
+    );
+    let read = |mut f: std::fs::File| {
+        use std::io::Seek;
+        let mut v = Vec::new();
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        f.read_to_end(&mut v).unwrap();
+        v
+    };
+    Output {
+        status,
+        stdout: read(out),
+        stderr: read(err),
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// One GET over a new connection; returns (status, body).
+pub fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let code = resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// The `release=N` the example app puts in its body.
+pub fn release_of(body: &str) -> Option<u64> {
+    body.split_whitespace()
+        .find_map(|w| w.strip_prefix("release="))
+        .and_then(|r| r.parse().ok())
+}
+
+/// Copies the example app into `dir/name` with its version set to `version`.
+pub fn example_build(dir: &Path, name: &str, version: &str) -> PathBuf {
+    let build = dir.join(name);
+    std::fs::create_dir_all(&build).unwrap();
+    let src = std::fs::read_to_string(repo().join("examples/hello/v1/server.py")).unwrap();
+    let src = src.replace("VERSION = \"v1\"", &format!("VERSION = \"{version}\""));
+    std::fs::write(build.join("server.py"), src).unwrap();
+    build
+}
+
+/// A build holding one Python file `server.py` with `code`.
+pub fn script_build(dir: &Path, name: &str, code: &str) -> PathBuf {
+    let build = dir.join(name);
+    std::fs::create_dir_all(&build).unwrap();
+    std::fs::write(build.join("server.py"), code).unwrap();
+    build
+}
+
+/// Whether a process exists (zombies count: they are not reaped yet).
+pub fn exists(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}

@@ -1,0 +1,127 @@
+//! Status, rollback, and bgd's own start, restart and stop.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::*;
+
+#[test]
+fn rollback_and_status_json() {
+    let bgd = Bgd::start(Setup::default());
+    let st = bgd.status();
+    assert_eq!(st["live"], serde_json::Value::Null);
+    assert_eq!(st["blue"]["state"], "empty");
+    // Nothing is live yet: clients are refused, not left waiting in a queue.
+    assert!(
+        get(&bgd.addr(), "/").is_err(),
+        "connecting before any release must be refused"
+    );
+    let out = bgd.bgctl(&["rollback"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+
+    let b1 = example_build(bgd.dir.path(), "b1", "v1");
+    let out = bgd.bgctl(&["release", b1.to_str().unwrap(), "--label", "first"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    bgd.release(&example_build(bgd.dir.path(), "b2", "v2"));
+    let addr = bgd.addr();
+    assert_eq!(release_of(&get(&addr, "/").unwrap().1), Some(2));
+
+    let st = bgd.status();
+    assert_eq!(st["name"], "test");
+    assert_eq!(st["live"], "green");
+    assert_eq!(st["green"]["state"], "live");
+    assert_eq!(st["green"]["release"], 2);
+    assert!(st["green"]["pid"].as_u64().unwrap() > 1);
+    assert_eq!(st["blue"]["state"], "stopped");
+    assert_eq!(st["blue"]["label"], "first");
+    assert_eq!(st["blue"]["source"], b1.display().to_string());
+    assert_eq!(st["blue"]["pid"], serde_json::Value::Null);
+    assert_eq!(st["release_in_progress"], serde_json::Value::Null);
+
+    let out = bgd.bgctl(&["rollback"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (code, body) = get(&addr, "/").unwrap();
+    assert_eq!((code, release_of(&body)), (200, Some(1)), "{body}");
+    assert!(body.starts_with("hello from v1"), "{body}");
+    let st = bgd.status();
+    assert_eq!(st["live"], "blue");
+    assert_eq!(st["green"]["state"], "stopped");
+    assert_eq!(
+        std::fs::read_link(bgd.root().join("live")).unwrap(),
+        std::path::Path::new("blue")
+    );
+
+    let text_status = text(&bgd.bgctl(&["status"]).stdout);
+    assert!(
+        text_status.contains("live blue") && text_status.contains("release 1 (first)"),
+        "{text_status}"
+    );
+}
+
+#[test]
+fn restarting_bgd_brings_the_live_color_back() {
+    let mut bgd = Bgd::start(Setup::default());
+    bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
+    bgd.release(&example_build(bgd.dir.path(), "b2", "v2"));
+    let addr = bgd.addr();
+    let old_pid = bgd.status()["green"]["pid"].as_u64().unwrap() as i32;
+
+    // SIGTERM drains the live color and exits 0, leaving no app process.
+    assert_eq!(bgd.stop(libc::SIGTERM), Some(0));
+    assert!(!exists(old_pid), "the app outlived bgd");
+    assert!(get(&addr, "/").is_err());
+
+    // The config binds port 0; pin the port bgd got so clients find it again.
+    let config = std::fs::read_to_string(&bgd.config)
+        .unwrap()
+        .replace("127.0.0.1:0", &addr);
+    std::fs::write(&bgd.config, config).unwrap();
+    bgd.spawn(|_| {});
+    let body = wait_until(
+        "the live color to serve again",
+        Duration::from_secs(20),
+        || get(&addr, "/").ok().map(|r| r.1),
+    );
+    assert_eq!(release_of(&body), Some(2), "{body}");
+    assert!(body.starts_with("hello from v2"), "{body}");
+    let st = bgd.status();
+    assert_eq!(st["live"], "green");
+    assert_eq!(st["green"]["state"], "live");
+}
+
+#[test]
+fn sigkill_of_bgd_leaves_no_app_process() {
+    let mut bgd = Bgd::start(Setup::default());
+    bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
+    let app = bgd.status()["blue"]["pid"].as_u64().unwrap() as i32;
+    bgd.stop(libc::SIGKILL);
+    wait_until("the app to die with bgd", Duration::from_secs(10), || {
+        (!exists(app)).then_some(())
+    });
+}
+
+#[test]
+fn config_errors_name_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "name = \"x\"\nroot = \"r\"\n[[listen]]\nname = \"http\"\naddress = \"localhost\"\n[app]\ncommand = [\"./s\"]\n[health]\nhttp = \"/\"\n").unwrap();
+    let out = Command::new(BGD)
+        .arg("--check")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "bgd: {}:5:11: bad address \"localhost\"",
+            config.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("r").exists(),
+        "a bad config must not create anything"
+    );
+}

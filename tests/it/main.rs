@@ -1,0 +1,10 @@
+//! Integration tests: the real `bgd` and `bgctl` binaries, real child
+//! processes, real sockets, real signals and real HTTP load.
+
+mod harness;
+mod load;
+
+mod failures;
+mod inherit;
+mod lifecycle;
+mod releases;
