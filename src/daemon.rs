@@ -300,7 +300,7 @@ impl Daemon {
             return refuse(
                 FailureKind::Busy,
                 format!(
-                    "{} {} is in progress (step {}, {} since {}): releases never overlap, so run this one again when it finishes (`bgctl status` shows progress)",
+                    "{} of release {} is in progress (step {}, {} since {}): releases never overlap, so run this one again when it finishes (`bgctl status` shows progress)",
                     kind_name(r.kind), r.release, r.step, r.color, crate::rfc3339(r.since)
                 ),
             );
@@ -547,9 +547,12 @@ impl Daemon {
         let total = r.started.elapsed();
         let drain_ms = r.swapped_at.map_or(0, |t| t.elapsed().as_millis() as u64);
         let build = self.state.build(r.color).cloned();
+        let verb = match r.kind {
+            Kind::Rollback => "rolled back to",
+            _ => "released",
+        };
         let msg = format!(
-            "{} of release {} is live on {} ({} ms)",
-            kind_name(r.kind),
+            "{verb} release {} on {} ({} ms)",
             r.release,
             r.color,
             total.as_millis()
