@@ -186,3 +186,71 @@ os.execv(sys.executable, [sys.executable, "real_server.py"])
     );
     assert_serves_release(&bgd.addr(), 2);
 }
+
+#[test]
+fn bad_build_paths_are_refused_before_anything_is_touched() {
+    let bgd = Bgd::start(Setup::default());
+    bgd.release(&example_build(bgd.dir.path(), "good", "v1"));
+    let file = bgd.dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    for (path, want) in [
+        (bgd.dir.path().join("missing"), "does not exist"),
+        (file, "is not a directory"),
+    ] {
+        let out = bgd.bgctl(&["release", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(want), "{}", text(&out.stderr));
+    }
+    assert_eq!(
+        bgd.status()["green"]["state"],
+        "empty",
+        "the dormant color was not touched"
+    );
+    assert_serves_release(&bgd.addr(), 1);
+}
+
+/// A release asked for while another runs is refused at once (exit 4) and
+/// names the one in progress; the first completes.
+#[test]
+fn a_second_release_during_one_is_refused() {
+    const SLOW_START: &str = r#"
+import os, sys, time
+time.sleep(float(os.environ.get("SLOW", "3")))
+os.execv(sys.executable, [sys.executable, "real_server.py"])
+"#;
+    let bgd = Bgd::start(Setup::default());
+    let slow = script_build(bgd.dir.path(), "slow", SLOW_START);
+    std::fs::copy(
+        repo().join("examples/hello/v1/server.py"),
+        slow.join("real_server.py"),
+    )
+    .unwrap();
+    let first = {
+        let mut cmd = std::process::Command::new(BGCTL);
+        cmd.arg("--socket")
+            .arg(bgd.socket())
+            .arg("release")
+            .arg(&slow);
+        std::thread::spawn(move || run_with_deadline(cmd, Duration::from_secs(60)))
+    };
+    wait_until(
+        "the first release to start",
+        Duration::from_secs(20),
+        || (bgd.status()["release_in_progress"]["step"] == "wait_ready").then_some(()),
+    );
+    let out = bgd.bgctl(&[
+        "release",
+        example_build(bgd.dir.path(), "other", "v2")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("release 1 is in progress (step wait_ready"),
+        "{}",
+        text(&out.stderr)
+    );
+    let first = first.join().unwrap();
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert_serves_release(&bgd.addr(), 1);
+}
