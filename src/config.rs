@@ -14,6 +14,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde::Deserialize;
 
+use crate::identity::{self, Identity};
+
 /// A validated config; every path in it is absolute.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -23,8 +25,10 @@ pub struct Config {
     /// bgd's own directory: `blue/`, `green/`, the `live` symlink, state.
     pub root: PathBuf,
     pub control: PathBuf,
-    /// Mode of the control socket file (0600 unless `control_mode` says otherwise).
+    /// Mode of the control socket file (0600, or 0660 with a `control_group`).
     pub control_mode: u32,
+    /// Members of this group may use the control socket too.
+    pub control_group: Option<nix::unistd::Gid>,
     pub listen: Vec<ListenConfig>,
     pub app: AppConfig,
     pub health: HealthConfig,
@@ -38,6 +42,8 @@ pub struct ListenConfig {
     /// File mode of a Unix socket (0666 unless set).
     pub mode: u32,
     pub backlog: i32,
+    /// `file:line:col` of its address, for errors found when binding.
+    pub location: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +69,8 @@ pub struct AppConfig {
     pub env: BTreeMap<String, String>,
     pub stop_signal: Signal,
     pub drain_timeout: Duration,
+    /// Run the app as this user (`app.user`, `app.group`); `None` keeps bgd's.
+    pub identity: Option<Identity>,
 }
 
 #[derive(Debug, Clone)]
@@ -159,7 +167,9 @@ impl Config {
                 Some(m) => parse_mode(m.get_ref()).map_err(|e| fail(m.span(), e))?,
                 None => 0o666,
             };
+            let (line, col) = line_col(text, l.address.span().start);
             listen.push(ListenConfig {
+                location: format!("{}:{line}:{col}", file.display()),
                 name: name.clone(),
                 address,
                 mode,
@@ -214,6 +224,50 @@ impl Config {
             }
         }
 
+        let control_group = match &raw.control_group {
+            Some(g) => Some(
+                identity::lookup_group(g.get_ref())
+                    .map_err(|m| fail(g.span(), format!("control_group: {m}")))?,
+            ),
+            None => None,
+        };
+        let identity = match &raw.app.user {
+            Some(u) => Some(
+                identity::resolve(
+                    u.get_ref(),
+                    raw.app.group.as_ref().map(|g| g.get_ref().as_str()),
+                )
+                .map_err(|m| fail(u.span(), format!("app.user: {m}")))?,
+            ),
+            None if raw.app.group.is_some() => {
+                return Err(fail(
+                    raw.app.group.as_ref().expect("checked").span(),
+                    "app.group needs app.user: name the user the app runs as".into(),
+                ));
+            }
+            None => None,
+        };
+        let runs_as_root = identity
+            .as_ref()
+            .map_or(nix::unistd::geteuid().is_root(), |i| i.uid.is_root());
+        if runs_as_root && !raw.app.allow_root {
+            let span = raw
+                .app
+                .user
+                .as_ref()
+                .map_or(raw.app.command.span(), |u| u.span());
+            return Err(fail(span, "the app would run as root: set app.user to an unprivileged user (such as \"www-data\"), or app.allow_root = true if it must be root".into()));
+        }
+        if identity.is_some() && !nix::unistd::geteuid().is_root() {
+            let span = raw
+                .app
+                .user
+                .as_ref()
+                .expect("identity comes from app.user")
+                .span();
+            return Err(fail(span, "app.user needs bgd to run as root, which it does not: remove app.user or start bgd as root".into()));
+        }
+
         Ok(Config {
             file: file.clone(),
             name: raw.name.into_inner(),
@@ -221,8 +275,10 @@ impl Config {
             control,
             control_mode: match raw.control_mode {
                 Some(m) => parse_mode(m.get_ref()).map_err(|e| fail(m.span(), e))?,
+                None if control_group.is_some() => 0o660,
                 None => 0o600,
             },
+            control_group,
             listen,
             app: AppConfig {
                 command: raw.app.command.into_inner(),
@@ -233,6 +289,7 @@ impl Config {
                     .drain_timeout
                     .map(|d| d.0)
                     .unwrap_or(Duration::from_secs(30)),
+                identity,
             },
             health: HealthConfig {
                 http: health.http.map(|s| s.into_inner()),
@@ -259,6 +316,7 @@ struct Raw {
     root: PathBuf,
     control: Option<PathBuf>,
     control_mode: Option<Spanned<String>>,
+    control_group: Option<Spanned<String>>,
     #[serde(default)]
     listen: Vec<RawListen>,
     app: RawApp,
@@ -278,6 +336,10 @@ struct RawListen {
 #[serde(deny_unknown_fields)]
 struct RawApp {
     command: Spanned<Vec<String>>,
+    user: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+    #[serde(default)]
+    allow_root: bool,
     #[serde(default)]
     env: BTreeMap<String, String>,
     stop_signal: Option<SignalName>,
@@ -422,6 +484,7 @@ address = "127.0.0.1:8080"
 [app]
 command = ["./server"]
 drain_timeout = "5s"
+allow_root = true
 
 [health]
 http = "/healthz"
@@ -480,6 +543,22 @@ http = "/healthz"
         ] {
             let e = parse(&GOOD.replace(from, to)).unwrap_err();
             assert!(e.contains(want), "{from} -> {to}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_app_runs_as_root_only_when_allowed() {
+        let e = parse(&GOOD.replace("allow_root = true", "")).err();
+        if nix::unistd::geteuid().is_root() {
+            assert!(e.unwrap().contains("the app would run as root"));
+            let e = parse(&GOOD.replace("allow_root = true", "user = \"root\"")).unwrap_err();
+            assert!(e.contains("the app would run as root"), "{e}");
+            let c = parse(&GOOD.replace("allow_root = true", "user = \"nobody\"")).unwrap();
+            assert_ne!(c.app.identity.unwrap().uid.as_raw(), 0);
+        } else {
+            assert!(e.is_none(), "{e:?}");
+            let e = parse(&GOOD.replace("allow_root = true", "user = \"nobody\"")).unwrap_err();
+            assert!(e.contains("app.user needs bgd to run as root"), "{e}");
         }
     }
 

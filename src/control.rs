@@ -10,18 +10,26 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use nix::unistd::Gid;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc::{self, UnboundedSender};
 
 use crate::daemon::Event;
+use crate::identity;
 use crate::listen::remove_stale_unix_socket;
 use crate::protocol::{self, Failure, FailureKind, Reply, MAX_REQUEST_BYTES};
 
 /// How long a client may take to send its request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub fn bind(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
+/// Who may use the control socket, besides root and bgd's own user.
+#[derive(Clone, Copy)]
+pub struct Access {
+    pub group: Option<Gid>,
+}
+
+pub fn bind(path: &Path, mode: u32, access: Access) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -30,14 +38,18 @@ pub fn bind(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
         .with_context(|| format!("cannot bind the control socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot set mode {mode:o} on {}", path.display()))?;
+    if let Some(gid) = access.group {
+        std::os::unix::fs::lchown(path, None, Some(gid.as_raw()))
+            .with_context(|| format!("cannot give {} to control_group {gid}", path.display()))?;
+    }
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, events: UnboundedSender<Event>) {
+pub async fn serve(listener: UnixListener, access: Access, events: UnboundedSender<Event>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(handle(stream, events.clone()));
+                tokio::spawn(handle(stream, access, events.clone()));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -48,27 +60,41 @@ pub async fn serve(listener: UnixListener, events: UnboundedSender<Event>) {
     }
 }
 
-/// Root and bgd's own user may send requests.
-fn allowed(uid: u32) -> bool {
-    uid == 0 || uid == nix::unistd::geteuid().as_raw()
+/// Root, bgd's own user and members of `control_group` may send requests.
+async fn allowed(access: Access, uid: u32, gid: u32) -> bool {
+    if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
+        return true;
+    }
+    let Some(group) = access.group else {
+        return false;
+    };
+    // Group membership reads /etc/group: off the event loop's thread.
+    tokio::task::spawn_blocking(move || identity::uid_in_group(uid, gid, group))
+        .await
+        .unwrap_or(false)
 }
 
-async fn handle(stream: UnixStream, events: UnboundedSender<Event>) {
+async fn handle(stream: UnixStream, access: Access, events: UnboundedSender<Event>) {
     let (read, mut write) = stream.into_split();
-    let peer = write.as_ref().peer_cred();
-    if let Ok(cred) = &peer {
-        if !allowed(cred.uid()) {
+    let refusal = match write.as_ref().peer_cred() {
+        Ok(cred) if allowed(access, cred.uid(), cred.gid()).await => None,
+        Ok(cred) => {
             tracing::warn!(
                 uid = cred.uid(),
                 pid = cred.pid(),
                 "refused a control connection from a user that may not control bgd"
             );
-            let f = Failure::new(FailureKind::BadRequest, None, format!(
-                "permission denied: uid {} may not control this bgd; run bgctl as root or as bgd's own user", cred.uid()
-            ));
-            let _ = write.write_all(&protocol::encode(&Reply::Error(f))).await;
-            return;
+            Some(format!(
+                "permission denied: uid {} may not control this bgd; run bgctl as root, as bgd's own user, or as a member of its control_group",
+                cred.uid()
+            ))
         }
+        Err(e) => Some(format!("cannot check who is connecting: {e}")),
+    };
+    if let Some(message) = refusal {
+        let f = Failure::new(FailureKind::BadRequest, None, message);
+        let _ = write.write_all(&protocol::encode(&Reply::Error(f))).await;
+        return;
     }
     let mut reader = BufReader::new(read).take(MAX_REQUEST_BYTES as u64 + 1);
     let mut line = Vec::new();

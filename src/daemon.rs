@@ -73,13 +73,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let reaper = Reaper::start().context("cannot start reaping child processes")?;
     let (tx, rx) = mpsc::unbounded_channel();
     forward_signals(tx.clone())?;
-    let control = control::bind(&config.control, config.control_mode)?;
+    let access = control::Access {
+        group: config.control_group,
+    };
+    let control = control::bind(&config.control, config.control_mode, access)?;
     let ctx = Arc::new(Ctx {
         config,
         listeners,
         reaper,
     });
-    tokio::spawn(control::serve(control, tx.clone()));
+    tokio::spawn(control::serve(control, access, tx.clone()));
     tracing::info!(name = %ctx.config.name, control = %ctx.config.control.display(), "bgd is up");
 
     let mut daemon = Daemon::new(ctx.clone(), state, tx);
@@ -492,7 +495,6 @@ impl Daemon {
 
     fn make_live(&mut self, app: AppProcess) {
         let (color, pid) = (app.color, app.pid);
-        state::record_pgid(&self.ctx.config.root, color, Some(pid));
         let exit = app.wait_exit();
         let events = self.events.clone();
         tokio::spawn(async move {
@@ -518,19 +520,18 @@ impl Daemon {
         let events = self.events.clone();
         self.drains += 1;
         tokio::spawn(async move {
+            let color = proc.color;
             let exit = proc.stop(sig, deadline).await;
-            let _ = events.send(Event::Drained {
-                id,
-                color: proc.color,
-                exit,
-            });
+            // Dropped before the event, so its pgid record is gone before the
+            // daemon can start this color again.
+            drop(proc);
+            let _ = events.send(Event::Drained { id, color, exit });
         });
     }
 
     fn on_drained(&mut self, id: u64, color: Color, exit: Exit) {
         self.drains -= 1;
         tracing::info!(%color, "drained ({exit})");
-        state::record_pgid(&self.ctx.config.root, color, None);
         let slot = self.slot(color);
         slot.set(Phase::Stopped, None);
         slot.last_exit = Some(exit);
@@ -547,16 +548,10 @@ impl Daemon {
         let total = r.started.elapsed();
         let drain_ms = r.swapped_at.map_or(0, |t| t.elapsed().as_millis() as u64);
         let build = self.state.build(r.color).cloned();
-        let verb = match r.kind {
-            Kind::Rollback => "rolled back to",
-            _ => "released",
-        };
-        let msg = format!(
-            "{verb} release {} on {} ({} ms)",
-            r.release,
-            r.color,
-            total.as_millis()
-        );
+        let msg = match r.kind {
+            Kind::Rollback => format!("rolled back to release {} on {}", r.release, r.color),
+            _ => format!("release {} is live on {}", r.release, r.color),
+        } + &format!(" ({} ms)", total.as_millis());
         tracing::info!("{msg}");
         self.last_result = Some(format!("{} ok: {msg}", crate::now_rfc3339()));
         if let Some(c) = r.client {

@@ -15,6 +15,7 @@ use anyhow::{bail, Context as _};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixDatagram};
 
+use crate::identity::Identity;
 use crate::process::AppProcess;
 use crate::spawn;
 use crate::Ctx;
@@ -111,6 +112,7 @@ async fn wait_exec(
             cwd: dir,
             env: env.clone(),
             fds: vec![],
+            identity: ctx.config.app.identity.as_ref(),
         })
         .with_context(|| format!("cannot run health.exec {:?} in {}", cmd[0], dir.display()))?;
         let exited = ctx.reaper.watch(check.pid);
@@ -137,7 +139,9 @@ pub struct NotifySocket {
 }
 
 impl NotifySocket {
-    pub fn bind(path: &Path) -> anyhow::Result<NotifySocket> {
+    /// Binds the socket; with an `identity`, the app's user owns it so its
+    /// processes may send to it.
+    pub fn bind(path: &Path, identity: Option<&Identity>) -> anyhow::Result<NotifySocket> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -145,6 +149,10 @@ impl NotifySocket {
         let _ = std::fs::remove_file(path);
         let sock = UnixDatagram::bind(path)
             .with_context(|| format!("cannot bind NOTIFY_SOCKET {}", path.display()))?;
+        if let Some(id) = identity {
+            std::os::unix::fs::lchown(path, Some(id.uid.as_raw()), Some(id.gid.as_raw()))
+                .with_context(|| format!("cannot hand {} to user {}", path.display(), id.user))?;
+        }
         Ok(NotifySocket {
             sock,
             path: path.to_path_buf(),

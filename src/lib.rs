@@ -19,6 +19,7 @@
 //! - [`stage`]    copying a build into a color directory atomically
 //! - [`state`]    what survives a restart: live color, builds, the `live` symlink
 //! - [`control`]  the control socket: peer check, decode, stream replies
+//! - [`identity`] the user and groups the app runs as
 //! - [`color`]    blue and green
 
 pub mod color;
@@ -26,6 +27,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod health;
+pub mod identity;
 pub mod listen;
 pub mod process;
 pub mod protocol;

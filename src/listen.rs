@@ -49,7 +49,8 @@ impl Listeners {
         for c in configs {
             let fd = bind_one(c).map_err(|e| {
                 anyhow::anyhow!(
-                    "cannot bind [[listen]] {:?} at {}: {e}{}",
+                    "{}: cannot bind [[listen]] {:?} at {}: {e}{}",
+                    c.location,
                     c.name,
                     c.address,
                     hint(&e)

@@ -25,8 +25,8 @@ use crate::color::Color;
 use crate::config::PROBE_FD_NAME;
 use crate::health::NotifySocket;
 use crate::reaper::Exit;
-use crate::spawn;
 use crate::Ctx;
+use crate::{spawn, state};
 
 /// Lines of output kept per color for failure reports.
 const TAIL_LINES: usize = 40;
@@ -50,6 +50,8 @@ pub struct AppProcess {
     _probe: Option<std::net::TcpListener>,
     pub probe_addr: Option<SocketAddr>,
     pub notify: Option<NotifySocket>,
+    /// bgd's root, where the group is recorded while it may run.
+    root: PathBuf,
 }
 
 impl AppProcess {
@@ -84,7 +86,10 @@ impl AppProcess {
             None
         };
         let notify = if cfg.health.notify {
-            let n = NotifySocket::bind(&run_dir(&cfg.root).join(format!("{color}.notify")))?;
+            let n = NotifySocket::bind(
+                &run_dir(&cfg.root).join(format!("{color}.notify")),
+                cfg.app.identity.as_ref(),
+            )?;
             env.push(("NOTIFY_SOCKET".into(), n.path().display().to_string()));
             Some(n)
         } else {
@@ -96,10 +101,12 @@ impl AppProcess {
             cwd: dir,
             env,
             fds,
+            identity: cfg.app.identity.as_ref(),
         })
         .with_context(|| format!("cannot start {:?} in {}", cfg.app.command[0], dir.display()))?;
         // No .await may come between spawn and watch: see reaper.rs.
         let exited = ctx.reaper.watch(spawned.pid);
+        state::record_pgid(&cfg.root, color, Some(spawned.pid));
         let (exit_tx, exit) = watch::channel(None);
         tokio::spawn(async move {
             if let Ok(status) = exited.await {
@@ -132,6 +139,7 @@ impl AppProcess {
             _probe: probe,
             probe_addr,
             notify,
+            root: cfg.root.clone(),
         })
     }
 
@@ -180,6 +188,7 @@ impl AppProcess {
         match killpg(self.pid, None) {
             Err(Errno::ESRCH) => {
                 self.group_gone.store(true, Ordering::Relaxed);
+                state::record_pgid(&self.root, self.color, None);
                 false
             }
             _ => true,
@@ -244,6 +253,7 @@ impl Drop for AppProcess {
             tracing::warn!(color = %self.color, pid = self.pid.as_raw(), "abandoned while running: killing its process group");
             self.signal(Signal::SIGKILL);
         }
+        state::record_pgid(&self.root, self.color, None);
     }
 }
 

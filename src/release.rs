@@ -74,27 +74,34 @@ async fn prepare(
         );
         let t = Instant::now();
         let (root2, src2, color, id) = (root.clone(), source.clone(), plan.color, plan.id);
-        let copied = tokio::task::spawn_blocking(move || stage::stage(&root2, &src2, color, id))
-            .await
-            .map_err(|e| {
-                Failure::new(
-                    FailureKind::Internal,
-                    Some(Step::Stage),
-                    format!("staging task failed: {e}"),
-                )
-            })?
-            .map_err(|e| {
-                let kind = if e.kind() == std::io::ErrorKind::InvalidInput {
-                    FailureKind::BadRequest
-                } else {
-                    FailureKind::Stage
-                };
-                Failure::new(
-                    kind,
-                    Some(Step::Stage),
-                    format!("cannot stage the build: {e}"),
-                )
-            })?;
+        let owner = ctx
+            .config
+            .app
+            .identity
+            .as_ref()
+            .map(|i| (i.uid.as_raw(), i.gid.as_raw()));
+        let copied =
+            tokio::task::spawn_blocking(move || stage::stage(&root2, &src2, color, id, owner))
+                .await
+                .map_err(|e| {
+                    Failure::new(
+                        FailureKind::Internal,
+                        Some(Step::Stage),
+                        format!("staging task failed: {e}"),
+                    )
+                })?
+                .map_err(|e| {
+                    let kind = if e.kind() == std::io::ErrorKind::InvalidInput {
+                        FailureKind::BadRequest
+                    } else {
+                        FailureKind::Stage
+                    };
+                    Failure::new(
+                        kind,
+                        Some(Step::Stage),
+                        format!("cannot stage the build: {e}"),
+                    )
+                })?;
         timings.stage_ms = t.elapsed().as_millis() as u64;
         let _ = events.send(Event::Staged {
             id: plan.id,

@@ -17,6 +17,8 @@ use std::process::{Command, Stdio};
 
 use nix::unistd::Pid;
 
+use crate::identity::Identity;
+
 /// The argv\[1\] that makes `bgd` act as the exec trampoline.
 pub const TRAMPOLINE_ARG: &str = "__bgd_exec";
 
@@ -38,6 +40,8 @@ pub struct Spec<'a> {
     pub env: Vec<(String, String)>,
     /// Sockets passed as fds 3.. in this order, named in `LISTEN_FDNAMES`.
     pub fds: Vec<(String, RawFd)>,
+    /// Run as this user instead of bgd's.
+    pub identity: Option<&'a Identity>,
 }
 
 /// A started child: the leader of its own process group (pgid == pid).
@@ -87,12 +91,21 @@ pub fn spawn(spec: &Spec) -> io::Result<Spawned> {
         *slot = *fd;
     }
     let count = spec.fds.len();
+    let ids = spec.identity.map(|i| {
+        let groups: Vec<libc::gid_t> = i.groups.iter().map(|g| g.as_raw()).collect();
+        (i.uid.as_raw(), i.gid.as_raw(), groups)
+    });
     // SAFETY: the closure runs between fork and exec in the child of a
     // threaded process. It allocates nothing, takes no locks, and calls only
-    // async-signal-safe functions (prctl, getppid, fcntl, dup2, sigaction) on
-    // data copied before the fork.
+    // async-signal-safe functions (setgroups, setgid, setuid, prctl, getppid,
+    // fcntl, dup2, sigaction) on data built before the fork.
     unsafe {
-        cmd.pre_exec(move || child_setup(parent, &sources[..count]));
+        cmd.pre_exec(move || {
+            if let Some((uid, gid, groups)) = &ids {
+                drop_privileges(*uid, *gid, groups)?;
+            }
+            child_setup(parent, &sources[..count])
+        });
     }
     let mut child = cmd.spawn()?;
     let pid = Pid::from_raw(child.id() as i32);
@@ -113,6 +126,22 @@ pub fn spawn(spec: &Spec) -> io::Result<Spawned> {
         stdout,
         stderr,
     })
+}
+
+/// setgroups, setgid, setuid, in that order: once the uid is dropped the
+/// groups can no longer be changed. Runs in the child before [`child_setup`],
+/// because changing credentials clears `PR_SET_PDEATHSIG`.
+fn drop_privileges(uid: libc::uid_t, gid: libc::gid_t, groups: &[libc::gid_t]) -> io::Result<()> {
+    // SAFETY: plain syscalls on integers and a slice built before the fork.
+    unsafe {
+        if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+            || libc::setgid(gid) != 0
+            || libc::setuid(uid) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Runs in the child between fork and exec; see the SAFETY note in [`spawn`].

@@ -50,15 +50,29 @@ pub fn validate(dir: &Path) -> Result<PathBuf, String> {
 pub struct Copied {
     pub files: u64,
     pub bytes: u64,
+    /// Who gets the copies; `None` leaves them bgd's.
+    owner: Option<(u32, u32)>,
 }
 
 /// Copies `src` into the staging directory and swaps it into `color`'s
 /// place. Blocking; run it on a blocking thread. On error nothing of the
 /// staging directory is left and the color directory is as it was.
-pub fn stage(root: &Path, src: &Path, color: Color, id: u64) -> io::Result<Copied> {
+///
+/// With an `owner` (the app's uid and gid), every copied entry is handed to
+/// that user, so an app that does not run as bgd's user can read its build.
+pub fn stage(
+    root: &Path,
+    src: &Path,
+    color: Color,
+    id: u64,
+    owner: Option<(u32, u32)>,
+) -> io::Result<Copied> {
     let staging = staging_dir(root, id);
     let result = (|| {
-        let mut copied = Copied::default();
+        let mut copied = Copied {
+            owner,
+            ..Copied::default()
+        };
         copy_tree(src, &staging, &mut copied)?;
         sync_filesystem(&staging)?;
         swap_into_place(&staging, &color_dir(root, color))?;
@@ -104,6 +118,7 @@ fn copy_tree(src: &Path, dst: &Path, copied: &mut Copied) -> io::Result<()> {
         let ft = entry.file_type().map_err(|e| at(&from, e))?;
         if ft.is_dir() {
             copy_tree(&from, &to, copied)?;
+            continue; // copy_tree handed the directory over itself
         } else if ft.is_symlink() {
             let target = fs::read_link(&from).map_err(|e| at(&from, e))?;
             std::os::unix::fs::symlink(&target, &to).map_err(|e| at(&to, e))?;
@@ -120,11 +135,22 @@ fn copy_tree(src: &Path, dst: &Path, copied: &mut Copied) -> io::Result<()> {
                 ),
             ));
         }
+        chown(&to, copied.owner)?;
     }
+    chown(dst, copied.owner)?;
     // Set the mode last, so a read-only directory can be filled first.
     fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))
         .map_err(|e| at(dst, e))?;
     Ok(())
+}
+
+fn chown(path: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
+    match owner {
+        Some((uid, gid)) => {
+            std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|e| at(path, e))
+        }
+        None => Ok(()),
+    }
 }
 
 fn special_kind(meta: &fs::Metadata) -> &'static str {

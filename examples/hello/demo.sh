@@ -13,12 +13,20 @@ done
 cargo build --quiet --bins
 bin=target/debug
 cfg=examples/hello/bgd.toml
+if [ "$(id -u)" = 0 ]; then
+  # bgd refuses to run an app as root unless the config says so. The example
+  # is harmless, so the demo runs a copy of its config that allows it.
+  echo "demo: running as root: using a copy of $cfg with app.allow_root = true"
+  dir=$(mktemp -d)
+  sed 's/^\[app\]$/[app]\nallow_root = true/; s|^root = "state"|root = "'"$PWD"'/examples/hello/state"|; s|^control = "state/|control = "'"$PWD"'/examples/hello/state/|' "$cfg" > "$dir/bgd.toml"
+  cfg=$dir/bgd.toml
+fi
 log=$(mktemp -t bgd-demo.XXXXXX.log)
 url=http://127.0.0.1:8080/
 
 "$bin/bgd" --config "$cfg" 2>"$log" &
 bgd=$!
-trap 'kill $bgd 2>/dev/null; wait $bgd 2>/dev/null; echo "demo: bgd log is $log"' EXIT
+trap 'kill $bgd 2>/dev/null; wait $bgd 2>/dev/null; [ -z "${dir:-}" ] || rm -rf "$dir"; echo "demo: bgd log is $log"' EXIT
 # Wait until bgd answers and has brought back the color a previous run left live.
 for _ in $(seq 300); do
   st=$("$bin/bgctl" -c "$cfg" status --json 2>/dev/null) && ! grep -q '"state": "\(starting\|restarting\)"' <<<"$st" && break

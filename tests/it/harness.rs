@@ -99,6 +99,7 @@ command = {command}
 stop_signal = "{sig}"
 drain_timeout = "{drain}"
 env = {{ PYTHONUNBUFFERED = "1" }}
+allow_root = true
 
 [health]
 {health}
