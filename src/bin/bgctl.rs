@@ -98,12 +98,10 @@ fn run(args: Args) -> Result<u8, (u8, String)> {
             format!("cannot connect to {}: {e}{hint}", socket.display()),
         )
     })?;
-    stream.write_all(&protocol::encode(&request)).map_err(|e| {
-        (
-            EXIT_UNREACHABLE,
-            format!("cannot send the request to bgd: {e}"),
-        )
-    })?;
+    // bgd may answer (a refusal) and close before reading the request; the
+    // answer is still there to read, so a failed write is reported only if
+    // no answer follows.
+    let sent = stream.write_all(&protocol::encode(&request));
     for line in BufReader::new(stream).lines() {
         let line =
             line.map_err(|e| (EXIT_UNREACHABLE, format!("lost the connection to bgd: {e}")))?;
@@ -129,10 +127,11 @@ fn run(args: Args) -> Result<u8, (u8, String)> {
             Reply::Error(f) => return Err((f.kind.exit_code(), failure_text(&f))),
         }
     }
-    Err((
-        EXIT_UNREACHABLE,
-        "bgd closed the connection without an answer; see its log".into(),
-    ))
+    let why = match sent {
+        Err(e) => format!("cannot send the request to bgd: {e}"),
+        Ok(()) => "bgd closed the connection without an answer; see its log".into(),
+    };
+    Err((EXIT_UNREACHABLE, why))
 }
 
 /// `--socket`, then `BGCTL_SOCKET` (both via clap), then `--config`.

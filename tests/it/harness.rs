@@ -54,6 +54,14 @@ pub struct Setup {
     pub stop_signal: &'static str,
     /// Extra `[[listen]]` tables, after the TCP one named `http`.
     pub extra_listen: String,
+    /// Extra top-level keys.
+    pub top: String,
+    /// Extra `[app]` keys.
+    pub app: String,
+    /// Run bgd as this uid (through setpriv); `None` runs it as the test's user.
+    pub uid: Option<u32>,
+    /// bgd's root; `None` puts it in the temp dir.
+    pub root: Option<PathBuf>,
 }
 
 impl Default for Setup {
@@ -64,6 +72,10 @@ impl Default for Setup {
             drain_timeout: "10s",
             stop_signal: "SIGTERM",
             extra_listen: String::new(),
+            top: String::new(),
+            app: "allow_root = true".into(),
+            uid: None,
+            root: None,
         }
     }
 }
@@ -73,6 +85,8 @@ pub struct Bgd {
     pub config: PathBuf,
     child: Option<Child>,
     log: PathBuf,
+    uid: Option<u32>,
+    root: PathBuf,
 }
 
 impl Bgd {
@@ -88,7 +102,9 @@ impl Bgd {
             format!(
                 r#"
 name = "test"
-root = "root"
+root = "{root}"
+control = "ctl.sock"
+{top}
 
 [[listen]]
 name = "http"
@@ -99,11 +115,18 @@ command = {command}
 stop_signal = "{sig}"
 drain_timeout = "{drain}"
 env = {{ PYTHONUNBUFFERED = "1" }}
-allow_root = true
+{app}
 
 [health]
 {health}
 "#,
+                root = setup
+                    .root
+                    .clone()
+                    .unwrap_or_else(|| dir.path().join("root"))
+                    .display(),
+                top = setup.top,
+                app = setup.app,
                 extra = setup.extra_listen,
                 command = setup.command,
                 sig = setup.stop_signal,
@@ -113,11 +136,18 @@ allow_root = true
         )
         .unwrap();
         let mut bgd = Bgd {
+            root: setup.root.unwrap_or_else(|| dir.path().join("root")),
             log: dir.path().join("bgd.log"),
             dir,
             config,
             child: None,
+            uid: setup.uid,
         };
+        if let Some(uid) = setup.uid {
+            // bgd must be able to create its root and log in the temp dir.
+            std::os::unix::fs::chown(bgd.dir.path(), Some(uid), None).unwrap();
+            std::os::unix::fs::chown(&bgd.log, Some(uid), None).ok();
+        }
         bgd.spawn(|_| {});
         bgd
     }
@@ -130,7 +160,17 @@ allow_root = true
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = Command::new(BGD);
+        let mut cmd = match self.uid {
+            Some(uid) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={uid}"))
+                    .arg("--clear-groups")
+                    .arg(BGD);
+                c
+            }
+            None => Command::new(BGD),
+        };
         cmd.arg("--config")
             .arg(&self.config)
             .env("BGD_LOG", "debug")
@@ -149,15 +189,11 @@ allow_root = true
     }
 
     pub fn root(&self) -> PathBuf {
-        self.dir.path().join("root")
+        self.root.clone()
     }
 
     pub fn socket(&self) -> PathBuf {
-        self.root().join("bgd.sock")
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("bgd runs").id()
+        self.dir.path().join("ctl.sock")
     }
 
     pub fn log(&self) -> String {

@@ -100,28 +100,96 @@ fn sigkill_of_bgd_leaves_no_app_process() {
     });
 }
 
+/// Each bad config stops bgd with one line that names file:line:col and
+/// what to change, before anything is bound or created.
 #[test]
 fn config_errors_name_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("bad.toml");
-    std::fs::write(&config, "name = \"x\"\nroot = \"r\"\n[[listen]]\nname = \"http\"\naddress = \"localhost\"\n[app]\ncommand = [\"./s\"]\n[health]\nhttp = \"/\"\n").unwrap();
-    let out = Command::new(BGD)
-        .arg("--check")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = text(&out.stderr);
-    assert!(
-        err.starts_with(&format!(
-            "bgd: {}:5:11: bad address \"localhost\"",
-            config.display()
-        )),
-        "{err}"
-    );
-    assert!(
-        !dir.path().join("r").exists(),
-        "a bad config must not create anything"
-    );
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap().to_string();
+    let good = |listen: &str, app: &str, health: &str| {
+        format!("name = \"x\"\nroot = \"r\"\n[[listen]]\nname = \"http\"\n{listen}\n[app]\n{app}\nallow_root = true\n[health]\n{health}\n")
+    };
+    let addr = "address = \"127.0.0.1:0\"";
+    let cmd = "command = [\"./s\"]";
+    let http = "http = \"/\"";
+    let cases = [
+        (
+            good(addr, &format!("{cmd}\ncomand = 1"), http),
+            2,
+            "8:1",
+            "unknown field `comand`",
+        ),
+        (
+            good(addr, "command = \"./s\"", http),
+            2,
+            "7:11",
+            "invalid type: string \"./s\", expected a sequence",
+        ),
+        (
+            good(addr, &format!("{cmd}\ndrain_timeout = \"5\""), http),
+            2,
+            "8:17",
+            "bad duration \"5\"",
+        ),
+        (
+            good("address = \"localhost\"", cmd, http),
+            2,
+            "5:11",
+            "bad address \"localhost\"",
+        ),
+        (
+            good(addr, "command = []", http),
+            2,
+            "7:11",
+            "app.command is empty",
+        ),
+        (
+            good(addr, cmd, "timeout = \"1s\""),
+            2,
+            "",
+            "[health] checks nothing",
+        ),
+        (
+            good(&format!("address = \"{busy_addr}\""), cmd, http),
+            1,
+            "5:11",
+            "another process holds this address",
+        ),
+        (
+            good("address = \"unix:no/such/dir/app.sock\"", cmd, http),
+            1,
+            "5:11",
+            "the socket's directory does not exist",
+        ),
+    ];
+    for (toml, code, at, want) in cases {
+        let config = dir.path().join("bad.toml");
+        std::fs::write(&config, &toml).unwrap();
+        let out = run_with_deadline(
+            {
+                let mut c = Command::new(BGD);
+                c.arg("--config").arg(&config);
+                c
+            },
+            Duration::from_secs(30),
+        );
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{toml}\n{err}");
+        let prefix = if at.is_empty() {
+            format!("bgd: {}: ", config.display())
+        } else {
+            format!("bgd: {}:{at}: ", config.display())
+        };
+        assert!(
+            err.starts_with(&prefix) && err.contains(want),
+            "want {prefix}...{want}, got:\n{err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(
+            !dir.path().join("r").exists() || code == 1,
+            "a bad config must not create anything"
+        );
+    }
+    drop(busy);
 }

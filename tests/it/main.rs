@@ -5,6 +5,7 @@ mod harness;
 mod load;
 
 mod failures;
+mod faults;
 mod inherit;
 mod lifecycle;
 mod releases;

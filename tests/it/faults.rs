@@ -1,0 +1,508 @@
+//! Misbehaving apps and faults around a running color. The live color keeps
+//! serving (or comes back) and nothing is left behind.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The live color is killed: bgd restarts it in place, status shows the
+/// restart and the exit, and a client that connects meanwhile is served.
+#[test]
+fn a_dead_live_color_is_restarted_and_queued_clients_are_served() {
+    let bgd = Bgd::start(Setup::default());
+    bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
+    let addr = bgd.addr();
+    let pid = bgd.status()["blue"]["pid"].as_u64().unwrap() as i32;
+
+    // SAFETY: kill(2) on the app's pid.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    // Connects while no process accepts: the kernel queues it on bgd's socket.
+    let (code, body) = get(&addr, "/").unwrap();
+    assert_eq!((code, release_of(&body)), (200, Some(1)), "{body}");
+    assert!(
+        !body.contains(&format!("pid={pid}")),
+        "answered by the dead process? {body}"
+    );
+
+    let st = wait_until(
+        "status to show the restart",
+        Duration::from_secs(10),
+        || {
+            let st = bgd.status();
+            (st["blue"]["state"] == "live").then_some(st)
+        },
+    );
+    assert_eq!(st["blue"]["restarts"], 1, "{st}");
+    assert_eq!(st["blue"]["last_exit"], "killed by SIGKILL", "{st}");
+    assert_ne!(st["blue"]["pid"], pid, "{st}");
+}
+
+/// A request that takes 3 s is in flight when its color is drained: it
+/// completes with 200.
+#[test]
+fn slow_requests_complete_during_a_drain() {
+    let bgd = Bgd::start(Setup::default());
+    bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
+    let addr = bgd.addr();
+    let pid = bgd.status()["blue"]["pid"].as_u64().unwrap();
+    let open_fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let idle = open_fds();
+    let slow = std::thread::spawn(move || get(&addr, "/slow?ms=3000"));
+    wait_until(
+        "the app to accept the slow request",
+        Duration::from_secs(10),
+        || (open_fds() > idle).then_some(()),
+    );
+    let began = Instant::now();
+    bgd.release(&example_build(bgd.dir.path(), "b2", "v2"));
+    let (code, body) = slow.join().unwrap().unwrap();
+    assert_eq!((code, body.as_str()), (200, "slow done\n"));
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "the drain waited for the request, not for drain_timeout"
+    );
+}
+
+/// Ready, then dead a second after the swap: detected and restarted again
+/// and again with backoff; status counts the restarts.
+#[test]
+fn a_flapping_new_color_is_restarted_and_shown() {
+    const FLAPS: &str = r#"
+import os, threading
+threading.Timer(1.0, lambda: os._exit(7)).start()
+exec(open("real_server.py").read())
+"#;
+    let bgd = Bgd::start(Setup::default());
+    bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
+    let flappy = script_build(bgd.dir.path(), "flappy", FLAPS);
+    std::fs::copy(
+        repo().join("examples/hello/v1/server.py"),
+        flappy.join("real_server.py"),
+    )
+    .unwrap();
+    bgd.release(&flappy);
+    let st = wait_until("two restarts", Duration::from_secs(30), || {
+        let st = bgd.status();
+        (st["green"]["restarts"].as_u64() >= Some(2)).then_some(st)
+    });
+    assert_eq!(st["live"], "green");
+    assert_eq!(st["green"]["last_exit"], "exit code 7", "{st}");
+    assert!(
+        bgd.log().contains("the live color died (exit code 7)"),
+        "{}",
+        bgd.log()
+    );
+}
+
+#[test]
+fn odd_build_paths_symlinks_and_special_files() {
+    let bgd = Bgd::start(Setup::default());
+    // A name with spaces, a newline and non-ASCII characters.
+    let odd = example_build(bgd.dir.path(), "build v1\nnew line ünï", "v1");
+    // A symlink pointing out of the build is copied as a symlink, not followed.
+    std::os::unix::fs::symlink("/etc/hostname", odd.join("outside")).unwrap();
+    std::os::unix::fs::symlink("server.py", odd.join("inside")).unwrap();
+    bgd.release(&odd);
+    let blue = bgd.root().join("blue");
+    assert_eq!(
+        std::fs::read_link(blue.join("outside")).unwrap(),
+        std::path::Path::new("/etc/hostname")
+    );
+    assert_eq!(
+        std::fs::read_link(blue.join("inside")).unwrap(),
+        std::path::Path::new("server.py")
+    );
+    assert_eq!(bgd.status()["blue"]["source"], odd.display().to_string());
+
+    // A FIFO is refused, by name, and nothing is left of the attempt.
+    let fifo_build = example_build(bgd.dir.path(), "with-fifo", "v2");
+    nix::unistd::mkfifo(
+        &fifo_build.join("pipe"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let out = bgd.bgctl(&["release", fifo_build.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("pipe is a FIFO") && err.contains("only files, directories and symlinks"),
+        "{err}"
+    );
+    assert_no_staging(&bgd);
+    assert_eq!(release_of(&get(&bgd.addr(), "/").unwrap().1), Some(1));
+}
+
+fn assert_no_staging(bgd: &Bgd) {
+    let left: Vec<_> = std::fs::read_dir(bgd.root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".staging"))
+        .collect();
+    assert!(left.is_empty(), "staging leftovers: {left:?}");
+}
+
+/// An entry bgd's user cannot read fails the release at stage, by name.
+/// Root reads everything, so as root bgd runs as `nobody` for this test.
+#[test]
+fn unreadable_entries_fail_staging_by_name() {
+    let bgd = Bgd::start(Setup {
+        uid: is_root().then_some(65534),
+        ..Setup::default()
+    });
+    let build = example_build(bgd.dir.path(), "b1", "v1");
+    let secret = build.join("secret.key");
+    std::fs::write(&secret, "x").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    let out = bgd.bgctl(&["release", build.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("failed at step stage") && err.contains("secret.key: Permission denied"),
+        "{err}"
+    );
+    assert_no_staging(&bgd);
+    assert_eq!(bgd.status()["blue"]["state"], "empty");
+}
+
+/// Staging into a full filesystem fails with "no space", removes the
+/// staging directory and leaves both colors as they were. Needs root to
+/// mount a small tmpfs as bgd's root.
+#[test]
+fn disk_full_during_staging_loses_nothing() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let mnt = tempfile::tempdir().unwrap();
+    let root = mnt.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&root)
+        .status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(root.clone());
+
+    let bgd = Bgd::start(Setup {
+        root: Some(root.clone()),
+        ..Setup::default()
+    });
+    bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
+    let big = example_build(bgd.dir.path(), "big", "v2");
+    std::fs::write(big.join("blob"), vec![7u8; 2 << 20]).unwrap();
+    let out = bgd.bgctl(&["release", big.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no space left on the device that holds bgd's root"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_no_staging(&bgd);
+    assert!(root.join("blue/server.py").exists());
+    let st = bgd.status();
+    assert_eq!(st["live"], "blue");
+    assert_eq!(st["green"]["state"], "empty", "{st}");
+    assert_eq!(release_of(&get(&bgd.addr(), "/").unwrap().1), Some(1));
+}
+
+/// bgd is SIGKILLed while the new color waits to be ready. Started again,
+/// it finds consistent state, kills what the old one left, removes the
+/// leftovers and serves the live color again.
+#[test]
+fn sigkill_mid_release_then_restart() {
+    const SLOW_WITH_WORKER: &str = r#"
+import os, time
+if os.fork() == 0:
+    open("worker.pid", "w").write(str(os.getpid()))
+    time.sleep(3600)
+time.sleep(3600)
+"#;
+    let mut bgd = Bgd::start(Setup::default());
+    bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
+    let addr = bgd.addr();
+    let state_before = std::fs::read_to_string(bgd.root().join("state.json")).unwrap();
+
+    let slow = script_build(bgd.dir.path(), "slow", SLOW_WITH_WORKER);
+    let mut cmd = std::process::Command::new(BGCTL);
+    cmd.arg("--socket")
+        .arg(bgd.socket())
+        .arg("release")
+        .arg(&slow);
+    let client = std::thread::spawn(move || run_with_deadline(cmd, Duration::from_secs(60)));
+    wait_until(
+        "the release to wait for readiness",
+        Duration::from_secs(20),
+        || (bgd.status()["release_in_progress"]["step"] == "wait_ready").then_some(()),
+    );
+    let worker = wait_until("the worker's pid", Duration::from_secs(10), || {
+        std::fs::read_to_string(bgd.root().join("green/worker.pid"))
+            .ok()?
+            .trim()
+            .parse::<i32>()
+            .ok()
+    });
+    let blue_pid = bgd.status()["blue"]["pid"].as_u64().unwrap() as i32;
+    bgd.stop(libc::SIGKILL);
+    assert!(!client.join().unwrap().status.success());
+    // The apps' leaders die with bgd; the orphaned worker waits for the next bgd.
+    wait_until(
+        "the old live color to die with bgd",
+        Duration::from_secs(10),
+        || (!exists(blue_pid)).then_some(()),
+    );
+
+    let config = std::fs::read_to_string(&bgd.config)
+        .unwrap()
+        .replace("127.0.0.1:0", &addr);
+    std::fs::write(&bgd.config, config).unwrap();
+    bgd.spawn(|_| {});
+    wait_until(
+        "the leftover worker to be killed",
+        Duration::from_secs(10),
+        || (!exists(worker)).then_some(()),
+    );
+    let body = wait_until("blue to serve again", Duration::from_secs(20), || {
+        get(&addr, "/").ok().map(|r| r.1)
+    });
+    assert_eq!(release_of(&body), Some(1), "{body}");
+    // The state is the one from before the release or the staged one, never torn.
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bgd.root().join("state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["live"], "blue", "{state}\nbefore: {state_before}");
+    assert_no_staging(&bgd);
+}
+
+/// The app runs as `app.user`, with that user's groups, from a directory it
+/// can read. Needs root.
+#[test]
+fn the_app_runs_as_app_user() {
+    if !is_root() {
+        eprintln!("skipped: switching users needs root");
+        return;
+    }
+    const WHOAMI: &str = r#"
+import json, os, sys
+json.dump({"uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "groups": os.getgroups()}, open("who.json", "w"))
+exec(open("real_server.py").read())
+"#;
+    let bgd = Bgd::start(Setup {
+        app: "user = \"nobody\"".into(),
+        ..Setup::default()
+    });
+    let build = script_build(bgd.dir.path(), "who", WHOAMI);
+    std::fs::copy(
+        repo().join("examples/hello/v1/server.py"),
+        build.join("real_server.py"),
+    )
+    .unwrap();
+    // Only root may read the build: bgd's copy must be readable by nobody.
+    std::fs::set_permissions(
+        build.join("real_server.py"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    bgd.release(&build);
+    let who: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bgd.root().join("blue/who.json")).unwrap())
+            .unwrap();
+    assert_eq!(who["uid"], 65534, "{who}");
+    assert_eq!(who["euid"], 65534, "{who}");
+    assert_eq!(who["gid"], 65534, "{who}");
+    assert_eq!(who["groups"], serde_json::json!([65534]), "{who}");
+    assert_eq!(get(&bgd.addr(), "/").unwrap().0, 200);
+}
+
+/// With `control_mode = "0666"` anyone can connect, so the peer check is
+/// what refuses a stranger: it is answered and logged with uid and pid.
+#[test]
+fn the_control_socket_refuses_other_users() {
+    if !is_root() {
+        eprintln!("skipped: connecting as another user needs root");
+        return;
+    }
+    let bgd = Bgd::start(Setup {
+        top: "control_mode = \"0666\"".into(),
+        ..Setup::default()
+    });
+    let out = run_with_deadline(
+        {
+            let mut c = std::process::Command::new("setpriv");
+            c.args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                BGCTL,
+                "--socket",
+            ])
+            .arg(bgd.socket())
+            .arg("status");
+            c
+        },
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("permission denied: uid 65534 may not control this bgd"),
+        "{}",
+        text(&out.stderr)
+    );
+    let log = bgd.log();
+    assert!(
+        log.contains("refused a control connection")
+            && log.contains("uid=65534")
+            && log.contains("pid="),
+        "{log}"
+    );
+    // The default mode keeps others out at the file system already.
+    let bgd = Bgd::start(Setup::default());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(bgd.socket()).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+/// Bad clients are answered or dropped, and none of them blocks the others.
+#[test]
+fn abuse_of_the_control_socket() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::os::unix::net::UnixStream;
+    let bgd = Bgd::start(Setup::default());
+    let ask = |line: &[u8]| {
+        let mut s = UnixStream::connect(bgd.socket()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let _ = s.write_all(line);
+        let mut reply = String::new();
+        let _ = BufReader::new(s).read_line(&mut reply);
+        reply
+    };
+    for (line, want) in [
+        (&b"not json\n"[..], "not valid JSON"),
+        (
+            b"{\"v\":1,\"cmd\":\"explode\"}\n",
+            "unknown variant `explode`",
+        ),
+        (
+            b"{\"v\":9,\"cmd\":\"status\"}\n",
+            "protocol version 9 is not supported",
+        ),
+        (
+            b"{\"v\":1,\"cmd\":\"release\",\"dir\":\"relative\"}\n",
+            "must be absolute",
+        ),
+    ] {
+        let reply = ask(line);
+        assert!(
+            reply.contains("\"event\":\"error\"") && reply.contains(want),
+            "{reply}"
+        );
+    }
+
+    // A client that sends half a line and stalls does not hold up others.
+    let mut stalled = UnixStream::connect(bgd.socket()).unwrap();
+    stalled.write_all(b"{\"v\":1,\"cmd\":").unwrap();
+    assert!(ask(b"{\"v\":1,\"cmd\":\"status\"}\n").contains("\"event\":\"done\""));
+
+    // A 10 MB line is cut off with an answer.
+    let big = UnixStream::connect(bgd.socket()).unwrap();
+    big.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut writer = big.try_clone().unwrap();
+    let sender = std::thread::spawn(move || writer.write_all(&vec![b'x'; 10 << 20]));
+    let mut reply = String::new();
+    BufReader::new(&big).read_line(&mut reply).unwrap();
+    assert!(reply.contains("longer than 65536 bytes"), "{reply}");
+    drop(big);
+    let _ = sender.join();
+
+    // 100 clients at once.
+    let clients: Vec<_> = (0..100)
+        .map(|_| {
+            let mut s = UnixStream::connect(bgd.socket()).unwrap();
+            s.write_all(b"{\"v\":1,\"cmd\":\"status\"}\n").unwrap();
+            s
+        })
+        .collect();
+    for s in clients {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut reply = String::new();
+        BufReader::new(s).read_line(&mut reply).unwrap();
+        assert!(reply.contains("\"event\":\"done\""), "{reply}");
+    }
+
+    // The stalled client is dropped after the request timeout.
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut rest = String::new();
+    let _ = stalled.read_to_string(&mut rest);
+    assert!(rest.contains("no request line within"), "{rest}");
+}
+
+/// A client that disconnects mid-release does not stop it.
+#[test]
+fn a_release_outlives_its_client() {
+    const SLOW_START: &str = r#"
+import sys, time
+time.sleep(2)
+exec(open("real_server.py").read())
+"#;
+    let bgd = Bgd::start(Setup::default());
+    bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
+    let slow = script_build(bgd.dir.path(), "slow", SLOW_START);
+    std::fs::copy(
+        repo().join("examples/hello/v1/server.py"),
+        slow.join("real_server.py"),
+    )
+    .unwrap();
+    let mut client = std::process::Command::new(BGCTL)
+        .arg("--socket")
+        .arg(bgd.socket())
+        .arg("release")
+        .arg(&slow)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(
+        "the release to wait for readiness",
+        Duration::from_secs(20),
+        || (bgd.status()["release_in_progress"]["step"] == "wait_ready").then_some(()),
+    );
+    client.kill().unwrap();
+    client.wait().unwrap();
+    wait_until(
+        "release 2 to go live anyway and blue to drain",
+        Duration::from_secs(30),
+        || {
+            let st = bgd.status();
+            (st["live"] == "green" && st["blue"]["state"] == "stopped").then_some(())
+        },
+    );
+    assert_eq!(release_of(&get(&bgd.addr(), "/").unwrap().1), Some(2));
+    assert!(
+        bgd.log().contains("release 2 is live on green"),
+        "{}",
+        bgd.log()
+    );
+}
