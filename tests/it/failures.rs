@@ -49,6 +49,8 @@ fn never_ready_is_refused_at_the_timeout_and_its_group_killed() {
     });
     bgd.release(&example_build(bgd.dir.path(), "good", "v1"));
     let addr = bgd.addr();
+    let bgd_fds = || std::fs::read_dir(format!("/proc/{}/fd", bgd.status()["pid"])).unwrap().count();
+    let fds_before = bgd_fds();
 
     let out = bgd.bgctl(&[
         "release",
@@ -76,6 +78,7 @@ fn never_ready_is_refused_at_the_timeout_and_its_group_killed() {
         );
     }
     assert_serves_release(&addr, 1);
+    assert_eq!(bgd_fds(), fds_before, "bgd leaked file descriptors");
     let st = bgd.status();
     assert_eq!(st["live"], "blue");
     assert_eq!(st["green"]["state"], "stopped");
