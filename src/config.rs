@@ -15,6 +15,7 @@ use nix::sys::signal::Signal;
 use serde::Deserialize;
 
 use crate::identity::{self, Identity};
+use crate::watch::WatchConfig;
 
 /// A validated config; every path in it is absolute.
 #[derive(Debug, Clone)]
@@ -32,6 +33,8 @@ pub struct Config {
     pub listen: Vec<ListenConfig>,
     pub app: AppConfig,
     pub health: HealthConfig,
+    /// Auto-release when this build directory changes.
+    pub watch: Option<WatchConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,6 +227,39 @@ impl Config {
             }
         }
 
+        let watch = match raw.watch {
+            Some(w) => {
+                let mut ignore = globset::GlobSetBuilder::new();
+                let (globs, span) = w
+                    .ignore
+                    .map_or((vec![], 0..0), |i| (i.get_ref().clone(), i.span()));
+                for g in &globs {
+                    let glob = globset::Glob::new(g).map_err(|e| {
+                        fail(span.clone(), format!("watch.ignore: bad glob {g:?}: {e}"))
+                    })?;
+                    ignore.add(glob);
+                }
+                let ignore = ignore
+                    .build()
+                    .map_err(|e| fail(span.clone(), format!("watch.ignore: {e}")))?;
+                if let Some(m) = &w.marker {
+                    let p = Path::new(m.get_ref());
+                    if m.get_ref().is_empty()
+                        || p.is_absolute()
+                        || p.components().any(|c| c == std::path::Component::ParentDir)
+                    {
+                        return Err(fail(m.span(), format!("watch.marker {:?} must be a path inside watch.path, such as \".release\"", m.get_ref())));
+                    }
+                }
+                Some(WatchConfig {
+                    path: dir.join(w.path),
+                    settle: w.settle.map(|d| d.0).unwrap_or(Duration::from_secs(1)),
+                    marker: w.marker.map(|m| PathBuf::from(m.into_inner())),
+                    ignore,
+                })
+            }
+            None => None,
+        };
         let control_group = match &raw.control_group {
             Some(g) => Some(
                 identity::lookup_group(g.get_ref())
@@ -300,6 +336,7 @@ impl Config {
                     .map(|d| d.0)
                     .unwrap_or(Duration::from_secs(30)),
             },
+            watch,
         })
     }
 }
@@ -321,6 +358,16 @@ struct Raw {
     listen: Vec<RawListen>,
     app: RawApp,
     health: RawHealth,
+    watch: Option<RawWatch>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatch {
+    path: PathBuf,
+    settle: Option<HumanDuration>,
+    marker: Option<Spanned<String>>,
+    ignore: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]

@@ -92,7 +92,7 @@ async fn handle(stream: UnixStream, access: Access, events: UnboundedSender<Even
         Err(e) => Some(format!("cannot check who is connecting: {e}")),
     };
     if let Some(message) = refusal {
-        let f = Failure::new(FailureKind::BadRequest, None, message);
+        let f = Failure::new(FailureKind::Denied, None, message);
         let _ = write.write_all(&protocol::encode(&Reply::Error(f))).await;
         return;
     }

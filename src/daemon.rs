@@ -2,11 +2,13 @@
 //! state, and the shutdown sequence.
 //!
 //! [`Daemon`] is the one owner of the state: which color is live, what each
-//! color runs, the release in progress. Everything else (the control socket,
-//! release tasks, drains, exit watchers, signals) talks to it through the
-//! closed [`Event`] enum, and each arm of the loop is one call.
+//! color runs, the release in progress, each color's restart. Everything
+//! else (the control socket, release and restart tasks, drains, exit
+//! watchers, the build watcher, signals) talks to it through the closed
+//! [`Event`] enum, and each arm of the loop is one call.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,6 +19,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinHandle;
 
+use crate::auto::{Auto, Decision};
 use crate::color::Color;
 use crate::config::Config;
 use crate::listen::Listeners;
@@ -27,7 +30,7 @@ use crate::protocol::{
 use crate::reaper::{Exit, Reaper};
 use crate::release::{self, Plan, Timings};
 use crate::state::{self, Build, State};
-use crate::{control, stage, Ctx};
+use crate::{control, stage, watch, Ctx};
 
 /// Where a client's replies go. Sending fails silently once the client has
 /// gone: a release whose client disconnected still completes.
@@ -45,17 +48,29 @@ pub enum Event {
     },
     /// A release task copied a build into `color`'s directory.
     Staged { id: u64, color: Color, build: Build },
-    /// A release task finished: a ready color, or why not.
+    /// A release or restart task finished: a ready color, or why not.
     Prepared {
         id: u64,
         result: Result<(AppProcess, Timings), Failure>,
     },
-    /// A drain task stopped the old color.
+    /// A drain task stopped a color.
     Drained { id: u64, color: Color, exit: Exit },
-    /// A live color's leader exited on its own.
-    Exited { color: Color, pid: Pid, exit: Exit },
+    /// A live color's leader exited on its own; `tail` is its last output.
+    Exited {
+        color: Color,
+        pid: Pid,
+        exit: Exit,
+        uptime: Duration,
+        tail: Vec<String>,
+    },
     /// The backoff before restarting a dead live color has passed.
     RestartDue { color: Color },
+    /// The watched build directory was quiet for `settle`; its fingerprint
+    /// (`None` if it does not exist).
+    WatchSettled {
+        fingerprint: Option<String>,
+        generation: u64,
+    },
     /// SIGTERM or SIGINT.
     Stop,
 }
@@ -77,6 +92,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         group: config.control_group,
     };
     let control = control::bind(&config.control, config.control_mode, access)?;
+    let auto = match &config.watch {
+        Some(w) => Some(Auto::new(
+            w.path.clone(),
+            watch::spawn(w.clone(), tx.clone())?,
+        )),
+        None => None,
+    };
     let ctx = Arc::new(Ctx {
         config,
         listeners,
@@ -85,7 +107,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(control::serve(control, access, tx.clone()));
     tracing::info!(name = %ctx.config.name, control = %ctx.config.control.display(), "bgd is up");
 
-    let mut daemon = Daemon::new(ctx.clone(), state, tx);
+    let mut daemon = Daemon::new(ctx.clone(), state, auto, tx);
     daemon.boot();
     daemon.run(rx).await;
 
@@ -117,6 +139,13 @@ fn forward_signals(tx: UnboundedSender<Event>) -> std::io::Result<()> {
             }
         });
     }
+    // SIGHUP's default action would kill bgd and, with it, the app.
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::warn!("SIGHUP: bgd does not reload its config; restart it to apply changes");
+        }
+    });
     Ok(())
 }
 
@@ -125,16 +154,25 @@ fn forward_signals(tx: UnboundedSender<Event>) -> std::io::Result<()> {
 enum Kind {
     Release,
     Rollback,
-    /// Starting the live color again after it died, or after bgd started.
-    Restart,
 }
 
+/// Who asked for a release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Trigger {
+    Client,
+    /// The build watcher, for the tree with this fingerprint.
+    Watch(String),
+}
+
+/// The release or rollback in progress; releases never overlap. It lasts
+/// until the old color has drained.
 struct InProgress {
     /// Matches this task's events; for a release also its release id.
     id: u64,
     /// The release id of the build being started.
     release: u64,
     kind: Kind,
+    trigger: Trigger,
     color: Color,
     label: Option<String>,
     step: Step,
@@ -143,6 +181,8 @@ struct InProgress {
     client: Option<Responder>,
     timings: Timings,
     swapped_at: Option<Instant>,
+    /// Set to abort: staging stops before it swaps anything into place.
+    cancel: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
 
@@ -152,10 +192,12 @@ enum Phase {
     Starting,
     Live,
     Draining,
-    /// Live, but its process died; a restart is scheduled or running.
+    /// Live, but its process died (or bgd just started): a restart is
+    /// scheduled or running.
     Restarting,
 }
 
+/// One color as the daemon sees it.
 struct Slot {
     /// The running process while the color is live.
     process: Option<AppProcess>,
@@ -163,12 +205,13 @@ struct Slot {
     /// The pid shown in status; also set while a release or drain owns the process.
     pid: Option<Pid>,
     since: SystemTime,
+    /// Restarts of the build this color holds.
     restarts: u32,
     /// Restarts since the color last ran long enough to count as healthy.
     streak: u32,
     last_exit: Option<Exit>,
-    /// A restart came due while a release was running.
-    restart_waiting: bool,
+    /// The restart task running for this color: (task id, handle).
+    restart: Option<(u64, JoinHandle<()>)>,
 }
 
 impl Slot {
@@ -181,7 +224,7 @@ impl Slot {
             restarts: 0,
             streak: 0,
             last_exit: None,
-            restart_waiting: false,
+            restart: None,
         }
     }
 
@@ -189,6 +232,13 @@ impl Slot {
         self.phase = phase;
         self.pid = pid;
         self.since = SystemTime::now();
+    }
+
+    fn abort_restart(&mut self) {
+        if let Some((_, task)) = self.restart.take() {
+            // Dropping the task's process kills its group.
+            task.abort();
+        }
     }
 }
 
@@ -202,6 +252,7 @@ struct Daemon {
     blue: Slot,
     green: Slot,
     release: Option<InProgress>,
+    auto: Option<Auto>,
     events: UnboundedSender<Event>,
     last_result: Option<String>,
     /// 0 while running; 1 after the first stop signal (drain); 2 after the second (kill).
@@ -213,13 +264,19 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn new(ctx: Arc<Ctx>, state: State, events: UnboundedSender<Event>) -> Daemon {
+    fn new(
+        ctx: Arc<Ctx>,
+        state: State,
+        auto: Option<Auto>,
+        events: UnboundedSender<Event>,
+    ) -> Daemon {
         Daemon {
             ctx,
             state,
             blue: Slot::new(),
             green: Slot::new(),
             release: None,
+            auto,
             events,
             last_result: None,
             stopping: 0,
@@ -244,7 +301,7 @@ impl Daemon {
                 self.start_restart(color);
             }
             None => {
-                tracing::info!("no color is live yet: waiting for `bgctl release DIR`");
+                tracing::info!("no color is live yet: waiting for a release");
                 self.notify_ready();
             }
         }
@@ -258,11 +315,22 @@ impl Daemon {
                 Event::Staged { id, color, build } => self.on_staged(id, color, build),
                 Event::Prepared { id, result } => self.on_prepared(id, result),
                 Event::Drained { id, color, exit } => self.on_drained(id, color, exit),
-                Event::Exited { color, pid, exit } => self.on_exited(color, pid, exit).await,
+                Event::Exited {
+                    color,
+                    pid,
+                    exit,
+                    uptime,
+                    tail,
+                } => self.on_exited(color, pid, exit, uptime, tail),
                 Event::RestartDue { color } => self.on_restart_due(color),
+                Event::WatchSettled {
+                    fingerprint,
+                    generation,
+                } => self.on_watch_settled(fingerprint, generation),
                 Event::Stop => self.on_stop(),
             }
-            if self.stopping > 0 && self.drains == 0 && self.release.is_none() {
+            let restarting = self.blue.restart.is_some() || self.green.restart.is_some();
+            if self.stopping > 0 && self.drains == 0 && self.release.is_none() && !restarting {
                 return;
             }
         }
@@ -270,28 +338,39 @@ impl Daemon {
 
     fn on_request(&mut self, req: Request, reply: Responder) {
         match req {
-            Request::Status => {
-                let status =
-                    serde_json::to_value(self.status()).expect("status serializes infallibly");
-                let _ = reply.send(Reply::Done { result: status });
+            Request::Status => self.reply_status(reply),
+            Request::Release { dir, label } => self.begin(
+                Kind::Release,
+                Some(PathBuf::from(dir)),
+                label,
+                Trigger::Client,
+                Some(reply),
+            ),
+            Request::Rollback => {
+                self.begin(Kind::Rollback, None, None, Trigger::Client, Some(reply))
             }
-            Request::Release { dir, label } => {
-                self.begin(Kind::Release, Some(PathBuf::from(dir)), label, reply)
-            }
-            Request::Rollback => self.begin(Kind::Rollback, None, None, reply),
+            Request::Watch { pause } => self.on_watch_request(pause, reply),
         }
     }
 
-    /// Starts a release or rollback requested by a client, or refuses it.
+    fn reply_status(&self, reply: Responder) {
+        let status = serde_json::to_value(self.status()).expect("status serializes infallibly");
+        let _ = reply.send(Reply::Done { result: status });
+    }
+
+    /// Starts a release or rollback, or refuses it.
     fn begin(
         &mut self,
         kind: Kind,
         source: Option<PathBuf>,
         label: Option<String>,
-        reply: Responder,
+        trigger: Trigger,
+        client: Option<Responder>,
     ) {
         let refuse = |kind: FailureKind, msg: String| {
-            let _ = reply.send(Reply::Error(Failure::new(kind, None, msg)));
+            if let Some(c) = &client {
+                let _ = c.send(Reply::Error(Failure::new(kind, None, msg)));
+            }
         };
         if self.stopping > 0 {
             return refuse(
@@ -308,51 +387,60 @@ impl Daemon {
                 ),
             );
         }
-        let color = match self.state.live {
-            Some(live) => live.other(),
-            None => Color::Blue,
-        };
-        let (source, release, label) = match kind {
+        let color = self.state.live.map_or(Color::Blue, Color::other);
+        let (source, release) = match kind {
             Kind::Rollback => {
                 let Some(live) = self.state.live else {
                     return refuse(FailureKind::BadRequest, "nothing is live, so there is nothing to roll back from: use `bgctl release DIR`".into());
                 };
                 match self.state.build(color) {
-                    Some(b) if b.went_live => (None, b.release, b.label.clone()),
+                    Some(b) if b.went_live => (None, b.release),
                     Some(b) => {
                         return refuse(FailureKind::BadRequest, format!(
                             "nothing to roll back to: {color} holds release {} which never went live (its release failed); {live} stays live", b.release
                         ))
                     }
-                    None => return refuse(FailureKind::BadRequest, format!("nothing to roll back to: {color} holds no build yet")),
+                    None => return refuse(FailureKind::BadRequest, format!("nothing to roll back to: {color} holds no build that went live")),
                 }
             }
-            _ => {
-                let Some(src) = source else {
-                    unreachable!("a release always has a source")
-                };
+            Kind::Release => {
+                let src = source.expect("a release always has a source");
                 if !src.is_absolute() {
                     return refuse(
                         FailureKind::BadRequest,
                         format!("build path {} must be absolute", src.display()),
                     );
                 }
+                // The dormant color's directory is about to be replaced: until
+                // the new build is staged it records no build, so a crash
+                // mid-copy can never leave a rollback target that lies.
+                let saved = self.state.clone();
                 let id = self.state.next_release;
                 self.state.next_release += 1;
+                self.state.set_build(color, None);
                 if let Err(e) = self.state.save(&self.ctx.config.root) {
-                    self.state.next_release -= 1;
+                    self.state = saved;
                     return refuse(
                         FailureKind::Internal,
                         format!("cannot write bgd's state: {e}"),
                     );
                 }
-                (Some(src), id, label)
+                (Some(src), id)
             }
+        };
+        let label = match kind {
+            Kind::Rollback => self.state.build(color).and_then(|b| b.label.clone()),
+            Kind::Release => label,
         };
         let id = if kind == Kind::Rollback {
             fresh_id()
         } else {
             release
+        };
+        let cancel = Arc::new(AtomicBool::new(false));
+        let expect = match &trigger {
+            Trigger::Watch(fp) => Some(fp.clone()),
+            Trigger::Client => None,
         };
         let plan = Plan {
             id,
@@ -360,27 +448,23 @@ impl Daemon {
             source,
             label: label.clone(),
             release,
+            expect,
+            cancel: cancel.clone(),
         };
         tracing::info!(release, %color, "{} begins", kind_name(kind));
-        self.launch(kind, plan, Some(reply));
-    }
-
-    fn launch(&mut self, kind: Kind, plan: Plan, client: Option<Responder>) {
-        let color = plan.color;
         let task = tokio::spawn(release::run(
             self.ctx.clone(),
             plan.clone(),
             self.events.clone(),
         ));
-        if kind != Kind::Restart {
-            self.slot(color).set(Phase::Starting, None);
-        }
+        self.slot(color).set(Phase::Starting, None);
         self.release = Some(InProgress {
-            id: plan.id,
-            release: plan.release,
+            id,
+            release,
             kind,
+            trigger,
             color,
-            label: plan.label,
+            label,
             step: if plan.source.is_some() {
                 Step::Validate
             } else {
@@ -391,6 +475,7 @@ impl Daemon {
             client,
             timings: Timings::default(),
             swapped_at: None,
+            cancel,
             task,
         });
     }
@@ -412,29 +497,37 @@ impl Daemon {
         if self.current(id).is_none() {
             return;
         }
-        self.state.set_build(color, build);
+        self.state.set_build(color, Some(build));
         if let Err(e) = self.state.save(&self.ctx.config.root) {
             tracing::error!("cannot write bgd's state after staging: {e}");
         }
     }
 
     fn on_prepared(&mut self, id: u64, result: Result<(AppProcess, Timings), Failure>) {
-        let Some(r) = self.current(id) else {
-            // A task aborted at shutdown; dropping its process kills it.
-            return;
-        };
-        let kind = r.kind;
-        match result {
-            Ok((app, timings)) => {
-                r.timings = timings;
-                if kind == Kind::Restart {
-                    self.finish_restart(app)
-                } else {
+        if let Some(r) = self.current(id) {
+            return match result {
+                Ok((app, timings)) => {
+                    r.timings = timings;
                     self.swap(app)
                 }
-            }
-            Err(failure) => self.fail(failure),
+                Err(failure) => self.fail(failure),
+            };
         }
+        for color in Color::BOTH {
+            if self
+                .slot(color)
+                .restart
+                .as_ref()
+                .is_some_and(|(rid, _)| *rid == id)
+            {
+                self.slot(color).restart = None;
+                return match result {
+                    Ok((app, _)) => self.finish_restart(color, app),
+                    Err(failure) => self.restart_failed(color, failure),
+                };
+            }
+        }
+        // A task aborted at shutdown or by a swap: dropping its process kills it.
     }
 
     /// The new color is ready: record it as live, then drain the old one.
@@ -446,15 +539,14 @@ impl Daemon {
         let (id, release, new) = (r.id, r.release, r.color);
         r.step = Step::Swap;
         let root = self.ctx.config.root.clone();
-        let previous = self.state.clone();
+        let saved = self.state.clone();
         self.state.live = Some(new);
-        let mut build = self.state.build(new).cloned();
-        if let Some(b) = build.as_mut() {
+        if let Some(mut b) = self.state.build(new).cloned() {
             b.went_live = true;
-            self.state.set_build(new, b.clone());
+            self.state.set_build(new, Some(b));
         }
         if let Err(e) = self.state.save(&root) {
-            self.state = previous;
+            self.state = saved;
             let f = Failure::new(
                 FailureKind::Internal,
                 Some(Step::Swap),
@@ -463,18 +555,23 @@ impl Daemon {
                     State::path(&root).display()
                 ),
             );
-            drop(app); // kills the new color
+            self.spawn_drain(None, app);
             return self.fail(f);
         }
         if let Err(e) = state::point_live_symlink(&root, new) {
             tracing::error!("cannot repoint {}/live: {e}", root.display());
         }
+        let old = new.other();
+        // The old color may have been dead and restarting: that restart is moot.
+        self.slot(old).abort_restart();
+        let slot = self.slot(new);
+        slot.restarts = 0;
+        slot.streak = 0;
         self.make_live(app);
         let r = self.release.as_mut().expect("still in progress");
         r.swapped_at = Some(Instant::now());
         tracing::info!(release, "{new} is live");
 
-        let old = new.other();
         match self.slot(old).process.take() {
             Some(proc) => {
                 let pid = proc.pid;
@@ -484,7 +581,7 @@ impl Daemon {
                     Step::Drain,
                     format!("{new} is live; draining {old} (pid {pid})"),
                 );
-                self.spawn_drain(id, proc);
+                self.spawn_drain(Some(id), proc);
             }
             None => {
                 self.slot(old).set(Phase::Stopped, None);
@@ -495,24 +592,31 @@ impl Daemon {
 
     fn make_live(&mut self, app: AppProcess) {
         let (color, pid) = (app.color, app.pid);
-        let exit = app.wait_exit();
+        let exit = app.wait_exit_with_tail();
         let events = self.events.clone();
         tokio::spawn(async move {
-            let status = exit.await;
+            let (exit, uptime, tail) = exit.await;
             let _ = events.send(Event::Exited {
                 color,
                 pid,
-                exit: status,
+                exit,
+                uptime,
+                tail,
             });
         });
+        if let Some(stale) = self.slot(color).process.take() {
+            // Never drop a running color: stop it gracefully.
+            self.spawn_drain(None, stale);
+        }
         let slot = self.slot(color);
         slot.set(Phase::Live, Some(pid));
         slot.process = Some(app);
-        slot.restart_waiting = false;
         self.notify_ready();
     }
 
-    fn spawn_drain(&mut self, id: u64, proc: AppProcess) {
+    /// Stops `proc` with its stop signal and deadline; `id` is the release
+    /// waiting for it, if any.
+    fn spawn_drain(&mut self, id: Option<u64>, proc: AppProcess) {
         let (sig, deadline) = (
             self.ctx.config.app.stop_signal,
             self.ctx.config.app.drain_timeout,
@@ -525,16 +629,22 @@ impl Daemon {
             // Dropped before the event, so its pgid record is gone before the
             // daemon can start this color again.
             drop(proc);
-            let _ = events.send(Event::Drained { id, color, exit });
+            let _ = events.send(Event::Drained {
+                id: id.unwrap_or(0),
+                color,
+                exit,
+            });
         });
     }
 
     fn on_drained(&mut self, id: u64, color: Color, exit: Exit) {
         self.drains -= 1;
-        tracing::info!(%color, "drained ({exit})");
+        tracing::info!(%color, "stopped ({exit})");
         let slot = self.slot(color);
-        slot.set(Phase::Stopped, None);
-        slot.last_exit = Some(exit);
+        if slot.phase == Phase::Draining {
+            slot.set(Phase::Stopped, None);
+            slot.last_exit = Some(exit);
+        }
         if self.current(id).is_some() {
             self.finish_release(color, Some(exit));
         }
@@ -550,14 +660,24 @@ impl Daemon {
         let build = self.state.build(r.color).cloned();
         let msg = match r.kind {
             Kind::Rollback => format!("rolled back to release {} on {}", r.release, r.color),
-            _ => format!("release {} is live on {}", r.release, r.color),
+            Kind::Release => format!("release {} is live on {}", r.release, r.color),
         } + &format!(" ({} ms)", total.as_millis());
         tracing::info!("{msg}");
         self.last_result = Some(format!("{} ok: {msg}", crate::now_rfc3339()));
+        if let Some(a) = &mut self.auto {
+            match (&r.trigger, r.kind) {
+                (Trigger::Watch(_), _) => a.succeeded(r.release, &msg),
+                // A rollback must stick: the watched tree is held back until it changes.
+                (Trigger::Client, Kind::Rollback) => {
+                    a.hold_current("a rollback made an older build live")
+                }
+                (Trigger::Client, Kind::Release) => {}
+            }
+        }
         if let Some(c) = r.client {
             let _ = c.send(Reply::Done {
                 result: serde_json::json!({
-                    "release": build.as_ref().map(|b| b.release),
+                    "release": r.release,
                     "label": build.as_ref().and_then(|b| b.label.clone()),
                     "color": r.color,
                     "previous": old,
@@ -594,25 +714,20 @@ impl Daemon {
             r.release,
             failure.message
         ));
-        let live = self.state.live;
-        if r.kind == Kind::Restart {
-            self.slot(r.color).restarts += 1;
-            self.schedule_restart(r.color);
-        } else {
-            self.slot(r.color).set(Phase::Stopped, None);
-            if let Some(live) = live {
-                tracing::info!(%live, "{live} stays live");
-            }
+        self.slot(r.color).set(Phase::Stopped, None);
+        if let Some(live) = self.state.live {
+            tracing::info!(%live, "{live} stays live");
+        }
+        if let (Some(a), Trigger::Watch(fp)) = (&mut self.auto, &r.trigger) {
+            a.failed(fp, r.release, &failure);
         }
         if let Some(c) = r.client {
             let _ = c.send(Reply::Error(failure));
         }
-        if live.is_none() {
+        if self.state.live.is_none() {
             // No color has been live: nobody will accept, so refuse clients
             // rather than let them wait in the queue.
-            if let Err(e) = self.ctx.listeners.unlisten() {
-                tracing::error!("cannot reset the listening sockets: {e}");
-            }
+            self.ctx.listeners.unlisten();
         }
         self.after_release();
     }
@@ -621,45 +736,46 @@ impl Daemon {
         if self.stopping > 0 {
             return self.drain_all();
         }
-        for color in Color::BOTH {
-            if self.slot(color).restart_waiting && self.release.is_none() {
-                self.slot(color).restart_waiting = false;
-                self.start_restart(color);
-            }
-        }
+        self.auto_check();
     }
 
     /// A live color's leader exited without being asked to.
-    async fn on_exited(&mut self, color: Color, pid: Pid, exit: Exit) {
+    fn on_exited(
+        &mut self,
+        color: Color,
+        pid: Pid,
+        exit: Exit,
+        uptime: Duration,
+        tail: Vec<String>,
+    ) {
         let slot = self.slot(color);
         if slot.phase != Phase::Live || slot.pid != Some(pid) {
             return; // a drain or stop already handles it
         }
-        let proc = slot.process.take().expect("a live slot holds its process");
-        let uptime = proc.started.elapsed().unwrap_or_default();
-        let tail = proc.log_tail().await;
+        drop(slot.process.take()); // kills what is left of its group
+        slot.last_exit = Some(exit);
         tracing::error!(%color, pid = pid.as_raw(), "the live color died ({exit}) after {uptime:.1?}; last output:");
         for line in tail.iter().rev().take(10).rev() {
             tracing::error!(%color, "  | {line}");
         }
-        drop(proc); // kills what is left of its group
-        let slot = self.slot(color);
-        slot.last_exit = Some(exit);
-        slot.restarts += 1;
-        if uptime >= HEALTHY_UPTIME {
-            slot.streak = 0;
-        }
         if self.stopping > 0 {
-            self.slot(color).set(Phase::Stopped, None);
-            return;
+            return self.slot(color).set(Phase::Stopped, None);
         }
-        self.slot(color).set(Phase::Restarting, None);
+        let slot = self.slot(color);
+        slot.set(Phase::Restarting, None);
+        slot.restarts += 1;
+        // A color that ran long enough restarts at once; one that dies young
+        // waits 0.1 s, then longer each time.
+        slot.streak = if uptime >= HEALTHY_UPTIME {
+            0
+        } else {
+            slot.streak.max(1)
+        };
         self.schedule_restart(color);
     }
 
     fn schedule_restart(&mut self, color: Color) {
         let slot = self.slot(color);
-        slot.phase = Phase::Restarting;
         let delay = backoff(slot.streak);
         slot.streak += 1;
         tracing::info!(%color, "restarting in {delay:?}");
@@ -671,19 +787,18 @@ impl Daemon {
     }
 
     fn on_restart_due(&mut self, color: Color) {
-        if self.stopping > 0
-            || self.state.live != Some(color)
-            || self.slot(color).phase != Phase::Restarting
+        let slot = self.slot(color);
+        if slot.phase == Phase::Restarting
+            && slot.restart.is_none()
+            && self.stopping == 0
+            && self.state.live == Some(color)
         {
-            return;
+            self.start_restart(color);
         }
-        if self.release.is_some() {
-            self.slot(color).restart_waiting = true;
-            return;
-        }
-        self.start_restart(color);
     }
 
+    /// Starts the live color again from its directory (no copy). Runs beside
+    /// a release: the release starts the other color.
     fn start_restart(&mut self, color: Color) {
         let Some(build) = self.state.build(color).cloned() else {
             tracing::error!(%color, "state says {color} is live but records no build for it: release again");
@@ -699,46 +814,123 @@ impl Daemon {
             source: None,
             label: build.label,
             release: build.release,
+            expect: None,
+            cancel: Arc::new(AtomicBool::new(false)),
         };
-        self.launch(Kind::Restart, plan, None);
+        let task = tokio::spawn(release::run(self.ctx.clone(), plan, self.events.clone()));
+        self.slot(color).restart = Some((id, task));
     }
 
-    fn finish_restart(&mut self, app: AppProcess) {
-        let r = self
-            .release
-            .take()
-            .expect("finishing the restart in progress");
-        tracing::info!(color = %r.color, pid = app.pid.as_raw(), "{} is serving again", r.color);
+    fn finish_restart(&mut self, color: Color, app: AppProcess) {
+        if self.state.live != Some(color) || self.stopping > 0 {
+            return self.spawn_drain(None, app);
+        }
+        tracing::info!(%color, pid = app.pid.as_raw(), "{color} is serving again");
         self.make_live(app);
-        self.after_release();
+    }
+
+    fn restart_failed(&mut self, color: Color, failure: Failure) {
+        tracing::error!(%color, "restart failed: {}", failure.message);
+        for line in failure.log_tail.iter().rev().take(10).rev() {
+            tracing::error!(%color, "  | {line}");
+        }
+        self.notify_ready();
+        if self.state.live != Some(color) || self.stopping > 0 {
+            return;
+        }
+        self.slot(color).restarts += 1;
+        self.schedule_restart(color);
+    }
+
+    fn on_watch_settled(&mut self, fingerprint: Option<String>, generation: u64) {
+        if let Some(a) = &mut self.auto {
+            a.settled(fingerprint, generation);
+        }
+        self.auto_check();
+    }
+
+    fn on_watch_request(&mut self, pause: bool, reply: Responder) {
+        let Some(a) = &mut self.auto else {
+            let f = Failure::new(
+                FailureKind::BadRequest,
+                None,
+                "auto-release is not configured: add a [watch] section to bgd's config",
+            );
+            let _ = reply.send(Reply::Error(f));
+            return;
+        };
+        a.paused = pause;
+        tracing::info!("auto-release {}", if pause { "paused" } else { "resumed" });
+        self.auto_check();
+        self.reply_status(reply);
+    }
+
+    /// Releases the watched tree if the watcher says it settled and it is
+    /// neither live already nor held back.
+    fn live_fingerprint(&self) -> Option<String> {
+        self.state
+            .live
+            .and_then(|c| self.state.build(c))
+            .and_then(|b| b.fingerprint.clone())
+    }
+
+    fn auto_check(&mut self) {
+        let live_fp = self.live_fingerprint();
+        let busy = self.release.is_some() || self.stopping > 0;
+        let Some(a) = &mut self.auto else { return };
+        match a.decide(live_fp.as_deref(), busy) {
+            Decision::Nothing => {}
+            Decision::Release(fp) => {
+                let path = a.path.clone();
+                tracing::info!("auto-release of {} (tree {fp})", path.display());
+                self.begin(
+                    Kind::Release,
+                    Some(path),
+                    Some("auto".into()),
+                    Trigger::Watch(fp),
+                    None,
+                );
+            }
+        }
     }
 
     fn on_stop(&mut self) {
         self.stopping += 1;
-        if self.stopping == 1 {
-            tracing::info!("stopping: draining the app (send the signal again to kill it at once)");
-            sd_notify_stopping();
-            if let Some(r) = &self.release {
-                if r.swapped_at.is_none() {
-                    // Not yet live: abort. Dropping the task's process kills its group.
-                    let r = self.release.take().expect("checked above");
-                    r.task.abort();
-                    self.slot(r.color).set(Phase::Stopped, None);
-                    if let Some(c) = r.client {
-                        let _ = c.send(Reply::Error(Failure::new(FailureKind::Busy, Some(r.step), "bgd is shutting down: the release was aborted and the old color stays recorded as live")));
-                    }
-                }
-            }
-            if self.release.is_none() {
-                self.drain_all();
-            }
-        } else {
+        if self.stopping > 1 {
             tracing::warn!("second stop signal: killing every color now");
             for color in Color::BOTH {
                 if let Some(pid) = self.slot(color).pid {
                     let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
                 }
             }
+            return;
+        }
+        tracing::info!("stopping: draining the app (send the signal again to kill it at once)");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        for color in Color::BOTH {
+            self.slot(color).abort_restart();
+        }
+        if self
+            .release
+            .as_ref()
+            .is_some_and(|r| r.swapped_at.is_none())
+        {
+            // Not yet live: abort. Staging stops before it swaps anything in,
+            // and dropping the task's process kills its group.
+            let r = self.release.take().expect("checked above");
+            r.cancel.store(true, Ordering::Relaxed);
+            r.task.abort();
+            self.slot(r.color).set(Phase::Stopped, None);
+            if let Some(c) = r.client {
+                let _ = c.send(Reply::Error(Failure::new(
+                    FailureKind::Busy,
+                    Some(r.step),
+                    "bgd is shutting down: the release was aborted and the old color stays recorded as live",
+                )));
+            }
+        }
+        if self.release.is_none() {
+            self.drain_all();
         }
     }
 
@@ -749,7 +941,7 @@ impl Daemon {
                 let pid = proc.pid;
                 self.slot(color).set(Phase::Draining, Some(pid));
                 tracing::info!(%color, pid = pid.as_raw(), "draining");
-                self.spawn_drain(0, proc);
+                self.spawn_drain(None, proc);
             }
         }
     }
@@ -787,21 +979,28 @@ impl Daemon {
             name: self.ctx.config.name.clone(),
             pid: std::process::id(),
             live: self.state.live,
-            release_in_progress: self
-                .release
-                .as_ref()
-                .filter(|r| r.kind != Kind::Restart)
-                .map(|r| ReleaseProgress {
-                    id: r.release,
-                    color: r.color,
-                    step: r.step,
-                    label: r.label.clone(),
-                    since: crate::rfc3339(r.since),
-                }),
+            release_in_progress: self.release.as_ref().map(|r| ReleaseProgress {
+                id: r.release,
+                color: r.color,
+                step: r.step,
+                label: r.label.clone(),
+                since: crate::rfc3339(r.since),
+            }),
             blue: color_status(Color::Blue, &self.blue),
             green: color_status(Color::Green, &self.green),
             last_result: self.last_result.clone(),
             listen: self.ctx.listeners.addresses(),
+            watch: self.auto.as_ref().map(|a| {
+                let running = self
+                    .release
+                    .as_ref()
+                    .is_some_and(|r| matches!(r.trigger, Trigger::Watch(_)));
+                let due = matches!(
+                    a.decide(self.live_fingerprint().as_deref(), false),
+                    Decision::Release(_)
+                );
+                a.status(running || due)
+            }),
         }
     }
 }
@@ -811,27 +1010,24 @@ impl Daemon {
 /// range; they only match events in memory and are never stored.
 fn fresh_id() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 62);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 fn kind_name(k: Kind) -> &'static str {
     match k {
         Kind::Release => "release",
         Kind::Rollback => "rollback",
-        Kind::Restart => "restart",
     }
 }
 
-/// 0.1 s, 0.2 s, 0.4 s ... up to 30 s.
+/// The delay before restart number `streak + 1` of a color that keeps
+/// dying young: 0.1 s, 0.2 s, 0.4 s ... up to 30 s. A color that had run
+/// for [`HEALTHY_UPTIME`] starts over at streak 0, which restarts at once.
 fn backoff(streak: u32) -> Duration {
     if streak == 0 {
         return Duration::ZERO;
     }
     (Duration::from_millis(100) * 2u32.saturating_pow(streak.min(16) - 1)).min(MAX_BACKOFF)
-}
-
-fn sd_notify_stopping() {
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
 }
 
 #[cfg(test)]

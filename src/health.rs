@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -21,39 +22,46 @@ use crate::spawn;
 use crate::Ctx;
 
 /// Waits until every configured check passes. Fails early when a check
-/// cannot pass; the caller races this against the app's exit and a timeout.
+/// cannot pass; the caller races this against the app's exit and a timeout,
+/// and reports `last`, the most recent reason a check did not pass yet.
 pub async fn wait_ready(
     ctx: &Ctx,
     app: &AppProcess,
     dir: &Path,
     release: u64,
+    last: &Mutex<String>,
 ) -> anyhow::Result<()> {
     let h = &ctx.config.health;
     if let (Some(path), Some(addr)) = (&h.http, app.probe_addr) {
-        wait_http(addr, path).await?;
+        wait_http(addr, path, last).await;
     }
     if let Some(n) = &app.notify {
+        note(last, "no READY=1 on NOTIFY_SOCKET yet".into());
         n.wait_ready().await?;
     }
     if let Some(cmd) = &h.exec {
-        wait_exec(ctx, cmd, dir, app, release).await?;
+        wait_exec(ctx, cmd, dir, app, release, last).await?;
     }
     Ok(())
+}
+
+fn note(last: &Mutex<String>, what: String) {
+    tracing::debug!("not ready: {what}");
+    *last.lock().expect("never held across a panic") = what;
 }
 
 /// GETs `path` until it answers 2xx. The probe socket listens from before the
 /// app starts, so the first request simply waits in its queue until the app
 /// accepts: no polling while the app boots. Non-2xx answers and resets are
 /// retried with a short backoff.
-async fn wait_http(addr: SocketAddr, path: &str) -> anyhow::Result<()> {
+async fn wait_http(addr: SocketAddr, path: &str, last: &Mutex<String>) {
     let mut backoff = Duration::from_millis(10);
     loop {
-        let last = match http_get_status(addr, path).await {
-            Ok(code) if (200..300).contains(&code) => return Ok(()),
-            Ok(code) => format!("GET {path} answered {code}"),
-            Err(e) => format!("GET {path} failed: {e}"),
-        };
-        tracing::debug!("probe: {last}; retrying in {backoff:?}");
+        match http_get_status(addr, path).await {
+            Ok(code) if (200..300).contains(&code) => return,
+            Ok(code) => note(last, format!("GET {path} answered {code}")),
+            Err(e) => note(last, format!("GET {path} failed: {e}")),
+        }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_millis(500));
     }
@@ -92,13 +100,15 @@ pub async fn http_get_status(addr: SocketAddr, path: &str) -> std::io::Result<u1
         })
 }
 
-/// Runs the check command until it exits 0.
+/// Runs the check command until it exits 0. Its output is kept for the
+/// failure report; a check still running when the wait ends is killed.
 async fn wait_exec(
     ctx: &Ctx,
     cmd: &[String],
     dir: &Path,
     app: &AppProcess,
     release: u64,
+    last: &Mutex<String>,
 ) -> anyhow::Result<()> {
     let env = vec![
         ("BG_COLOR".to_string(), app.color.to_string()),
@@ -116,19 +126,60 @@ async fn wait_exec(
         })
         .with_context(|| format!("cannot run health.exec {:?} in {}", cmd[0], dir.display()))?;
         let exited = ctx.reaper.watch(check.pid);
-        // The check's output is not interesting until it fails for good;
-        // the pipes are closed so a chatty check cannot block on them.
-        drop((check.stdout, check.stderr));
+        let guard = KillGroupOnDrop(check.pid);
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let readers =
+            [check.stdout, check.stderr].map(|fd| tokio::spawn(keep_tail(fd, output.clone())));
         let status = exited.await.context("the reaper stopped")?;
+        std::mem::forget(guard);
+        // Output still in the pipes arrives at once; a background process
+        // that keeps them open is not waited for.
+        for r in readers {
+            let abort = r.abort_handle();
+            if tokio::time::timeout(Duration::from_millis(100), r)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
         if status.success() {
             return Ok(());
         }
-        tracing::debug!(
-            "health.exec {:?}: {status}; retrying in {backoff:?}",
-            cmd[0]
-        );
+        let out = String::from_utf8_lossy(&output.lock().expect("never held across a panic"))
+            .trim()
+            .to_string();
+        let out = out
+            .lines()
+            .last()
+            .map(|l| format!(": {l}"))
+            .unwrap_or_default();
+        note(last, format!("health.exec {:?}: {status}{out}", cmd[0]));
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// Kills a check's process group unless forgotten after it exited.
+struct KillGroupOnDrop(nix::unistd::Pid);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(self.0, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// Reads `fd` to its end, keeping the last 2 KiB in `out`.
+async fn keep_tail(fd: std::os::fd::OwnedFd, out: Arc<Mutex<Vec<u8>>>) {
+    let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+        return;
+    };
+    let mut buf = [0u8; 4096];
+    while let Ok(n @ 1..) = pipe.read(&mut buf).await {
+        let mut o = out.lock().expect("never held across a panic");
+        o.extend_from_slice(&buf[..n]);
+        let excess = o.len().saturating_sub(2048);
+        o.drain(..excess);
     }
 }
 

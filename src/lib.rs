@@ -18,10 +18,13 @@
 //! - [`health`]   readiness checks that reach the new color alone
 //! - [`stage`]    copying a build into a color directory atomically
 //! - [`state`]    what survives a restart: live color, builds, the `live` symlink
+//! - [`watch`]    auto-release: notify events coalesced into settled-tree events
 //! - [`control`]  the control socket: peer check, decode, stream replies
 //! - [`identity`] the user and groups the app runs as
+//! - [`auto`]     auto-release decisions (no IO): release the settled tree or not
 //! - [`color`]    blue and green
 
+pub mod auto;
 pub mod color;
 pub mod config;
 pub mod control;
@@ -36,6 +39,7 @@ pub mod release;
 pub mod spawn;
 pub mod stage;
 pub mod state;
+pub mod watch;
 
 use std::sync::Arc;
 use std::time::SystemTime;

@@ -38,7 +38,15 @@ struct Socket {
     /// that a re-bind gets the same address.
     config: ListenConfig,
     fd: OwnedFd,
-    listening: bool,
+    state: SocketState,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SocketState {
+    Bound,
+    Listening,
+    /// A re-bind failed; `fd` is an unbound placeholder until one succeeds.
+    Unbound,
 }
 
 impl Listeners {
@@ -67,7 +75,7 @@ impl Listeners {
             sockets.push(Socket {
                 config,
                 fd,
-                listening: false,
+                state: SocketState::Bound,
             });
         }
         Ok(Listeners {
@@ -75,27 +83,56 @@ impl Listeners {
         })
     }
 
-    /// Starts listening on every socket that is not yet listening.
+    /// Starts listening on every socket that is not yet listening, re-binding
+    /// any that an earlier [`unlisten`](Self::unlisten) could not.
     pub fn ensure_listening(&self) -> io::Result<()> {
-        for s in self.lock().iter_mut().filter(|s| !s.listening) {
-            let backlog = Backlog::new(s.config.backlog).unwrap_or(Backlog::MAXCONN);
-            listen(&s.fd, backlog)?;
-            s.listening = true;
+        for s in self.lock().iter_mut() {
+            if s.state == SocketState::Unbound {
+                s.fd = bind_one(&s.config)?;
+                s.state = SocketState::Bound;
+            }
+            if s.state == SocketState::Bound {
+                let backlog = Backlog::new(s.config.backlog).unwrap_or(Backlog::MAXCONN);
+                listen(&s.fd, backlog)?;
+                s.state = SocketState::Listening;
+            }
         }
         Ok(())
     }
 
     /// Closes and re-binds every socket without listening: queued clients are
-    /// reset. Only for when no color runs and none has been live.
-    pub fn unlisten(&self) -> io::Result<()> {
-        for s in self.lock().iter_mut().filter(|s| s.listening) {
+    /// reset. Only for when no color runs and none has been live. A socket
+    /// that cannot be bound again right now is left unbound (and logged);
+    /// the next start binds it.
+    pub fn unlisten(&self) {
+        for s in self
+            .lock()
+            .iter_mut()
+            .filter(|s| s.state == SocketState::Listening)
+        {
             // The old socket must be closed before its address can be bound
             // again; an unbound placeholder holds the slot meanwhile.
-            drop(std::mem::replace(&mut s.fd, placeholder()?));
-            s.fd = bind_one(&s.config)?;
-            s.listening = false;
+            match placeholder() {
+                Ok(p) => drop(std::mem::replace(&mut s.fd, p)),
+                Err(e) => {
+                    tracing::warn!("cannot reset [[listen]] {:?}: {e}", s.config.name);
+                    continue;
+                }
+            }
+            match bind_one(&s.config) {
+                Ok(fd) => {
+                    s.fd = fd;
+                    s.state = SocketState::Bound;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot bind [[listen]] {:?} again yet: {e}; the next release binds it",
+                        s.config.name
+                    );
+                    s.state = SocketState::Unbound;
+                }
+            }
         }
-        Ok(())
     }
 
     /// The (name, fd) pairs a color inherits, in `[[listen]]` order. The fds

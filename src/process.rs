@@ -40,9 +40,8 @@ pub struct AppProcess {
     pub started: SystemTime,
     /// Set by the reaper task; `None` while the leader runs.
     exit: watch::Receiver<Option<Exit>>,
-    /// Number of output pipes (of 2) that reached end of file.
-    eof: watch::Receiver<u8>,
-    tail: Arc<Mutex<VecDeque<String>>>,
+    /// The app's captured output.
+    output: Arc<Output>,
     /// Set once the whole group is known to be gone; its pgid may then be
     /// reused by an unrelated process, so it is never signalled again.
     group_gone: AtomicBool,
@@ -113,18 +112,9 @@ impl AppProcess {
                 let _ = exit_tx.send(Some(status));
             }
         });
-        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
-        let (eof_tx, eof) = watch::channel(0u8);
-        let eof_tx = Arc::new(eof_tx);
+        let output = Arc::new(Output::default());
         for (fd, stream) in [(spawned.stdout, "stdout"), (spawned.stderr, "stderr")] {
-            tokio::spawn(capture(
-                fd,
-                stream,
-                color,
-                spawned.pid,
-                tail.clone(),
-                eof_tx.clone(),
-            ));
+            tokio::spawn(capture(fd, stream, color, spawned.pid, output.clone()));
         }
         tracing::info!(%color, pid = spawned.pid.as_raw(), release, "started {}", dir.display());
         let (probe, probe_addr) = probe.map_or((None, None), |(l, a)| (Some(l), Some(a)));
@@ -133,8 +123,7 @@ impl AppProcess {
             pid: spawned.pid,
             started: SystemTime::now(),
             exit,
-            eof,
-            tail,
+            output,
             group_gone: AtomicBool::new(false),
             _probe: probe,
             probe_addr,
@@ -164,6 +153,19 @@ impl AppProcess {
                 // without one when the runtime shuts down.
                 Err(_) => Exit::Signal(libc::SIGKILL),
             }
+        }
+    }
+
+    /// Like [`wait_exit`](Self::wait_exit), and then also the uptime and the
+    /// last lines of output, for a report that must not block the daemon.
+    pub fn wait_exit_with_tail(
+        &self,
+    ) -> impl std::future::Future<Output = (Exit, Duration, Vec<String>)> + Send + 'static {
+        let (exit, output, started) = (self.wait_exit(), self.output.clone(), self.started);
+        async move {
+            let status = exit.await;
+            let uptime = started.elapsed().unwrap_or_default();
+            (status, uptime, output.tail_after_exit().await)
         }
     }
 
@@ -234,16 +236,10 @@ impl AppProcess {
     /// waits briefly for the pipes to drain so the final words are included.
     pub async fn log_tail(&self) -> Vec<String> {
         if self.exit_status().is_some() {
-            let mut eof = self.eof.clone();
-            let _ =
-                tokio::time::timeout(Duration::from_millis(500), eof.wait_for(|n| *n >= 2)).await;
+            self.output.tail_after_exit().await
+        } else {
+            self.output.tail()
         }
-        self.tail
-            .lock()
-            .expect("tail lock is never held across a panic")
-            .iter()
-            .cloned()
-            .collect()
     }
 }
 
@@ -262,40 +258,76 @@ pub fn run_dir(root: &Path) -> PathBuf {
     root.join("run")
 }
 
-/// Logs each line of one output stream and keeps the last ones.
-async fn capture(
-    fd: OwnedFd,
-    stream: &'static str,
-    color: Color,
-    pid: Pid,
-    tail: Arc<Mutex<VecDeque<String>>>,
-    eof: Arc<watch::Sender<u8>>,
-) {
-    let pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!(%color, "cannot read the app's {stream}: {e}");
-            eof.send_modify(|n| *n += 1);
-            return;
-        }
-    };
-    let mut reader = tokio::io::BufReader::new(pipe);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        let end = buf.len().min(MAX_LINE);
-        let line = String::from_utf8_lossy(&buf[..end]);
-        let line = line.trim_end_matches(['\n', '\r']);
-        tracing::info!(target: "app", %color, pid = pid.as_raw(), stream, "{line}");
-        let mut t = tail.lock().expect("tail lock is never held across a panic");
+/// A color's captured output: the last lines, and how many of the two
+/// pipes have reached end of file.
+#[derive(Default)]
+struct Output {
+    tail: Mutex<VecDeque<String>>,
+    eof: watch::Sender<u8>,
+}
+
+impl Output {
+    fn tail(&self) -> Vec<String> {
+        self.tail
+            .lock()
+            .expect("tail lock is never held across a panic")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// The tail once both pipes are drained, or after 500 ms if a forked
+    /// process still holds them open.
+    async fn tail_after_exit(&self) -> Vec<String> {
+        let mut eof = self.eof.subscribe();
+        let _ = tokio::time::timeout(Duration::from_millis(500), eof.wait_for(|n| *n >= 2)).await;
+        self.tail()
+    }
+
+    fn push(&self, line: String) {
+        let mut t = self
+            .tail
+            .lock()
+            .expect("tail lock is never held across a panic");
         if t.len() == TAIL_LINES {
             t.pop_front();
         }
-        t.push_back(line.to_string());
+        t.push_back(line);
     }
-    eof.send_modify(|n| *n += 1);
+}
+
+/// Logs each line of one output stream and keeps the last ones. A line
+/// longer than [`MAX_LINE`] is cut and the rest of it dropped, so an app that
+/// never prints a newline cannot grow bgd's memory.
+async fn capture(fd: OwnedFd, stream: &'static str, color: Color, pid: Pid, output: Arc<Output>) {
+    let emit = |line: &mut Vec<u8>| {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end_matches('\r');
+        tracing::info!(target: "app", %color, pid = pid.as_raw(), stream, "{text}");
+        output.push(text.to_string());
+        line.clear();
+    };
+    if let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+        let mut reader = tokio::io::BufReader::new(pipe);
+        let mut line = Vec::new();
+        loop {
+            let chunk = match reader.fill_buf().await {
+                Ok([]) | Err(_) => break,
+                Ok(c) => c,
+            };
+            let newline = chunk.iter().position(|b| *b == b'\n');
+            let part = &chunk[..newline.unwrap_or(chunk.len())];
+            let room = MAX_LINE.saturating_sub(line.len());
+            line.extend_from_slice(&part[..part.len().min(room)]);
+            let used = newline.map_or(chunk.len(), |i| i + 1);
+            reader.consume(used);
+            if newline.is_some() {
+                emit(&mut line);
+            }
+        }
+        if !line.is_empty() {
+            emit(&mut line);
+        }
+    }
+    output.eof.send_modify(|n| *n += 1);
 }

@@ -32,6 +32,10 @@ pub enum Request {
     /// Make the previous color live again from its directory.
     Rollback,
     Status,
+    /// Pause or resume auto-release.
+    Watch {
+        pause: bool,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -93,6 +97,11 @@ pub enum FailureKind {
     App,
     /// bgd itself failed (could not write its state, ...).
     Internal,
+    /// The watched build changed while it was copied; it is staged again
+    /// after the next quiet period.
+    Changed,
+    /// The peer may not use the control socket.
+    Denied,
 }
 
 impl FailureKind {
@@ -100,9 +109,10 @@ impl FailureKind {
     pub fn exit_code(self) -> u8 {
         match self {
             FailureKind::App => 1,
+            FailureKind::Denied => 3,
             FailureKind::Busy => 4,
             FailureKind::BadRequest => 5,
-            FailureKind::Stage => 6,
+            FailureKind::Stage | FailureKind::Changed => 6,
             FailureKind::Internal => 7,
         }
     }
@@ -189,6 +199,34 @@ pub struct Status {
     pub last_result: Option<String>,
     /// The app's sockets as bound (a configured port 0 shows the real port).
     pub listen: Vec<ListenStatus>,
+    /// Auto-release, when `[watch]` is configured.
+    pub watch: Option<WatchStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WatchStatus {
+    pub path: String,
+    /// `inotify`, or `poll` after the inotify watch limit was hit.
+    pub mode: String,
+    /// `idle`, `settling` (changes seen, waiting for quiet), `releasing`
+    /// (an auto-release runs or waits its turn) or `paused`.
+    pub state: String,
+    pub last_event: Option<String>,
+    /// Changes seen and ignored (`watch.ignore`, or files other than the marker).
+    pub ignored_events: u64,
+    /// Why the current tree is not released, if it is held back.
+    pub holding: Option<String>,
+    pub last_release: Option<AutoRelease>,
+}
+
+/// The outcome of the last auto-release.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AutoRelease {
+    pub at: String,
+    pub release: u64,
+    pub ok: bool,
+    pub step: Option<Step>,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

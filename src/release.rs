@@ -2,11 +2,13 @@
 //! until ready. Runs as its own task so the daemon keeps answering while it
 //! works; it reports each step as an [`Event`] and ends with
 //! [`Event::Prepared`]. It never touches the live color or the state: the
-//! daemon commits the swap and drains the old color.
+//! daemon commits the swap and drains the old color. Restarts of the live
+//! color run through here too, with nothing to stage.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -14,7 +16,7 @@ use crate::color::Color;
 use crate::daemon::Event;
 use crate::process::AppProcess;
 use crate::protocol::{Failure, FailureKind, Step};
-use crate::stage;
+use crate::stage::{self, StageError};
 use crate::state::Build;
 use crate::{health, Ctx};
 
@@ -29,6 +31,10 @@ pub struct Plan {
     pub label: Option<String>,
     /// The release id the color's directory holds (for `BG_RELEASE`).
     pub release: u64,
+    /// For an auto-release: the fingerprint the tree must still have.
+    pub expect: Option<String>,
+    /// Set by the daemon to abort staging before anything is swapped in.
+    pub cancel: Arc<AtomicBool>,
 }
 
 /// Durations of the steps, in milliseconds, for the reply and benchmarks.
@@ -38,6 +44,10 @@ pub struct Timings {
     pub start_ms: u64,
     pub ready_ms: u64,
 }
+
+/// How long a new color that failed its readiness check gets to finish the
+/// requests it already accepted from the shared socket, before SIGKILL.
+const FAILED_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the plan and sends [`Event::Prepared`] with a ready color or a
 /// failure. A failed color's whole process group is gone before this returns.
@@ -62,8 +72,7 @@ async fn prepare(
         });
     };
     let mut timings = Timings::default();
-    let root = &ctx.config.root;
-    let dir = stage::color_dir(root, plan.color);
+    let dir = stage::color_dir(&ctx.config.root, plan.color);
 
     if let Some(source) = &plan.source {
         let source = stage::validate(source)
@@ -73,35 +82,7 @@ async fn prepare(
             format!("copying {} into {}", source.display(), plan.color),
         );
         let t = Instant::now();
-        let (root2, src2, color, id) = (root.clone(), source.clone(), plan.color, plan.id);
-        let owner = ctx
-            .config
-            .app
-            .identity
-            .as_ref()
-            .map(|i| (i.uid.as_raw(), i.gid.as_raw()));
-        let copied =
-            tokio::task::spawn_blocking(move || stage::stage(&root2, &src2, color, id, owner))
-                .await
-                .map_err(|e| {
-                    Failure::new(
-                        FailureKind::Internal,
-                        Some(Step::Stage),
-                        format!("staging task failed: {e}"),
-                    )
-                })?
-                .map_err(|e| {
-                    let kind = if e.kind() == std::io::ErrorKind::InvalidInput {
-                        FailureKind::BadRequest
-                    } else {
-                        FailureKind::Stage
-                    };
-                    Failure::new(
-                        kind,
-                        Some(Step::Stage),
-                        format!("cannot stage the build: {e}"),
-                    )
-                })?;
+        let copied = copy(ctx, plan, &source).await?;
         timings.stage_ms = t.elapsed().as_millis() as u64;
         let _ = events.send(Event::Staged {
             id: plan.id,
@@ -112,6 +93,7 @@ async fn prepare(
                 source: source.display().to_string(),
                 staged_at: crate::now_rfc3339(),
                 went_live: false,
+                fingerprint: Some(copied.fingerprint),
             },
         });
         tracing::info!(color = %plan.color, "staged {} files, {} bytes in {} ms", copied.files, copied.bytes, timings.stage_ms);
@@ -149,22 +131,78 @@ async fn prepare(
     );
     let t = Instant::now();
     let timeout = ctx.config.health.timeout;
+    let last_check = Mutex::new(String::new());
     let outcome = tokio::select! {
-        r = health::wait_ready(ctx, &app, &dir, plan.release) => r.map_err(|e| format!("{e:#}")),
+        r = health::wait_ready(ctx, &app, &dir, plan.release, &last_check) => r.map_err(|e| format!("{e:#}")),
         exit = app.exited() => Err(format!("{} exited during the readiness wait ({exit})", plan.color)),
-        _ = tokio::time::sleep(timeout) => Err(format!(
-            "{} was not ready within health.timeout ({}): its process group was killed",
-            plan.color, humantime::format_duration(timeout)
-        )),
+        _ = tokio::time::sleep(timeout) => {
+            let last = last_check.lock().expect("never held across a panic").clone();
+            let last = if last.is_empty() { String::new() } else { format!(" (last check: {last})") };
+            Err(format!(
+                "{} was not ready within health.timeout ({}){last}: it was stopped",
+                plan.color,
+                humantime::format_duration(timeout)
+            ))
+        }
     };
     timings.ready_ms = t.elapsed().as_millis() as u64;
     match outcome {
         Ok(()) => Ok((app, timings)),
         Err(message) => {
-            app.kill().await;
+            // It may have accepted live connections from the shared socket:
+            // let it finish them with its stop signal, briefly, then SIGKILL.
+            let grace = ctx.config.app.drain_timeout.min(FAILED_GRACE);
+            app.stop(ctx.config.app.stop_signal, grace).await;
             let mut f = Failure::new(FailureKind::App, Some(Step::WaitReady), message);
             f.log_tail = app.log_tail().await;
             Err(f)
         }
     }
+}
+
+/// Stages `source` on a blocking thread.
+async fn copy(ctx: &Ctx, plan: &Plan, source: &std::path::Path) -> Result<stage::Copied, Failure> {
+    let watch = ctx.config.watch.as_ref();
+    let opts = stage::Options {
+        owner: ctx
+            .config
+            .app
+            .identity
+            .as_ref()
+            .map(|i| (i.uid.as_raw(), i.gid.as_raw())),
+        ignore: watch
+            .map(|w| w.ignore.clone())
+            .unwrap_or_else(globset::GlobSet::empty),
+        marker: watch.and_then(|w| w.marker.clone()),
+        expect: plan.expect.clone(),
+        cancel: plan.cancel.clone(),
+    };
+    let (root, src, color, id) = (
+        ctx.config.root.clone(),
+        source.to_path_buf(),
+        plan.color,
+        plan.id,
+    );
+    let staged = tokio::task::spawn_blocking(move || stage::stage(&root, &src, color, id, &opts))
+        .await
+        .map_err(|e| {
+            Failure::new(
+                FailureKind::Internal,
+                Some(Step::Stage),
+                format!("staging task failed: {e}"),
+            )
+        })?;
+    staged.map_err(|e| {
+        let kind = match e {
+            StageError::Refused(_) => FailureKind::BadRequest,
+            StageError::Io(_) => FailureKind::Stage,
+            StageError::Changed => FailureKind::Changed,
+            StageError::Aborted => FailureKind::Busy,
+        };
+        Failure::new(
+            kind,
+            Some(Step::Stage),
+            format!("cannot stage the build: {e}"),
+        )
+    })
 }

@@ -186,7 +186,7 @@ fn child_setup(parent: libc::pid_t, sources: &[RawFd]) -> io::Result<()> {
         // background ignores SIGINT and SIGQUIT). std already resets the mask.
         let mut dfl: libc::sigaction = std::mem::zeroed();
         dfl.sa_sigaction = libc::SIG_DFL;
-        for sig in 1..libc::SIGRTMAX() {
+        for sig in 1..=libc::SIGRTMAX() {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
                 libc::sigaction(sig, &dfl, std::ptr::null_mut());
             }

@@ -12,10 +12,14 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
+use globset::GlobSet;
 use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 
 use crate::color::Color;
+use crate::watch::Fingerprint;
 
 /// Where a build is copied before it is swapped into place.
 pub fn staging_dir(root: &Path, id: u64) -> PathBuf {
@@ -45,39 +49,79 @@ pub fn validate(dir: &Path) -> Result<PathBuf, String> {
     Ok(dir.to_path_buf())
 }
 
-/// Sizes of what was copied.
-#[derive(Debug, Default, Clone, Copy)]
+/// How to stage.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// The app's uid and gid: every copied entry is handed to them, so an app
+    /// that does not run as bgd's user can read its build.
+    pub owner: Option<(u32, u32)>,
+    /// Left out of the fingerprint (`watch.ignore`); still copied.
+    pub ignore: GlobSet,
+    /// Left out of the fingerprint (`watch.marker`); still copied.
+    pub marker: Option<PathBuf>,
+    /// The fingerprint the tree had when it was chosen: if it differs while
+    /// or after it is copied, the copy is discarded.
+    pub expect: Option<String>,
+    /// Set to abort: staging stops before it swaps anything into place.
+    pub cancel: Arc<AtomicBool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// The build holds something that cannot be deployed.
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error(
+        "the build changed while it was copied; it is staged again after the next quiet period"
+    )]
+    Changed,
+    #[error("the release was aborted")]
+    Aborted,
+}
+
+/// Sizes of what was copied and the source's fingerprint.
+#[derive(Debug, Default, Clone)]
 pub struct Copied {
     pub files: u64,
     pub bytes: u64,
-    /// Who gets the copies; `None` leaves them bgd's.
-    owner: Option<(u32, u32)>,
+    pub fingerprint: String,
 }
 
 /// Copies `src` into the staging directory and swaps it into `color`'s
 /// place. Blocking; run it on a blocking thread. On error nothing of the
 /// staging directory is left and the color directory is as it was.
-///
-/// With an `owner` (the app's uid and gid), every copied entry is handed to
-/// that user, so an app that does not run as bgd's user can read its build.
 pub fn stage(
     root: &Path,
     src: &Path,
     color: Color,
     id: u64,
-    owner: Option<(u32, u32)>,
-) -> io::Result<Copied> {
+    opts: &Options,
+) -> Result<Copied, StageError> {
     let staging = staging_dir(root, id);
     let result = (|| {
-        let mut copied = Copied {
-            owner,
-            ..Copied::default()
+        let mut copy = Copy {
+            opts,
+            root: src,
+            copied: Copied::default(),
+            fingerprint: Fingerprint::new(),
         };
-        copy_tree(src, &staging, &mut copied)?;
+        copy.tree(src, &staging)?;
+        copy.copied.fingerprint = copy.fingerprint.finish();
+        if let Some(expect) = &opts.expect {
+            let now = Fingerprint::of_tree(src, &opts.ignore, opts.marker.as_deref());
+            if &copy.copied.fingerprint != expect || now.as_ref() != Some(expect) {
+                return Err(StageError::Changed);
+            }
+        }
         sync_filesystem(&staging)?;
+        if opts.cancel.load(Ordering::Relaxed) {
+            return Err(StageError::Aborted);
+        }
         swap_into_place(&staging, &color_dir(root, color))?;
         fsync_dir(root)?;
-        Ok(copied)
+        Ok(copy.copied)
     })();
     // After a swap the staging path holds the color's previous contents.
     remove_tree(&staging);
@@ -96,52 +140,93 @@ pub fn remove_leftovers(root: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Removes a tree, making read-only directories writable first if needed
+/// (a build may hold 0555 directories).
 fn remove_tree(path: &Path) {
-    match fs::remove_dir_all(path) {
+    fn writable(dir: &Path) {
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                writable(&e.path());
+            }
+        }
+    }
+    let result = fs::remove_dir_all(path).or_else(|e| match e.kind() {
+        io::ErrorKind::PermissionDenied => {
+            writable(path);
+            fs::remove_dir_all(path)
+        }
+        _ => Err(e),
+    });
+    match result {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!("cannot remove {}: {e}", path.display()),
     }
 }
 
-fn copy_tree(src: &Path, dst: &Path, copied: &mut Copied) -> io::Result<()> {
-    let meta = fs::symlink_metadata(src).map_err(|e| at(src, e))?;
-    fs::create_dir(dst).map_err(|e| at(dst, e))?;
-    let mut entries: Vec<_> = fs::read_dir(src)
-        .map_err(|e| at(src, e))?
-        .collect::<io::Result<_>>()
-        .map_err(|e| at(src, e))?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let from = entry.path();
-        let to = dst.join(entry.file_name());
-        let ft = entry.file_type().map_err(|e| at(&from, e))?;
-        if ft.is_dir() {
-            copy_tree(&from, &to, copied)?;
-            continue; // copy_tree handed the directory over itself
-        } else if ft.is_symlink() {
-            let target = fs::read_link(&from).map_err(|e| at(&from, e))?;
-            std::os::unix::fs::symlink(&target, &to).map_err(|e| at(&to, e))?;
-        } else if ft.is_file() {
-            copied.bytes += fs::copy(&from, &to).map_err(|e| at(&from, e))?;
-            copied.files += 1;
-        } else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
+/// One copy in progress: what it copies and what it has seen.
+struct Copy<'a> {
+    opts: &'a Options,
+    /// The build's top directory, for relative paths in the fingerprint.
+    root: &'a Path,
+    copied: Copied,
+    fingerprint: Fingerprint,
+}
+
+impl Copy<'_> {
+    /// Copies directory `src` (a real directory, or the build's top, which
+    /// may be reached through a symlink) to `dst`.
+    fn tree(&mut self, src: &Path, dst: &Path) -> Result<(), StageError> {
+        let meta = fs::metadata(src).map_err(|e| at(src, e))?;
+        fs::create_dir(dst).map_err(|e| at(dst, e))?;
+        let mut entries: Vec<_> = fs::read_dir(src)
+            .map_err(|e| at(src, e))?
+            .collect::<io::Result<_>>()
+            .map_err(|e| at(src, e))?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            if self.opts.cancel.load(Ordering::Relaxed) {
+                return Err(StageError::Aborted);
+            }
+            let from = entry.path();
+            let to = dst.join(entry.file_name());
+            let meta = fs::symlink_metadata(&from).map_err(|e| at(&from, e))?;
+            let ft = meta.file_type();
+            let link = ft
+                .is_symlink()
+                .then(|| fs::read_link(&from))
+                .transpose()
+                .map_err(|e| at(&from, e))?;
+            let rel = from
+                .strip_prefix(self.root)
+                .expect("the copy stays under the build's top");
+            if !(self.opts.ignore.is_match(rel) || self.opts.marker.as_deref() == Some(rel)) {
+                self.fingerprint.add(rel, &meta, link.as_deref());
+            }
+            if ft.is_dir() {
+                self.tree(&from, &to)?;
+                continue; // tree() hands the directory over itself
+            } else if let Some(target) = link {
+                std::os::unix::fs::symlink(&target, &to).map_err(|e| at(&to, e))?;
+            } else if ft.is_file() {
+                self.copied.bytes += fs::copy(&from, &to).map_err(|e| at(&from, e))?;
+                self.copied.files += 1;
+            } else {
+                return Err(StageError::Refused(format!(
                     "{} is a {}: a build may hold only files, directories and symlinks; remove it from the build",
                     from.display(),
-                    special_kind(&entry.metadata().map_err(|e| at(&from, e))?)
-                ),
-            ));
+                    special_kind(&meta)
+                )));
+            }
+            chown(&to, self.opts.owner)?;
         }
-        chown(&to, copied.owner)?;
+        // Set the mode last, so a read-only directory can be filled first.
+        fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))
+            .map_err(|e| at(dst, e))?;
+        chown(dst, self.opts.owner)?;
+        Ok(())
     }
-    chown(dst, copied.owner)?;
-    // Set the mode last, so a read-only directory can be filled first.
-    fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))
-        .map_err(|e| at(dst, e))?;
-    Ok(())
 }
 
 fn chown(path: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
@@ -208,5 +293,50 @@ fn swap_into_place(staging: &Path, target: &Path) -> io::Result<()> {
             fs::rename(&aside, staging).map_err(|e| at(staging, e))
         }
         Err(e) => Err(at(target, e.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_copy_fingerprint_matches_a_fresh_walk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, root) = (dir.path().join("src"), dir.path().join("root"));
+        fs::create_dir_all(src.join("a/b")).unwrap();
+        fs::write(src.join("a/b/f"), "x").unwrap();
+        std::os::unix::fs::symlink("a/b/f", src.join("link")).unwrap();
+        fs::create_dir(&root).unwrap();
+        let expect = Fingerprint::of_tree(&src, &GlobSet::empty(), None);
+        let opts = Options {
+            expect: expect.clone(),
+            ..Options::default()
+        };
+        let copied = stage(&root, &src, Color::Blue, 1, &opts).unwrap();
+        assert_eq!(Some(copied.fingerprint), expect);
+        assert_eq!(
+            fs::read_link(root.join("blue/link")).unwrap(),
+            Path::new("a/b/f")
+        );
+        assert_eq!(
+            fs::read_dir(&root).unwrap().count(),
+            1,
+            "only blue/ is left"
+        );
+
+        let opts = Options {
+            expect: Some("something else".into()),
+            ..Options::default()
+        };
+        assert!(matches!(
+            stage(&root, &src, Color::Green, 2, &opts),
+            Err(StageError::Changed)
+        ));
+        assert_eq!(
+            fs::read_dir(&root).unwrap().count(),
+            1,
+            "the discarded copy is gone"
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +41,9 @@ pub struct Build {
     /// Rollback refuses a build that never did.
     #[serde(default)]
     pub went_live: bool,
+    /// The source tree's fingerprint when it was copied (see `watch::Fingerprint`).
+    #[serde(default)]
+    pub fingerprint: Option<String>,
 }
 
 impl State {
@@ -87,10 +90,11 @@ impl State {
         }
     }
 
-    pub fn set_build(&mut self, c: Color, b: Build) {
+    /// `None` records that the color's directory holds no usable build.
+    pub fn set_build(&mut self, c: Color, b: Option<Build>) {
         match c {
-            Color::Blue => self.blue = Some(b),
-            Color::Green => self.green = Some(b),
+            Color::Blue => self.blue = b,
+            Color::Green => self.green = b,
         }
     }
 }
@@ -138,21 +142,48 @@ pub fn record_pgid(root: &Path, color: Color, pgid: Option<Pid>) {
     }
 }
 
-/// Kills process groups a previous bgd recorded and left running. The app's
-/// leader dies with bgd (PDEATHSIG), but workers it forked may not.
+/// Kills processes a previous bgd left running: the app's leader dies with
+/// bgd (PDEATHSIG), but workers it forked may not. Only processes that are
+/// in a recorded group *and* carry this root in their `BG_ROOT` are killed,
+/// so a group number reused by an unrelated process (after a reboot, say)
+/// is left alone.
 pub fn kill_leftover_groups(root: &Path) {
+    let marker = format!("BG_ROOT={}", root.display()).into_bytes();
     for color in Color::BOTH {
         let path = pgid_file(root, color);
         let Ok(text) = fs::read_to_string(&path) else {
             continue;
         };
         if let Ok(pgid) = text.trim().parse::<i32>() {
-            if pgid > 1 && killpg(Pid::from_raw(pgid), Signal::SIGKILL).is_ok() {
-                tracing::warn!(%color, pgid, "killed processes left running by a previous bgd");
+            for pid in members_with_env(pgid, &marker) {
+                if nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+                    tracing::warn!(%color, pid, "killed a process left running by a previous bgd");
+                }
             }
         }
         let _ = fs::remove_file(&path);
     }
+}
+
+/// Pids in process group `pgid` whose environment holds `var` (`NAME=value`).
+fn members_with_env(pgid: i32, var: &[u8]) -> Vec<i32> {
+    let Ok(proc) = fs::read_dir("/proc") else {
+        return vec![];
+    };
+    proc.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            // Field 5 of /proc/PID/stat, after the parenthesised command name.
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let pgrp = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<i32>().ok());
+            pgrp == Some(pgid)
+        })
+        .filter(|pid| {
+            let env = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            env.split(|b| *b == 0).any(|kv| kv == var)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -168,13 +199,14 @@ mod tests {
         s.live = Some(Color::Green);
         s.set_build(
             Color::Green,
-            Build {
+            Some(Build {
                 release: 3,
                 label: Some("v3".into()),
                 source: "/b".into(),
                 staged_at: "t".into(),
                 went_live: true,
-            },
+                fingerprint: Some("0123".into()),
+            }),
         );
         s.save(dir.path()).unwrap();
         assert_eq!(State::load(dir.path()).unwrap(), s);

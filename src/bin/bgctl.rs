@@ -45,12 +45,23 @@ enum Command {
     },
     /// Make the previous color live again from its directory.
     Rollback,
+    /// Pause or resume auto-release of the watched build directory.
+    Watch {
+        #[arg(value_enum)]
+        action: WatchAction,
+    },
     /// Show the live color, each color's process and any release in progress.
     Status {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum WatchAction {
+    Pause,
+    Resume,
 }
 
 const EXIT_UNREACHABLE: u8 = 3;
@@ -83,8 +94,14 @@ fn run(args: Args) -> Result<u8, (u8, String)> {
         }
         Command::Rollback => (Request::Rollback, false),
         Command::Status { json } => (Request::Status, json),
+        Command::Watch { action } => (
+            Request::Watch {
+                pause: matches!(action, WatchAction::Pause),
+            },
+            false,
+        ),
     };
-    let is_status = request == Request::Status;
+    let is_status = matches!(request, Request::Status | Request::Watch { .. });
     let mut stream = UnixStream::connect(&socket).map_err(|e| {
         let hint = match e.kind() {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
@@ -223,5 +240,25 @@ fn print_status(s: &Status) {
     }
     if let Some(r) = &s.last_result {
         println!("  last result: {r}");
+    }
+    if let Some(w) = &s.watch {
+        println!("watch {} ({}): {}", w.path, w.mode, w.state);
+        if let Some(t) = &w.last_event {
+            println!("  last change: {t}");
+        }
+        if let Some(r) = &w.last_release {
+            let outcome = if r.ok {
+                "ok".to_string()
+            } else {
+                format!("failed at {}", r.step.map_or("?".into(), |s| s.to_string()))
+            };
+            println!(
+                "  last auto-release: {} release {} {outcome}: {}",
+                r.at, r.release, r.message
+            );
+        }
+        if let Some(h) = &w.holding {
+            println!("  holding: {h}");
+        }
     }
 }

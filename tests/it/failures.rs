@@ -49,7 +49,11 @@ fn never_ready_is_refused_at_the_timeout_and_its_group_killed() {
     });
     bgd.release(&example_build(bgd.dir.path(), "good", "v1"));
     let addr = bgd.addr();
-    let bgd_fds = || std::fs::read_dir(format!("/proc/{}/fd", bgd.status()["pid"])).unwrap().count();
+    let bgd_fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", bgd.status()["pid"]))
+            .unwrap()
+            .count()
+    };
     let fds_before = bgd_fds();
 
     let out = bgd.bgctl(&[

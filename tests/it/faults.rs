@@ -363,7 +363,7 @@ fn the_control_socket_refuses_other_users() {
         },
         Duration::from_secs(30),
     );
-    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("permission denied: uid 65534 may not control this bgd"),
         "{}",
@@ -504,5 +504,129 @@ exec(open("real_server.py").read())
         bgd.log().contains("release 2 is live on green"),
         "{}",
         bgd.log()
+    );
+}
+
+/// The live color dies while a release starts the other one. The release
+/// swaps; the dead color's pending restart is dropped, so exactly one
+/// color is live and the next release targets the stopped one.
+#[test]
+fn the_live_color_dying_during_a_release_leaves_one_live_color() {
+    const SLOW_START: &str = r#"
+import time
+time.sleep(1.5)
+exec(open("real_server.py").read())
+"#;
+    let bgd = Bgd::start(Setup::default());
+    bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
+    let blue_pid = bgd.status()["blue"]["pid"].as_u64().unwrap() as i32;
+    let slow = script_build(bgd.dir.path(), "slow", SLOW_START);
+    std::fs::copy(
+        repo().join("examples/hello/v1/server.py"),
+        slow.join("real_server.py"),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(BGCTL);
+    cmd.arg("--socket")
+        .arg(bgd.socket())
+        .arg("release")
+        .arg(&slow);
+    let client = std::thread::spawn(move || run_with_deadline(cmd, Duration::from_secs(60)));
+    wait_until(
+        "the release to wait for readiness",
+        Duration::from_secs(20),
+        || (bgd.status()["release_in_progress"]["step"] == "wait_ready").then_some(()),
+    );
+    // SAFETY: kill(2) on the live app's pid.
+    unsafe { libc::kill(blue_pid, libc::SIGKILL) };
+    assert!(client.join().unwrap().status.success());
+    let st = wait_until("blue to settle", Duration::from_secs(10), || {
+        let st = bgd.status();
+        (st["blue"]["state"] != "restarting" && st["blue"]["state"] != "draining").then_some(st)
+    });
+    assert_eq!(st["live"], "green", "{st}");
+    assert_eq!(st["green"]["state"], "live", "{st}");
+    assert_eq!(st["blue"]["state"], "stopped", "{st}");
+    assert_eq!(st["blue"]["pid"], serde_json::Value::Null, "{st}");
+    bgd.release(&example_build(bgd.dir.path(), "b3", "v1"));
+    let st = bgd.status();
+    assert_eq!(
+        (st["live"].as_str(), st["green"]["state"].as_str()),
+        (Some("blue"), Some("stopped")),
+        "{st}"
+    );
+}
+
+/// A build reached through a symlink (`current -> builds/v1`) gives a color
+/// directory with the build's own mode, not the symlink's 0777.
+#[test]
+fn a_symlinked_build_keeps_its_directory_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let bgd = Bgd::start(Setup::default());
+    let build = example_build(bgd.dir.path(), "v1", "v1");
+    std::fs::set_permissions(&build, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let link = bgd.dir.path().join("current");
+    std::os::unix::fs::symlink(&build, &link).unwrap();
+    bgd.release(&link);
+    let mode = std::fs::metadata(bgd.root().join("blue"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o750);
+}
+
+/// A health.exec check may print; one that hangs is killed when the wait
+/// ends, and the failure names the check's last words.
+#[test]
+fn health_exec_checks_print_and_hanging_ones_are_killed() {
+    let bgd = Bgd::start(Setup {
+        health: "exec = [\"/bin/sh\", \"./check\"]\ntimeout = \"20s\"".into(),
+        ..Setup::default()
+    });
+    let good = example_build(bgd.dir.path(), "good", "v1");
+    // Output after a pause: with the pipes closed early this died of SIGPIPE.
+    std::fs::write(
+        good.join("check"),
+        "sleep 0.2; echo checking; sleep 0.2; echo still checking; exit 0\n",
+    )
+    .unwrap();
+    bgd.release(&good);
+
+    let bgd = Bgd::start(Setup {
+        health: "exec = [\"/bin/sh\", \"./check\"]\ntimeout = \"1s\"".into(),
+        ..Setup::default()
+    });
+    let hangs = example_build(bgd.dir.path(), "hangs", "v1");
+    std::fs::write(
+        hangs.join("check"),
+        "echo $$ > check.pid; echo not yet; exec sleep 100\n",
+    )
+    .unwrap();
+    let out = bgd.bgctl(&["release", hangs.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let pid: i32 = std::fs::read_to_string(bgd.root().join("blue/check.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_until(
+        "the hanging check to be killed",
+        Duration::from_secs(10),
+        || (!exists(pid)).then_some(()),
+    );
+
+    let fails = example_build(bgd.dir.path(), "fails", "v1");
+    std::fs::write(
+        fails.join("check"),
+        "echo database unreachable >&2; exit 2\n",
+    )
+    .unwrap();
+    let out = bgd.bgctl(&["release", fails.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("last check: health.exec \"/bin/sh\": exit code 2: database unreachable"),
+        "{err}"
     );
 }

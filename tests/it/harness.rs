@@ -62,6 +62,8 @@ pub struct Setup {
     pub uid: Option<u32>,
     /// bgd's root; `None` puts it in the temp dir.
     pub root: Option<PathBuf>,
+    /// Appended to the config (a `[watch]` section, say).
+    pub tail: String,
 }
 
 impl Default for Setup {
@@ -76,6 +78,7 @@ impl Default for Setup {
             app: "allow_root = true".into(),
             uid: None,
             root: None,
+            tail: String::new(),
         }
     }
 }
@@ -92,6 +95,11 @@ pub struct Bgd {
 impl Bgd {
     /// Writes a config into a fresh temp dir and starts bgd on it.
     pub fn start(setup: Setup) -> Bgd {
+        Self::start_after(setup, |_| {})
+    }
+
+    /// Like [`start`](Self::start), running `prepare` on the temp dir first.
+    pub fn start_after(setup: Setup, prepare: impl FnOnce(&Path)) -> Bgd {
         let dir = tempfile::Builder::new()
             .prefix("bgd-test-")
             .tempdir()
@@ -119,6 +127,7 @@ env = {{ PYTHONUNBUFFERED = "1" }}
 
 [health]
 {health}
+{tail}
 "#,
                 root = setup
                     .root
@@ -132,6 +141,7 @@ env = {{ PYTHONUNBUFFERED = "1" }}
                 sig = setup.stop_signal,
                 drain = setup.drain_timeout,
                 health = setup.health,
+                tail = setup.tail,
             ),
         )
         .unwrap();
@@ -148,6 +158,7 @@ env = {{ PYTHONUNBUFFERED = "1" }}
             std::os::unix::fs::chown(bgd.dir.path(), Some(uid), None).unwrap();
             std::os::unix::fs::chown(&bgd.log, Some(uid), None).ok();
         }
+        prepare(bgd.dir.path());
         bgd.spawn(|_| {});
         bgd
     }

@@ -9,3 +9,4 @@ mod faults;
 mod inherit;
 mod lifecycle;
 mod releases;
+mod watch;

@@ -1,0 +1,206 @@
+//! What auto-release decides, apart from any IO: given the watched tree's
+//! latest fingerprint and the live build's, release or not. The watcher
+//! (watch.rs) produces fingerprints; the daemon acts on [`Decision`]s.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::protocol::{AutoRelease, Failure, FailureKind, WatchStatus};
+use crate::watch::WatchState;
+
+pub struct Auto {
+    pub path: PathBuf,
+    /// Written by the watcher task, read for status.
+    watcher: Arc<Mutex<WatchState>>,
+    pub paused: bool,
+    /// The fingerprint of the tree when it last settled; `None` while the
+    /// directory does not exist.
+    latest: Option<String>,
+    /// The watcher's generation that `latest` belongs to.
+    settled: u64,
+    /// A tree that is not to be released (its release failed, or a rollback
+    /// made another build live), and why. Released again once it changes.
+    hold: Option<(String, String)>,
+    last: Option<AutoRelease>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    Nothing,
+    /// Release the tree with this fingerprint.
+    Release(String),
+}
+
+impl Auto {
+    pub fn new(path: PathBuf, watcher: Arc<Mutex<WatchState>>) -> Auto {
+        Auto {
+            path,
+            watcher,
+            paused: false,
+            latest: None,
+            settled: 0,
+            hold: None,
+            last: None,
+        }
+    }
+
+    pub fn settled(&mut self, fingerprint: Option<String>, generation: u64) {
+        self.latest = fingerprint;
+        self.settled = generation;
+    }
+
+    /// `live` is the live build's fingerprint; `busy` is true while a release
+    /// runs (the daemon asks again when it ends).
+    pub fn decide(&self, live: Option<&str>, busy: bool) -> Decision {
+        let Some(fp) = &self.latest else {
+            return Decision::Nothing;
+        };
+        let held = self.hold.as_ref().is_some_and(|(h, _)| h == fp);
+        if self.paused || busy || held || live == Some(fp.as_str()) {
+            return Decision::Nothing;
+        }
+        Decision::Release(fp.clone())
+    }
+
+    pub fn succeeded(&mut self, release: u64, message: &str) {
+        self.hold = None;
+        self.last = Some(AutoRelease {
+            at: crate::now_rfc3339(),
+            release,
+            ok: true,
+            step: None,
+            message: message.into(),
+        });
+    }
+
+    /// A failed auto-release of tree `fp` is not retried until the tree
+    /// changes, except when it failed because the tree changed while it was
+    /// copied: the watcher reports the new tree after the next quiet period.
+    pub fn failed(&mut self, fp: &str, release: u64, f: &Failure) {
+        if f.kind != FailureKind::Changed {
+            self.hold = Some((
+                fp.to_string(),
+                format!("release {release} of this tree failed; waiting for the tree to change"),
+            ));
+        }
+        self.last = Some(AutoRelease {
+            at: crate::now_rfc3339(),
+            release,
+            ok: false,
+            step: f.step,
+            message: f.message.clone(),
+        });
+    }
+
+    /// Holds the current tree back, for `reason`, until it changes.
+    pub fn hold_current(&mut self, reason: &str) {
+        if let Some(fp) = &self.latest {
+            self.hold = Some((
+                fp.clone(),
+                format!("{reason}; waiting for the tree to change"),
+            ));
+        }
+    }
+
+    /// `releasing`: an auto-release runs, or one is due once the current
+    /// release ends.
+    pub fn status(&self, releasing: bool) -> WatchStatus {
+        let w = self
+            .watcher
+            .lock()
+            .expect("watch state lock is never held across a panic")
+            .clone();
+        let state = if self.paused {
+            "paused"
+        } else if w.generation != self.settled {
+            "settling"
+        } else if releasing {
+            "releasing"
+        } else {
+            "idle"
+        };
+        WatchStatus {
+            path: self.path.display().to_string(),
+            mode: w.mode.to_string(),
+            state: state.into(),
+            last_event: w.last_event.map(crate::rfc3339),
+            ignored_events: w.ignored_events,
+            holding: self
+                .hold
+                .as_ref()
+                .filter(|(h, _)| self.latest.as_ref() == Some(h))
+                .map(|(_, why)| why.clone()),
+            last_release: self.last.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auto() -> Auto {
+        Auto::new(PathBuf::from("/b"), Arc::default())
+    }
+
+    #[test]
+    fn releases_a_settled_tree_that_is_not_live() {
+        let mut a = auto();
+        assert_eq!(
+            a.decide(None, false),
+            Decision::Nothing,
+            "nothing settled yet"
+        );
+        a.settled(Some("t1".into()), 1);
+        assert_eq!(a.decide(None, false), Decision::Release("t1".into()));
+        assert_eq!(
+            a.decide(Some("t1"), false),
+            Decision::Nothing,
+            "already live"
+        );
+        assert_eq!(
+            a.decide(Some("t0"), true),
+            Decision::Nothing,
+            "busy: asked again later"
+        );
+        a.paused = true;
+        assert_eq!(a.decide(Some("t0"), false), Decision::Nothing);
+    }
+
+    #[test]
+    fn a_failed_tree_waits_for_a_change_but_a_changed_one_does_not() {
+        let mut a = auto();
+        a.settled(Some("bad".into()), 1);
+        a.failed("bad", 3, &Failure::new(FailureKind::App, None, "boom"));
+        assert_eq!(a.decide(Some("good"), false), Decision::Nothing);
+        assert!(a.status(false).holding.unwrap().contains("release 3"));
+        a.settled(Some("fixed".into()), 2);
+        assert_eq!(
+            a.decide(Some("good"), false),
+            Decision::Release("fixed".into())
+        );
+
+        a.failed(
+            "fixed",
+            4,
+            &Failure::new(FailureKind::Changed, None, "changed"),
+        );
+        assert_eq!(
+            a.decide(Some("good"), false),
+            Decision::Release("fixed".into())
+        );
+    }
+
+    #[test]
+    fn a_rollback_holds_the_current_tree() {
+        let mut a = auto();
+        a.settled(Some("new".into()), 1);
+        a.hold_current("a rollback made an older build live");
+        assert_eq!(a.decide(Some("old"), false), Decision::Nothing);
+        a.settled(Some("newer".into()), 2);
+        assert_eq!(
+            a.decide(Some("old"), false),
+            Decision::Release("newer".into())
+        );
+    }
+}

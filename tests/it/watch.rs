@@ -1,0 +1,332 @@
+//! Auto-release from a watched build directory, always under HTTP load
+//! with zero failed requests.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::*;
+use crate::load::Load;
+
+/// A bgd watching `dir/build`, which holds v1 and was released at start-up.
+struct Watched {
+    bgd: Bgd,
+    build: PathBuf,
+    load: Option<Load>,
+}
+
+impl Watched {
+    fn start(watch: &str) -> Watched {
+        let setup = Setup {
+            tail: format!("[watch]\npath = \"build\"\n{watch}\n"),
+            ..Setup::default()
+        };
+        let bgd = Bgd::start_after(setup, |dir| drop(example_build(dir, "build", "v1")));
+        let build = bgd.dir.path().join("build");
+        let mut w = Watched {
+            bgd,
+            build,
+            load: None,
+        };
+        // The tree exists and nothing is live: it is released at start.
+        let st = w.idle();
+        assert_eq!(st["watch"]["last_release"]["ok"], true, "{st}");
+        let load = Load::start(&w.bgd.addr(), 2, 2);
+        wait_until("the load to get going", Duration::from_secs(10), || {
+            (load.count() > 20).then_some(())
+        });
+        w.load = Some(load);
+        w
+    }
+
+    /// Waits until the watcher has nothing to do and no release runs.
+    fn idle(&self) -> Value {
+        wait_until("the watcher to be idle", Duration::from_secs(30), || {
+            let st = self.bgd.status();
+            let quiet = matches!(st["watch"]["state"].as_str(), Some("idle" | "paused"))
+                && st["release_in_progress"].is_null();
+            quiet.then_some(st)
+        })
+    }
+
+    /// The release id of the last auto-release.
+    fn last_auto(&self) -> u64 {
+        self.bgd.status()["watch"]["last_release"]["release"]
+            .as_u64()
+            .unwrap()
+    }
+
+    /// Stops the load and asserts not one request failed; returns the count.
+    fn finish(mut self) -> usize {
+        let samples = self.load.take().unwrap().finish();
+        let failed: Vec<_> = samples
+            .iter()
+            .filter_map(|s| s.result.as_ref().err())
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{} of {} requests failed: {:?}",
+            failed.len(),
+            samples.len(),
+            &failed[..failed.len().min(5)]
+        );
+        samples.len()
+    }
+}
+
+fn write_version(build: &Path, version: &str) {
+    let src = std::fs::read_to_string(build.join("server.py")).unwrap();
+    let old = src
+        .lines()
+        .find(|l| l.starts_with("VERSION = "))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        build.join("server.py"),
+        src.replace(&old, &format!("VERSION = \"{version}\"")),
+    )
+    .unwrap();
+}
+
+fn serving(w: &Watched) -> String {
+    get(&w.bgd.addr(), "/").unwrap().1
+}
+
+#[test]
+fn a_slow_writer_gives_one_release_of_the_complete_tree() {
+    let w = Watched::start("settle = \"1s\"");
+    let before = w.last_auto();
+    // 30 files over about 3 s, never pausing as long as `settle`.
+    for i in 0..30 {
+        std::fs::write(
+            w.build.join(format!("asset-{i}.txt")),
+            format!("asset {i}\n"),
+        )
+        .unwrap();
+        if i == 15 {
+            write_version(&w.build, "v2");
+        }
+        std::thread::sleep(Duration::from_millis(100)); // the writer's pace, not a wait
+    }
+    let st = w.idle();
+    assert_eq!(w.last_auto(), before + 1, "exactly one release: {st}");
+    let live = w.bgd.root().join(st["live"].as_str().unwrap());
+    for i in 0..30 {
+        assert!(
+            live.join(format!("asset-{i}.txt")).exists(),
+            "asset-{i}.txt is missing from the live tree"
+        );
+    }
+    assert!(serving(&w).starts_with("hello from v2"));
+    eprintln!("{} requests, 0 failed", w.finish());
+}
+
+#[test]
+fn rm_rf_and_recreate_gives_one_release() {
+    let w = Watched::start("settle = \"300ms\"");
+    let before = w.last_auto();
+    std::fs::remove_dir_all(&w.build).unwrap();
+    let parent = w.build.parent().unwrap();
+    example_build(parent, "build", "v2");
+    let st = w.idle();
+    assert_eq!(w.last_auto(), before + 1, "{st}");
+    assert!(serving(&w).starts_with("hello from v2"));
+    // The watch is re-armed on the new directory.
+    write_version(&w.build, "v3");
+    w.idle();
+    assert_eq!(w.last_auto(), before + 2);
+    assert!(serving(&w).starts_with("hello from v3"));
+    w.finish();
+}
+
+#[test]
+fn replacing_the_directory_with_mv_gives_one_release() {
+    let w = Watched::start("settle = \"300ms\"");
+    let before = w.last_auto();
+    let parent = w.build.parent().unwrap().to_path_buf();
+    let new = example_build(&parent, "build.new", "v2");
+    std::fs::rename(&w.build, parent.join("build.old")).unwrap();
+    std::fs::rename(&new, &w.build).unwrap();
+    let st = w.idle();
+    assert_eq!(w.last_auto(), before + 1, "{st}");
+    assert!(serving(&w).starts_with("hello from v2"));
+    w.finish();
+}
+
+#[test]
+fn marker_mode_waits_for_the_marker() {
+    let w = Watched::start("settle = \"300ms\"\nmarker = \".release\"");
+    let before = w.last_auto();
+    let ignored = w.bgd.status()["watch"]["ignored_events"].as_u64().unwrap();
+    write_version(&w.build, "v2");
+    // The watcher saw the change and ignored it: nothing is scheduled.
+    let st = wait_until(
+        "the change to be seen and ignored",
+        Duration::from_secs(10),
+        || {
+            let st = w.bgd.status();
+            (st["watch"]["ignored_events"].as_u64() > Some(ignored)).then_some(st)
+        },
+    );
+    assert_eq!(st["watch"]["state"], "idle", "{st}");
+    assert!(st["release_in_progress"].is_null(), "{st}");
+    assert!(serving(&w).starts_with("hello from v1"));
+
+    std::fs::write(w.build.join(".release"), "").unwrap();
+    w.idle();
+    assert_eq!(w.last_auto(), before + 1);
+    assert!(serving(&w).starts_with("hello from v2"));
+    w.finish();
+}
+
+#[test]
+fn a_broken_build_is_not_swapped_and_the_next_good_one_goes_live() {
+    let w = Watched::start("settle = \"300ms\"");
+    std::fs::write(
+        w.build.join("server.py"),
+        "import sys\nprint('syntax error ahead', file=sys.stderr)\nsys.exit(3)\n",
+    )
+    .unwrap();
+    let st = wait_until("the broken build to fail", Duration::from_secs(30), || {
+        let st = w.bgd.status();
+        (st["watch"]["last_release"]["ok"] == false).then_some(st)
+    });
+    let last = &st["watch"]["last_release"];
+    assert_eq!(last["step"], "wait_ready", "{st}");
+    assert!(
+        last["message"].as_str().unwrap().contains("exit code 3"),
+        "{st}"
+    );
+    let st = w.idle();
+    assert!(
+        st["watch"]["holding"].as_str().unwrap().contains("failed"),
+        "{st}"
+    );
+    assert!(
+        serving(&w).starts_with("hello from v1"),
+        "the old color still serves"
+    );
+    let text = text(&w.bgd.bgctl(&["status"]).stdout);
+    assert!(
+        text.contains("last auto-release:") && text.contains("failed at wait_ready"),
+        "{text}"
+    );
+
+    let good = std::fs::read_to_string(repo().join("examples/hello/v1/server.py")).unwrap();
+    std::fs::write(
+        w.build.join("server.py"),
+        good.replace("VERSION = \"v1\"", "VERSION = \"v2\""),
+    )
+    .unwrap();
+    let st = wait_until(
+        "the fixed build to go live",
+        Duration::from_secs(30),
+        || {
+            let st = w.bgd.status();
+            (st["watch"]["last_release"]["ok"] == true && st["release_in_progress"].is_null())
+                .then_some(st)
+        },
+    );
+    assert!(st["watch"]["holding"].is_null(), "{st}");
+    assert!(serving(&w).starts_with("hello from v2"));
+    w.finish();
+}
+
+/// The app writes into its own directory all the time; that is not the
+/// watched one, so nothing is released. Restarting bgd on an unchanged tree
+/// releases nothing either.
+#[test]
+fn no_release_loop_and_no_release_of_an_unchanged_tree() {
+    const WRITER: &str = r#"
+import threading, time
+def scribble():
+    n = 0
+    while True:
+        n += 1
+        open("app.log", "a").write(f"line {n}\n")
+        time.sleep(0.05)
+threading.Thread(target=scribble, daemon=True).start()
+exec(open("real_server.py").read())
+"#;
+    let setup = Setup {
+        tail: "[watch]\npath = \"build\"\nsettle = \"200ms\"\n".into(),
+        ..Setup::default()
+    };
+    let mut bgd = Bgd::start_after(setup, |dir| {
+        let build = script_build(dir, "build", WRITER);
+        std::fs::copy(
+            repo().join("examples/hello/v1/server.py"),
+            build.join("real_server.py"),
+        )
+        .unwrap();
+    });
+    let w = |bgd: &Bgd| {
+        wait_until("the watcher to be idle", Duration::from_secs(30), || {
+            let st = bgd.status();
+            (st["watch"]["state"] == "idle"
+                && st["release_in_progress"].is_null()
+                && st["live"] == "blue")
+                .then_some(st)
+        })
+    };
+    let st = w(&bgd);
+    let first = st["watch"]["last_release"]["release"].as_u64().unwrap();
+    let log = bgd.root().join("blue/app.log");
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let grown = size(&log) + 200;
+    wait_until("the app to write a lot", Duration::from_secs(20), || {
+        (size(&log) > grown).then_some(())
+    });
+    let st = w(&bgd);
+    assert_eq!(
+        st["watch"]["last_event"],
+        Value::Null,
+        "the app's writes reached the watcher: {st}"
+    );
+    assert_eq!(st["watch"]["last_release"]["release"], first, "{st}");
+
+    let addr = bgd.addr();
+    bgd.stop(libc::SIGTERM);
+    let config = std::fs::read_to_string(&bgd.config)
+        .unwrap()
+        .replace("127.0.0.1:0", &addr);
+    std::fs::write(&bgd.config, config).unwrap();
+    bgd.spawn(|_| {});
+    let st = w(&bgd);
+    assert_eq!(
+        st["watch"]["last_release"],
+        Value::Null,
+        "an unchanged tree was released again: {st}"
+    );
+    assert_eq!(st["blue"]["release"], first, "{st}");
+}
+
+#[test]
+fn pause_and_resume() {
+    let w = Watched::start("settle = \"200ms\"");
+    let before = w.last_auto();
+    let out = w.bgd.bgctl(&["watch", "pause"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    write_version(&w.build, "v2");
+    let st = wait_until("the change to be seen", Duration::from_secs(10), || {
+        let st = w.bgd.status();
+        (!st["watch"]["last_event"].is_null()).then_some(st)
+    });
+    assert_eq!(st["watch"]["state"], "paused");
+    let st = w.idle();
+    assert_eq!(st["watch"]["state"], "paused");
+    assert!(serving(&w).starts_with("hello from v1"));
+    assert!(w.bgd.bgctl(&["watch", "resume"]).status.success());
+    wait_until(
+        "the paused change to go live",
+        Duration::from_secs(30),
+        || {
+            (w.bgd.status()["watch"]["last_release"]["release"].as_u64() == Some(before + 1))
+                .then_some(())
+        },
+    );
+    w.idle();
+    assert!(serving(&w).starts_with("hello from v2"));
+    w.finish();
+}
