@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The example, end to end: build bgd, start it on examples/hello/bgd.toml,
-# release v1, then release v2 while curl requests run in a loop, and show
-# that not one request failed. Needs cargo, python3 and curl; no root.
+# release v1, then release v2 while curl requests run in a loop, then let
+# auto-release put v1 back by copying it into the watched directory, and
+# show that not one request failed. Needs cargo, python3 and curl; no root.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -11,46 +12,57 @@ done
 [ -x /usr/bin/python3 ] || { echo "demo: /usr/bin/python3 is missing: apt-get install python3 (the example app is Python)" >&2; exit 1; }
 
 cargo build --quiet --bins
-bin=target/debug
-cfg=examples/hello/bgd.toml
-if [ "$(id -u)" = 0 ]; then
-  # bgd refuses to run an app as root unless the config says so. The example
-  # is harmless, so the demo runs a copy of its config that allows it.
-  echo "demo: running as root: using a copy of $cfg with app.allow_root = true"
-  dir=$(mktemp -d)
-  sed 's/^\[app\]$/[app]\nallow_root = true/; s|^root = "state"|root = "'"$PWD"'/examples/hello/state"|; s|^control = "state/|control = "'"$PWD"'/examples/hello/state/|' "$cfg" > "$dir/bgd.toml"
-  cfg=$dir/bgd.toml
-fi
-log=$(mktemp -t bgd-demo.XXXXXX.log)
+bin=$PWD/target/debug
 url=http://127.0.0.1:8080/
 
-"$bin/bgd" --config "$cfg" 2>"$log" &
+# The shipped config, with its state and watched directory in a temp dir so
+# the demo starts clean and leaves nothing behind.
+work=$(mktemp -d -t bgd-demo.XXXXXX)
+sed -e "s|^root = \"state\"|root = \"$work/state\"|" \
+    -e "s|^control = \"state/bgd.sock\"|control = \"$work/bgd.sock\"|" \
+    -e "s|^path = \"build\"|path = \"$work/build\"|" \
+    examples/hello/bgd.toml > "$work/bgd.toml"
+if [ "$(id -u)" = 0 ]; then
+  # bgd refuses to run an app as root unless the config says so.
+  echo "demo: running as root, so the demo's config sets app.allow_root = true"
+  sed -i 's/^\[app\]$/[app]\nallow_root = true/' "$work/bgd.toml"
+fi
+cfg=$work/bgd.toml
+ctl() { "$bin/bgctl" -c "$cfg" "$@"; }
+
+"$bin/bgd" --config "$cfg" 2>"$work/bgd.log" &
 bgd=$!
-trap 'kill $bgd 2>/dev/null; wait $bgd 2>/dev/null; [ -z "${dir:-}" ] || rm -rf "$dir"; echo "demo: bgd log is $log"' EXIT
-# Wait until bgd answers and has brought back the color a previous run left live.
-for _ in $(seq 300); do
-  st=$("$bin/bgctl" -c "$cfg" status --json 2>/dev/null) && ! grep -q '"state": "\(starting\|restarting\)"' <<<"$st" && break
-  kill -0 $bgd 2>/dev/null || { cat "$log" >&2; exit 1; }
+trap 'kill $bgd 2>/dev/null; wait $bgd 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 100); do
+  ctl status >/dev/null 2>&1 && break
+  kill -0 $bgd 2>/dev/null || { cat "$work/bgd.log" >&2; exit 1; }
   sleep 0.1
 done
 
 echo "== bgctl release examples/hello/v1"
-"$bin/bgctl" -c "$cfg" release examples/hello/v1 --label v1
+ctl release examples/hello/v1 --label v1
 curl -sS "$url"
 
-echo "== curl in a loop while releasing v2"
-stop=$(mktemp -u)
+echo "== curl in a loop: bgctl release v2, then auto-release v1 from the watched directory"
 (ok=0 failed=0
- while [ ! -e "$stop" ]; do
+ while [ ! -e "$work/stop" ]; do
    if curl -sS -o /dev/null --max-time 10 "$url"; then ok=$((ok+1)); else failed=$((failed+1)); fi
  done
- echo "$ok requests answered, $failed failed") &
+ echo "$ok requests answered, $failed failed" > "$work/counts") &
 loop=$!
 sleep 1
-"$bin/bgctl" -c "$cfg" release examples/hello/v2 --label v2
-sleep 1
-touch "$stop"; wait $loop; rm -f "$stop"
+ctl release examples/hello/v2 --label v2
 curl -sS "$url"
+cp -r examples/hello/v1 "$work/build"
+for _ in $(seq 100); do
+  curl -sS "$url" | grep -q "hello from v1" && break
+  sleep 0.1
+done
+curl -sS "$url"
+sleep 1
+touch "$work/stop"; wait $loop
+cat "$work/counts"
 
 echo "== bgctl status"
-"$bin/bgctl" -c "$cfg" status
+ctl status
+grep -q " 0 failed" "$work/counts"
