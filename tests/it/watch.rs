@@ -330,3 +330,63 @@ fn pause_and_resume() {
     assert!(serving(&w).starts_with("hello from v2"));
     w.finish();
 }
+
+/// A client release and the watcher never interleave: a tree that settles
+/// during a client's release is released once, after it; a client asking
+/// during an auto-release is refused with exit 4.
+#[test]
+fn client_and_watcher_releases_take_turns() {
+    const SLOW_START: &str =
+        "import time\ntime.sleep(1.5)\nexec(open(\"real_server.py\").read())\n";
+    let w = Watched::start("settle = \"200ms\"");
+    let before = w.last_auto();
+    let slow = script_build(w.bgd.dir.path(), "slow", SLOW_START);
+    std::fs::copy(
+        repo().join("examples/hello/v1/server.py"),
+        slow.join("real_server.py"),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(BGCTL);
+    cmd.arg("--socket")
+        .arg(w.bgd.socket())
+        .arg("release")
+        .arg(&slow);
+    let client = std::thread::spawn(move || run_with_deadline(cmd, Duration::from_secs(60)));
+    wait_until(
+        "the client's release to run",
+        Duration::from_secs(20),
+        || (w.bgd.status()["release_in_progress"]["step"] == "wait_ready").then_some(()),
+    );
+    // The new tree starts slowly too, so the auto-release runs long enough
+    // for a client to be refused during it.
+    let v2 = std::fs::read_to_string(w.build.join("server.py"))
+        .unwrap()
+        .replace("VERSION = \"v1\"", "VERSION = \"v2\"");
+    std::fs::write(w.build.join("real_server.py"), v2).unwrap();
+    std::fs::write(w.build.join("server.py"), SLOW_START).unwrap();
+    wait_until(
+        "the tree to settle during the release",
+        Duration::from_secs(20),
+        || (w.bgd.status()["watch"]["state"] == "releasing").then_some(()),
+    );
+    let out = client.join().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The auto-release follows; a client asking meanwhile is refused.
+    let refused = wait_until("the auto-release to run", Duration::from_secs(20), || {
+        let out = w.bgd.bgctl(&["release", slow.to_str().unwrap()]);
+        (out.status.code() == Some(4)).then_some(out)
+    });
+    assert!(
+        text(&refused.stderr).contains("is in progress"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let st = w.idle();
+    assert_eq!(
+        st["watch"]["last_release"]["release"].as_u64(),
+        Some(before + 2),
+        "one auto-release after the client's: {st}"
+    );
+    assert!(serving(&w).starts_with("hello from v2"));
+    w.finish();
+}
