@@ -256,6 +256,7 @@ impl Config {
                     settle: w.settle.map(|d| d.0).unwrap_or(Duration::from_secs(1)),
                     marker: w.marker.map(|m| PathBuf::from(m.into_inner())),
                     ignore,
+                    ignore_globs: globs,
                 })
             }
             None => None,

@@ -7,6 +7,7 @@
 //! watchers, the build watcher, signals) talks to it through the closed
 //! [`Event`] enum, and each arm of the loop is one call.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -30,7 +31,7 @@ use crate::protocol::{
 use crate::reaper::{Exit, Reaper};
 use crate::release::{self, Plan, Timings};
 use crate::state::{self, Build, State};
-use crate::{control, stage, watch, Ctx};
+use crate::{control, stage, systemd, watch, Ctx};
 
 /// Where a client's replies go. Sending fails silently once the client has
 /// gone: a release whose client disconnected still completes.
@@ -73,10 +74,15 @@ pub enum Event {
     },
     /// SIGTERM or SIGINT.
     Stop,
+    /// SIGHUP: read the config file again.
+    Reload,
+    /// Under systemd, every few seconds.
+    Tick,
 }
 
-/// Runs the daemon until it is stopped.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Runs the daemon until it is stopped. `inherited` holds the sockets
+/// systemd passed (socket activation or the fd store), if any.
+pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::Result<()> {
     let root = config.root.clone();
     std::fs::create_dir_all(&root)
         .with_context(|| format!("cannot create root {}", root.display()))?;
@@ -84,7 +90,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     state::kill_leftover_groups(&root);
     stage::remove_leftovers(&root).with_context(|| format!("cannot clean {}", root.display()))?;
     let state = State::load(&root)?;
-    let listeners = Listeners::bind(&config.listen)?;
+    let listeners = Arc::new(Listeners::adopt_or_bind(&config.listen, inherited)?);
+    listeners.store_in_systemd();
     let reaper = Reaper::start().context("cannot start reaping child processes")?;
     let (tx, rx) = mpsc::unbounded_channel();
     forward_signals(tx.clone())?;
@@ -92,30 +99,46 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         group: config.control_group,
     };
     let control = control::bind(&config.control, config.control_mode, access)?;
-    let auto = match &config.watch {
-        Some(w) => Some(Auto::new(
-            w.path.clone(),
-            watch::spawn(w.clone(), tx.clone())?,
-        )),
-        None => None,
-    };
     let ctx = Arc::new(Ctx {
         config,
         listeners,
         reaper,
     });
     tokio::spawn(control::serve(control, access, tx.clone()));
+    if systemd::under_systemd() {
+        tokio::spawn(tick(tx.clone()));
+    }
     tracing::info!(name = %ctx.config.name, control = %ctx.config.control.display(), "bgd is up");
 
-    let mut daemon = Daemon::new(ctx.clone(), state, auto, tx);
+    let mut daemon = Daemon::new(ctx, state, tx);
+    daemon.start_watching()?;
     daemon.boot();
     daemon.run(rx).await;
 
+    let ctx = daemon.ctx;
     let _ = std::fs::remove_file(&ctx.config.control);
     ctx.listeners.remove_unix_paths();
     tracing::info!("bgd stopped");
     Ok(())
 }
+
+/// Under systemd: a tick for WATCHDOG=1 (at half `WatchdogSec=`) and for
+/// EXTEND_TIMEOUT_USEC while a start or stop runs long. It goes through the
+/// event loop, so a wedged loop stops the watchdog pings.
+async fn tick(tx: UnboundedSender<Event>) {
+    let every = systemd::watchdog_interval().unwrap_or(TICK).min(TICK);
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if tx.send(Event::Tick).is_err() {
+            return;
+        }
+    }
+}
+
+/// The longest gap between ticks under systemd.
+const TICK: Duration = Duration::from_secs(5);
 
 /// One bgd per root: a second one would fight over the colors.
 fn lock_root(root: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
@@ -139,11 +162,12 @@ fn forward_signals(tx: UnboundedSender<Event>) -> std::io::Result<()> {
             }
         });
     }
-    // SIGHUP's default action would kill bgd and, with it, the app.
     let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            tracing::warn!("SIGHUP: bgd does not reload its config; restart it to apply changes");
+            if tx.send(Event::Reload).is_err() {
+                return;
+            }
         }
     });
     Ok(())
@@ -261,28 +285,43 @@ struct Daemon {
     drains: usize,
     /// Sent READY=1 to systemd already.
     notified_ready: bool,
+    /// The build watcher's task, replaced when a reload changes `[watch]`.
+    watcher: Option<JoinHandle<()>>,
+    /// The last STATUS= line sent to systemd.
+    status_line: String,
 }
 
 impl Daemon {
-    fn new(
-        ctx: Arc<Ctx>,
-        state: State,
-        auto: Option<Auto>,
-        events: UnboundedSender<Event>,
-    ) -> Daemon {
+    fn new(ctx: Arc<Ctx>, state: State, events: UnboundedSender<Event>) -> Daemon {
         Daemon {
             ctx,
             state,
             blue: Slot::new(),
             green: Slot::new(),
             release: None,
-            auto,
+            auto: None,
             events,
             last_result: None,
             stopping: 0,
             drains: 0,
             notified_ready: false,
+            watcher: None,
+            status_line: String::new(),
         }
+    }
+
+    /// Starts (or restarts, after a reload) the build watcher of `[watch]`.
+    fn start_watching(&mut self) -> anyhow::Result<()> {
+        if let Some(old) = self.watcher.take() {
+            old.abort();
+        }
+        self.auto = None;
+        if let Some(w) = &self.ctx.config.watch {
+            let (state, task) = watch::spawn(w.clone(), self.events.clone())?;
+            self.auto = Some(Auto::new(w.path.clone(), state));
+            self.watcher = Some(task);
+        }
+        Ok(())
     }
 
     fn slot(&mut self, c: Color) -> &mut Slot {
@@ -328,7 +367,10 @@ impl Daemon {
                     generation,
                 } => self.on_watch_settled(fingerprint, generation),
                 Event::Stop => self.on_stop(),
+                Event::Reload => self.on_reload(),
+                Event::Tick => self.on_tick(),
             }
+            self.publish_status();
             let restarting = self.blue.restart.is_some() || self.green.restart.is_some();
             if self.stopping > 0 && self.drains == 0 && self.release.is_none() && !restarting {
                 return;
@@ -906,7 +948,7 @@ impl Daemon {
             return;
         }
         tracing::info!("stopping: draining the app (send the signal again to kill it at once)");
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        systemd::stopping();
         for color in Color::BOTH {
             self.slot(color).abort_restart();
         }
@@ -949,8 +991,141 @@ impl Daemon {
     fn notify_ready(&mut self) {
         if !self.notified_ready {
             self.notified_ready = true;
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            systemd::ready();
         }
+    }
+
+    fn on_tick(&mut self) {
+        if systemd::watchdog_interval().is_some() {
+            systemd::watchdog();
+        }
+        // Starting the live color or draining can outlast systemd's start
+        // or stop timeout; ask for more time while either runs.
+        if !self.notified_ready || self.stopping > 0 {
+            systemd::extend_timeout(TICK * 3);
+        }
+    }
+
+    /// Sends STATUS= when what it says has changed.
+    fn publish_status(&mut self) {
+        if !systemd::under_systemd() {
+            return;
+        }
+        let live = match self.state.live {
+            Some(c) => {
+                let b = self.state.build(c).cloned();
+                let label = b
+                    .as_ref()
+                    .and_then(|b| b.label.clone())
+                    .map(|l| format!(" ({l})"))
+                    .unwrap_or_default();
+                let pid = self
+                    .slot(c)
+                    .pid
+                    .map(|p| format!(" pid {p}"))
+                    .unwrap_or_else(|| " not running".into());
+                format!(
+                    "live {c} release {}{label}{pid}",
+                    b.map_or(0, |b| b.release)
+                )
+            }
+            None => "nothing live".into(),
+        };
+        let busy = self
+            .release
+            .as_ref()
+            .map(|r| {
+                format!(
+                    "; {} of release {}: {}",
+                    kind_name(r.kind),
+                    r.release,
+                    r.step
+                )
+            })
+            .unwrap_or_default();
+        let last = self
+            .last_result
+            .as_ref()
+            .map(|r| format!("; last: {r}"))
+            .unwrap_or_default();
+        let line = format!("{live}{busy}{last}");
+        if line != self.status_line {
+            systemd::status(&line);
+            self.status_line = line;
+        }
+    }
+
+    /// SIGHUP: applies what can change without a restart (the app's command,
+    /// env, stop signal and drain, health, watch), keeps the rest and says so.
+    fn on_reload(&mut self) {
+        systemd::reloading();
+        let file = self.ctx.config.file.clone();
+        match Config::load(&file) {
+            Err(e) => {
+                tracing::error!("reload failed, the running config stays: {e}");
+                self.last_result = Some(format!("{} reload failed: {e}", crate::now_rfc3339()));
+            }
+            Ok(new) => self.apply(new),
+        }
+        if self.notified_ready {
+            systemd::ready();
+        }
+    }
+
+    fn apply(&mut self, new: Config) {
+        let old = &self.ctx.config;
+        let same_listen = old.listen.len() == new.listen.len()
+            && old.listen.iter().zip(&new.listen).all(|(a, b)| {
+                a.name == b.name
+                    && a.address == b.address
+                    && a.mode == b.mode
+                    && a.backlog == b.backlog
+            });
+        let control_changed = old.control != new.control
+            || old.control_mode != new.control_mode
+            || old.control_group != new.control_group;
+        let kept: Vec<&str> = [
+            (!same_listen, "[[listen]]"),
+            (old.root != new.root, "root"),
+            (control_changed, "control"),
+            (old.name != new.name, "name"),
+        ]
+        .into_iter()
+        .filter_map(|(changed, what)| changed.then_some(what))
+        .collect();
+        let watch_changed = match (&old.watch, &new.watch) {
+            (Some(a), Some(b)) => !a.same_as(b),
+            (None, None) => false,
+            _ => true,
+        };
+        let mut config = new;
+        config.listen = old.listen.clone();
+        config.root = old.root.clone();
+        config.control = old.control.clone();
+        config.control_mode = old.control_mode;
+        config.control_group = old.control_group;
+        config.name = old.name.clone();
+        self.ctx = Arc::new(Ctx {
+            config,
+            listeners: self.ctx.listeners.clone(),
+            reaper: self.ctx.reaper.clone(),
+        });
+        if watch_changed {
+            if let Err(e) = self.start_watching() {
+                tracing::error!("cannot watch with the new [watch]: {e:#}");
+            }
+        }
+        let note = if kept.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; changes to {} need a restart of bgd and were not applied",
+                kept.join(", ")
+            )
+        };
+        tracing::info!("config reloaded: the next start of a color uses it{note}");
+        self.last_result = Some(format!("{} config reloaded{note}", crate::now_rfc3339()));
+        self.auto_check();
     }
 
     fn status(&self) -> Status {

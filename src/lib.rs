@@ -18,6 +18,7 @@
 //! - [`health`]   readiness checks that reach the new color alone
 //! - [`stage`]    copying a build into a color directory atomically
 //! - [`state`]    what survives a restart: live color, builds, the `live` symlink
+//! - [`systemd`]  socket activation, fd store, sd_notify messages
 //! - [`watch`]    auto-release: notify events coalesced into settled-tree events
 //! - [`control`]  the control socket: peer check, decode, stream replies
 //! - [`identity`] the user and groups the app runs as
@@ -39,15 +40,18 @@ pub mod release;
 pub mod spawn;
 pub mod stage;
 pub mod state;
+pub mod systemd;
 pub mod watch;
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
 /// What every part of a running daemon shares. Built once at start-up.
+/// A reload builds a new one with the new config and the same sockets and
+/// reaper; tasks already running keep the config they started with.
 pub struct Ctx {
     pub config: config::Config,
-    pub listeners: listen::Listeners,
+    pub listeners: Arc<listen::Listeners>,
     pub reaper: Arc<reaper::Reaper>,
 }
 

@@ -22,8 +22,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use nix::sys::socket::{
-    bind, getsockname, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag,
-    SockType, SockaddrIn, SockaddrIn6, SockaddrStorage, UnixAddr,
+    bind, getsockname, getsockopt, listen, setsockopt, socket, sockopt, AddressFamily, Backlog,
+    SockFlag, SockType, SockaddrIn, SockaddrIn6, SockaddrStorage, UnixAddr,
 };
 
 use crate::color::Color;
@@ -31,6 +31,8 @@ use crate::config::{ListenAddr, ListenConfig};
 
 pub struct Listeners {
     sockets: Mutex<Vec<Socket>>,
+    /// systemd's fd store holds every socket: a restart of bgd gets them back.
+    stored: std::sync::atomic::AtomicBool,
 }
 
 struct Socket {
@@ -39,6 +41,131 @@ struct Socket {
     config: ListenConfig,
     fd: OwnedFd,
     state: SocketState,
+    /// Handed over by systemd: never closed and re-bound by bgd.
+    adopted: bool,
+}
+
+impl Socket {
+    /// Records the port the kernel picked for a configured port 0.
+    fn with_bound_port(mut self) -> io::Result<Socket> {
+        if let ListenAddr::Tcp(addr) = &mut self.config.address {
+            let bound: SockaddrStorage = getsockname(self.fd.as_raw_fd())?;
+            let port = bound.as_sockaddr_in().map(|a| a.port());
+            if let Some(port) = port.or_else(|| bound.as_sockaddr_in6().map(|a| a.port())) {
+                addr.set_port(port);
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// Finds `c`'s socket among those systemd passed: by name, or by address
+/// when systemd gave no names; checks its type and address.
+fn adopt(c: &ListenConfig, inherited: &mut [Option<(OwnedFd, String)>]) -> anyhow::Result<Socket> {
+    let by_name = inherited
+        .iter()
+        .position(|i| i.as_ref().is_some_and(|(_, n)| n == &c.name));
+    let by_addr = || {
+        inherited.iter().position(|i| {
+            i.as_ref().is_some_and(|(fd, n)| {
+                (n == "unknown" || n.is_empty())
+                    && socket_address(fd).is_ok_and(|a| a.matches(&c.address))
+            })
+        })
+    };
+    let Some(i) = by_name.or_else(by_addr) else {
+        let names: Vec<&str> = inherited
+            .iter()
+            .flatten()
+            .map(|(_, n)| n.as_str())
+            .collect();
+        anyhow::bail!(
+            "{}: systemd passed no socket for [[listen]] {:?} (it passed {names:?}): give the socket unit a ListenStream= with FileDescriptorName={}, \
+             or stop the service fully (`systemctl stop`) so its fd store is flushed",
+            c.location, c.name, c.name
+        );
+    };
+    let (fd, name) = inherited[i].take().expect("position found it");
+    // Duplicates (the same socket from the socket unit and the fd store) are dropped.
+    for dup in inherited.iter_mut() {
+        if dup.as_ref().is_some_and(|(_, n)| n == &name) {
+            *dup = None;
+        }
+    }
+    let kind: SockType = getsockopt(&fd, sockopt::SockType)?;
+    if kind != SockType::Stream {
+        anyhow::bail!("{}: systemd passed socket {name:?} of type {kind:?}; [[listen]] {:?} needs a stream socket (ListenStream=)", c.location, c.name);
+    }
+    let actual = socket_address(&fd)?;
+    if !actual.matches(&c.address) {
+        anyhow::bail!(
+            "{}: systemd passed socket {name:?} bound to {actual}, but [[listen]] {:?} says {}: make the socket unit's ListenStream= and the config agree",
+            c.location, c.name, c.address
+        );
+    }
+    let listening = getsockopt(&fd, sockopt::AcceptConn)?;
+    let state = if listening {
+        SocketState::Listening
+    } else {
+        SocketState::Bound
+    };
+    tracing::info!("took [[listen]] {:?} ({actual}) from systemd", c.name);
+    Ok(Socket {
+        config: c.clone(),
+        fd,
+        state,
+        adopted: true,
+    })
+}
+
+/// What a socket is bound to.
+enum Bound {
+    Tcp(std::net::SocketAddr),
+    Unix(Option<std::path::PathBuf>),
+}
+
+impl Bound {
+    /// A configured port 0 matches any port on the same IP.
+    fn matches(&self, want: &ListenAddr) -> bool {
+        match (self, want) {
+            (Bound::Tcp(a), ListenAddr::Tcp(w)) => {
+                a.ip() == w.ip() && (w.port() == 0 || a.port() == w.port())
+            }
+            (Bound::Unix(Some(a)), ListenAddr::Unix(w)) => a == w,
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bound::Tcp(a) => write!(f, "{a}"),
+            Bound::Unix(Some(p)) => write!(f, "unix:{}", p.display()),
+            Bound::Unix(None) => write!(f, "an unnamed Unix socket"),
+        }
+    }
+}
+
+fn socket_address(fd: &OwnedFd) -> io::Result<Bound> {
+    let addr: SockaddrStorage = getsockname(fd.as_raw_fd())?;
+    if let Some(a) = addr.as_sockaddr_in() {
+        return Ok(Bound::Tcp(std::net::SocketAddr::V4(
+            std::net::SocketAddrV4::from(*a),
+        )));
+    }
+    if let Some(a) = addr.as_sockaddr_in6() {
+        return Ok(Bound::Tcp(std::net::SocketAddr::V6(
+            std::net::SocketAddrV6::from(*a),
+        )));
+    }
+    if let Some(a) = addr.as_unix_addr() {
+        return Ok(Bound::Unix(a.path().map(|p| p.to_path_buf())));
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "not an IP or Unix socket",
+    ))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -50,36 +177,46 @@ enum SocketState {
 }
 
 impl Listeners {
-    /// Binds every socket without listening. Fails with the address and a
-    /// hint when one cannot be bound (port in use, missing directory, ...).
-    pub fn bind(configs: &[ListenConfig]) -> anyhow::Result<Listeners> {
+    /// Takes each `[[listen]]` socket from `inherited` (systemd's socket
+    /// activation or fd store), or binds it without listening if nothing was
+    /// inherited. Fails with the entry's location and a hint when a socket
+    /// cannot be bound, or when an inherited one does not match the config.
+    pub fn adopt_or_bind(
+        configs: &[ListenConfig],
+        inherited: Vec<(OwnedFd, String)>,
+    ) -> anyhow::Result<Listeners> {
+        let from_systemd = !inherited.is_empty();
+        let mut inherited: Vec<Option<(OwnedFd, String)>> =
+            inherited.into_iter().map(Some).collect();
         let mut sockets = Vec::new();
         for c in configs {
-            let fd = bind_one(c).map_err(|e| {
-                anyhow::anyhow!(
-                    "{}: cannot bind [[listen]] {:?} at {}: {e}{}",
-                    c.location,
-                    c.name,
-                    c.address,
-                    hint(&e)
-                )
-            })?;
-            let mut config = c.clone();
-            if let ListenAddr::Tcp(addr) = &mut config.address {
-                let bound: SockaddrStorage = getsockname(fd.as_raw_fd())?;
-                let port = bound.as_sockaddr_in().map(|a| a.port());
-                if let Some(port) = port.or_else(|| bound.as_sockaddr_in6().map(|a| a.port())) {
-                    addr.set_port(port);
+            let socket = if from_systemd {
+                adopt(c, &mut inherited)?
+            } else {
+                let fd = bind_one(c).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}: cannot bind [[listen]] {:?} at {}: {e}{}",
+                        c.location,
+                        c.name,
+                        c.address,
+                        hint(&e)
+                    )
+                })?;
+                Socket {
+                    config: c.clone(),
+                    fd,
+                    state: SocketState::Bound,
+                    adopted: false,
                 }
-            }
-            sockets.push(Socket {
-                config,
-                fd,
-                state: SocketState::Bound,
-            });
+            };
+            sockets.push(socket.with_bound_port()?);
+        }
+        for (_, name) in inherited.into_iter().flatten() {
+            tracing::warn!("systemd passed a socket named {name:?} that no [[listen]] entry names: closing bgd's copy");
         }
         Ok(Listeners {
             sockets: Mutex::new(sockets),
+            stored: Default::default(),
         })
     }
 
@@ -155,9 +292,25 @@ impl Listeners {
             .collect()
     }
 
-    /// Removes the Unix socket files bgd created. Called on a clean exit.
+    /// Pushes every socket into systemd's fd store (a no-op outside systemd).
+    pub fn store_in_systemd(&self) {
+        let sockets = self.lock();
+        let all = sockets
+            .iter()
+            .all(|s| crate::systemd::store_fd(&s.fd, &s.config.name));
+        self.stored.store(
+            all && !sockets.is_empty(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Removes the Unix socket files bgd created, unless systemd's fd store
+    /// keeps the sockets for the next bgd. Called on a clean exit.
     pub fn remove_unix_paths(&self) {
-        for s in self.lock().iter() {
+        if self.stored.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        for s in self.lock().iter().filter(|s| !s.adopted) {
             if let ListenAddr::Unix(p) = &s.config.address {
                 let _ = std::fs::remove_file(p);
             }

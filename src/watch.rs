@@ -34,6 +34,18 @@ pub struct WatchConfig {
     pub marker: Option<PathBuf>,
     /// Paths (relative to `path`) whose changes are ignored.
     pub ignore: GlobSet,
+    /// `ignore` as written, to tell whether a reload changed it.
+    pub ignore_globs: Vec<String>,
+}
+
+impl WatchConfig {
+    /// Whether `other` watches the same way (a reload then keeps the watcher).
+    pub fn same_as(&self, other: &WatchConfig) -> bool {
+        self.path == other.path
+            && self.settle == other.settle
+            && self.marker == other.marker
+            && self.ignore_globs == other.ignore_globs
+    }
 }
 
 /// How often the poll fallback looks at the tree.
@@ -69,7 +81,7 @@ enum Notice {
 pub fn spawn(
     cfg: WatchConfig,
     events: mpsc::UnboundedSender<Event>,
-) -> anyhow::Result<Arc<Mutex<WatchState>>> {
+) -> anyhow::Result<(Arc<Mutex<WatchState>>, tokio::task::JoinHandle<()>)> {
     let parent = cfg.path.parent().unwrap_or(Path::new("/")).to_path_buf();
     if !parent.is_dir() {
         anyhow::bail!(
@@ -86,8 +98,8 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(64);
     let mut watching = Watching::new(&cfg, tx.clone(), false)?;
     watching.arm(&cfg);
-    tokio::spawn(run(cfg, watching, tx, rx, state.clone(), events));
-    Ok(state)
+    let task = tokio::spawn(run(cfg, watching, tx, rx, state.clone(), events));
+    Ok((state, task))
 }
 
 async fn run(

@@ -31,6 +31,8 @@ fn main() -> ExitCode {
     if argv.nth(1).is_some_and(|a| a == spawn::TRAMPOLINE_ARG) {
         return ExitCode::from(spawn::trampoline(argv) as u8);
     }
+    // SAFETY: no other thread exists yet.
+    let inherited = unsafe { bgd::systemd::take_listen_fds() };
     spawn::cloexec_inherited_fds();
     let args = Args::parse();
     init_logging();
@@ -58,7 +60,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(bgd::daemon::run(config)) {
+    match runtime.block_on(bgd::daemon::run(config, inherited)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bgd: {e:#}");
