@@ -82,10 +82,14 @@ pub fn store_fd(fd: impl AsFd, name: &str) -> bool {
     if !under_systemd() {
         return false;
     }
-    match sd_notify::notify_with_fds(
-        &[NotifyState::FdStore, NotifyState::FdName(name)],
-        &[fd.as_fd()],
-    ) {
+    // FDPOLL=0: a bound socket that does not listen yet (no color has been
+    // live) polls as POLLHUP, and systemd would drop it from the store.
+    let states = [
+        NotifyState::FdStore,
+        NotifyState::FdName(name),
+        NotifyState::Custom("FDPOLL=0"),
+    ];
+    match sd_notify::notify_with_fds(&states, &[fd.as_fd()]) {
         Ok(()) => true,
         Err(e) => {
             tracing::warn!("cannot push socket {name:?} into systemd's fd store: {e}");

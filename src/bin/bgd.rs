@@ -69,13 +69,48 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs to stderr; `BGD_LOG` takes a tracing filter (default `info`). When
+/// stderr is the journal (`JOURNAL_STREAM` names it), log to journald
+/// directly, so fields such as the app's `color` stay structured; failing
+/// that, log without timestamps, since the journal adds its own.
 fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("BGD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let registry = tracing_subscriber::registry().with(filter);
+    if stderr_is_journal() {
+        if let Ok(journald) = tracing_journald::layer() {
+            registry
+                .with(journald.with_syslog_identifier("bgd".into()))
+                .init();
+            return;
+        }
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .with_target(false)
+            .without_time();
+        registry.with(fmt).init();
+        return;
+    }
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    registry.with(fmt).init();
+}
+
+/// `JOURNAL_STREAM` is "DEV:INODE" of the journal's stream; it counts only
+/// if stderr is still that stream (not redirected since).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let stderr = std::fs::metadata("/proc/self/fd/2");
+    stderr.is_ok_and(|m| dev.parse() == Ok(m.dev()) && ino.parse() == Ok(m.ino()))
 }

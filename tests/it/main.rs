@@ -9,4 +9,5 @@ mod faults;
 mod inherit;
 mod lifecycle;
 mod releases;
+mod systemd;
 mod watch;

@@ -1,0 +1,484 @@
+//! The shipped units under a real systemd: a private user manager in its
+//! own mount namespace (`unshare -m`, a tmpfs on /run/systemd). Tests that
+//! cannot start one say why and skip.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::harness::*;
+use crate::load::Load;
+
+/// A `systemd --user` of the test's own, with its runtime and config dirs
+/// in a temp dir.
+struct UserManager {
+    dir: tempfile::TempDir,
+    manager: Child,
+    /// Held for the manager's life: user managers of one uid share cgroup
+    /// paths here, so one manager's KillMode= could reach another's units.
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+}
+
+static ONE_MANAGER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl UserManager {
+    fn start() -> Result<UserManager, String> {
+        let guard = ONE_MANAGER.lock().unwrap_or_else(|e| e.into_inner());
+        if !Path::new("/lib/systemd/systemd").exists() {
+            return Err("/lib/systemd/systemd is not installed (apt-get install systemd)".into());
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("bgd-systemd-")
+            .tempdir()
+            .unwrap();
+        let runtime = dir.path().join("run");
+        std::fs::create_dir(&runtime).unwrap();
+        std::fs::set_permissions(
+            &runtime,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.path().join("config/systemd/user")).unwrap();
+        let log = std::fs::File::create(dir.path().join("manager.log")).unwrap();
+        let manager = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg("mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/system && exec env --default-signal /lib/systemd/systemd --user")
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot run unshare: {e}"))?;
+        let mut m = UserManager {
+            dir,
+            manager,
+            _one_at_a_time: guard,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = m.manager.try_wait() {
+                let log =
+                    std::fs::read_to_string(m.dir.path().join("manager.log")).unwrap_or_default();
+                return Err(format!("the user manager exited ({status}); it needs root for unshare -m and mount: {}", log.trim()));
+            }
+            // (is-system-running says "offline" outside the manager's mount
+            // namespace; the manager's own SystemState is what counts.)
+            let out = m.systemctl(&["show", "-p", "SystemState", "--value"]);
+            let state = text(&out.stdout);
+            if state.contains("running") || state.contains("degraded") {
+                return Ok(m);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "the user manager did not come up: {}",
+                    state.trim()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50)); // poll interval of a deadline-bounded wait
+        }
+    }
+
+    fn systemctl(&self, args: &[&str]) -> Output {
+        let mut c = Command::new("systemctl");
+        c.arg("--user")
+            .args(args)
+            .env("XDG_RUNTIME_DIR", self.dir.path().join("run"));
+        run_with_deadline(c, Duration::from_secs(120))
+    }
+
+    fn ok(&self, args: &[&str]) {
+        let out = self.systemctl(args);
+        assert!(
+            out.status.success(),
+            "systemctl --user {args:?}: {}{}\nbgd log:\n{}",
+            text(&out.stdout),
+            text(&out.stderr),
+            self.log()
+        );
+    }
+
+    fn show(&self, unit: &str, prop: &str) -> String {
+        text(
+            &self
+                .systemctl(&["show", "-p", prop, "--value", unit])
+                .stdout,
+        )
+        .trim()
+        .to_string()
+    }
+
+    fn units(&self) -> PathBuf {
+        self.dir.path().join("config/systemd/user")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("bgd.log")).unwrap_or_default()
+    }
+
+    /// Installs the shipped units, adapted to a user manager in a temp dir:
+    /// the built binary, the test's config and root, output to a file (there
+    /// is no journald), and without what this sandbox cannot apply.
+    fn install(&self, config: &Path, root: &Path, socket: Option<&str>, drop_in: &str) {
+        let service = std::fs::read_to_string(repo().join("systemd/bgd@.service")).unwrap();
+        let log = self.dir.path().join("bgd.log");
+        let service: String = service
+            .replace("/usr/local/bin/bgd", BGD)
+            .replace("/etc/bgd/%i.toml", config.to_str().unwrap())
+            .replace("/var/lib/bgd/%i", root.to_str().unwrap())
+            .replace("WantedBy=multi-user.target", "WantedBy=default.target")
+            .replace(
+                "Environment=BGD_LOG=info",
+                &format!(
+                    "Environment=BGD_LOG=debug\nStandardOutput=append:{}\nStandardError=append:{}",
+                    log.display(),
+                    log.display()
+                ),
+            )
+            .lines()
+            // StateDirectory= means ~/.config/... for a user manager; the
+            // root is in the temp dir instead. PrivateTmp= would hide that
+            // temp dir, and this sandbox's user manager cannot mount the
+            // kernel-tunables and kernel-log protections (226/NAMESPACE).
+            .filter(|l| {
+                ![
+                    "StateDirectory=",
+                    "PrivateTmp=",
+                    "ProtectKernelTunables=",
+                    "ProtectKernelLogs=",
+                ]
+                .iter()
+                .any(|k| l.starts_with(k))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(self.units().join("bgd@.service"), service).unwrap();
+        if let Some(listen) = socket {
+            let unit = std::fs::read_to_string(repo().join("systemd/bgd@.socket"))
+                .unwrap()
+                .replace("127.0.0.1:8080", listen);
+            std::fs::write(self.units().join("bgd@.socket"), unit).unwrap();
+        }
+        if !drop_in.is_empty() {
+            let d = self.units().join("bgd@test.service.d");
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("test.conf"), drop_in).unwrap();
+        }
+        self.ok(&["daemon-reload"]);
+    }
+}
+
+impl Drop for UserManager {
+    fn drop(&mut self) {
+        let _ = self.systemctl(&["stop", "bgd@test.service", "bgd@test.socket"]);
+        let _ = self.manager.kill();
+        let _ = self.manager.wait();
+        if std::thread::panicking() {
+            eprintln!("--- bgd log ---\n{}", self.log());
+        }
+    }
+}
+
+fn config(dir: &Path, address: &str, command: &str) -> (PathBuf, PathBuf) {
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let config = dir.join("test.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"test\"\nroot = \"{}\"\n[[listen]]\nname = \"http\"\naddress = \"{address}\"\n[app]\ncommand = {command}\nenv = {{ PYTHONUNBUFFERED = \"1\" }}\nallow_root = true\ndrain_timeout = \"10s\"\n[health]\nhttp = \"/healthz\"\ntimeout = \"20s\"\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    (config, root)
+}
+
+fn bgctl(root: &Path, args: &[&str]) -> Output {
+    let mut c = Command::new(BGCTL);
+    c.arg("--socket").arg(root.join("bgd.sock")).args(args);
+    run_with_deadline(c, Duration::from_secs(120))
+}
+
+fn release(m: &UserManager, root: &Path, dir: &Path) {
+    let out = bgctl(root, &["release", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}\n{}", text(&out.stderr), m.log());
+}
+
+fn status(root: &Path) -> serde_json::Value {
+    let out = bgctl(root, &["status", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+macro_rules! manager_or_skip {
+    () => {
+        match UserManager::start() {
+            Ok(m) => m,
+            Err(why) => {
+                // CI sets BGD_REQUIRE_SYSTEMD: there these tests must run.
+                assert!(
+                    std::env::var_os("BGD_REQUIRE_SYSTEMD").is_none(),
+                    "BGD_REQUIRE_SYSTEMD is set, but: {why}"
+                );
+                eprintln!("skipped: cannot run a systemd user manager here: {why}");
+                return;
+            }
+        }
+    };
+}
+
+#[test]
+fn shipped_units_verify_cleanly() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: systemd-analyze is not installed");
+        return;
+    }
+    // verify wants the binaries and the units the shipped ones name, so it
+    // runs against a small root that has them.
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    for d in [
+        "usr/local/bin",
+        "bin",
+        "etc/systemd/system",
+        "usr/lib/systemd",
+    ] {
+        std::fs::create_dir_all(r.join(d)).unwrap();
+    }
+    std::fs::copy(BGD, r.join("usr/local/bin/bgd")).unwrap();
+    std::fs::copy("/bin/kill", r.join("bin/kill")).unwrap();
+    for u in ["bgd@.service", "bgd@.socket"] {
+        std::fs::copy(
+            repo().join("systemd").join(u),
+            r.join("etc/systemd/system").join(u),
+        )
+        .unwrap();
+    }
+    let cp = Command::new("cp")
+        .arg("-r")
+        .arg("/usr/lib/systemd/system")
+        .arg(r.join("usr/lib/systemd"))
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(format!("--root={}", r.display()))
+        .args(["bgd@hello.service", "bgd@hello.socket"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        text(&out.stderr)
+    );
+}
+
+/// Socket activation hands bgd its named socket; a Type=notify start reaches
+/// active; a release works; `systemctl restart` under load refuses nothing;
+/// `systemctl reload` applies the new command and says what needs a restart.
+#[test]
+fn socket_activation_restart_and_reload_under_systemd() {
+    let m = manager_or_skip!();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let (cfg, root) = config(
+        m.dir.path(),
+        &addr,
+        &format!("[\"{}\", \"server.py\"]", python()),
+    );
+    m.install(&cfg, &root, Some(&addr), "");
+    m.ok(&["start", "bgd@test.socket"]);
+    // Nothing served yet: connecting activates the service, which has no color.
+    m.ok(&["start", "bgd@test.service"]);
+    assert_eq!(m.show("bgd@test.service", "ActiveState"), "active");
+    assert!(
+        m.log().contains("took [[listen]] \"http\" (127.0.0.1:")
+            && m.log().contains("from systemd"),
+        "{}",
+        m.log()
+    );
+
+    let build = example_build(m.dir.path(), "b1", "v1");
+    std::fs::copy(
+        repo().join("examples/hello/v2/server.py"),
+        build.join("server2.py"),
+    )
+    .unwrap();
+    release(&m, &root, &build);
+    assert!(get(&addr, "/").unwrap().1.starts_with("hello from v1"));
+    let status_line = m.show("bgd@test.service", "StatusText");
+    assert!(
+        status_line.starts_with("live blue release 1 pid "),
+        "STATUS=: {status_line}"
+    );
+
+    let load = Load::start(&addr, 2, 2);
+    wait_until("load", Duration::from_secs(10), || {
+        (load.count() > 20).then_some(())
+    });
+    let pid = m.show("bgd@test.service", "MainPID");
+    m.ok(&["restart", "bgd@test.service"]);
+    wait_until("the new bgd to serve", Duration::from_secs(30), || {
+        (m.show("bgd@test.service", "ActiveState") == "active"
+            && status(&root)["blue"]["state"] == "live")
+            .then_some(())
+    });
+    assert_ne!(m.show("bgd@test.service", "MainPID"), pid);
+    let before = load.count();
+    wait_until(
+        "requests after the restart",
+        Duration::from_secs(10),
+        || (load.count() > before + 20).then_some(()),
+    );
+    let samples = load.finish();
+    let failed: Vec<_> = samples
+        .iter()
+        .filter_map(|s| s.result.as_ref().err())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed across the restart: {:?}",
+        failed.len(),
+        samples.len(),
+        &failed[..failed.len().min(5)]
+    );
+
+    // Reload: a new command applies to the next release; a new address
+    // cannot apply without a restart, and bgd says so.
+    let new = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("\"server.py\"]", "\"server2.py\"]")
+        .replace(&addr, "127.0.0.1:1");
+    std::fs::write(&cfg, new).unwrap();
+    m.ok(&["reload", "bgd@test.service"]);
+    wait_until("the reload to be done", Duration::from_secs(20), || {
+        let st = status(&root);
+        st["last_result"]
+            .as_str()
+            .is_some_and(|r| r.contains("config reloaded"))
+            .then_some(st)
+    });
+    let st = status(&root);
+    assert!(
+        st["last_result"]
+            .as_str()
+            .unwrap()
+            .contains("[[listen]] need a restart"),
+        "{st}"
+    );
+    assert_eq!(m.show("bgd@test.service", "ActiveState"), "active");
+    release(&m, &root, &build);
+    assert!(
+        get(&addr, "/").unwrap().1.starts_with("hello from v2"),
+        "the reloaded command runs"
+    );
+}
+
+/// Without a socket unit, bgd binds the port itself and keeps it in the fd
+/// store: `systemctl restart` under load still refuses nothing.
+#[test]
+fn the_fd_store_keeps_the_port_across_restarts() {
+    let m = manager_or_skip!();
+    let (cfg, root) = config(
+        m.dir.path(),
+        "127.0.0.1:0",
+        &format!("[\"{}\", \"server.py\"]", python()),
+    );
+    m.install(&cfg, &root, None, "");
+    m.ok(&["start", "bgd@test.service"]);
+    release(&m, &root, &example_build(m.dir.path(), "b1", "v1"));
+    let addr = status(&root)["listen"][0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let load = Load::start(&addr, 2, 2);
+    wait_until("load", Duration::from_secs(10), || {
+        (load.count() > 20).then_some(())
+    });
+    m.ok(&["restart", "bgd@test.service"]);
+    wait_until("the new bgd to serve", Duration::from_secs(30), || {
+        (m.show("bgd@test.service", "ActiveState") == "active"
+            && status(&root)["blue"]["state"] == "live")
+            .then_some(())
+    });
+    assert!(
+        m.log().contains("took [[listen]] \"http\""),
+        "the socket came back from the fd store: {}",
+        m.log()
+    );
+    assert_eq!(status(&root)["listen"][0]["address"], addr.as_str());
+    let before = load.count();
+    wait_until(
+        "requests after the restart",
+        Duration::from_secs(10),
+        || (load.count() > before + 20).then_some(()),
+    );
+    let samples = load.finish();
+    let failed: Vec<_> = samples
+        .iter()
+        .filter_map(|s| s.result.as_ref().err())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed across the restart: {:?}",
+        failed.len(),
+        samples.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
+
+/// A wedged bgd (SIGSTOP) stops pinging; the watchdog restarts it and the
+/// app comes back.
+#[test]
+fn the_watchdog_restarts_a_wedged_bgd() {
+    let m = manager_or_skip!();
+    let (cfg, root) = config(
+        m.dir.path(),
+        "127.0.0.1:0",
+        &format!("[\"{}\", \"server.py\"]", python()),
+    );
+    m.install(
+        &cfg,
+        &root,
+        None,
+        "[Service]\nWatchdogSec=2\nTimeoutAbortSec=2\n",
+    );
+    m.ok(&["start", "bgd@test.service"]);
+    release(&m, &root, &example_build(m.dir.path(), "b1", "v1"));
+    let pid: i32 = m.show("bgd@test.service", "MainPID").parse().unwrap();
+    // SAFETY: kill(2) on bgd's pid.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let new = wait_until("systemd to restart bgd", Duration::from_secs(60), || {
+        let p: i32 = m.show("bgd@test.service", "MainPID").parse().unwrap_or(0);
+        (p != 0 && p != pid && m.show("bgd@test.service", "ActiveState") == "active").then_some(p)
+    });
+    assert_ne!(new, pid);
+    let addr = status(&root)["listen"][0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = wait_until("the app to serve again", Duration::from_secs(30), || {
+        get(&addr, "/").ok().map(|r| r.1)
+    });
+    assert!(body.starts_with("hello from v1"), "{body}");
+    assert!(
+        m.show("bgd@test.service", "NRestarts")
+            .parse::<u32>()
+            .unwrap()
+            >= 1
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
