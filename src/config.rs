@@ -35,6 +35,20 @@ pub struct Config {
     pub health: HealthConfig,
     /// Auto-release when this build directory changes.
     pub watch: Option<WatchConfig>,
+    /// Directories under `root/shared` symlinked into each color at staging.
+    pub shared: Vec<PathBuf>,
+    pub hooks: HooksConfig,
+}
+
+/// `[hooks]`: shell commands run around a release.
+#[derive(Debug, Clone, Default)]
+pub struct HooksConfig {
+    /// Run in order in the staged color's directory before the app starts;
+    /// the first that fails (or runs past `timeout`) aborts the release.
+    pub prepare: Vec<String>,
+    /// Run in order after the swap; a failure is logged, not fatal.
+    pub after_live: Vec<String>,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,6 +275,48 @@ impl Config {
             }
             None => None,
         };
+        let mut shared: Vec<PathBuf> = Vec::new();
+        if let Some(list) = &raw.shared {
+            for name in list.get_ref() {
+                let p = Path::new(name);
+                let plain = !name.is_empty()
+                    && p.is_relative()
+                    && p.components()
+                        .all(|c| matches!(c, std::path::Component::Normal(_)));
+                if !plain {
+                    return Err(fail(list.span(), format!("shared entry {name:?} must be a relative path inside the build, such as \"data\" or \"public/uploads\"")));
+                }
+                if shared
+                    .iter()
+                    .any(|s| s == p || s.starts_with(p) || p.starts_with(s))
+                {
+                    return Err(fail(list.span(), format!("shared entry {name:?} overlaps another entry: list each directory once")));
+                }
+                shared.push(p.to_path_buf());
+            }
+        }
+        let hooks = match raw.hooks {
+            Some(h) => {
+                for c in h.prepare.iter().chain(&h.after_live) {
+                    if c.trim().is_empty() {
+                        return Err(ConfigError(located(
+                            &file,
+                            None,
+                            "[hooks] has an empty command: remove it or write the command",
+                        )));
+                    }
+                }
+                HooksConfig {
+                    prepare: h.prepare,
+                    after_live: h.after_live,
+                    timeout: h.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(300)),
+                }
+            }
+            None => HooksConfig {
+                timeout: Duration::from_secs(300),
+                ..HooksConfig::default()
+            },
+        };
         let control_group = match &raw.control_group {
             Some(g) => Some(
                 identity::lookup_group(g.get_ref())
@@ -338,8 +394,36 @@ impl Config {
                     .unwrap_or(Duration::from_secs(30)),
             },
             watch,
+            shared,
+            hooks,
         })
     }
+}
+
+/// Only where `file`'s bgd listens for bgctl (`control`, else `root/bgd.sock`),
+/// without the checks that concern running the app: bgctl may run as
+/// another user than bgd.
+pub fn control_path(file: &Path) -> Result<PathBuf, ConfigError> {
+    #[derive(Deserialize)]
+    struct Control {
+        root: PathBuf,
+        control: Option<PathBuf>,
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        ConfigError(format!(
+            "{}: cannot read the config file: {e}",
+            file.display()
+        ))
+    })?;
+    let file = absolute(file);
+    let c: Control = toml::from_str(&text).map_err(|e| {
+        let at = e.span().map(|s| line_col(&text, s.start));
+        ConfigError(located(&file, at, e.message()))
+    })?;
+    let dir = file.parent().unwrap_or(Path::new("/"));
+    Ok(c.control
+        .map(|p| dir.join(p))
+        .unwrap_or_else(|| dir.join(c.root).join("bgd.sock")))
 }
 
 /// The extra named fd bgd passes to each color for health probes.
@@ -360,6 +444,18 @@ struct Raw {
     app: RawApp,
     health: RawHealth,
     watch: Option<RawWatch>,
+    shared: Option<Spanned<Vec<String>>>,
+    hooks: Option<RawHooks>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHooks {
+    #[serde(default)]
+    prepare: Vec<String>,
+    #[serde(default)]
+    after_live: Vec<String>,
+    timeout: Option<HumanDuration>,
 }
 
 #[derive(Deserialize)]

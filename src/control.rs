@@ -131,7 +131,7 @@ async fn handle(stream: UnixStream, access: Access, events: UnboundedSender<Even
         return;
     }
     while let Some(reply) = rx.recv().await {
-        let last = !matches!(reply, Reply::Progress { .. });
+        let last = !matches!(reply, Reply::Progress { .. } | Reply::Log(_));
         if write.write_all(&protocol::encode(&reply)).await.is_err() {
             return; // the client left; the daemon carries on
         }

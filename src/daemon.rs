@@ -31,7 +31,7 @@ use crate::protocol::{
 use crate::reaper::{Exit, Reaper};
 use crate::release::{self, Plan, Timings};
 use crate::state::{self, Build, State};
-use crate::{control, stage, systemd, watch, Ctx};
+use crate::{control, history, stage, systemd, watch, Ctx};
 
 /// Where a client's replies go. Sending fails silently once the client has
 /// gone: a release whose client disconnected still completes.
@@ -99,10 +99,12 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
         group: config.control_group,
     };
     let control = control::bind(&config.control, config.control_mode, access)?;
+    let logs = Arc::new(crate::logs::LogHub::default());
     let ctx = Arc::new(Ctx {
         config,
         listeners,
         reaper,
+        logs,
     });
     tokio::spawn(control::serve(control, access, tx.clone()));
     if systemd::under_systemd() {
@@ -205,6 +207,9 @@ struct InProgress {
     client: Option<Responder>,
     timings: Timings,
     swapped_at: Option<Instant>,
+    /// Each step and when it began, for the history.
+    steps: Vec<history::StepTime>,
+    source: Option<PathBuf>,
     /// Set to abort: staging stops before it swaps anything into place.
     cancel: Arc<AtomicBool>,
     task: JoinHandle<()>,
@@ -392,7 +397,68 @@ impl Daemon {
                 self.begin(Kind::Rollback, None, None, Trigger::Client, Some(reply))
             }
             Request::Watch { pause } => self.on_watch_request(pause, reply),
+            Request::History => self.reply_history(reply),
+            Request::Logs {
+                color,
+                lines,
+                follow,
+            } => self.stream_logs(color, lines, follow, reply),
         }
+    }
+
+    fn reply_history(&self, reply: Responder) {
+        let root = self.ctx.config.root.clone();
+        tokio::spawn(async move {
+            let records = tokio::task::spawn_blocking(move || history::load(&root))
+                .await
+                .unwrap_or_default();
+            let result = serde_json::to_value(records).expect("records serialize infallibly");
+            let _ = reply.send(Reply::Done { result });
+        });
+    }
+
+    /// The last `lines` lines of output, then (with `follow`) new ones until
+    /// the client goes away. Runs beside the loop.
+    fn stream_logs(&self, color: Option<Color>, lines: usize, follow: bool, reply: Responder) {
+        let (recent, mut live) = self.ctx.logs.tail(color, lines);
+        tokio::spawn(async move {
+            for l in recent {
+                if reply.send(Reply::Log(l)).is_err() {
+                    return;
+                }
+            }
+            if !follow {
+                let _ = reply.send(Reply::Done {
+                    result: serde_json::Value::Null,
+                });
+                return;
+            }
+            loop {
+                let next = tokio::select! {
+                    l = live.recv() => l,
+                    _ = reply.closed() => return,
+                };
+                let line = match next {
+                    Ok(l) => l,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        crate::logs::LogLine {
+                            at: crate::now_rfc3339(),
+                            color: color.unwrap_or(Color::Blue),
+                            pid: 0,
+                            stream: "bgd".into(),
+                            line: format!("[{n} lines skipped: this client read too slowly]"),
+                        }
+                    }
+                    Err(_) => return,
+                };
+                if color.is_some_and(|c| c != line.color) {
+                    continue;
+                }
+                if reply.send(Reply::Log(line)).is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     fn reply_status(&self, reply: Responder) {
@@ -517,6 +583,8 @@ impl Daemon {
             client,
             timings: Timings::default(),
             swapped_at: None,
+            steps: Vec::new(),
+            source: plan.source.clone(),
             cancel,
             task,
         });
@@ -528,6 +596,12 @@ impl Daemon {
 
     fn on_progress(&mut self, id: u64, step: Step, message: String) {
         let Some(r) = self.current(id) else { return };
+        if r.steps.last().is_none_or(|t| t.step != step) {
+            r.steps.push(history::StepTime {
+                step,
+                at_ms: r.started.elapsed().as_millis() as u64,
+            });
+        }
         r.step = step;
         tracing::info!("{step}: {message}");
         if let Some(c) = &r.client {
@@ -610,6 +684,7 @@ impl Daemon {
         slot.restarts = 0;
         slot.streak = 0;
         self.make_live(app);
+        self.run_after_live(new, release);
         let r = self.release.as_mut().expect("still in progress");
         r.swapped_at = Some(Instant::now());
         tracing::info!(release, "{new} is live");
@@ -630,6 +705,26 @@ impl Daemon {
                 self.finish_release(old, None);
             }
         }
+    }
+
+    /// `hooks.after_live`, beside everything else: a failure is logged.
+    fn run_after_live(&self, color: Color, release: u64) {
+        if self.ctx.config.hooks.after_live.is_empty() {
+            return;
+        }
+        let ctx = self.ctx.clone();
+        tokio::spawn(async move {
+            let dir = stage::color_dir(&ctx.config.root, color);
+            let env = crate::process::color_env(&ctx, color, release);
+            let hooks = ctx.config.hooks.after_live.clone();
+            let log = |line: &str| tracing::info!(%color, hook = "after_live", "{line}");
+            match crate::hooks::run(&ctx, "after_live", &hooks, &dir, &env, log).await {
+                Ok(()) => tracing::info!(%color, release, "after_live hooks done"),
+                Err(f) => {
+                    tracing::warn!(%color, release, "{} (not fatal: release {release} stays live)", f.message)
+                }
+            }
+        });
     }
 
     fn make_live(&mut self, app: AppProcess) {
@@ -705,6 +800,7 @@ impl Daemon {
             Kind::Release => format!("release {} is live on {}", r.release, r.color),
         } + &format!(" ({} ms)", total.as_millis());
         tracing::info!("{msg}");
+        self.record(&r, true, &msg, None);
         self.last_result = Some(format!("{} ok: {msg}", crate::now_rfc3339()));
         if let Some(a) = &mut self.auto {
             match (&r.trigger, r.kind) {
@@ -756,6 +852,7 @@ impl Daemon {
             r.release,
             failure.message
         ));
+        self.record(&r, false, &failure.message, failure.step);
         self.slot(r.color).set(Phase::Stopped, None);
         if let Some(live) = self.state.live {
             tracing::info!(%live, "{live} stays live");
@@ -772,6 +869,41 @@ impl Daemon {
             self.ctx.listeners.unlisten();
         }
         self.after_release();
+    }
+
+    /// Appends the finished release `r` to the history, off the loop.
+    fn record(&self, r: &InProgress, ok: bool, result: &str, failed_step: Option<Step>) {
+        let build = self.state.build(r.color);
+        let record = history::Record {
+            release: r.release,
+            kind: kind_name(r.kind).into(),
+            trigger: match r.trigger {
+                Trigger::Client => "bgctl".into(),
+                Trigger::Watch(_) => "watch".into(),
+            },
+            label: r.label.clone(),
+            source: r
+                .source
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .or_else(|| build.map(|b| b.source.clone())),
+            fingerprint: build
+                .filter(|b| b.release == r.release)
+                .and_then(|b| b.fingerprint.clone()),
+            color: r.color,
+            started: crate::rfc3339(r.since),
+            finished: crate::now_rfc3339(),
+            ok,
+            result: result.into(),
+            failed_step,
+            steps: r.steps.clone(),
+        };
+        let root = self.ctx.config.root.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = history::append(&root, record) {
+                tracing::warn!("cannot write the release history: {e}");
+            }
+        });
     }
 
     fn after_release(&mut self) {
@@ -1109,6 +1241,7 @@ impl Daemon {
             config,
             listeners: self.ctx.listeners.clone(),
             reaper: self.ctx.reaper.clone(),
+            logs: self.ctx.logs.clone(),
         });
         if watch_changed {
             if let Err(e) = self.start_watching() {

@@ -110,11 +110,7 @@ async fn wait_exec(
     release: u64,
     last: &Mutex<String>,
 ) -> anyhow::Result<()> {
-    let env = vec![
-        ("BG_COLOR".to_string(), app.color.to_string()),
-        ("BG_RELEASE".to_string(), release.to_string()),
-        ("BG_ROOT".to_string(), ctx.config.root.display().to_string()),
-    ];
+    let env = crate::process::color_env(ctx, app.color, release);
     let mut backoff = Duration::from_millis(20);
     loop {
         let check = spawn::spawn(&spawn::Spec {
@@ -126,7 +122,7 @@ async fn wait_exec(
         })
         .with_context(|| format!("cannot run health.exec {:?} in {}", cmd[0], dir.display()))?;
         let exited = ctx.reaper.watch(check.pid);
-        let guard = KillGroupOnDrop(check.pid);
+        let guard = spawn::KillGroupOnDrop(check.pid);
         let output = Arc::new(Mutex::new(Vec::new()));
         let readers =
             [check.stdout, check.stderr].map(|fd| tokio::spawn(keep_tail(fd, output.clone())));
@@ -157,15 +153,6 @@ async fn wait_exec(
         note(last, format!("health.exec {:?}: {status}{out}", cmd[0]));
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_millis(500));
-    }
-}
-
-/// Kills a check's process group unless forgotten after it exited.
-struct KillGroupOnDrop(nix::unistd::Pid);
-
-impl Drop for KillGroupOnDrop {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::killpg(self.0, nix::sys::signal::Signal::SIGKILL);
     }
 }
 

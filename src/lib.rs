@@ -14,7 +14,10 @@
 //! - [`process`]  one running color: its process group, exit, output, graceful stop
 //! - [`spawn`]    building a child: fds 3.., LISTEN_*, process group; the only `pre_exec`
 //! - [`reaper`]   the only place that waits for children (bgd is a subreaper)
+//! - [`history`]  the last 50 releases, in root/history.json
+//! - [`logs`]     the apps' recent output for `bgctl logs`, and its live feed
 //! - [`listen`]   binding and holding the app's listening sockets
+//! - [`hooks`]    `[hooks]` prepare and after_live commands
 //! - [`health`]   readiness checks that reach the new color alone
 //! - [`stage`]    copying a build into a color directory atomically
 //! - [`state`]    what survives a restart: live color, builds, the `live` symlink
@@ -31,8 +34,11 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod health;
+pub mod history;
+pub mod hooks;
 pub mod identity;
 pub mod listen;
+pub mod logs;
 pub mod process;
 pub mod protocol;
 pub mod reaper;
@@ -53,6 +59,7 @@ pub struct Ctx {
     pub config: config::Config,
     pub listeners: Arc<listen::Listeners>,
     pub reaper: Arc<reaper::Reaper>,
+    pub logs: Arc<logs::LogHub>,
 }
 
 /// `t` as RFC 3339 in UTC, to the second.

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use crate::color::Color;
 use crate::config::PROBE_FD_NAME;
 use crate::health::NotifySocket;
+use crate::logs::{LogHub, LogLine};
 use crate::reaper::Exit;
 use crate::Ctx;
 use crate::{spawn, state};
@@ -69,10 +70,7 @@ impl AppProcess {
             }
         }
         let mut fds = ctx.listeners.fds_for(color);
-        let mut env: Vec<(String, String)> = cfg.app.env.clone().into_iter().collect();
-        env.push(("BG_COLOR".into(), color.to_string()));
-        env.push(("BG_RELEASE".into(), release.to_string()));
-        env.push(("BG_ROOT".into(), cfg.root.display().to_string()));
+        let mut env = color_env(ctx, color, release);
 
         let probe = if cfg.health.http.is_some() {
             let l = std::net::TcpListener::bind("127.0.0.1:0")
@@ -114,7 +112,14 @@ impl AppProcess {
         });
         let output = Arc::new(Output::default());
         for (fd, stream) in [(spawned.stdout, "stdout"), (spawned.stderr, "stderr")] {
-            tokio::spawn(capture(fd, stream, color, spawned.pid, output.clone()));
+            tokio::spawn(capture(
+                fd,
+                stream,
+                color,
+                spawned.pid,
+                output.clone(),
+                ctx.logs.clone(),
+            ));
         }
         tracing::info!(%color, pid = spawned.pid.as_raw(), release, "started {}", dir.display());
         let (probe, probe_addr) = probe.map_or((None, None), |(l, a)| (Some(l), Some(a)));
@@ -253,6 +258,22 @@ impl Drop for AppProcess {
     }
 }
 
+/// The environment of everything bgd runs for a color (the app, health
+/// checks, hooks): `[app] env`, then `BG_COLOR`, `BG_RELEASE`, `BG_ROOT` and
+/// `BG_SHARED`.
+pub fn color_env(ctx: &Ctx, color: Color, release: u64) -> Vec<(String, String)> {
+    let cfg = &ctx.config;
+    let mut env: Vec<(String, String)> = cfg.app.env.clone().into_iter().collect();
+    env.push(("BG_COLOR".into(), color.to_string()));
+    env.push(("BG_RELEASE".into(), release.to_string()));
+    env.push(("BG_ROOT".into(), cfg.root.display().to_string()));
+    env.push((
+        "BG_SHARED".into(),
+        crate::stage::shared_dir(&cfg.root).display().to_string(),
+    ));
+    env
+}
+
 /// `root/run`: per-color sockets and pid records.
 pub fn run_dir(root: &Path) -> PathBuf {
     root.join("run")
@@ -299,12 +320,26 @@ impl Output {
 /// Logs each line of one output stream and keeps the last ones. A line
 /// longer than [`MAX_LINE`] is cut and the rest of it dropped, so an app that
 /// never prints a newline cannot grow bgd's memory.
-async fn capture(fd: OwnedFd, stream: &'static str, color: Color, pid: Pid, output: Arc<Output>) {
+async fn capture(
+    fd: OwnedFd,
+    stream: &'static str,
+    color: Color,
+    pid: Pid,
+    output: Arc<Output>,
+    hub: Arc<LogHub>,
+) {
     let emit = |line: &mut Vec<u8>| {
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches('\r');
         tracing::info!(target: "app", %color, pid = pid.as_raw(), stream, "{text}");
         output.push(text.to_string());
+        hub.push(LogLine {
+            at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            color,
+            pid: pid.as_raw() as u32,
+            stream: stream.to_string(),
+            line: text.to_string(),
+        });
         line.clear();
     };
     if let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {

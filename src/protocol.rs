@@ -36,13 +36,29 @@ pub enum Request {
     Watch {
         pause: bool,
     },
+    /// The last releases.
+    History,
+    /// The apps' recent output (`color` or both), then, with `follow`, new
+    /// lines as they come until the client goes away.
+    Logs {
+        color: Option<Color>,
+        lines: usize,
+        follow: bool,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Reply {
-    Progress { step: Step, message: String },
-    Done { result: serde_json::Value },
+    Progress {
+        step: Step,
+        message: String,
+    },
+    /// One line of an app's output (`bgctl logs`).
+    Log(crate::logs::LogLine),
+    Done {
+        result: serde_json::Value,
+    },
     Error(Failure),
 }
 
@@ -52,6 +68,8 @@ pub enum Reply {
 pub enum Step {
     Validate,
     Stage,
+    /// `hooks.prepare` in the staged directory.
+    Prepare,
     Start,
     WaitReady,
     Swap,
@@ -63,6 +81,7 @@ impl std::fmt::Display for Step {
         f.write_str(match self {
             Step::Validate => "validate",
             Step::Stage => "stage",
+            Step::Prepare => "prepare",
             Step::Start => "start",
             Step::WaitReady => "wait_ready",
             Step::Swap => "swap",

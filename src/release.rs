@@ -82,7 +82,7 @@ async fn prepare(
             format!("copying {} into {}", source.display(), plan.color),
         );
         let t = Instant::now();
-        let copied = copy(ctx, plan, &source).await?;
+        let copied = copy(ctx, plan, &source, events).await?;
         timings.stage_ms = t.elapsed().as_millis() as u64;
         let _ = events.send(Event::Staged {
             id: plan.id,
@@ -96,7 +96,15 @@ async fn prepare(
                 fingerprint: Some(copied.fingerprint),
             },
         });
-        tracing::info!(color = %plan.color, "staged {} files, {} bytes in {} ms", copied.files, copied.bytes, timings.stage_ms);
+        progress(
+            Step::Stage,
+            format!(
+                "copied {} files, {:.1} MB in {} ms",
+                copied.files,
+                copied.bytes as f64 / 1e6,
+                timings.stage_ms
+            ),
+        );
     } else if !dir.is_dir() {
         return Err(Failure::new(
             FailureKind::BadRequest,
@@ -107,6 +115,29 @@ async fn prepare(
                 plan.color
             ),
         ));
+    }
+
+    if plan.source.is_some() && !ctx.config.hooks.prepare.is_empty() {
+        let n = ctx.config.hooks.prepare.len();
+        progress(
+            Step::Prepare,
+            format!("running {n} prepare hook(s) in {}", dir.display()),
+        );
+        let env = crate::process::color_env(ctx, plan.color, plan.release);
+        crate::hooks::run(
+            ctx,
+            "prepare",
+            &ctx.config.hooks.prepare,
+            &dir,
+            &env,
+            |line| progress(Step::Prepare, line.to_string()),
+        )
+        .await
+        .map_err(|f| {
+            let mut failure = Failure::new(FailureKind::App, Some(Step::Prepare), f.message);
+            failure.log_tail = f.output;
+            failure
+        })?;
     }
 
     progress(
@@ -161,7 +192,13 @@ async fn prepare(
 }
 
 /// Stages `source` on a blocking thread.
-async fn copy(ctx: &Ctx, plan: &Plan, source: &std::path::Path) -> Result<stage::Copied, Failure> {
+async fn copy(
+    ctx: &Ctx,
+    plan: &Plan,
+    source: &std::path::Path,
+    events: &UnboundedSender<Event>,
+) -> Result<stage::Copied, Failure> {
+    let (events, id) = (events.clone(), plan.id);
     let watch = ctx.config.watch.as_ref();
     let opts = stage::Options {
         owner: ctx
@@ -176,6 +213,15 @@ async fn copy(ctx: &Ctx, plan: &Plan, source: &std::path::Path) -> Result<stage:
         marker: watch.and_then(|w| w.marker.clone()),
         expect: plan.expect.clone(),
         cancel: plan.cancel.clone(),
+        shared: ctx.config.shared.clone(),
+        progress: Some(Arc::new(move |files, bytes| {
+            let message = format!("copied {files} files, {:.1} MB so far", bytes as f64 / 1e6);
+            let _ = events.send(Event::Progress {
+                id,
+                step: Step::Stage,
+                message,
+            });
+        })),
     };
     let (root, src, color, id) = (
         ctx.config.root.clone(),

@@ -195,6 +195,17 @@ fn child_setup(parent: libc::pid_t, sources: &[RawFd]) -> io::Result<()> {
     Ok(())
 }
 
+/// Kills a process group with SIGKILL when dropped, unless forgotten
+/// (`std::mem::forget`) once its leader has exited and been reaped: a helper
+/// process (a check, a hook) abandoned mid-way never outlives its caller.
+pub struct KillGroupOnDrop(pub Pid);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(self.0, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 /// Marks every fd above stderr that bgd inherited as close-on-exec, so that
 /// whatever bgd's parent leaked to it (a shell's or CI runner's fds) never
 /// reaches an app. Call first thing in `main`, while single-threaded.

@@ -64,7 +64,14 @@ pub struct Options {
     pub expect: Option<String>,
     /// Set to abort: staging stops before it swaps anything into place.
     pub cancel: Arc<AtomicBool>,
+    /// `shared` entries: each becomes a symlink to `root/shared/<entry>`.
+    pub shared: Vec<PathBuf>,
+    /// Told (files, bytes) copied so far, at most every [`PROGRESS_EVERY`].
+    pub progress: Option<Arc<dyn Fn(u64, u64) + Send + Sync>>,
 }
+
+/// How often a large copy reports its progress.
+pub const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
@@ -106,6 +113,7 @@ pub fn stage(
             root: src,
             copied: Copied::default(),
             fingerprint: Fingerprint::new(),
+            reported: std::time::Instant::now(),
         };
         copy.tree(src, &staging)?;
         copy.copied.fingerprint = copy.fingerprint.finish();
@@ -115,6 +123,7 @@ pub fn stage(
                 return Err(StageError::Changed);
             }
         }
+        link_shared(root, &staging, opts)?;
         sync_filesystem(&staging)?;
         if opts.cancel.load(Ordering::Relaxed) {
             return Err(StageError::Aborted);
@@ -126,6 +135,46 @@ pub fn stage(
     // After a swap the staging path holds the color's previous contents.
     remove_tree(&staging);
     result
+}
+
+/// Where `shared` directories live: `root/shared`.
+pub fn shared_dir(root: &Path) -> PathBuf {
+    root.join("shared")
+}
+
+/// Points each `shared` entry of the staged tree at `root/shared/<entry>`
+/// (created if missing) with a relative symlink, so both colors see the same
+/// files and they survive releases. A build that holds such a path itself
+/// has it replaced, with a warning: the shared data wins.
+fn link_shared(root: &Path, staging: &Path, opts: &Options) -> io::Result<()> {
+    for entry in &opts.shared {
+        let target = shared_dir(root).join(entry);
+        if !target.is_dir() {
+            fs::create_dir_all(&target).map_err(|e| at(&target, e))?;
+            chown(&target, opts.owner)?;
+        }
+        let link = staging.join(entry);
+        if fs::symlink_metadata(&link).is_ok() {
+            tracing::warn!(
+                "the build holds {}, a shared path: replacing it with the shared directory",
+                entry.display()
+            );
+            if link.is_dir() && !link.is_symlink() {
+                remove_tree(&link);
+            } else {
+                fs::remove_file(&link).map_err(|e| at(&link, e))?;
+            }
+        }
+        let parent = link.parent().expect("a shared entry is inside the build");
+        fs::create_dir_all(parent).map_err(|e| at(parent, e))?;
+        // From staging/<entry> up to root: one ".." per component of the
+        // entry (the staged tree is renamed to root/<color> later, the same depth).
+        let up: PathBuf = std::iter::repeat_n("..", entry.components().count()).collect();
+        let relative = up.join("shared").join(entry);
+        std::os::unix::fs::symlink(&relative, &link).map_err(|e| at(&link, e))?;
+        let _ = std::os::unix::fs::lchown(&link, opts.owner.map(|o| o.0), opts.owner.map(|o| o.1));
+    }
+    Ok(())
 }
 
 /// Removes staging directories left by a bgd that died mid-release.
@@ -172,6 +221,8 @@ struct Copy<'a> {
     root: &'a Path,
     copied: Copied,
     fingerprint: Fingerprint,
+    /// When progress was last reported.
+    reported: std::time::Instant,
 }
 
 impl Copy<'_> {
@@ -212,6 +263,12 @@ impl Copy<'_> {
             } else if ft.is_file() {
                 self.copied.bytes += fs::copy(&from, &to).map_err(|e| at(&from, e))?;
                 self.copied.files += 1;
+                if let Some(report) = &self.opts.progress {
+                    if self.reported.elapsed() >= PROGRESS_EVERY {
+                        self.reported = std::time::Instant::now();
+                        report(self.copied.files, self.copied.bytes);
+                    }
+                }
             } else {
                 return Err(StageError::Refused(format!(
                     "{} is a {}: a build may hold only files, directories and symlinks; remove it from the build",

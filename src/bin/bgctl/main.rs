@@ -1,0 +1,287 @@
+//! `bgctl`: one request to bgd over its control socket; prints the progress
+//! and the answer, and exits with a code that says what happened.
+//!
+//! Exit codes (also in the README):
+//!   0 done: the requested build is live (or what was asked was printed)
+//!   1 the new color failed (prepare hook, start, readiness); the old one still serves
+//!   2 bad arguments
+//!   3 cannot reach bgd (no socket, permission denied, bgd not running)
+//!   4 refused: another release is in progress, or bgd is stopping
+//!   5 refused: bad request (no such build directory, nothing to roll back to)
+//!   6 staging the build failed (copy error, disk full); the old color still serves
+//!   7 bgd failed internally (could not write its state); see its log
+
+mod show;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+use bgd::color::Color;
+use bgd::protocol::{self, Reply, Request, Status};
+
+#[derive(Parser)]
+#[command(
+    name = "bgctl",
+    version,
+    about = "Control a running bgd: release, rollback, status, history, logs"
+)]
+struct Args {
+    /// bgd's control socket.
+    #[arg(long, global = true, env = "BGCTL_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// bgd's config file; its `control` key names the socket.
+    #[arg(long, short, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stage DIR into the dormant color, start it, wait until ready, swap, drain the old color.
+    Release {
+        /// The build directory.
+        dir: PathBuf,
+        /// A label shown in status and history, such as a version or commit.
+        #[arg(long)]
+        label: Option<String>,
+        /// Return once bgd has started the release; `bgctl status` shows how it goes.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Make the previous color live again from its directory.
+    Rollback {
+        /// Return once bgd has started the rollback.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Show the live color, each color's process and any release in progress.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the last releases, oldest first.
+    History {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the apps' captured output (both colors, interleaved, unless --color).
+    Logs {
+        /// Only this color.
+        #[arg(long, value_enum)]
+        color: Option<ColorArg>,
+        /// Lines to show before following.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+        /// Keep printing new lines as they come.
+        #[arg(short, long)]
+        follow: bool,
+        /// Print one JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause or resume auto-release of the watched build directory.
+    Watch {
+        #[arg(value_enum)]
+        action: WatchAction,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print bgctl's man page (roff).
+    Man,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum WatchAction {
+    Pause,
+    Resume,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ColorArg {
+    Blue,
+    Green,
+}
+
+const EXIT_UNREACHABLE: u8 = 3;
+const EXIT_PROTOCOL: u8 = 7;
+
+type Fail = (u8, String);
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => ExitCode::from(code),
+        Err((code, msg)) => {
+            eprintln!("bgctl: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// How the final answer is printed.
+#[derive(Clone, Copy, PartialEq)]
+enum Print {
+    Release,
+    Status,
+    Json,
+    History,
+    Logs { json: bool },
+    Watch,
+}
+
+fn run(args: Args) -> Result<u8, Fail> {
+    let (request, print, no_wait) = match args.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Args::command(), "bgctl", &mut std::io::stdout());
+            return Ok(0);
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Args::command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| (EXIT_PROTOCOL, format!("cannot write the man page: {e}")))?;
+            return Ok(0);
+        }
+        Command::Release {
+            dir,
+            label,
+            no_wait,
+        } => {
+            let abs = std::path::absolute(&dir)
+                .map_err(|e| (5, format!("cannot resolve {}: {e}", dir.display())))?;
+            (
+                Request::Release {
+                    dir: abs.display().to_string(),
+                    label,
+                },
+                Print::Release,
+                no_wait,
+            )
+        }
+        Command::Rollback { no_wait } => (Request::Rollback, Print::Release, no_wait),
+        Command::Status { json } => (
+            Request::Status,
+            if json { Print::Json } else { Print::Status },
+            false,
+        ),
+        Command::History { json } => (
+            Request::History,
+            if json { Print::Json } else { Print::History },
+            false,
+        ),
+        Command::Logs {
+            color,
+            lines,
+            follow,
+            json,
+        } => {
+            let color = color.map(|c| match c {
+                ColorArg::Blue => Color::Blue,
+                ColorArg::Green => Color::Green,
+            });
+            (
+                Request::Logs {
+                    color,
+                    lines,
+                    follow,
+                },
+                Print::Logs { json },
+                false,
+            )
+        }
+        Command::Watch { action } => (
+            Request::Watch {
+                pause: matches!(action, WatchAction::Pause),
+            },
+            Print::Watch,
+            false,
+        ),
+    };
+    let socket = socket_path(&args.socket, args.config.as_deref())?;
+    let mut stream = UnixStream::connect(&socket).map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                ": is bgd running with this control socket?"
+            }
+            std::io::ErrorKind::PermissionDenied => ": run bgctl as bgd's user or as root",
+            _ => "",
+        };
+        (
+            EXIT_UNREACHABLE,
+            format!("cannot connect to {}: {e}{hint}", socket.display()),
+        )
+    })?;
+    // bgd may answer (a refusal) and close before reading the request; the
+    // answer is still there to read, so a failed write is reported only if
+    // no answer follows.
+    let sent = stream.write_all(&protocol::encode(&request));
+    let out = show::Out::new();
+    for line in BufReader::new(stream).lines() {
+        let line =
+            line.map_err(|e| (EXIT_UNREACHABLE, format!("lost the connection to bgd: {e}")))?;
+        match protocol::decode_reply(line.as_bytes()).map_err(|e| (EXIT_PROTOCOL, e))? {
+            Reply::Progress { step, message } => {
+                out.progress(step, &message);
+                if no_wait {
+                    println!("started; `bgctl status` shows how it goes");
+                    return Ok(0);
+                }
+            }
+            Reply::Log(l) => out.log_line(&l, matches!(print, Print::Logs { json: true })),
+            Reply::Done { result } => return done(&out, print, result),
+            Reply::Error(f) => return Err((f.kind.exit_code(), out.failure(&f))),
+        }
+    }
+    let why = match sent {
+        Err(e) => format!("cannot send the request to bgd: {e}"),
+        Ok(()) => "bgd closed the connection without an answer; see its log".into(),
+    };
+    Err((EXIT_UNREACHABLE, why))
+}
+
+fn done(out: &show::Out, print: Print, result: serde_json::Value) -> Result<u8, Fail> {
+    let bad = |e: serde_json::Error| (EXIT_PROTOCOL, format!("bad answer from bgd: {e}"));
+    match print {
+        Print::Release => out.released(&result),
+        Print::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&result).expect("a JSON value prints")
+        ),
+        Print::Status | Print::Watch => {
+            out.status(&serde_json::from_value::<Status>(result).map_err(bad)?)
+        }
+        Print::History => {
+            out.history(&serde_json::from_value::<Vec<bgd::history::Record>>(result).map_err(bad)?)
+        }
+        Print::Logs { .. } => {}
+    }
+    Ok(0)
+}
+
+/// `--socket`, then `BGCTL_SOCKET` (both via clap), then `--config`, then `./bgd.toml`.
+fn socket_path(socket: &Option<PathBuf>, config: Option<&Path>) -> Result<PathBuf, Fail> {
+    if let Some(s) = socket {
+        return Ok(s.clone());
+    }
+    let config = config.or_else(|| {
+        let default = Path::new("bgd.toml");
+        default.exists().then_some(default)
+    });
+    match config {
+        Some(c) => bgd::config::control_path(c).map_err(|e| (2, e.to_string())),
+        None => Err((
+            2,
+            "which bgd? pass --socket PATH, set BGCTL_SOCKET, or pass --config FILE (bgd's config)"
+                .into(),
+        )),
+    }
+}

@@ -1,0 +1,101 @@
+//! The release history: one record per release or rollback, the last
+//! [`KEEP`] of them, in `root/history.json` (written whole, like the state).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::color::Color;
+use crate::protocol::Step;
+
+/// Records kept.
+pub const KEEP: usize = 50;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    /// The release id (a rollback records the id of the build it restarted).
+    pub release: u64,
+    /// `release` or `rollback`.
+    pub kind: String,
+    /// `bgctl` or `watch`.
+    pub trigger: String,
+    pub label: Option<String>,
+    pub source: Option<String>,
+    pub fingerprint: Option<String>,
+    pub color: Color,
+    pub started: String,
+    pub finished: String,
+    pub ok: bool,
+    /// "release 7 is live on green (190 ms)", or what failed.
+    pub result: String,
+    pub failed_step: Option<Step>,
+    /// Each step with the milliseconds from the start at which it began.
+    pub steps: Vec<StepTime>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepTime {
+    pub step: Step,
+    pub at_ms: u64,
+}
+
+fn path(root: &Path) -> PathBuf {
+    root.join("history.json")
+}
+
+/// The records, oldest first; a missing or unreadable file is an empty
+/// history (it is never needed to run).
+pub fn load(root: &Path) -> Vec<Record> {
+    match std::fs::read(path(root)) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            tracing::warn!("ignoring {}: {e}", path(root).display());
+            Vec::new()
+        }),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Appends `record`, keeping the last [`KEEP`]. Blocking.
+pub fn append(root: &Path, record: Record) -> std::io::Result<()> {
+    let mut all = load(root);
+    all.push(record);
+    let excess = all.len().saturating_sub(KEEP);
+    all.drain(..excess);
+    let data = serde_json::to_vec_pretty(&all).expect("records serialize infallibly");
+    crate::state::write_atomically(&path(root), &data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_last_records() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..(KEEP as u64 + 5) {
+            let r = Record {
+                release: i,
+                kind: "release".into(),
+                trigger: "bgctl".into(),
+                label: None,
+                source: Some("/b".into()),
+                fingerprint: None,
+                color: Color::Blue,
+                started: "t".into(),
+                finished: "t".into(),
+                ok: true,
+                result: "ok".into(),
+                failed_step: None,
+                steps: vec![StepTime {
+                    step: Step::Stage,
+                    at_ms: 1,
+                }],
+            };
+            append(dir.path(), r).unwrap();
+        }
+        let all = load(dir.path());
+        assert_eq!(all.len(), KEEP);
+        assert_eq!(all[0].release, 5);
+        assert_eq!(all.last().unwrap().release, KEEP as u64 + 4);
+    }
+}
