@@ -8,6 +8,7 @@ mod failures;
 mod faults;
 mod inherit;
 mod lifecycle;
+mod operations;
 mod releases;
 mod systemd;
 mod watch;

@@ -118,6 +118,10 @@ const EXIT_PROTOCOL: u8 = 7;
 type Fail = (u8, String);
 
 fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader goes away
+    // (`bgctl logs -f | head`) instead of failing on EPIPE.
+    // SAFETY: setting a signal disposition to its default, before any thread.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let args = Args::parse();
     match run(args) {
         Ok(code) => ExitCode::from(code),

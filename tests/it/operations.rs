@@ -1,0 +1,347 @@
+//! What operators use around a release: hooks, shared data, history, logs,
+//! and bgctl's conveniences.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::*;
+
+fn with_hooks(hooks: &str) -> Setup {
+    Setup {
+        tail: format!("[hooks]\n{hooks}\n"),
+        ..Setup::default()
+    }
+}
+
+#[test]
+fn prepare_hooks_run_in_the_staged_directory_with_the_release_env() {
+    let bgd = Bgd::start(with_hooks(
+        "prepare = [\"echo preparing $BG_COLOR release $BG_RELEASE in $(pwd)\", \"env | grep ^BG_ | sort > hook.env\"]",
+    ));
+    let out = bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
+    let err = text(&out.stderr);
+    let blue = bgd.root().join("blue");
+    assert!(
+        err.contains(&format!(
+            "[prepare] preparing blue release 1 in {}",
+            blue.display()
+        )),
+        "the caller sees the hook's output: {err}"
+    );
+    let env = std::fs::read_to_string(blue.join("hook.env")).unwrap();
+    let root = bgd.root().display().to_string();
+    for want in [
+        "BG_COLOR=blue".to_string(),
+        "BG_RELEASE=1".into(),
+        format!("BG_ROOT={root}"),
+        format!("BG_SHARED={root}/shared"),
+    ] {
+        assert!(
+            env.lines().any(|l| l == want),
+            "{want} missing from the hook's env:\n{env}"
+        );
+    }
+}
+
+#[test]
+fn a_failing_or_hanging_prepare_hook_aborts_the_release() {
+    let bgd = Bgd::start(with_hooks(
+        "prepare = [\"echo migrating; echo 'relation users does not exist' >&2; exit 4\"]",
+    ));
+    // The first release has no old color to keep; make one with no hooks first.
+    let out = bgd.bgctl(&[
+        "release",
+        example_build(bgd.dir.path(), "b1", "v1").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("failed at step prepare") && err.contains("exit code 4"),
+        "{err}"
+    );
+    assert!(
+        err.contains("| relation users does not exist"),
+        "the hook's output is shown: {err}"
+    );
+    assert_eq!(
+        bgd.status()["blue"]["state"],
+        "stopped",
+        "the app never started"
+    );
+    assert!(get(&bgd.addr(), "/").is_err(), "nothing serves");
+
+    let bgd = Bgd::start(with_hooks(
+        "prepare = [\"echo $$ > hook.pid; exec sleep 60\"]\ntimeout = \"1s\"",
+    ));
+    let out = bgd.bgctl(&[
+        "release",
+        example_build(bgd.dir.path(), "b1", "v1").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("was still running after hooks.timeout (1s): killed"),
+        "{}",
+        text(&out.stderr)
+    );
+    let pid: i32 = std::fs::read_to_string(bgd.root().join("blue/hook.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_until("the hook to be killed", Duration::from_secs(10), || {
+        (!exists(pid)).then_some(())
+    });
+}
+
+#[test]
+fn after_live_hooks_run_after_the_swap_and_do_not_fail_it() {
+    let bgd = Bgd::start(with_hooks(
+        "after_live = [\"echo live: $BG_COLOR > $BG_ROOT/after.txt\", \"exit 9\"]",
+    ));
+    bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
+    let marker = bgd.root().join("after.txt");
+    let text_of = wait_until("the after_live hook", Duration::from_secs(10), || {
+        std::fs::read_to_string(&marker).ok()
+    });
+    assert_eq!(text_of.trim(), "live: blue");
+    wait_until("the failure to be logged", Duration::from_secs(10), || {
+        bgd.log()
+            .contains(
+                "hooks.after_live `exit 9` failed (exit code 9) (not fatal: release 1 stays live)",
+            )
+            .then_some(())
+    });
+    assert_eq!(bgd.status()["live"], "blue");
+}
+
+/// `shared = ["data"]`: the app writes into data/, the file survives the
+/// next release and both colors see the same directory; a build that ships
+/// its own data/ gets it replaced by the shared one.
+#[test]
+fn shared_directories_survive_releases() {
+    const WRITER: &str = r#"
+import os
+with open("data/written-by.txt", "a") as f:
+    f.write(os.environ["BG_RELEASE"] + "\n")
+exec(open("real_server.py").read())
+"#;
+    let setup = Setup {
+        top: "shared = [\"data\"]".into(),
+        ..Setup::default()
+    };
+    let bgd = Bgd::start(setup);
+    let b1 = script_build(bgd.dir.path(), "b1", WRITER);
+    std::fs::copy(
+        repo().join("examples/hello/v1/server.py"),
+        b1.join("real_server.py"),
+    )
+    .unwrap();
+    bgd.release(&b1);
+    let b2 = script_build(bgd.dir.path(), "b2", WRITER);
+    std::fs::copy(
+        repo().join("examples/hello/v1/server.py"),
+        b2.join("real_server.py"),
+    )
+    .unwrap();
+    std::fs::create_dir(b2.join("data")).unwrap();
+    std::fs::write(b2.join("data/from-the-build.txt"), "x").unwrap();
+    bgd.release(&b2);
+    let shared = bgd.root().join("shared/data");
+    assert_eq!(
+        std::fs::read_to_string(shared.join("written-by.txt")).unwrap(),
+        "1\n2\n"
+    );
+    for color in ["blue", "green"] {
+        let link = std::fs::read_link(bgd.root().join(color).join("data")).unwrap();
+        assert_eq!(link, std::path::Path::new("../shared/data"), "{color}");
+    }
+    assert!(
+        !shared.join("from-the-build.txt").exists(),
+        "the build's own data/ was replaced, not merged"
+    );
+    assert!(
+        bgd.log().contains("replacing it with the shared directory"),
+        "{}",
+        bgd.log()
+    );
+}
+
+#[test]
+fn history_records_every_release() {
+    let bgd = Bgd::start(Setup::default());
+    let b1 = example_build(bgd.dir.path(), "b1", "v1");
+    let out = bgd.bgctl(&["release", b1.to_str().unwrap(), "--label", "first"]);
+    assert!(out.status.success());
+    let crash = script_build(bgd.dir.path(), "crash", "import sys\nsys.exit(3)\n");
+    assert_eq!(
+        bgd.bgctl(&["release", crash.to_str().unwrap()])
+            .status
+            .code(),
+        Some(1)
+    );
+    bgd.release(&example_build(bgd.dir.path(), "b3", "v2"));
+    assert!(bgd.bgctl(&["rollback"]).status.success());
+
+    let out = bgd.bgctl(&["history", "--json"]);
+    let h: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let h = h.as_array().unwrap();
+    assert_eq!(h.len(), 4, "{h:?}");
+    let first = &h[0];
+    assert_eq!(
+        (
+            first["release"].as_u64(),
+            first["kind"].as_str(),
+            first["ok"].as_bool()
+        ),
+        (Some(1), Some("release"), Some(true))
+    );
+    assert_eq!(first["label"], "first");
+    assert_eq!(first["source"], b1.display().to_string());
+    assert_eq!(first["trigger"], "bgctl");
+    assert_eq!(first["fingerprint"].as_str().map(str::len), Some(16));
+    let steps: Vec<&str> = first["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert!(
+        steps.starts_with(&["stage", "start", "wait_ready"]),
+        "{steps:?}"
+    );
+    assert!(first["started"].as_str().unwrap() <= first["finished"].as_str().unwrap());
+    assert_eq!(
+        (h[1]["ok"].as_bool(), h[1]["failed_step"].as_str()),
+        (Some(false), Some("wait_ready"))
+    );
+    assert!(
+        h[1]["result"].as_str().unwrap().contains("exit code 3"),
+        "{}",
+        h[1]
+    );
+    assert_eq!(
+        (h[3]["kind"].as_str(), h[3]["release"].as_u64()),
+        (Some("rollback"), Some(1))
+    );
+
+    let text_out = text(&bgd.bgctl(&["history"]).stdout);
+    assert_eq!(
+        text_out
+            .lines()
+            .filter(|l| l.contains(" release ") || l.contains(" rollback "))
+            .count(),
+        4,
+        "{text_out}"
+    );
+    assert!(
+        !text_out.contains('\x1b'),
+        "no colors when stdout is not a terminal"
+    );
+}
+
+#[test]
+fn logs_show_and_follow_the_apps_output() {
+    let bgd = Bgd::start(Setup::default());
+    bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
+    bgd.release(&example_build(bgd.dir.path(), "b2", "v2"));
+    let out = text(&bgd.bgctl(&["logs"]).stdout);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("blue  | hello v1 serving")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("green | hello v2 serving")),
+        "{out}"
+    );
+    let green = text(&bgd.bgctl(&["logs", "--color", "green", "-n", "1"]).stdout);
+    assert_eq!(green.lines().count(), 1, "{green}");
+    assert!(green.starts_with("green | "), "{green}");
+    let json = text(&bgd.bgctl(&["logs", "--json", "-n", "2"]).stdout);
+    for l in json.lines() {
+        let v: Value = serde_json::from_str(l).unwrap();
+        assert!(
+            v["color"].is_string() && v["line"].is_string() && v["pid"].as_u64() > Some(0),
+            "{v}"
+        );
+    }
+
+    // -f: lines printed after it started arrive.
+    let mut follow = std::process::Command::new(BGCTL)
+        .arg("--socket")
+        .arg(bgd.socket())
+        .args(["logs", "-f", "-n", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("hello v1 serving"))
+    });
+    bgd.release(&example_build(bgd.dir.path(), "b3", "v1"));
+    wait_until("the followed line", Duration::from_secs(20), || {
+        reader.is_finished().then_some(())
+    });
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    let line = reader.join().unwrap();
+    assert!(line.is_some_and(|l| l.starts_with("blue  | hello v1 serving")));
+}
+
+#[test]
+fn release_no_wait_returns_before_the_build_is_live() {
+    const SLOW_START: &str = "import time\ntime.sleep(2)\nexec(open(\"real_server.py\").read())\n";
+    let bgd = Bgd::start(Setup::default());
+    let slow = script_build(bgd.dir.path(), "slow", SLOW_START);
+    std::fs::copy(
+        repo().join("examples/hello/v1/server.py"),
+        slow.join("real_server.py"),
+    )
+    .unwrap();
+    let out = bgd.bgctl(&["release", slow.to_str().unwrap(), "--no-wait"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("started"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        !bgd.status()["release_in_progress"].is_null(),
+        "it returned while the release runs"
+    );
+    wait_until(
+        "the release to finish anyway",
+        Duration::from_secs(30),
+        || (bgd.status()["live"] == "blue").then_some(()),
+    );
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_cli_definition() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(BGCTL)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let bash = run(&["completions", "bash"]);
+    assert!(bash.status.success());
+    let bash = text(&bash.stdout);
+    for sub in ["release", "rollback", "status", "history", "logs", "watch"] {
+        assert!(bash.contains(sub), "bash completion lacks {sub}");
+    }
+    let man = run(&["man"]);
+    let man = text(&man.stdout);
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH bgctl"),
+        "{}",
+        &man[..man.len().min(200)]
+    );
+    assert!(man.contains("release"));
+}
