@@ -158,11 +158,30 @@ pub fn kill_leftover_groups(root: &Path) {
             for pid in members_with_env(pgid, &marker) {
                 if nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
                     tracing::warn!(%color, pid, "killed a process left running by a previous bgd");
+                    wait_dead(pid);
                 }
             }
         }
         let _ = fs::remove_file(&path);
     }
+}
+
+/// Waits (up to 5 s) until `pid` has exited, so that the sockets it held are
+/// closed before bgd binds them again. It stays a zombie until its parent
+/// reaps it, but a zombie holds no files.
+fn wait_dead(pid: i32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        if matches!(state, None | Some("Z" | "X")) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    tracing::warn!(pid, "still running 5 s after SIGKILL");
 }
 
 /// Pids in process group `pgid` whose environment holds `var` (`NAME=value`).
