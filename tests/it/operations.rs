@@ -29,6 +29,10 @@ fn prepare_hooks_run_in_the_staged_directory_with_the_release_env() {
         )),
         "the caller sees the hook's output: {err}"
     );
+    assert!(
+        err.contains("[stage] copied 1 files, 0.0 MB in "),
+        "staging reports what it copied: {err}"
+    );
     let env = std::fs::read_to_string(blue.join("hook.env")).unwrap();
     let root = bgd.root().display().to_string();
     for want in [
