@@ -220,31 +220,11 @@ fn bad_build_paths_are_refused_before_anything_is_touched() {
 /// names the one in progress; the first completes.
 #[test]
 fn a_second_release_during_one_is_refused() {
-    const SLOW_START: &str = r#"
-import os, sys, time
-time.sleep(float(os.environ.get("SLOW", "3")))
-os.execv(sys.executable, [sys.executable, "real_server.py"])
-"#;
+    const SLOW_START: &str = "import time\ntime.sleep(3)";
     let bgd = Bgd::start(Setup::default());
-    let slow = script_build(bgd.dir.path(), "slow", SLOW_START);
-    std::fs::copy(
-        repo().join("examples/hello/v1/server.py"),
-        slow.join("real_server.py"),
-    )
-    .unwrap();
-    let first = {
-        let mut cmd = std::process::Command::new(BGCTL);
-        cmd.arg("--socket")
-            .arg(bgd.socket())
-            .arg("release")
-            .arg(&slow);
-        std::thread::spawn(move || run_with_deadline(cmd, Duration::from_secs(60)))
-    };
-    wait_until(
-        "the first release to start",
-        Duration::from_secs(20),
-        || (bgd.status()["release_in_progress"]["step"] == "wait_ready").then_some(()),
-    );
+    let slow = wrapped_build(bgd.dir.path(), "slow", "v1", SLOW_START);
+    let first = bgd.release_in_background(&slow);
+    bgd.wait_step("wait_ready");
     let out = bgd.bgctl(&[
         "release",
         example_build(bgd.dir.path(), "other", "v2")

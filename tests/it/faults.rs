@@ -80,16 +80,10 @@ fn a_flapping_new_color_is_restarted_and_shown() {
     const FLAPS: &str = r#"
 import os, threading
 threading.Timer(1.0, lambda: os._exit(7)).start()
-exec(open("real_server.py").read())
 "#;
     let bgd = Bgd::start(Setup::default());
     bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
-    let flappy = script_build(bgd.dir.path(), "flappy", FLAPS);
-    std::fs::copy(
-        repo().join("examples/hello/v1/server.py"),
-        flappy.join("real_server.py"),
-    )
-    .unwrap();
+    let flappy = wrapped_build(bgd.dir.path(), "flappy", "v1", FLAPS);
     bgd.release(&flappy);
     let st = wait_until("two restarts", Duration::from_secs(30), || {
         let st = bgd.status();
@@ -245,17 +239,8 @@ time.sleep(3600)
     let state_before = std::fs::read_to_string(bgd.root().join("state.json")).unwrap();
 
     let slow = script_build(bgd.dir.path(), "slow", SLOW_WITH_WORKER);
-    let mut cmd = std::process::Command::new(BGCTL);
-    cmd.arg("--socket")
-        .arg(bgd.socket())
-        .arg("release")
-        .arg(&slow);
-    let client = std::thread::spawn(move || run_with_deadline(cmd, Duration::from_secs(60)));
-    wait_until(
-        "the release to wait for readiness",
-        Duration::from_secs(20),
-        || (bgd.status()["release_in_progress"]["step"] == "wait_ready").then_some(()),
-    );
+    let client = bgd.release_in_background(&slow);
+    bgd.wait_step("wait_ready");
     let worker = wait_until("the worker's pid", Duration::from_secs(10), || {
         std::fs::read_to_string(bgd.root().join("green/worker.pid"))
             .ok()?
@@ -273,11 +258,7 @@ time.sleep(3600)
         || (!exists(blue_pid)).then_some(()),
     );
 
-    let config = std::fs::read_to_string(&bgd.config)
-        .unwrap()
-        .replace("127.0.0.1:0", &addr);
-    std::fs::write(&bgd.config, config).unwrap();
-    bgd.spawn(|_| {});
+    bgd.respawn_on(&addr);
     wait_until(
         "the leftover worker to be killed",
         Duration::from_secs(10),
@@ -306,18 +287,12 @@ fn the_app_runs_as_app_user() {
     const WHOAMI: &str = r#"
 import json, os, sys
 json.dump({"uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "groups": os.getgroups()}, open("who.json", "w"))
-exec(open("real_server.py").read())
 "#;
     let bgd = Bgd::start(Setup {
         app: "user = \"nobody\"".into(),
         ..Setup::default()
     });
-    let build = script_build(bgd.dir.path(), "who", WHOAMI);
-    std::fs::copy(
-        repo().join("examples/hello/v1/server.py"),
-        build.join("real_server.py"),
-    )
-    .unwrap();
+    let build = wrapped_build(bgd.dir.path(), "who", "v1", WHOAMI);
     // Only root may read the build: bgd's copy must be readable by nobody.
     std::fs::set_permissions(
         build.join("real_server.py"),
@@ -466,16 +441,10 @@ fn a_release_outlives_its_client() {
     const SLOW_START: &str = r#"
 import sys, time
 time.sleep(2)
-exec(open("real_server.py").read())
 "#;
     let bgd = Bgd::start(Setup::default());
     bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
-    let slow = script_build(bgd.dir.path(), "slow", SLOW_START);
-    std::fs::copy(
-        repo().join("examples/hello/v1/server.py"),
-        slow.join("real_server.py"),
-    )
-    .unwrap();
+    let slow = wrapped_build(bgd.dir.path(), "slow", "v1", SLOW_START);
     let mut client = std::process::Command::new(BGCTL)
         .arg("--socket")
         .arg(bgd.socket())
@@ -484,11 +453,7 @@ exec(open("real_server.py").read())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_until(
-        "the release to wait for readiness",
-        Duration::from_secs(20),
-        || (bgd.status()["release_in_progress"]["step"] == "wait_ready").then_some(()),
-    );
+    bgd.wait_step("wait_ready");
     client.kill().unwrap();
     client.wait().unwrap();
     wait_until(
@@ -515,28 +480,13 @@ fn the_live_color_dying_during_a_release_leaves_one_live_color() {
     const SLOW_START: &str = r#"
 import time
 time.sleep(1.5)
-exec(open("real_server.py").read())
 "#;
     let bgd = Bgd::start(Setup::default());
     bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
     let blue_pid = bgd.status()["blue"]["pid"].as_u64().unwrap() as i32;
-    let slow = script_build(bgd.dir.path(), "slow", SLOW_START);
-    std::fs::copy(
-        repo().join("examples/hello/v1/server.py"),
-        slow.join("real_server.py"),
-    )
-    .unwrap();
-    let mut cmd = std::process::Command::new(BGCTL);
-    cmd.arg("--socket")
-        .arg(bgd.socket())
-        .arg("release")
-        .arg(&slow);
-    let client = std::thread::spawn(move || run_with_deadline(cmd, Duration::from_secs(60)));
-    wait_until(
-        "the release to wait for readiness",
-        Duration::from_secs(20),
-        || (bgd.status()["release_in_progress"]["step"] == "wait_ready").then_some(()),
-    );
+    let slow = wrapped_build(bgd.dir.path(), "slow", "v1", SLOW_START);
+    let client = bgd.release_in_background(&slow);
+    bgd.wait_step("wait_ready");
     // SAFETY: kill(2) on the live app's pid.
     unsafe { libc::kill(blue_pid, libc::SIGKILL) };
     assert!(client.join().unwrap().status.success());

@@ -232,6 +232,35 @@ env = {{ PYTHONUNBUFFERED = "1" }}
         out
     }
 
+    /// `bgctl release DIR` on a thread, for a release that overlaps with
+    /// what the test does next.
+    pub fn release_in_background(&self, dir: &Path) -> std::thread::JoinHandle<Output> {
+        let mut cmd = Command::new(BGCTL);
+        cmd.arg("--socket")
+            .arg(self.socket())
+            .arg("release")
+            .arg(dir);
+        std::thread::spawn(move || run_with_deadline(cmd, Duration::from_secs(60)))
+    }
+
+    /// Waits until the release in progress has reached `step`.
+    pub fn wait_step(&self, step: &str) {
+        wait_until(
+            &format!("the release to reach {step}"),
+            Duration::from_secs(20),
+            || (self.status()["release_in_progress"]["step"] == step).then_some(()),
+        );
+    }
+
+    /// Starts bgd again on the port it had (the config binds port 0).
+    pub fn respawn_on(&mut self, addr: &str) {
+        let config = std::fs::read_to_string(&self.config)
+            .unwrap()
+            .replace("127.0.0.1:0", addr);
+        std::fs::write(&self.config, config).unwrap();
+        self.spawn(|_| {});
+    }
+
     pub fn status(&self) -> Value {
         let out = self.bgctl(&["status", "--json"]);
         assert!(out.status.success(), "status failed: {}", text(&out.stderr));
@@ -342,6 +371,19 @@ pub fn example_build(dir: &Path, name: &str, version: &str) -> PathBuf {
     let src = std::fs::read_to_string(repo().join("examples/hello/v1/server.py")).unwrap();
     let src = src.replace("VERSION = \"v1\"", &format!("VERSION = \"{version}\""));
     std::fs::write(build.join("server.py"), src).unwrap();
+    build
+}
+
+/// A build whose `server.py` runs `prelude` (Python) and then the example
+/// server, in the same process: a slow start, a writer thread, a crash timer.
+pub fn wrapped_build(dir: &Path, name: &str, version: &str, prelude: &str) -> PathBuf {
+    let build = example_build(dir, name, version);
+    std::fs::rename(build.join("server.py"), build.join("real_server.py")).unwrap();
+    std::fs::write(
+        build.join("server.py"),
+        format!("{prelude}\nexec(open(\"real_server.py\").read())\n"),
+    )
+    .unwrap();
     build
 }
 

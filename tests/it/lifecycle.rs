@@ -72,11 +72,7 @@ fn restarting_bgd_brings_the_live_color_back() {
     assert!(get(&addr, "/").is_err());
 
     // The config binds port 0; pin the port bgd got so clients find it again.
-    let config = std::fs::read_to_string(&bgd.config)
-        .unwrap()
-        .replace("127.0.0.1:0", &addr);
-    std::fs::write(&bgd.config, config).unwrap();
-    bgd.spawn(|_| {});
+    bgd.respawn_on(&addr);
     let body = wait_until(
         "the live color to serve again",
         Duration::from_secs(20),

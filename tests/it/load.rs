@@ -46,6 +46,24 @@ impl Load {
         self.samples.lock().unwrap().len()
     }
 
+    /// Stops the load and asserts that not one request failed; returns
+    /// the samples.
+    pub fn finish_clean(self) -> Vec<Sample> {
+        let samples = self.finish();
+        let failed: Vec<_> = samples
+            .iter()
+            .filter_map(|s| s.result.as_ref().err())
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{} of {} requests failed, first: {:?}",
+            failed.len(),
+            samples.len(),
+            &failed[..failed.len().min(5)]
+        );
+        samples
+    }
+
     pub fn finish(self) -> Vec<Sample> {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {

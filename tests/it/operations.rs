@@ -128,26 +128,15 @@ fn shared_directories_survive_releases() {
 import os
 with open("data/written-by.txt", "a") as f:
     f.write(os.environ["BG_RELEASE"] + "\n")
-exec(open("real_server.py").read())
 "#;
     let setup = Setup {
         top: "shared = [\"data\"]".into(),
         ..Setup::default()
     };
     let bgd = Bgd::start(setup);
-    let b1 = script_build(bgd.dir.path(), "b1", WRITER);
-    std::fs::copy(
-        repo().join("examples/hello/v1/server.py"),
-        b1.join("real_server.py"),
-    )
-    .unwrap();
+    let b1 = wrapped_build(bgd.dir.path(), "b1", "v1", WRITER);
     bgd.release(&b1);
-    let b2 = script_build(bgd.dir.path(), "b2", WRITER);
-    std::fs::copy(
-        repo().join("examples/hello/v1/server.py"),
-        b2.join("real_server.py"),
-    )
-    .unwrap();
+    let b2 = wrapped_build(bgd.dir.path(), "b2", "v1", WRITER);
     std::fs::create_dir(b2.join("data")).unwrap();
     std::fs::write(b2.join("data/from-the-build.txt"), "x").unwrap();
     bgd.release(&b2);
@@ -300,14 +289,9 @@ fn logs_show_and_follow_the_apps_output() {
 
 #[test]
 fn release_no_wait_returns_before_the_build_is_live() {
-    const SLOW_START: &str = "import time\ntime.sleep(2)\nexec(open(\"real_server.py\").read())\n";
+    const SLOW_START: &str = "import time\ntime.sleep(2)\n";
     let bgd = Bgd::start(Setup::default());
-    let slow = script_build(bgd.dir.path(), "slow", SLOW_START);
-    std::fs::copy(
-        repo().join("examples/hello/v1/server.py"),
-        slow.join("real_server.py"),
-    )
-    .unwrap();
+    let slow = wrapped_build(bgd.dir.path(), "slow", "v1", SLOW_START);
     let out = bgd.bgctl(&["release", slow.to_str().unwrap(), "--no-wait"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(

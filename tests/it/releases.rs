@@ -37,19 +37,7 @@ fn ten_releases_under_load_lose_no_request() {
             || (load.count() > before + 40).then_some(()),
         );
     }
-    let samples = load.finish();
-
-    let failures: Vec<_> = samples
-        .iter()
-        .filter_map(|s| s.result.as_ref().err())
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed, first: {:?}",
-        failures.len(),
-        samples.len(),
-        &failures[..failures.len().min(5)]
-    );
+    let samples = load.finish_clean();
     // A request that began after release k returned and before release k+1
     // was run must have been answered by release k.
     let mut checked = 0;

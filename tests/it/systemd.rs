@@ -336,18 +336,7 @@ fn socket_activation_restart_and_reload_under_systemd() {
         Duration::from_secs(10),
         || (load.count() > before + 20).then_some(()),
     );
-    let samples = load.finish();
-    let failed: Vec<_> = samples
-        .iter()
-        .filter_map(|s| s.result.as_ref().err())
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed across the restart: {:?}",
-        failed.len(),
-        samples.len(),
-        &failed[..failed.len().min(5)]
-    );
+    load.finish_clean();
 
     // Reload: a new command applies to the next release; a new address
     // cannot apply without a restart, and bgd says so.
@@ -419,18 +408,7 @@ fn the_fd_store_keeps_the_port_across_restarts() {
         Duration::from_secs(10),
         || (load.count() > before + 20).then_some(()),
     );
-    let samples = load.finish();
-    let failed: Vec<_> = samples
-        .iter()
-        .filter_map(|s| s.result.as_ref().err())
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed across the restart: {:?}",
-        failed.len(),
-        samples.len(),
-        &failed[..failed.len().min(5)]
-    );
+    load.finish_clean();
 }
 
 /// A wedged bgd (SIGSTOP) stops pinging; the watchdog restarts it and the
