@@ -45,7 +45,12 @@ fn lookup_user(user: &str) -> Result<User, String> {
     };
     found
         .map_err(|e| format!("cannot look up user {user:?}: {e}"))?
-        .ok_or_else(|| format!("user {user:?} does not exist on this machine: create it (useradd --system {user}) or fix the name"))
+        .ok_or_else(|| {
+            format!(
+                "user {user:?} does not exist on this machine: create it ({}) or fix the name",
+                command("useradd --system", user)
+            )
+        })
 }
 
 /// A group by name or number.
@@ -57,7 +62,26 @@ pub fn lookup_group(group: &str) -> Result<Gid, String> {
     found
         .map_err(|e| format!("cannot look up group {group:?}: {e}"))?
         .map(|g| g.gid)
-        .ok_or_else(|| format!("group {group:?} does not exist on this machine: create it (groupadd {group}) or fix the name"))
+        .ok_or_else(|| {
+            format!(
+                "group {group:?} does not exist on this machine: create it ({}) or fix the name",
+                command("groupadd", group)
+            )
+        })
+}
+
+/// `tool name`, if `name` is a plain account name; the message stays one
+/// line whatever the config holds.
+fn command(tool: &str, name: &str) -> String {
+    let plain = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if plain {
+        format!("{tool} {name}")
+    } else {
+        tool.to_string()
+    }
 }
 
 /// Whether `uid` is in `gid`, as primary or supplementary group.
