@@ -56,7 +56,15 @@ impl Auto {
             return Decision::Nothing;
         };
         let held = self.hold.as_ref().is_some_and(|(h, _)| h == fp);
-        if self.paused || busy || held || live == Some(fp.as_str()) {
+        // While the watcher has seen changes since `latest`, it is stale:
+        // wait for the tree to settle again.
+        let settling = self
+            .watcher
+            .lock()
+            .expect("watch state lock is never held across a panic")
+            .generation
+            != self.settled;
+        if self.paused || busy || held || settling || live == Some(fp.as_str()) {
             return Decision::Nothing;
         }
         Decision::Release(fp.clone())
@@ -77,7 +85,11 @@ impl Auto {
     /// changes, except when it failed because the tree changed while it was
     /// copied: the watcher reports the new tree after the next quiet period.
     pub fn failed(&mut self, fp: &str, release: u64, f: &Failure) {
-        if f.kind != FailureKind::Changed {
+        if f.kind == FailureKind::Changed {
+            // The tree this fingerprint describes is gone; the watcher
+            // reports the new one after the next quiet period.
+            self.latest = None;
+        } else {
             self.hold = Some((
                 fp.to_string(),
                 format!("release {release} of this tree failed; waiting for the tree to change"),
@@ -90,6 +102,16 @@ impl Auto {
             step: f.step,
             message: f.message.clone(),
         });
+    }
+
+    /// Keeps what a reload must not forget from the `Auto` it replaces: the
+    /// pause, the last result, and (for the same directory) what is held.
+    pub fn carry_over(&mut self, old: Auto) {
+        self.paused = old.paused;
+        self.last = old.last;
+        if old.path == self.path {
+            self.hold = old.hold;
+        }
     }
 
     /// Holds the current tree back, for `reason`, until it changes.
@@ -143,6 +165,12 @@ mod tests {
         Auto::new(PathBuf::from("/b"), Arc::default())
     }
 
+    /// The watcher saw change number `generation` and the tree settled as `fp`.
+    fn settle(a: &mut Auto, fp: &str, generation: u64) {
+        a.watcher.lock().unwrap().generation = generation;
+        a.settled(Some(fp.into()), generation);
+    }
+
     #[test]
     fn releases_a_settled_tree_that_is_not_live() {
         let mut a = auto();
@@ -151,7 +179,7 @@ mod tests {
             Decision::Nothing,
             "nothing settled yet"
         );
-        a.settled(Some("t1".into()), 1);
+        settle(&mut a, "t1", 1);
         assert_eq!(a.decide(None, false), Decision::Release("t1".into()));
         assert_eq!(
             a.decide(Some("t1"), false),
@@ -163,6 +191,13 @@ mod tests {
             Decision::Nothing,
             "busy: asked again later"
         );
+        a.watcher.lock().unwrap().generation = 2;
+        assert_eq!(
+            a.decide(Some("t0"), false),
+            Decision::Nothing,
+            "changes since: still settling"
+        );
+        settle(&mut a, "t2", 2);
         a.paused = true;
         assert_eq!(a.decide(Some("t0"), false), Decision::Nothing);
     }
@@ -170,11 +205,11 @@ mod tests {
     #[test]
     fn a_failed_tree_waits_for_a_change_but_a_changed_one_does_not() {
         let mut a = auto();
-        a.settled(Some("bad".into()), 1);
+        settle(&mut a, "bad", 1);
         a.failed("bad", 3, &Failure::new(FailureKind::App, None, "boom"));
         assert_eq!(a.decide(Some("good"), false), Decision::Nothing);
         assert!(a.status(false).holding.unwrap().contains("release 3"));
-        a.settled(Some("fixed".into()), 2);
+        settle(&mut a, "fixed", 2);
         assert_eq!(
             a.decide(Some("good"), false),
             Decision::Release("fixed".into())
@@ -187,17 +222,23 @@ mod tests {
         );
         assert_eq!(
             a.decide(Some("good"), false),
-            Decision::Release("fixed".into())
+            Decision::Nothing,
+            "not again before the tree settles"
+        );
+        settle(&mut a, "fixed-2", 3);
+        assert_eq!(
+            a.decide(Some("good"), false),
+            Decision::Release("fixed-2".into())
         );
     }
 
     #[test]
     fn a_rollback_holds_the_current_tree() {
         let mut a = auto();
-        a.settled(Some("new".into()), 1);
+        settle(&mut a, "new", 1);
         a.hold_current("a rollback made an older build live");
         assert_eq!(a.decide(Some("old"), false), Decision::Nothing);
-        a.settled(Some("newer".into()), 2);
+        settle(&mut a, "newer", 2);
         assert_eq!(
             a.decide(Some("old"), false),
             Decision::Release("newer".into())

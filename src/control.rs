@@ -18,7 +18,7 @@ use tokio::sync::mpsc::{self, UnboundedSender};
 use crate::daemon::Event;
 use crate::identity;
 use crate::listen::remove_stale_unix_socket;
-use crate::protocol::{self, Failure, FailureKind, Reply, MAX_REQUEST_BYTES};
+use crate::protocol::{self, Failure, FailureKind, Reply, Request, MAX_REQUEST_BYTES};
 
 /// How long a client may take to send its request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -126,11 +126,23 @@ async fn handle(stream: UnixStream, access: Access, events: UnboundedSender<Even
             return;
         }
     };
+    // A follower may wait long between lines: watch for it to hang up, or
+    // its connection would stay open until the next line.
+    let follow = matches!(request, Request::Logs { follow: true, .. });
     let (tx, mut rx) = mpsc::unbounded_channel();
     if events.send(Event::Request(request, tx)).is_err() {
         return;
     }
-    while let Some(reply) = rx.recv().await {
+    let mut probe = [0u8; 64];
+    loop {
+        let reply = tokio::select! {
+            reply = rx.recv() => reply,
+            n = reader.read(&mut probe), if follow => match n {
+                Ok(0) | Err(_) => return, // hung up
+                Ok(_) => continue,        // stray input is ignored
+            },
+        };
+        let Some(reply) = reply else { return };
         let last = !matches!(reply, Reply::Progress { .. } | Reply::Log(_));
         if write.write_all(&protocol::encode(&reply)).await.is_err() {
             return; // the client left; the daemon carries on

@@ -209,6 +209,10 @@ struct InProgress {
     swapped_at: Option<Instant>,
     /// Each step and when it began, for the history.
     steps: Vec<history::StepTime>,
+    /// The dormant color's build record before this release cleared it.
+    replaced: Option<Build>,
+    /// The new build was swapped into the color's directory.
+    staged: bool,
     source: Option<PathBuf>,
     /// Set to abort: staging stops before it swaps anything into place.
     cancel: Arc<AtomicBool>,
@@ -320,10 +324,14 @@ impl Daemon {
         if let Some(old) = self.watcher.take() {
             old.abort();
         }
-        self.auto = None;
+        let old = self.auto.take();
         if let Some(w) = &self.ctx.config.watch {
             let (state, task) = watch::spawn(w.clone(), self.events.clone())?;
-            self.auto = Some(Auto::new(w.path.clone(), state));
+            let mut auto = Auto::new(w.path.clone(), state);
+            if let Some(old) = old {
+                auto.carry_over(old);
+            }
+            self.auto = Some(auto);
             self.watcher = Some(task);
         }
         Ok(())
@@ -496,6 +504,7 @@ impl Daemon {
             );
         }
         let color = self.state.live.map_or(Color::Blue, Color::other);
+        let mut replaced = None;
         let (source, release) = match kind {
             Kind::Rollback => {
                 let Some(live) = self.state.live else {
@@ -521,8 +530,11 @@ impl Daemon {
                 }
                 // The dormant color's directory is about to be replaced: until
                 // the new build is staged it records no build, so a crash
-                // mid-copy can never leave a rollback target that lies.
+                // mid-copy can never leave a rollback target that lies. If
+                // the release fails before anything is swapped in, `fail`
+                // puts the record back.
                 let saved = self.state.clone();
+                replaced = self.state.build(color).cloned();
                 let id = self.state.next_release;
                 self.state.next_release += 1;
                 self.state.set_build(color, None);
@@ -585,6 +597,8 @@ impl Daemon {
             swapped_at: None,
             steps: Vec::new(),
             source: plan.source.clone(),
+            replaced,
+            staged: false,
             cancel,
             task,
         });
@@ -610,9 +624,8 @@ impl Daemon {
     }
 
     fn on_staged(&mut self, id: u64, color: Color, build: Build) {
-        if self.current(id).is_none() {
-            return;
-        }
+        let Some(r) = self.current(id) else { return };
+        r.staged = true;
         self.state.set_build(color, Some(build));
         if let Err(e) = self.state.save(&self.ctx.config.root) {
             tracing::error!("cannot write bgd's state after staging: {e}");
@@ -853,6 +866,7 @@ impl Daemon {
             failure.message
         ));
         self.record(&r, false, &failure.message, failure.step);
+        self.restore_unstaged(&r);
         self.slot(r.color).set(Phase::Stopped, None);
         if let Some(live) = self.state.live {
             tracing::info!(%live, "{live} stays live");
@@ -904,6 +918,17 @@ impl Daemon {
                 tracing::warn!("cannot write the release history: {e}");
             }
         });
+    }
+
+    /// A release that ends before its build was swapped in leaves the
+    /// color's directory as it was: put back the record of what it holds.
+    fn restore_unstaged(&mut self, r: &InProgress) {
+        if r.kind == Kind::Release && !r.staged && r.replaced.is_some() {
+            self.state.set_build(r.color, r.replaced.clone());
+            if let Err(e) = self.state.save(&self.ctx.config.root) {
+                tracing::error!("cannot write bgd's state: {e}");
+            }
+        }
     }
 
     fn after_release(&mut self) {
@@ -1094,6 +1119,8 @@ impl Daemon {
             let r = self.release.take().expect("checked above");
             r.cancel.store(true, Ordering::Relaxed);
             r.task.abort();
+            // The record of the dormant color stays cleared: the copy may
+            // have been swapped in already, and a cleared record never lies.
             self.slot(r.color).set(Phase::Stopped, None);
             if let Some(c) = r.client {
                 let _ = c.send(Reply::Error(Failure::new(

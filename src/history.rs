@@ -57,6 +57,10 @@ pub fn load(root: &Path) -> Vec<Record> {
 
 /// Appends `record`, keeping the last [`KEEP`]. Blocking.
 pub fn append(root: &Path, record: Record) -> std::io::Result<()> {
+    // One writer at a time: appends run on blocking threads and each is a
+    // read-modify-write of the whole file.
+    static ONE_WRITER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = ONE_WRITER.lock().unwrap_or_else(|e| e.into_inner());
     let mut all = load(root);
     all.push(record);
     let excess = all.len().saturating_sub(KEEP);

@@ -10,7 +10,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
 use crate::spawn;
@@ -74,20 +73,12 @@ async fn run_one(
     .with_context(|| format!("could not start in {}", dir.display()))?;
     let exited = ctx.reaper.watch(child.pid);
     let guard = spawn::KillGroupOnDrop(child.pid);
-    let (tx, mut lines) = mpsc::channel::<String>(256);
+    let (tx, mut lines) = mpsc::unbounded_channel::<String>();
     for fd in [child.stdout, child.stderr] {
         let tx = tx.clone();
-        tokio::spawn(async move {
-            let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
-                return;
-            };
-            let mut reader = tokio::io::BufReader::new(pipe).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                if tx.send(line).await.is_err() {
-                    return;
-                }
-            }
-        });
+        tokio::spawn(crate::process::read_lines(fd, move |line| {
+            drop(tx.send(line))
+        }));
     }
     drop(tx);
     let deadline = tokio::time::sleep(timeout);

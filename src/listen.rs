@@ -99,7 +99,8 @@ fn adopt(c: &ListenConfig, inherited: &mut [Option<(OwnedFd, String)>]) -> anyho
     let actual = socket_address(&fd)?;
     if !actual.matches(&c.address) {
         anyhow::bail!(
-            "{}: systemd passed socket {name:?} bound to {actual}, but [[listen]] {:?} says {}: make the socket unit's ListenStream= and the config agree",
+                        "{}: systemd passed socket {name:?} bound to {actual}, but [[listen]] {:?} says {}: make the socket unit's ListenStream= and the config agree \
+             (if the address changed in the config, the old socket comes from the fd store: `systemctl stop` the service once to flush it)",
             c.location, c.name, c.address
         );
     }
@@ -213,6 +214,7 @@ impl Listeners {
         }
         for (_, name) in inherited.into_iter().flatten() {
             tracing::warn!("systemd passed a socket named {name:?} that no [[listen]] entry names: closing bgd's copy");
+            crate::systemd::remove_stored(&name);
         }
         Ok(Listeners {
             sockets: Mutex::new(sockets),
@@ -242,10 +244,16 @@ impl Listeners {
     /// that cannot be bound again right now is left unbound (and logged);
     /// the next start binds it.
     pub fn unlisten(&self) {
+        // Under systemd (socket activation or the fd store) another copy of
+        // the socket stays listening whatever bgd does, and bgd could not
+        // bind the address again: leave such sockets alone.
+        if self.stored.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         for s in self
             .lock()
             .iter_mut()
-            .filter(|s| s.state == SocketState::Listening)
+            .filter(|s| s.state == SocketState::Listening && !s.adopted)
         {
             // The old socket must be closed before its address can be bound
             // again; an unbound placeholder holds the slot meanwhile.

@@ -317,9 +317,7 @@ impl Output {
     }
 }
 
-/// Logs each line of one output stream and keeps the last ones. A line
-/// longer than [`MAX_LINE`] is cut and the rest of it dropped, so an app that
-/// never prints a newline cannot grow bgd's memory.
+/// Logs each line of one output stream and keeps the last ones.
 async fn capture(
     fd: OwnedFd,
     stream: &'static str,
@@ -328,41 +326,52 @@ async fn capture(
     output: Arc<Output>,
     hub: Arc<LogHub>,
 ) {
-    let emit = |line: &mut Vec<u8>| {
-        let text = String::from_utf8_lossy(line);
-        let text = text.trim_end_matches('\r');
+    read_lines(fd, |text| {
         tracing::info!(target: "app", %color, pid = pid.as_raw(), stream, "{text}");
-        output.push(text.to_string());
+        output.push(text.clone());
         hub.push(LogLine {
             at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             color,
             pid: pid.as_raw() as u32,
             stream: stream.to_string(),
-            line: text.to_string(),
+            line: text,
         });
+    })
+    .await;
+    output.eof.send_modify(|n| *n += 1);
+}
+
+/// Calls `on_line` with each line read from `fd` until end of file. Bytes
+/// that are not UTF-8 are replaced, a trailing `\r` is dropped, and a line
+/// longer than [`MAX_LINE`] is cut (the rest of it skipped), so a child that
+/// never prints a newline cannot grow bgd's memory.
+pub async fn read_lines(fd: OwnedFd, mut on_line: impl FnMut(String)) {
+    let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+        return;
+    };
+    let mut reader = tokio::io::BufReader::new(pipe);
+    let mut line = Vec::new();
+    let mut emit = |line: &mut Vec<u8>| {
+        let text = String::from_utf8_lossy(line);
+        on_line(text.trim_end_matches('\r').to_string());
         line.clear();
     };
-    if let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
-        let mut reader = tokio::io::BufReader::new(pipe);
-        let mut line = Vec::new();
-        loop {
-            let chunk = match reader.fill_buf().await {
-                Ok([]) | Err(_) => break,
-                Ok(c) => c,
-            };
-            let newline = chunk.iter().position(|b| *b == b'\n');
-            let part = &chunk[..newline.unwrap_or(chunk.len())];
-            let room = MAX_LINE.saturating_sub(line.len());
-            line.extend_from_slice(&part[..part.len().min(room)]);
-            let used = newline.map_or(chunk.len(), |i| i + 1);
-            reader.consume(used);
-            if newline.is_some() {
-                emit(&mut line);
-            }
-        }
-        if !line.is_empty() {
+    loop {
+        let chunk = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(c) => c,
+        };
+        let newline = chunk.iter().position(|b| *b == b'\n');
+        let part = &chunk[..newline.unwrap_or(chunk.len())];
+        let room = MAX_LINE.saturating_sub(line.len());
+        line.extend_from_slice(&part[..part.len().min(room)]);
+        let used = newline.map_or(chunk.len(), |i| i + 1);
+        reader.consume(used);
+        if newline.is_some() {
             emit(&mut line);
         }
     }
-    output.eof.send_modify(|n| *n += 1);
+    if !line.is_empty() {
+        emit(&mut line);
+    }
 }

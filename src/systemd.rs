@@ -98,6 +98,12 @@ pub fn store_fd(fd: impl AsFd, name: &str) -> bool {
     }
 }
 
+/// Drops the sockets named `name` from the fd store (a `[[listen]]` entry
+/// that was removed from the config), so no client waits on them.
+pub fn remove_stored(name: &str) {
+    send(&[NotifyState::FdStoreRemove, NotifyState::FdName(name)]);
+}
+
 fn send(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
         tracing::debug!("sd_notify failed: {e}");

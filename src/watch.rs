@@ -14,6 +14,7 @@
 
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -65,15 +66,19 @@ pub struct WatchState {
     pub ignored_events: u64,
 }
 
-enum Notice {
+/// What notify's callback tells the watcher task. Flags, not a queue: a
+/// burst of 10,000 events sets them once, and none can be dropped.
+#[derive(Default)]
+struct Signals {
     /// Something relevant changed.
-    Changed,
-    /// Only ignored paths changed.
-    Ignored,
+    changed: AtomicBool,
     /// The watched directory itself was created, removed or replaced.
-    Rearm,
+    rearm: AtomicBool,
     /// The inotify watch limit was hit.
-    Limit,
+    limit: AtomicBool,
+    /// Changes seen and ignored.
+    ignored: AtomicU64,
+    wake: tokio::sync::Notify,
 }
 
 /// Starts watching; the first check runs at once, so a tree that differs
@@ -95,18 +100,16 @@ pub fn spawn(
         generation: 1,
         ..WatchState::default()
     }));
-    let (tx, rx) = mpsc::channel(64);
-    let mut watching = Watching::new(&cfg, tx.clone(), false)?;
-    watching.arm(&cfg);
-    let task = tokio::spawn(run(cfg, watching, tx, rx, state.clone(), events));
+    let signals = Arc::new(Signals::default());
+    let watching = Watching::new(&cfg, signals.clone(), false)?;
+    let task = tokio::spawn(run(cfg, watching, signals, state.clone(), events));
     Ok((state, task))
 }
 
 async fn run(
     cfg: WatchConfig,
     mut watching: Watching,
-    tx: mpsc::Sender<Notice>,
-    mut rx: mpsc::Receiver<Notice>,
+    signals: Arc<Signals>,
     state: Arc<Mutex<WatchState>>,
     events: mpsc::UnboundedSender<Event>,
 ) {
@@ -115,36 +118,40 @@ async fn run(
             .lock()
             .expect("watch state lock is never held across a panic"))
     };
+    watching = arm(watching, &cfg).await;
     let mut due = Some(tokio::time::Instant::now());
     loop {
         tokio::select! {
-            notice = rx.recv() => {
-                let Some(notice) = notice else { return };
-                match notice {
-                    Notice::Ignored => {
-                        set(&|s| s.ignored_events += 1);
-                        continue;
-                    }
-                    Notice::Changed => {}
-                    Notice::Rearm => watching.arm(&cfg),
-                    Notice::Limit => {
-                        tracing::error!(
-                            "inotify watch limit reached while watching {}: raise it with `sysctl fs.inotify.max_user_watches=524288` \
-                             (and in /etc/sysctl.d/); meanwhile bgd polls the tree every {POLL_INTERVAL:?}",
-                            cfg.path.display()
-                        );
-                        match Watching::new(&cfg, tx.clone(), true) {
-                            Ok(w) => {
-                                watching = w;
-                                watching.arm(&cfg);
-                                set(&|s| s.mode = "poll");
-                            }
-                            Err(e) => tracing::error!("cannot start the poll watcher either: {e}"),
+            _ = signals.wake.notified() => {
+                set(&|s| s.ignored_events = signals.ignored.load(Ordering::Relaxed));
+                if signals.limit.swap(false, Ordering::Relaxed) && !watching.poll {
+                    tracing::error!(
+                        "inotify watch limit reached while watching {}: raise it with `sysctl fs.inotify.max_user_watches=524288` \
+                         (and in /etc/sysctl.d/); meanwhile bgd polls the tree every {POLL_INTERVAL:?}",
+                        cfg.path.display()
+                    );
+                    match Watching::new(&cfg, signals.clone(), true) {
+                        Ok(w) => {
+                            watching = arm(w, &cfg).await;
+                            set(&|s| s.mode = "poll");
                         }
+                        Err(e) => tracing::error!("cannot start the poll watcher either: {e}"),
+                    }
+                    signals.changed.store(true, Ordering::Relaxed);
+                }
+                if signals.rearm.swap(false, Ordering::Relaxed) {
+                    watching = arm(watching, &cfg).await;
+                    // A new tree counts as a change, except in marker mode
+                    // when it has no marker yet: the build tool touches it last.
+                    let has_marker = cfg.marker.as_ref().is_none_or(|m| cfg.path.join(m).exists());
+                    if has_marker {
+                        signals.changed.store(true, Ordering::Relaxed);
                     }
                 }
-                due = Some(tokio::time::Instant::now() + cfg.settle);
-                set(&|s| { s.last_event = Some(SystemTime::now()); s.generation += 1; });
+                if signals.changed.swap(false, Ordering::Relaxed) {
+                    due = Some(tokio::time::Instant::now() + cfg.settle);
+                    set(&|s| { s.last_event = Some(SystemTime::now()); s.generation += 1; });
+                }
             }
             _ = sleep_until(due), if due.is_some() => {
                 due = None;
@@ -162,6 +169,18 @@ async fn run(
     }
 }
 
+/// Arms `w` on a blocking thread: notify walks the whole tree to add its
+/// watches (and the poll watcher scans it), which must not stall the loop.
+async fn arm(mut w: Watching, cfg: &WatchConfig) -> Watching {
+    let cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || {
+        w.arm(&cfg);
+        w
+    })
+    .await
+    .expect("arming the watcher does not panic")
+}
+
 async fn sleep_until(due: Option<tokio::time::Instant>) {
     match due {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -172,19 +191,28 @@ async fn sleep_until(due: Option<tokio::time::Instant>) {
 /// The notify watcher in use, inotify or poll.
 struct Watching {
     watcher: Box<dyn Watcher + Send>,
-    tx: mpsc::Sender<Notice>,
+    signals: Arc<Signals>,
+    poll: bool,
 }
 
 impl Watching {
-    fn new(cfg: &WatchConfig, tx: mpsc::Sender<Notice>, poll: bool) -> anyhow::Result<Watching> {
-        let handler = handler(cfg.clone(), tx.clone());
+    fn new(cfg: &WatchConfig, signals: Arc<Signals>, poll: bool) -> anyhow::Result<Watching> {
+        let handler = handler(cfg.clone(), signals.clone());
+        // Symlinks in a build are never followed, by the copy or the watch.
+        let config = notify::Config::default().with_follow_symlinks(false);
         let watcher: Box<dyn Watcher + Send> = if poll {
-            let config = notify::Config::default().with_poll_interval(POLL_INTERVAL);
-            Box::new(notify::PollWatcher::new(handler, config)?)
+            Box::new(notify::PollWatcher::new(
+                handler,
+                config.with_poll_interval(POLL_INTERVAL),
+            )?)
         } else {
-            Box::new(notify::recommended_watcher(handler)?)
+            Box::new(notify::RecommendedWatcher::new(handler, config)?)
         };
-        Ok(Watching { watcher, tx })
+        Ok(Watching {
+            watcher,
+            signals,
+            poll,
+        })
     }
 
     /// Watches the parent (to see the directory come and go) and, if it
@@ -204,52 +232,51 @@ impl Watching {
 
     fn report(&self, e: notify::Error, path: &Path) {
         if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
-            let _ = self.tx.try_send(Notice::Limit);
+            self.signals.limit.store(true, Ordering::Relaxed);
+            self.signals.wake.notify_one();
         } else {
             tracing::warn!("cannot watch {}: {e}", path.display());
         }
     }
 }
 
-/// notify's callback: runs on notify's thread, so it only filters and
-/// `try_send`s. A full channel already holds a wake-up, so dropping is fine.
+/// notify's callback: runs on notify's thread, so it only filters, sets
+/// flags and wakes the watcher task.
 fn handler(
     cfg: WatchConfig,
-    tx: mpsc::Sender<Notice>,
+    signals: Arc<Signals>,
 ) -> impl FnMut(notify::Result<notify::Event>) + Send + 'static {
     move |res| {
-        let notice = match res {
-            Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => Some(Notice::Limit),
+        match res {
+            Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+                signals.limit.store(true, Ordering::Relaxed)
+            }
             Err(e) => {
                 tracing::warn!("watch error: {e}");
-                Some(Notice::Changed)
+                signals.changed.store(true, Ordering::Relaxed);
             }
-            Ok(ev) if matches!(ev.kind, EventKind::Access(_)) => None,
-            Ok(ev) => classify(&cfg, &ev.paths),
-        };
-        if let Some(n) = notice {
-            let _ = tx.try_send(n);
+            Ok(ev) if matches!(ev.kind, EventKind::Access(_)) => return,
+            Ok(ev) => classify(&cfg, &ev.paths, &signals),
         }
+        signals.wake.notify_one();
     }
 }
 
-fn classify(cfg: &WatchConfig, paths: &[PathBuf]) -> Option<Notice> {
-    let (mut changed, mut ignored) = (false, false);
+fn classify(cfg: &WatchConfig, paths: &[PathBuf], signals: &Signals) {
     for p in paths {
         if p == &cfg.path {
-            return Some(Notice::Rearm);
+            signals.rearm.store(true, Ordering::Relaxed);
+            continue;
         }
         let Ok(rel) = p.strip_prefix(&cfg.path) else {
             continue;
         };
         let counts = !cfg.ignore.is_match(rel) && cfg.marker.as_ref().is_none_or(|m| rel == m);
-        changed |= counts;
-        ignored |= !counts;
-    }
-    if changed {
-        Some(Notice::Changed)
-    } else {
-        ignored.then_some(Notice::Ignored)
+        if counts {
+            signals.changed.store(true, Ordering::Relaxed);
+        } else {
+            signals.ignored.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -257,13 +284,29 @@ fn classify(cfg: &WatchConfig, paths: &[PathBuf]) -> Option<Notice> {
 /// mtime, mode and symlink target, depth first in name order. Two trees
 /// with the same fingerprint are taken as the same build.
 pub struct Fingerprint {
-    hasher: std::collections::hash_map::DefaultHasher,
+    hasher: Fnv64,
+}
+
+/// FNV-1a, 64 bits: fixed across builds of bgd, unlike std's hasher, so a
+/// fingerprint in `state.json` still matches after bgd is upgraded.
+struct Fnv64(u64);
+
+impl Hasher for Fnv64 {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 impl Fingerprint {
     pub fn new() -> Fingerprint {
         Fingerprint {
-            hasher: std::collections::hash_map::DefaultHasher::new(),
+            hasher: Fnv64(0xcbf2_9ce4_8422_2325),
         }
     }
 
