@@ -87,8 +87,11 @@ impl Auto {
     pub fn failed(&mut self, fp: &str, release: u64, f: &Failure) {
         if f.kind == FailureKind::Changed {
             // The tree this fingerprint describes is gone; the watcher
-            // reports the new one after the next quiet period.
-            self.latest = None;
+            // reports the new one after the next quiet period (or already
+            // did, while the copy ran).
+            if self.latest.as_deref() == Some(fp) {
+                self.latest = None;
+            }
         } else {
             self.hold = Some((
                 fp.to_string(),
@@ -225,7 +228,18 @@ mod tests {
             Decision::Nothing,
             "not again before the tree settles"
         );
-        settle(&mut a, "fixed-2", 3);
+        settle(&mut a, "newer", 3);
+        a.failed(
+            "fixed",
+            5,
+            &Failure::new(FailureKind::Changed, None, "changed"),
+        );
+        assert_eq!(
+            a.decide(Some("good"), false),
+            Decision::Release("newer".into()),
+            "what settled during the copy is kept"
+        );
+        settle(&mut a, "fixed-2", 4);
         assert_eq!(
             a.decide(Some("good"), false),
             Decision::Release("fixed-2".into())

@@ -241,3 +241,22 @@ fn a_second_release_during_one_is_refused() {
     assert!(first.status.success(), "{}", text(&first.stderr));
     assert_serves_release(&bgd.addr(), 1);
 }
+
+/// A release refused before anything was copied (a typo in the path)
+/// leaves the rollback target as it was.
+#[test]
+fn a_refused_release_keeps_the_rollback_target() {
+    let bgd = Bgd::start(Setup::default());
+    bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
+    bgd.release(&example_build(bgd.dir.path(), "b2", "v2"));
+    let out = bgd.bgctl(&["release", bgd.dir.path().join("typo").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    assert_eq!(
+        bgd.status()["blue"]["release"],
+        1,
+        "blue still holds release 1"
+    );
+    let out = bgd.bgctl(&["rollback"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_serves_release(&bgd.addr(), 1);
+}

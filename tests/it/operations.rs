@@ -48,16 +48,24 @@ fn prepare_hooks_run_in_the_staged_directory_with_the_release_env() {
     }
 }
 
+/// A failing prepare hook aborts the release and shows its output; the old
+/// color keeps serving. A hook still running at the timeout is killed with
+/// its whole group, background children too. Output that is not UTF-8 does
+/// not break a hook.
 #[test]
 fn a_failing_or_hanging_prepare_hook_aborts_the_release() {
-    let bgd = Bgd::start(with_hooks(
-        "prepare = [\"echo migrating; echo 'relation users does not exist' >&2; exit 4\"]",
-    ));
-    // The first release has no old color to keep; make one with no hooks first.
-    let out = bgd.bgctl(&[
-        "release",
-        example_build(bgd.dir.path(), "b1", "v1").to_str().unwrap(),
-    ]);
+    // Fails only for builds that hold a file named `broken`.
+    let hook = "prepare = [\"printf 'caf\\\\351\\\\n'; sleep 0.2; echo migrating\", \"if [ -e broken ]; then echo 'relation users does not exist' >&2; exit 4; fi\"]";
+    let bgd = Bgd::start(with_hooks(hook));
+    let out = bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
+    assert!(
+        text(&out.stderr).contains("[prepare] caf\u{fffd}"),
+        "non-UTF-8 output is shown, replaced: {}",
+        text(&out.stderr)
+    );
+    let broken = example_build(bgd.dir.path(), "b2", "v2");
+    std::fs::write(broken.join("broken"), "").unwrap();
+    let out = bgd.bgctl(&["release", broken.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let err = text(&out.stderr);
     assert!(
@@ -69,15 +77,17 @@ fn a_failing_or_hanging_prepare_hook_aborts_the_release() {
         "the hook's output is shown: {err}"
     );
     assert_eq!(
-        bgd.status()["blue"]["state"],
+        bgd.status()["green"]["state"],
         "stopped",
-        "the app never started"
+        "the new color never started"
     );
-    assert!(get(&bgd.addr(), "/").is_err(), "nothing serves");
+    assert_eq!(
+        release_of(&get(&bgd.addr(), "/").unwrap().1),
+        Some(1),
+        "the old color serves"
+    );
 
-    let bgd = Bgd::start(with_hooks(
-        "prepare = [\"echo $$ > hook.pid; exec sleep 60\"]\ntimeout = \"1s\"",
-    ));
+    let bgd = Bgd::start(with_hooks("prepare = [\"sleep 60 & echo $! > child.pid; echo $$ > hook.pid; wait\"]\ntimeout = \"1s\""));
     let out = bgd.bgctl(&[
         "release",
         example_build(bgd.dir.path(), "b1", "v1").to_str().unwrap(),
@@ -88,14 +98,18 @@ fn a_failing_or_hanging_prepare_hook_aborts_the_release() {
         "{}",
         text(&out.stderr)
     );
-    let pid: i32 = std::fs::read_to_string(bgd.root().join("blue/hook.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    wait_until("the hook to be killed", Duration::from_secs(10), || {
-        (!exists(pid)).then_some(())
-    });
+    for file in ["hook.pid", "child.pid"] {
+        let pid: i32 = std::fs::read_to_string(bgd.root().join("blue").join(file))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        wait_until(
+            &format!("{file} to be killed"),
+            Duration::from_secs(10),
+            || (!exists(pid)).then_some(()),
+        );
+    }
 }
 
 #[test]

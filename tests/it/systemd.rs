@@ -381,6 +381,14 @@ fn the_fd_store_keeps_the_port_across_restarts() {
     );
     m.install(&cfg, &root, None, "");
     m.ok(&["start", "bgd@test.service"]);
+    // A failed first release must not close the stored socket for good.
+    let crash = script_build(m.dir.path(), "crash", "import sys\nsys.exit(3)\n");
+    assert_eq!(
+        bgctl(&root, &["release", crash.to_str().unwrap()])
+            .status
+            .code(),
+        Some(1)
+    );
     release(&m, &root, &example_build(m.dir.path(), "b1", "v1"));
     let addr = status(&root)["listen"][0]["address"]
         .as_str()

@@ -355,3 +355,98 @@ fn client_and_watcher_releases_take_turns() {
     assert!(serving(&w).starts_with("hello from v2"));
     w.finish();
 }
+
+/// A reload that changes `[watch]` keeps the pause.
+#[test]
+fn a_reload_keeps_the_pause() {
+    let w = Watched::start("settle = \"200ms\"");
+    assert!(w.bgd.bgctl(&["watch", "pause"]).status.success());
+    let config = std::fs::read_to_string(&w.bgd.config)
+        .unwrap()
+        .replace("settle = \"200ms\"", "settle = \"300ms\"");
+    std::fs::write(&w.bgd.config, config).unwrap();
+    let pid = w.bgd.status()["pid"].as_i64().unwrap() as i32;
+    // SAFETY: kill(2) on bgd's pid.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    wait_until("the reload", Duration::from_secs(10), || {
+        w.bgd.status()["last_result"]
+            .as_str()
+            .is_some_and(|r| r.contains("config reloaded"))
+            .then_some(())
+    });
+    assert_eq!(w.bgd.status()["watch"]["state"], "paused");
+    w.finish();
+}
+
+/// In marker mode a re-created tree without its marker is not released,
+/// however long it stays quiet; the marker releases it.
+#[test]
+fn marker_mode_ignores_a_new_tree_until_its_marker() {
+    let w = Watched::start("settle = \"200ms\"\nmarker = \".release\"");
+    let before = w.last_auto();
+    let ignored = w.bgd.status()["watch"]["ignored_events"].as_u64().unwrap();
+    std::fs::remove_dir_all(&w.build).unwrap();
+    let parent = w.build.parent().unwrap();
+    example_build(parent, "build", "v2");
+    std::fs::write(w.build.join("half-written.txt"), "x").unwrap();
+    let st = wait_until(
+        "the new tree's files to be seen and ignored",
+        Duration::from_secs(10),
+        || {
+            let st = w.bgd.status();
+            (st["watch"]["ignored_events"].as_u64() > Some(ignored)).then_some(st)
+        },
+    );
+    assert_eq!(st["watch"]["state"], "idle", "{st}");
+    assert_eq!(w.last_auto(), before);
+    std::fs::write(w.build.join(".release"), "").unwrap();
+    w.idle();
+    assert_eq!(w.last_auto(), before + 1);
+    assert!(serving(&w).starts_with("hello from v2"));
+    w.finish();
+}
+
+/// A file written while the tree is copied discards that copy; the tree is
+/// staged again once quiet, and released once: no retry loop.
+#[test]
+fn a_change_during_the_copy_is_staged_again_once_quiet() {
+    let w = Watched::start("settle = \"300ms\"");
+    let before = w.last_auto();
+    // Enough files that the copy takes a while.
+    let assets = w.build.join("assets");
+    std::fs::create_dir(&assets).unwrap();
+    for i in 0..4000 {
+        std::fs::write(assets.join(format!("{i}.txt")), "x").unwrap();
+    }
+    w.bgd.wait_step("stage");
+    std::fs::write(w.build.join("late.txt"), "late").unwrap();
+    let st = w.idle();
+    let live = w.bgd.root().join(st["live"].as_str().unwrap());
+    assert!(
+        live.join("late.txt").exists(),
+        "the late file went live: {st}"
+    );
+    let history: Value =
+        serde_json::from_slice(&w.bgd.bgctl(&["history", "--json"]).stdout).unwrap();
+    let after: Vec<&Value> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["release"].as_u64() > Some(before))
+        .collect();
+    let changed = after
+        .iter()
+        .filter(|r| {
+            r["result"]
+                .as_str()
+                .is_some_and(|m| m.contains("changed while it was copied"))
+        })
+        .count();
+    assert!(changed <= 1, "staged again and again: {after:?}");
+    assert_eq!(
+        after.iter().filter(|r| r["ok"] == true).count(),
+        1,
+        "{after:?}"
+    );
+    w.finish();
+}
