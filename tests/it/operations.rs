@@ -347,3 +347,33 @@ fn completions_and_man_page_come_from_the_cli_definition() {
     );
     assert!(man.contains("release"));
 }
+
+/// Followers that hang up while nothing is logged do not leave
+/// connections open in bgd.
+#[test]
+fn log_followers_that_leave_are_dropped() {
+    let bgd = Bgd::start(Setup::default());
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", bgd.status()["pid"]))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    for _ in 0..20 {
+        let mut f = std::process::Command::new(BGCTL)
+            .arg("--socket")
+            .arg(bgd.socket())
+            .args(["logs", "-f"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until("the follower to connect", Duration::from_secs(10), || {
+            (fds() > before).then_some(())
+        });
+        f.kill().unwrap();
+        f.wait().unwrap();
+    }
+    wait_until("bgd to drop the followers", Duration::from_secs(10), || {
+        (fds() <= before).then_some(())
+    });
+}
