@@ -137,11 +137,9 @@ impl Config {
             ));
         }
         let root = dir.join(raw.root);
-        let control = raw
-            .control
-            .map(|c| dir.join(c))
-            .unwrap_or_else(|| root.join("bgd.sock"));
-        check_unix_path(&control).map_err(|m| fail(0..0, format!("control: {m}")))?;
+                let control_span = raw.control.as_ref().map_or(raw.name.span(), |c| c.span());
+        let control = raw.control.map(|c| dir.join(c.into_inner())).unwrap_or_else(|| root.join("bgd.sock"));
+        check_unix_path(&control).map_err(|m| fail(control_span, format!("control: {m}")))?;
 
         if raw.listen.is_empty() {
             return Err(ConfigError(located(
@@ -326,11 +324,13 @@ impl Config {
         };
         let identity = match &raw.app.user {
             Some(u) => Some(
-                identity::resolve(
-                    u.get_ref(),
-                    raw.app.group.as_ref().map(|g| g.get_ref().as_str()),
-                )
-                .map_err(|m| fail(u.span(), format!("app.user: {m}")))?,
+                                identity::resolve(u.get_ref(), raw.app.group.as_ref().map(|g| g.get_ref().as_str())).map_err(|m| {
+                    // Name the key that is wrong: the group, or the user.
+                    match &raw.app.group {
+                        Some(g) if m.starts_with("group ") => fail(g.span(), format!("app.group: {m}")),
+                        _ => fail(u.span(), format!("app.user: {m}")),
+                    }
+                })?,
             ),
             None if raw.app.group.is_some() => {
                 return Err(fail(
@@ -436,7 +436,7 @@ type Spanned<T> = toml::Spanned<T>;
 struct Raw {
     name: Spanned<String>,
     root: PathBuf,
-    control: Option<PathBuf>,
+    control: Option<Spanned<PathBuf>>,
     control_mode: Option<Spanned<String>>,
     control_group: Option<Spanned<String>>,
     #[serde(default)]
@@ -605,8 +605,14 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// `file:line:col: msg`, always one line: control characters that came
+/// from the config (a path or name with a newline) are escaped.
 fn located(file: &Path, at: Option<(usize, usize)>, msg: &str) -> String {
-    let msg = msg.trim_end();
+    let msg: String = msg
+        .trim_end()
+        .chars()
+        .flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] })
+        .collect();
     match at {
         Some((l, c)) => format!("{}:{l}:{c}: {msg}", file.display()),
         None => format!("{}: {msg}", file.display()),
@@ -704,6 +710,24 @@ http = "/healthz"
             let e = parse(&GOOD.replace("allow_root = true", "user = \"nobody\"")).unwrap_err();
             assert!(e.contains("app.user needs bgd to run as root"), "{e}");
         }
+    }
+
+        /// Inputs the fuzzer found (fuzz/regressions/config_parse): every error
+    /// names the file and stays on one line.
+    #[test]
+    fn fuzz_regressions_give_one_line_errors() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/config_parse");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = String::from_utf8(std::fs::read(&path).unwrap()).unwrap();
+            if let Err(e) = Config::parse(Path::new("/fuzz/bgd.toml"), &text) {
+                let e = e.to_string();
+                assert!(e.starts_with("/fuzz/bgd.toml") && !e.contains(['\n', '\r']), "{}: {e:?}", path.display());
+            }
+            n += 1;
+        }
+        assert!(n >= 8, "regression inputs missing from {}", dir.display());
     }
 
     #[test]

@@ -7,9 +7,16 @@
 //!   a single `file:line:col: what to change` line in logs and on the terminal.
 //! - An Ok config has the promised shape: absolute paths, at least one socket,
 //!   a non-empty command, some health check.
+//!
+//! A violated property panics, which stops libFuzzer at the first finding.
+//! With `BGD_FUZZ_KEEP_GOING=1` a violated *error-message* property is only
+//! reported on stderr instead (once per kind of message, with the input
+//! escaped), so one run can collect every kind; panics inside bgd still crash.
 #![no_main]
 
+use std::collections::HashSet;
 use std::path::Path;
+use std::sync::{Mutex, OnceLock};
 
 use bgd::config::Config;
 use libfuzzer_sys::fuzz_target;
@@ -23,14 +30,12 @@ fuzz_target!(|data: &[u8]| {
     match Config::parse(Path::new(FILE), text) {
         Err(e) => {
             let msg = e.to_string();
-            assert!(
-                msg.starts_with(FILE),
-                "config error does not start with the file name: {msg:?}"
-            );
-            assert!(
-                !msg.contains('\n') && !msg.contains('\r'),
-                "config error spans more than one line: {msg:?}"
-            );
+            if !msg.starts_with(FILE) {
+                violation(text, &msg, "config error does not start with the file name");
+            }
+            if msg.contains('\n') || msg.contains('\r') {
+                violation(text, &msg, "config error spans more than one line");
+            }
         }
         Ok(c) => {
             assert_eq!(c.file, Path::new(FILE));
@@ -48,3 +53,44 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
+
+fn violation(text: &str, msg: &str, what: &str) {
+    static KEEP_GOING: OnceLock<bool> = OnceLock::new();
+    if !*KEEP_GOING.get_or_init(|| std::env::var_os("BGD_FUZZ_KEEP_GOING").is_some()) {
+        panic!("{what}: {msg:?}");
+    }
+    static SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    let kind = format!("{what}: {}", kind_of(msg));
+    let mut seen = SEEN.lock().unwrap();
+    if seen.get_or_insert_with(HashSet::new).insert(kind.clone()) {
+        eprintln!("VIOLATION {kind}\n  message: {msg:?}\n  input:   {text:?}");
+    }
+}
+
+/// The message without its location and with quoted text, paths and numbers
+/// blanked, cut to its first words: one "kind" of error per code path.
+fn kind_of(msg: &str) -> String {
+    let rest = msg.strip_prefix(FILE).unwrap_or(msg);
+    let rest = rest.trim_start_matches(|c: char| c == ':' || c.is_ascii_digit());
+    let mut out = String::new();
+    let mut quote = None;
+    for c in rest.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if matches!(c, '"' | '\'' | '`') => {
+                quote = Some(c);
+                out.push_str(" Q ");
+            }
+            // Keep a path or name with a line break in it one word.
+            None if c == '\n' || c == '\r' => out.push('~'),
+            None => out.push(c),
+        }
+    }
+    out.split_whitespace()
+        .map(|w| if w.starts_with('/') || w.starts_with("unix:") { "P" } else { w })
+        .filter(|w| !w.chars().all(|c| c.is_ascii_digit()))
+        .take(6)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
