@@ -137,8 +137,11 @@ impl Config {
             ));
         }
         let root = dir.join(raw.root);
-                let control_span = raw.control.as_ref().map_or(raw.name.span(), |c| c.span());
-        let control = raw.control.map(|c| dir.join(c.into_inner())).unwrap_or_else(|| root.join("bgd.sock"));
+        let control_span = raw.control.as_ref().map_or(raw.name.span(), |c| c.span());
+        let control = raw
+            .control
+            .map(|c| dir.join(c.into_inner()))
+            .unwrap_or_else(|| root.join("bgd.sock"));
         check_unix_path(&control).map_err(|m| fail(control_span, format!("control: {m}")))?;
 
         if raw.listen.is_empty() {
@@ -324,10 +327,16 @@ impl Config {
         };
         let identity = match &raw.app.user {
             Some(u) => Some(
-                                identity::resolve(u.get_ref(), raw.app.group.as_ref().map(|g| g.get_ref().as_str())).map_err(|m| {
+                identity::resolve(
+                    u.get_ref(),
+                    raw.app.group.as_ref().map(|g| g.get_ref().as_str()),
+                )
+                .map_err(|m| {
                     // Name the key that is wrong: the group, or the user.
                     match &raw.app.group {
-                        Some(g) if m.starts_with("group ") => fail(g.span(), format!("app.group: {m}")),
+                        Some(g) if m.starts_with("group ") => {
+                            fail(g.span(), format!("app.group: {m}"))
+                        }
                         _ => fail(u.span(), format!("app.user: {m}")),
                     }
                 })?,
@@ -611,7 +620,13 @@ fn located(file: &Path, at: Option<(usize, usize)>, msg: &str) -> String {
     let msg: String = msg
         .trim_end()
         .chars()
-        .flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] })
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
         .collect();
     match at {
         Some((l, c)) => format!("{}:{l}:{c}: {msg}", file.display()),
@@ -712,7 +727,7 @@ http = "/healthz"
         }
     }
 
-        /// Inputs the fuzzer found (fuzz/regressions/config_parse): every error
+    /// Inputs the fuzzer found (fuzz/regressions/config_parse): every error
     /// names the file and stays on one line.
     #[test]
     fn fuzz_regressions_give_one_line_errors() {
@@ -723,7 +738,11 @@ http = "/healthz"
             let text = String::from_utf8(std::fs::read(&path).unwrap()).unwrap();
             if let Err(e) = Config::parse(Path::new("/fuzz/bgd.toml"), &text) {
                 let e = e.to_string();
-                assert!(e.starts_with("/fuzz/bgd.toml") && !e.contains(['\n', '\r']), "{}: {e:?}", path.display());
+                assert!(
+                    e.starts_with("/fuzz/bgd.toml") && !e.contains(['\n', '\r']),
+                    "{}: {e:?}",
+                    path.display()
+                );
             }
             n += 1;
         }
