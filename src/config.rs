@@ -37,6 +37,9 @@ pub struct Config {
     pub watch: Option<WatchConfig>,
     /// Directories under `root/shared` symlinked into each color at staging.
     pub shared: Vec<PathBuf>,
+    /// `stage = "hardlink"`: link the build's files into the color instead
+    /// of copying them (same filesystem, builds that replace files).
+    pub hardlink: bool,
     pub hooks: HooksConfig,
 }
 
@@ -349,6 +352,17 @@ impl Config {
             }
             None => None,
         };
+        let hardlink = match &raw.stage {
+            None => false,
+            Some(m) if m.get_ref() == "copy" => false,
+            Some(m) if m.get_ref() == "hardlink" => {
+                if identity.is_some() {
+                    return Err(fail(m.span(), "stage = \"hardlink\" cannot go with app.user: handing the files to the app's user would change the build's own files too; use stage = \"copy\"".into()));
+                }
+                true
+            }
+            Some(m) => return Err(fail(m.span(), format!("stage {:?} is not a staging method: use \"copy\" (the default) or \"hardlink\"", m.get_ref()))),
+        };
         let runs_as_root = identity
             .as_ref()
             .map_or(nix::unistd::geteuid().is_root(), |i| i.uid.is_root());
@@ -404,6 +418,7 @@ impl Config {
             },
             watch,
             shared,
+            hardlink,
             hooks,
         })
     }
@@ -454,6 +469,7 @@ struct Raw {
     health: RawHealth,
     watch: Option<RawWatch>,
     shared: Option<Spanned<Vec<String>>>,
+    stage: Option<Spanned<String>>,
     hooks: Option<RawHooks>,
 }
 

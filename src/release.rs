@@ -214,6 +214,7 @@ async fn copy(
         expect: plan.expect.clone(),
         cancel: plan.cancel.clone(),
         shared: ctx.config.shared.clone(),
+        hardlink: ctx.config.hardlink,
         progress: Some(Arc::new(move |files, bytes| {
             let message = format!("copied {files} files, {:.1} MB so far", bytes as f64 / 1e6);
             let _ = events.send(Event::Progress {

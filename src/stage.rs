@@ -66,6 +66,9 @@ pub struct Options {
     pub cancel: Arc<AtomicBool>,
     /// `shared` entries: each becomes a symlink to `root/shared/<entry>`.
     pub shared: Vec<PathBuf>,
+    /// Hard-link files instead of copying them (`stage = "hardlink"`);
+    /// across filesystems it copies.
+    pub hardlink: bool,
     /// Told (files, bytes) copied so far, at most every [`PROGRESS_EVERY`].
     pub progress: Option<Arc<dyn Fn(u64, u64) + Send + Sync>>,
 }
@@ -261,7 +264,7 @@ impl Copy<'_> {
             } else if let Some(target) = link {
                 std::os::unix::fs::symlink(&target, &to).map_err(|e| at(&to, e))?;
             } else if ft.is_file() {
-                self.copied.bytes += fs::copy(&from, &to).map_err(|e| at(&from, e))?;
+                self.copied.bytes += self.file(&from, &to, &meta)?;
                 self.copied.files += 1;
                 if let Some(report) = &self.opts.progress {
                     if self.reported.elapsed() >= PROGRESS_EVERY {
@@ -283,6 +286,21 @@ impl Copy<'_> {
             .map_err(|e| at(dst, e))?;
         chown(dst, self.opts.owner)?;
         Ok(())
+    }
+}
+
+impl Copy<'_> {
+    /// Copies one file (the kernel reflinks it where the filesystem can), or
+    /// hard-links it when asked and possible; returns its size.
+    fn file(&self, from: &Path, to: &Path, meta: &fs::Metadata) -> io::Result<u64> {
+        if self.opts.hardlink {
+            match fs::hard_link(from, to) {
+                Ok(()) => return Ok(meta.len()),
+                Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {}
+                Err(e) => return Err(at(from, e)),
+            }
+        }
+        fs::copy(from, to).map_err(|e| at(from, e))
     }
 }
 

@@ -377,3 +377,20 @@ fn log_followers_that_leave_are_dropped() {
         (fds() <= before).then_some(())
     });
 }
+
+/// `stage = "hardlink"`: the color's files are the build's files (same
+/// inode), so staging copies no data.
+#[test]
+fn hardlink_staging_links_the_builds_files() {
+    use std::os::unix::fs::MetadataExt;
+    let bgd = Bgd::start(Setup {
+        top: "stage = \"hardlink\"".into(),
+        ..Setup::default()
+    });
+    let build = example_build(bgd.dir.path(), "b1", "v1");
+    bgd.release(&build);
+    let src = std::fs::metadata(build.join("server.py")).unwrap();
+    let live = std::fs::metadata(bgd.root().join("blue/server.py")).unwrap();
+    assert_eq!((src.dev(), src.ino()), (live.dev(), live.ino()));
+    assert_eq!(release_of(&get(&bgd.addr(), "/").unwrap().1), Some(1));
+}
