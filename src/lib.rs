@@ -5,7 +5,7 @@
 //! build into the dormant color, starts it on the same sockets, waits until
 //! it is ready, swaps which color is live and drains the old one.
 //!
-//! Code map (read top-down from `daemon.rs`; ARCHITECTURE.md has the invariants):
+//! Code map (read top-down from `daemon/mod.rs`; ARCHITECTURE.md has the invariants):
 //!
 //! - [`config`]   TOML file -> validated [`config::Config`], errors as file:line:col
 //! - [`protocol`] the versioned line-delimited JSON spoken over the control socket
