@@ -230,15 +230,22 @@ async fn copy(
         plan.color,
         plan.id,
     );
-    let staged = tokio::task::spawn_blocking(move || stage::stage(&root, &src, color, id, &opts))
-        .await
-        .map_err(|e| {
-            Failure::new(
-                FailureKind::Internal,
-                Some(Step::Stage),
-                format!("staging task failed: {e}"),
-            )
-        })?;
+    let staged = tokio::task::spawn_blocking(move || {
+        let staged = stage::stage(&root, &src, color, id, &opts);
+        if staged.is_ok() {
+            // The color's previous tree goes away off the release's path.
+            std::thread::spawn(move || stage::remove_trash(&root, id));
+        }
+        staged
+    })
+    .await
+    .map_err(|e| {
+        Failure::new(
+            FailureKind::Internal,
+            Some(Step::Stage),
+            format!("staging task failed: {e}"),
+        )
+    })?;
     staged.map_err(|e| {
         let kind = match e {
             StageError::Refused(_) => FailureKind::BadRequest,

@@ -135,9 +135,26 @@ pub fn stage(
         fsync_dir(root)?;
         Ok(copy.copied)
     })();
-    // After a swap the staging path holds the color's previous contents.
+    if result.is_ok() {
+        // The staging path now holds the color's previous contents. Removing
+        // a large tree takes a while: set it aside, and let the caller remove
+        // it off the release's path ([`remove_trash`]).
+        if fs::rename(&staging, trash_dir(root, id)).is_ok() {
+            return result;
+        }
+    }
     remove_tree(&staging);
     result
+}
+
+/// Where a color's previous contents wait to be removed.
+fn trash_dir(root: &Path, id: u64) -> PathBuf {
+    root.join(format!(".trash-{id}"))
+}
+
+/// Removes what a successful [`stage`] of release `id` set aside. Blocking.
+pub fn remove_trash(root: &Path, id: u64) {
+    remove_tree(&trash_dir(root, id));
 }
 
 /// Where `shared` directories live: `root/shared`.
@@ -184,7 +201,8 @@ fn link_shared(root: &Path, staging: &Path, opts: &Options) -> io::Result<()> {
 pub fn remove_leftovers(root: &Path) -> io::Result<()> {
     for entry in fs::read_dir(root)? {
         let entry = entry?;
-        if entry.file_name().to_string_lossy().starts_with(".staging-") {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".staging-") || name.starts_with(".trash-") {
             tracing::info!("removing leftover {}", entry.path().display());
             remove_tree(&entry.path());
         }
