@@ -1,0 +1,1256 @@
+#!/usr/bin/python3
+"""bgd's benchmark. Run it through bench/run, which installs the tools and
+builds the binaries; see bench/README.md for what each figure means.
+
+Standard library only. Every process it starts is in its own session and is
+stopped by its id when the benchmark ends or is interrupted. All traffic goes
+to 127.0.0.1; every loop is bounded in count and time.
+"""
+import argparse
+import bisect
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PY = "/usr/bin/python3"  # the real interpreter: a shim that forks breaks LISTEN_PID
+
+# gunicorn as the "real app server": its default (sync) worker class, 3 workers.
+GUNICORN_WORKERS = 3
+GUNICORN_ARGS = ["-m", "gunicorn", "-k", "sync", "-w", str(GUNICORN_WORKERS), "--graceful-timeout", "10"]
+
+STARTED = []  # every Popen we started, stopped at exit
+BGD_PATH = ["bgd"]
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- processes
+
+
+def spawn(cmd, logfile, cwd=None, env=None, preexec_fn=None):
+    out = open(logfile, "ab")
+    p = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                         start_new_session=True, preexec_fn=preexec_fn)
+    out.close()
+    STARTED.append(p)
+    return p
+
+
+def stop(p, sig=signal.SIGTERM, timeout=15.0, group=True):
+    """Stops a process we started (its process group when group): sig, then SIGKILL."""
+    if p.poll() is not None:
+        return
+    try:
+        os.killpg(p.pid, sig) if group else p.send_signal(sig)
+    except ProcessLookupError:
+        pass
+    try:
+        p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        log(f"pid {p.pid} did not stop within {timeout}s: SIGKILL")
+    if group:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)  # what is left of the group we just stopped, if anything
+        except (ProcessLookupError, PermissionError):
+            pass
+    if p.poll() is None:
+        p.kill()
+        p.wait(5)
+
+
+def stop_all():
+    for p in reversed(STARTED):
+        if p.poll() is not None:
+            continue
+        try:
+            stop(p, timeout=10)
+        except Exception as e:  # noqa: BLE001 - best effort at exit
+            log(f"cleanup of pid {p.pid}: {e}")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_status(port, path="/healthz", timeout=2.0):
+    """One GET over a new connection; the status code, or None."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+            data = s.recv(64)
+            return int(data[9:12]) if data.startswith(b"HTTP/1.") else None
+    except (OSError, ValueError):
+        return None
+
+
+def wait_http(port, path="/healthz", timeout=30.0, interval=0.01):
+    """Polls until GET answers 2xx (how a proxy or script without a probe socket must do it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code = http_status(port, path)
+        if code and 200 <= code < 300:
+            return
+        time.sleep(interval)
+    raise RuntimeError(f"127.0.0.1:{port}{path} not ready within {timeout}s")
+
+
+def proc_status(pid):
+    d = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                d[k] = v.strip()
+    except OSError:
+        pass
+    return d
+
+
+def kb(status, key):
+    v = status.get(key, "0 kB").split()[0]
+    return int(v)
+
+
+def children(pid):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    s = f.read()
+                if int(s[s.rindex(")") + 2:].split()[1]) == pid:
+                    out.append(int(d))
+            except (OSError, ValueError):
+                pass
+    return out
+
+
+def descendants(pid):
+    """pid and every process below it."""
+    out, todo = [], [pid]
+    while todo and len(out) < 1000:
+        p = todo.pop()
+        out.append(p)
+        todo += children(p)
+    return out
+
+
+def task_counters(pids):
+    """Summed over every thread of pids: (cpu ns from schedstat, context switches)."""
+    ns = switches = 0
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                    ns += int(f.read().split()[0])
+                st = proc_status(f"{pid}/task/{t}")
+                switches += int(st.get("voluntary_ctxt_switches", 0)) + int(st.get("nonvoluntary_ctxt_switches", 0))
+            except (OSError, ValueError):
+                pass
+    return ns, switches
+
+
+def cpu_busy():
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]
+    return sum(v[:8]) - idle, sum(v[:8])
+
+
+def wait_for_quiet(ctx, what):
+    """Waits (bounded) until the machine is idle apart from us: other work on a
+    2-core machine (a build, a test suite) distorts every figure. Returns the
+    busy fraction seen last, so the report can say a run was disturbed."""
+    t_enter = time.monotonic()
+    deadline = t_enter + min(ctx.quiet_wait, ctx.quiet_budget)
+    while True:
+        b0, t0 = cpu_busy()
+        time.sleep(0.3)
+        b1, t1 = cpu_busy()
+        busy = (b1 - b0) / max(1, t1 - t0)
+        if busy <= ctx.quiet_busy or time.monotonic() > deadline:
+            if busy > ctx.quiet_busy:
+                log(f"  {what}: machine {busy:.0%} busy with other work, going on anyway")
+                ctx.disturbed += 1
+            ctx.runs += 1
+            ctx.busy.append(busy)
+            ctx.quiet_budget = max(0.0, ctx.quiet_budget - (time.monotonic() - t_enter))
+            return busy
+        time.sleep(0.7)
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def pct(sorted_vals, p):
+    if not sorted_vals:
+        return float("nan")
+    k = max(0, min(len(sorted_vals) - 1, int(round(p / 100.0 * len(sorted_vals) + 0.5)) - 1))
+    return sorted_vals[k]
+
+
+def med(vals):
+    vals = [v for v in vals if v == v]
+    return statistics.median(vals) if vals else float("nan")
+
+
+def fmt(v, digits=2):
+    if v != v:  # nan
+        return "n/a"
+    if isinstance(v, int) or (digits == 0):
+        return f"{v:.0f}"
+    return f"{v:.{digits}f}"
+
+
+def summary(vals, digits=2, unit=""):
+    """median [min-max] over the repetitions."""
+    vals = [v for v in vals if v == v]
+    if not vals:
+        return "n/a"
+    if len(vals) == 1:
+        return f"{fmt(vals[0], digits)}{unit}"
+    return f"{fmt(med(vals), digits)}{unit} [{fmt(min(vals), digits)}-{fmt(max(vals), digits)}]"
+
+
+# ---------------------------------------------------------------- the systems under test
+
+
+def gunicorn_cmd(extra=()):
+    return [PY] + GUNICORN_ARGS + list(extra) + ["app:application"]
+
+
+def start_gunicorn(ctx, port, build, tag):
+    p = spawn(gunicorn_cmd(["-b", f"127.0.0.1:{port}"]), f"{ctx.tmp}/{tag}.log", cwd=build)
+    wait_http(port)
+    return p
+
+
+class Bgd:
+    """One bgd, its config in a temp dir, talked to over its control socket."""
+
+    def __init__(self, ctx, name, command, health, port=None, base=None, top=""):
+        self.ctx = ctx
+        self.dir = os.path.join(base or ctx.tmp, name)
+        os.makedirs(self.dir)
+        self.root = os.path.join(self.dir, "root")
+        self.sock = os.path.join(self.root, "bgd.sock")
+        self.port = port or free_port()
+        self.config = os.path.join(self.dir, "bgd.toml")
+        health_line = 'http = "/healthz"' if health == "http" else "notify = true"
+        q = json.dumps
+        lines = [
+            f"name = {q('bench-' + name)}",
+            f"root = {q(self.root)}",
+            top,
+            "[[listen]]",
+            'name = "http"',
+            f"address = {q('127.0.0.1:' + str(self.port))}",
+            "[app]",
+            "command = [" + ", ".join(q(c) for c in command) + "]",
+            'drain_timeout = "10s"',
+            "ALLOW_ROOT",
+            "[health]",
+            health_line,
+            'timeout = "30s"',
+        ]
+        text = "\n".join(lines) + "\n"
+        # Running as root, the current bgd wants app.allow_root; an older one
+        # does not know the key. Keep whichever `bgd --check` accepts.
+        for variant in ("allow_root = true", ""):
+            with open(self.config, "w") as f:
+                f.write(text.replace("ALLOW_ROOT", variant if os.geteuid() == 0 else ""))
+            r = subprocess.run([ctx.bgd, "--check", "--config", self.config], capture_output=True, text=True)
+            if r.returncode == 0:
+                break
+        else:
+            raise RuntimeError(f"bgd --check rejects {self.config}: {r.stderr.strip()}")
+        self.log = os.path.join(self.dir, "bgd.log")
+        self.proc = spawn([ctx.bgd, "--config", self.config], self.log)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.request({"v": 1, "cmd": "status"})
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"bgd did not come up; see {self.log}")
+                time.sleep(0.02)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def request(self, obj, timeout=120):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(self.sock)
+            s.sendall((json.dumps(obj) + "\n").encode())
+            buf = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise RuntimeError(f"bgd closed the control connection early: {buf[-300:]!r}")
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    msg = json.loads(line)
+                    if msg.get("event") == "done":
+                        return msg["result"]
+                    if msg.get("event") == "error":
+                        raise RuntimeError(f"bgd refused or failed: {msg}")
+
+    def release(self, build):
+        """Releases build; returns (t0, t1, result with ms)."""
+        t0 = time.monotonic()
+        res = self.request({"v": 1, "cmd": "release", "dir": os.path.abspath(build), "label": None})
+        return t0, time.monotonic(), res
+
+    def stop(self):
+        stop(self.proc, timeout=30, group=False)
+
+
+class Nginx:
+    """nginx as a reverse proxy in front of one upstream port; reload switches it."""
+
+    def __init__(self, ctx, upstream_port, port=None):
+        self.ctx = ctx
+        self.prefix = os.path.join(ctx.tmp, f"nginx-{free_port()}")
+        os.makedirs(os.path.join(self.prefix, "logs"))
+        self.port = port or free_port()
+        self.conf = os.path.join(self.prefix, "nginx.conf")
+        self.upstream = os.path.join(self.prefix, "upstream.conf")
+        self.pidfile = os.path.join(self.prefix, "nginx.pid")
+        user = "user root root;\n" if os.geteuid() == 0 else ""
+        with open(self.conf, "w") as f:
+            f.write(f"""{user}worker_processes auto;
+daemon off;
+master_process on;
+pid {self.pidfile};
+error_log {self.prefix}/logs/error.log warn;
+worker_shutdown_timeout 10s;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {self.prefix}/client_body;
+    proxy_temp_path {self.prefix}/proxy;
+    fastcgi_temp_path {self.prefix}/fastcgi;
+    uwsgi_temp_path {self.prefix}/uwsgi;
+    scgi_temp_path {self.prefix}/scgi;
+    keepalive_requests 100000;
+    include {self.upstream};
+    server {{
+        listen 127.0.0.1:{self.port} backlog=4096;
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+""")
+        self.write_upstream(upstream_port)
+        self.proc = spawn([ctx.nginx, "-p", self.prefix, "-c", self.conf], os.path.join(self.prefix, "logs", "out.log"))
+        wait_http(self.port)
+
+    def write_upstream(self, port):
+        tmp = self.upstream + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(f"upstream app {{ server 127.0.0.1:{port}; keepalive 32; }}\n")
+        os.rename(tmp, self.upstream)
+
+    def workers(self):
+        return children(self.proc.pid)
+
+    def switch(self, port, timeout=15.0):
+        """Points the upstream at port with `nginx -s reload`; returns when the old workers are gone."""
+        old = set(self.workers())
+        self.write_upstream(port)
+        subprocess.run([self.ctx.nginx, "-p", self.prefix, "-c", self.conf, "-s", "reload"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not old & set(self.workers()):
+                return
+            time.sleep(0.01)
+        log(f"nginx: old workers {sorted(old & set(self.workers()))} still there after {timeout}s")
+
+    def stop(self):
+        stop(self.proc, signal.SIGQUIT, timeout=15)
+
+
+# ---------------------------------------------------------------- builds
+
+
+def make_builds(ctx):
+    b = os.path.join(ctx.tmp, "builds")
+    ctx.build_gunicorn = [os.path.join(b, "gunicorn-v1"), os.path.join(b, "gunicorn-v2")]
+    for d in ctx.build_gunicorn:
+        os.makedirs(d)
+        shutil.copy(os.path.join(HERE, "app.py"), d)
+    ctx.build_fast = os.path.join(b, "fast")
+    os.makedirs(ctx.build_fast)
+    shutil.copy(os.path.join(HERE, "fastapp.py"), ctx.build_fast)
+
+
+def make_big_build(ctx, base, files=10_000, total=200 * 1024 * 1024):
+    """fastapp plus `files` files in 100 directories, `total` bytes of incompressible data."""
+    d = os.path.join(base, "big-build", "big")
+    os.makedirs(d)
+    shutil.copy(os.path.join(HERE, "fastapp.py"), d)
+    size = total // files
+    pool = os.urandom(4 * 1024 * 1024)
+    per_dir = 100
+    for i in range(files):
+        sub = os.path.join(d, "data", f"d{i // per_dir:03d}")
+        if i % per_dir == 0:
+            os.makedirs(sub)
+        off = (i * 7919) % (len(pool) - size)
+        with open(os.path.join(sub, f"f{i % per_dir:03d}.bin"), "wb") as f:
+            f.write(pool[off:off + size])
+    subprocess.run(["sync"], check=True)
+    return d
+
+
+def tree_size(d):
+    n = b = 0
+    for root, _, fs in os.walk(d):
+        for f in fs:
+            n += 1
+            b += os.lstat(os.path.join(root, f)).st_size
+    return n, b
+
+
+# ---------------------------------------------------------------- 1. request path
+
+
+def wrk_start(ctx, port, seconds, threads=2, conns=64):
+    return subprocess.Popen([ctx.wrk, f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "5s",
+                             f"http://127.0.0.1:{port}/"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def wrk_parse(out):
+    def lat(label):
+        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m:
+            return float("nan")
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": float(rps.group(1)) if rps else float("nan"), "p50": lat("50"), "p99": lat("99"),
+            "requests": int(total.group(1)) if total else 0,
+            "errors": errors + (int(non2xx.group(1)) if non2xx else 0)}
+
+
+def wrk(ctx, port, seconds):
+    out, _ = wrk_start(ctx, port, seconds).communicate(timeout=seconds + 30)
+    return wrk_parse(out)
+
+
+def wrk_pair(ctx, port_x, port_a, seconds):
+    """Two wrk at once (-t1 -c32 each) on x and a: both share the cores at the same instants,
+    so whatever else runs on the machine slows both alike. Returns rps_x / rps_a."""
+    px, pa = wrk_start(ctx, port_x, seconds, 1, 32), wrk_start(ctx, port_a, seconds, 1, 32)
+    x, a = wrk_parse(px.communicate(timeout=seconds + 30)[0]), wrk_parse(pa.communicate(timeout=seconds + 30)[0])
+    return x["rps"] / a["rps"]
+
+
+def bench_request_path(ctx):
+    log("1. request path: starting gunicorn alone, under bgd, and behind nginx")
+    direct_port = free_port()
+    direct = start_gunicorn(ctx, direct_port, ctx.build_gunicorn[0], "m1-direct")
+    twin_port = free_port()  # (a') an identical second gunicorn: the side-by-side method's own noise
+    start_gunicorn(ctx, twin_port, ctx.build_gunicorn[0], "m1-twin")
+    # gunicorn on two ports of its own: what the app sees under bgd with health.http, whose
+    # probe socket is a second listener (gunicorn's sync workers then select() before each accept).
+    two_port = free_port()
+    two = spawn(gunicorn_cmd(["-b", f"127.0.0.1:{two_port}", "-b", f"127.0.0.1:{free_port()}"]),
+                f"{ctx.tmp}/m1-two.log", cwd=ctx.build_gunicorn[0])
+    wait_http(two_port)
+    bgd = Bgd(ctx, "m1-bgd", gunicorn_cmd(), "http")
+    bgd.release(ctx.build_gunicorn[0])
+    bgd_notify = Bgd(ctx, "m1-bgd-notify", gunicorn_cmd(), "notify")
+    bgd_notify.release(ctx.build_gunicorn[0])
+    wait_http(bgd_notify.port)
+    up_port = free_port()
+    upstream = start_gunicorn(ctx, up_port, ctx.build_gunicorn[0], "m1-upstream")
+    nginx = Nginx(ctx, up_port)
+    # (key, name, port, the processes whose CPU time serves the requests)
+    targets = [("a", "gunicorn binds its port", direct_port, [direct.pid]),
+               ("a2", "gunicorn binds two ports (serves one)", two_port, [two.pid]),
+               ("b", "gunicorn under bgd, health.http (probe socket)", bgd.port, [bgd.pid]),
+               ("b2", "gunicorn under bgd, health.notify", bgd_notify.port, [bgd_notify.pid]),
+               ("c", "gunicorn behind nginx", nginx.port, [nginx.proc.pid, upstream.pid])]
+    for _, _, port, _ in targets:
+        wrk(ctx, port, 1 if ctx.quick else 2)  # warm-up, not counted
+    runs = {k: [] for k, _, _, _ in targets}
+    for rep in range(ctx.reps1):
+        order = targets if rep % 2 == 0 else targets[::-1]  # a ... c, c ... a: cancels a steady drift
+        for k, name, port, roots in order:
+            wait_for_quiet(ctx, f"rep {rep + 1} ({k})")
+            pids = [p for root in roots for p in descendants(root)]
+            c0 = task_counters(pids)[0]
+            r = wrk(ctx, port, ctx.wrk_seconds)
+            c1 = task_counters(pids)[0]
+            r["cpu_us"] = (c1 - c0) / 1000 / max(1, r["requests"])
+            runs[k].append(r)
+            log(f"  rep {rep + 1} ({k}) {name}: {r['rps']:.0f} req/s p50 {r['p50']:.2f} ms p99 {r['p99']:.2f} ms "
+                f"errors {r['errors']}; server CPU {r['cpu_us']:.0f} us/request")
+    # Side by side: each of a', a2, b, b2 loaded at the same time as (a).
+    pairs = [("a'", twin_port), ("a2", two_port), ("b", bgd.port), ("b2", bgd_notify.port)]
+    side = {k: [] for k, _ in pairs}
+    for rep in range(ctx.reps1):
+        for k, port in (pairs if rep % 2 == 0 else pairs[::-1]):
+            wait_for_quiet(ctx, f"side by side rep {rep + 1} ({k})")
+            side[k].append(wrk_pair(ctx, port, direct_port, ctx.wrk_seconds))
+        log(f"  side by side rep {rep + 1}: " + ", ".join(f"({k})/(a) {side[k][-1]:.3f}" for k, _ in pairs))
+    rows = []
+    for k, name, _, _ in targets:
+        rows.append({
+            "setup": f"({k}) {name}",
+            "rps": [r["rps"] for r in runs[k]],
+            "p50": [r["p50"] for r in runs[k]],
+            "p99": [r["p99"] for r in runs[k]],
+            "errors": [r["errors"] for r in runs[k]],
+            "rps_ratio": [r["rps"] / a["rps"] for r, a in zip(runs[k], runs["a"])],
+            "p50_ratio": [r["p50"] / a["p50"] for r, a in zip(runs[k], runs["a"])],
+            "p99_ratio": [r["p99"] / a["p99"] for r, a in zip(runs[k], runs["a"])],
+            "cpu_us": [r["cpu_us"] for r in runs[k]],
+            "cpu_ratio": [r["cpu_us"] / a["cpu_us"] for r, a in zip(runs[k], runs["a"])],
+            "side": side.get(k, [1.0] if k == "a" else []),
+        })
+    rows.insert(1, {"setup": "(a') a second, identical gunicorn (side by side only)", "side": side["a'"]})
+    nginx.stop()
+    bgd.stop()
+    bgd_notify.stop()
+    return rows
+
+
+# ---------------------------------------------------------------- 2. releases under load
+
+
+def loadgen(ctx, port, seconds, out):
+    p = subprocess.Popen([ctx.loadgen, "--addr", f"127.0.0.1:{port}", "--duration", str(seconds),
+                          "--keepalive", "32", "--close", "32", "--out", out],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    STARTED.append(p)
+    return p
+
+
+def read_records(path):
+    recs = []
+    with open(path) as f:
+        for line in f:
+            s, lat, code, kind = line.split()
+            recs.append((int(s), int(lat), int(code), kind))
+    recs.sort()
+    return recs
+
+
+def analyse_load(recs, windows, steady_from, steady_to):
+    """Splits requests into release windows (overlapping one) and steady state."""
+    windows = sorted(windows)
+    starts = [w[0] for w in windows]
+    win_lat, steady_lat = [], []
+    failed = failed_in = 0
+    fail_kinds = {}
+    for s_ns, lat_us, code, kind in recs:
+        s = s_ns / 1e9
+        e = s + lat_us / 1e6
+        i = bisect.bisect_right(starts, e) - 1
+        inside = i >= 0 and s < windows[i][1]
+        ok = 200 <= code < 300
+        if not ok:
+            failed += 1
+            failed_in += inside
+            key = f"{kind}{code}"
+            fail_kinds[key] = fail_kinds.get(key, 0) + 1
+        if inside:
+            if ok:
+                win_lat.append(lat_us / 1000)
+        elif steady_from <= s < steady_to and ok:
+            steady_lat.append(lat_us / 1000)
+    win_lat.sort()
+    steady_lat.sort()
+    return {
+        "requests": len(recs), "failed": failed, "failed_in_windows": failed_in, "fail_kinds": fail_kinds,
+        "p99_window": pct(win_lat, 99), "p99_steady": pct(steady_lat, 99),
+        "p50_window": pct(win_lat, 50), "p50_steady": pct(steady_lat, 50),
+        "window_requests": len(win_lat), "steady_requests": len(steady_lat),
+    }
+
+
+class BgdSystem:
+    name = "(b) bgd release"
+
+    def __init__(self, ctx, worker="sync"):
+        self.ctx = ctx
+        cmd = gunicorn_cmd() if worker == "sync" else [PY, "-m", "gunicorn", "-k", "gthread", "-w", "2", "--threads", "8",
+                                                         "--graceful-timeout", "10", "app:application"]
+        if worker != "sync":
+            self.name = "(b') bgd release, gunicorn gthread workers"
+        self.bgd = Bgd(ctx, f"m2-bgd-{worker}-{free_port()}", cmd, "http")
+        self.port = self.bgd.port
+        self.n = 0
+        self.bgd.release(ctx.build_gunicorn[0])
+
+    def release(self):
+        self.n += 1
+        t0, t1, res = self.bgd.release(self.ctx.build_gunicorn[self.n % 2])
+        return t0, t1
+
+    def stop(self):
+        self.bgd.stop()
+
+
+class NginxSystem:
+    name = "(c) nginx upstream switch + reload"
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.ports = [free_port(), free_port()]
+        self.cur = 0
+        self.app = start_gunicorn(ctx, self.ports[0], ctx.build_gunicorn[0], "m2-nginx-app")
+        self.nginx = Nginx(ctx, self.ports[0])
+        self.port = self.nginx.port
+        self.n = 0
+
+    def release(self):
+        self.n += 1
+        t0 = time.monotonic()
+        new = 1 - self.cur
+        app = start_gunicorn(self.ctx, self.ports[new], self.ctx.build_gunicorn[self.n % 2], "m2-nginx-app")
+        self.nginx.switch(self.ports[new])
+        stop(self.app, timeout=15)
+        self.app, self.cur = app, new
+        return t0, time.monotonic()
+
+    def stop(self):
+        self.nginx.stop()
+        stop(self.app)
+
+
+class NaiveSystem:
+    name = "(d) naive restart in place"
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.port = free_port()
+        self.app = start_gunicorn(ctx, self.port, ctx.build_gunicorn[0], "m2-naive-app")
+        self.n = 0
+
+    def release(self):
+        self.n += 1
+        t0 = time.monotonic()
+        stop(self.app, timeout=15)
+        self.app = spawn(gunicorn_cmd(["-b", f"127.0.0.1:{self.port}"]), f"{self.ctx.tmp}/m2-naive-app.log",
+                         cwd=self.ctx.build_gunicorn[self.n % 2])
+        wait_http(self.port)
+        return t0, time.monotonic()
+
+    def stop(self):
+        stop(self.app)
+
+
+def one_load_run(ctx, system):
+    out = os.path.join(ctx.tmp, f"load-{free_port()}.txt")
+    total = ctx.steady_seconds + ctx.release_seconds
+    lg = loadgen(ctx, system.port, total, out)
+    t_start = time.monotonic()
+    time.sleep(ctx.steady_seconds)
+    windows = []
+    deadline = t_start + total - 1.0
+    while time.monotonic() < deadline and len(windows) < 200:
+        if windows and time.monotonic() + (windows[-1][1] - windows[-1][0]) > t_start + total - 0.5:
+            break  # the next release would outlast the load
+        t0, t1 = system.release()
+        windows.append((t0, t1))
+        time.sleep(0.1)
+    summary_line, _ = lg.communicate(timeout=total + 60)
+    recs = read_records(out)
+    os.unlink(out)
+    # Steady state: after a 1 s warm-up, before the first release.
+    a = analyse_load(recs, windows, t_start + 1.0, windows[0][0] if windows else t_start + total)
+    a["releases"] = len(windows)
+    a["window_s"] = med([t1 - t0 for t0, t1 in windows])
+    a["window_max"] = max([t1 - t0 for t0, t1 in windows], default=float("nan"))
+    return a
+
+
+def bench_releases(ctx):
+    systems = {
+        "bgd": (BgdSystem.name, lambda: BgdSystem(ctx)),
+        "nginx": (NginxSystem.name, lambda: NginxSystem(ctx)),
+        "naive": (NaiveSystem.name, lambda: NaiveSystem(ctx)),
+        "bgd-gthread": ("(b') bgd release, gunicorn gthread workers", lambda: BgdSystem(ctx, "gthread")),
+    }
+    chosen = ctx.systems.split(",") + (["bgd-gthread"] if ctx.gthread else [])
+    for c in chosen:
+        if c not in systems:
+            sys.exit(f"bench: --systems: unknown {c!r}; choose from {', '.join(systems)}")
+    names = [systems[c][0] for c in chosen]
+    makers = [systems[c][1] for c in chosen]
+    runs = {n: [] for n in names}
+    log(f"2. releases under load: {ctx.steady_seconds}s steady + {ctx.release_seconds}s of back-to-back releases, "
+        f"c=64 (32 keep-alive + 32 new-connection clients), {ctx.reps2} repetitions")
+    for rep in range(ctx.reps2):
+        idx = list(range(len(makers)))
+        idx = idx[rep % len(idx):] + idx[:rep % len(idx)]
+        for i in idx:
+            wait_for_quiet(ctx, f"rep {rep + 1} {names[i]}")
+            system = makers[i]()
+            try:
+                a = one_load_run(ctx, system)
+            finally:
+                system.stop()
+            runs[names[i]].append(a)
+            log(f"  rep {rep + 1} {names[i]}: {a['releases']} releases, {a['failed']} failed of {a['requests']} "
+                f"({a['failed_in_windows']} in windows) {a['fail_kinds']}, p99 window {a['p99_window']:.1f} ms "
+                f"vs steady {a['p99_steady']:.1f} ms, window {a['window_s']:.2f}s (longest {a['window_max']:.2f}s)")
+    rows = []
+    for n in names:
+        rs = runs[n]
+        rows.append({
+            "setup": n,
+            "releases": [r["releases"] for r in rs],
+            "failed": [r["failed"] for r in rs],
+            "requests": [r["requests"] for r in rs],
+            "fail_kinds": [r["fail_kinds"] for r in rs],
+            "p99_steady": [r["p99_steady"] for r in rs],
+            "p99_window": [r["p99_window"] for r in rs],
+            "p99_ratio": [r["p99_window"] / r["p99_steady"] for r in rs],
+            "window_s": [r["window_s"] for r in rs],
+            "window_max": [r["window_max"] for r in rs],
+        })
+    return rows
+
+
+# ---------------------------------------------------------------- 3. release latency
+
+
+def spawn_with_socket(listen_fd, cmd, cwd, env, logfile):
+    """Starts cmd as bgd would, but without bgd: posix_spawn (vfork) of a shell that
+    changes to cwd, sets LISTEN_PID to its own pid and execs cmd, with listen_fd as fd 3.
+    Only fds 0-3 reach it (ours are close-on-exec). Returns the pid (a session leader)."""
+    extra = None
+    if listen_fd == 3:  # dup2(3, 3) would leave it close-on-exec
+        extra = listen_fd = os.dup(listen_fd)
+    try:
+        return os.posix_spawn("/bin/sh", ["/bin/sh", "-c", 'cd "$1" && shift && LISTEN_PID=$$ && export LISTEN_PID '
+                                          '&& exec "$@"', "sh", cwd] + cmd, env, setsid=True, file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+            (os.POSIX_SPAWN_DUP2, listen_fd, 3),
+        ])
+    finally:
+        if extra is not None:
+            os.close(extra)
+
+
+def app_start_to_ready(ctx, build, cmd, health, n):
+    """The app's own start-to-ready time, with no bgd: spawn it on a pre-bound socket
+    (and our own NOTIFY_SOCKET), time until READY=1 or the first 2xx answer."""
+    times = []
+    for i in range(n):
+        ls = socket.socket()
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(128)
+        port = ls.getsockname()[1]
+        env = dict(os.environ, LISTEN_FDS="1", LISTEN_FDNAMES="http")
+        env.pop("NOTIFY_SOCKET", None)
+        ns = None
+        if health == "notify":
+            path = os.path.join(ctx.tmp, f"notify-{i}.sock")
+            ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            ns.bind(path)
+            ns.settimeout(30)
+            env["NOTIFY_SOCKET"] = path
+        t0 = time.monotonic()
+        pid = spawn_with_socket(ls.fileno(), cmd, build, env, os.path.join(ctx.tmp, "baseline-app.log"))
+        try:
+            if ns:
+                while b"READY=1" not in ns.recv(4096):
+                    pass
+            else:
+                # Like bgd's probe: the first GET waits in the queue until the app accepts.
+                backoff = 0.01
+                for _ in range(200):
+                    code = http_status(port, timeout=30)
+                    if code and 200 <= code < 300:
+                        break
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 0.5)
+            times.append((time.monotonic() - t0) * 1000)
+        finally:
+            try:
+                os.killpg(pid, signal.SIGKILL)  # not timed: no need for a graceful stop
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
+            ls.close()
+            if ns:
+                ns.close()
+                os.unlink(path)
+    return times
+
+
+def cp_a(src, tmp, n, sync=True):
+    """`cp -a` of src, n times: (cp ms list, sync-after ms list, rm ms list).
+    With sync, the disk is flushed before each copy (not timed) and after it (timed apart)."""
+    cps, syncs, rms = [], [], []
+    for i in range(n):
+        dst = os.path.join(tmp, f"cp-{i}")
+        if sync:
+            subprocess.run(["sync"], check=True)
+        t0 = time.monotonic()
+        subprocess.run(["cp", "-a", src, dst], check=True)
+        t1 = time.monotonic()
+        if sync:
+            subprocess.run(["sync"], check=True)
+        t2 = time.monotonic()
+        shutil.rmtree(dst)
+        t3 = time.monotonic()
+        cps.append((t1 - t0) * 1000)
+        syncs.append((t2 - t1) * 1000)
+        rms.append((t3 - t2) * 1000)
+    return cps, syncs, rms
+
+
+def bench_release_latency(ctx):
+    log(f"3. release latency: {ctx.reps3} repetitions of {ctx.releases3} releases per app, no load")
+    apps = [
+        ("fastapp, notify", ctx.build_fast, [PY, "-S", "fastapp.py"], "notify"),
+        ("fastapp, HTTP probe", ctx.build_fast, [PY, "-S", "fastapp.py"], "http"),
+        ("gunicorn, HTTP probe", ctx.build_gunicorn[0], gunicorn_cmd(), "http"),
+    ]
+    rows = []
+    for name, build, cmd, health in apps:
+        bgd = Bgd(ctx, f"m3-{free_port()}", cmd, health)
+        bgd.release(build)
+        bgd.release(build)  # both colors hold a build: every timed release replaces one
+        per_rep = {k: [] for k in ("live", "total", "stage", "start", "ready", "swap", "drain", "app", "cp", "overhead",
+                                   "wall", "cpu")}
+        for rep in range(ctx.reps3):
+            wait_for_quiet(ctx, f"rep {rep + 1} {name}")
+            ms, app, cps, cpu = [], [], [], []
+            # Interleaved: a release, the same app started alone, a cp -a of the build; so a
+            # change in the machine's load hits the three alike.
+            for _ in range(ctx.releases3):
+                c0 = task_counters([bgd.pid])[0]
+                t0, t1, res = bgd.release(build)
+                cpu.append((task_counters([bgd.pid])[0] - c0) / 1e6)
+                m = res["ms"]
+                m["wall"] = (t1 - t0) * 1000
+                ms.append(m)
+                app += app_start_to_ready(ctx, build, cmd, health, 1)
+                cps += cp_a(build, ctx.tmp, 1, sync=False)[0]
+            live = [m["total"] - m["drain"] for m in ms]
+            r = {
+                "live": med(live), "total": med([m["total"] for m in ms]), "stage": med([m["stage"] for m in ms]),
+                "start": med([m["start"] for m in ms]), "ready": med([m["ready"] for m in ms]),
+                "swap": med([m["total"] - m["drain"] - m["stage"] - m["start"] - m["ready"] for m in ms]),
+                "drain": med([m["drain"] for m in ms]), "wall": med([m["wall"] for m in ms]),
+                "app": med(app), "cp": med(cps),
+                "overhead": med([lv - a - c for lv, a, c in zip(live, app, cps)]), "cpu": med(cpu),
+            }
+            for k, v in r.items():
+                per_rep[k].append(v)
+            log(f"  rep {rep + 1} {name}: live {r['live']:.0f} ms (stage {r['stage']:.0f}, start {r['start']:.0f}, "
+                f"ready {r['ready']:.0f}, swap {r['swap']:.0f}), drain {r['drain']:.0f}; app alone {r['app']:.1f}, "
+                f"cp -a {r['cp']:.1f} -> bgd overhead {r['overhead']:.1f} ms; bgd CPU {r['cpu']:.2f} ms/release")
+        bgd.stop()
+        rows.append(dict(setup=name, **per_rep))
+    return rows
+
+
+def bench_staging(ctx, base, where, method="copy"):
+    """Staging the big build vs cp -a, with bgd's root, the build and the copies all under base."""
+    big = make_big_build(ctx, base, ctx.big_files, ctx.big_bytes)
+    files, size = tree_size(big)
+    log(f"3b. staging a {size / 1e6:.0f} MB, {files}-file build vs cp -a, on {where}, stage = {method}, "
+        f"{ctx.reps3b} repetitions")
+    bgd = Bgd(ctx, f"m3-big-{free_port()}", [PY, "-S", "fastapp.py"], "notify", base=base,
+              top=f"stage = {json.dumps(method)}" if method != "copy" else "")
+    bgd.release(big)
+    bgd.release(big)  # both colors full: every timed release also removes an old tree, as in real use
+    rows = {k: [] for k in ("stage", "cp", "cp_sync", "rm", "ratio", "ratio_sync", "live", "cpu_ms")}
+    for rep in range(ctx.reps3b):
+        wait_for_quiet(ctx, f"rep {rep + 1} staging on {where}")
+
+        def release():
+            subprocess.run(["sync"], check=True)
+            c0 = task_counters([bgd.pid])[0]
+            _, _, res = bgd.release(big)
+            return res, (task_counters([bgd.pid])[0] - c0) / 1e6
+
+        if rep % 2 == 0:  # alternate which goes first
+            res, cpu = release()
+            cps, syncs, rms = cp_a(big, base, 1)
+        else:
+            cps, syncs, rms = cp_a(big, base, 1)
+            res, cpu = release()
+        stage = res["ms"]["stage"]
+        rows["stage"].append(stage)
+        rows["cp"].append(cps[0])
+        rows["cp_sync"].append(cps[0] + syncs[0])
+        rows["rm"].append(rms[0])
+        rows["ratio"].append(stage / cps[0])
+        rows["ratio_sync"].append(stage / (cps[0] + syncs[0]))
+        rows["live"].append(res["ms"]["total"] - res["ms"]["drain"])
+        rows["cpu_ms"].append(cpu)
+        log(f"  rep {rep + 1}: bgd stage {stage} ms (bgd CPU {cpu:.0f} ms); cp -a {cps[0]:.0f} ms, then sync "
+            f"{syncs[0]:.0f} ms, rm -rf {rms[0]:.0f} ms -> {stage / cps[0]:.2f}x cp -a, "
+            f"{stage / (cps[0] + syncs[0]):.2f}x cp -a + sync")
+    rows["hwm_kb"] = [kb(proc_status(bgd.pid), "VmHWM")]
+    bgd.stop()
+    rows["files"], rows["bytes"], rows["where"] = files, size, f"{where}, stage = {method}"
+    shutil.rmtree(os.path.dirname(big), ignore_errors=True)
+    return rows
+
+
+# ---------------------------------------------------------------- 4. footprint
+
+
+def bench_footprint(ctx):
+    log(f"4. footprint: RSS idle and during releases; CPU and wake-ups over {ctx.reps4} x {ctx.idle_seconds}s idle, "
+        "next to nginx and gunicorn's arbiter")
+    rows = {k: [] for k in ("rss_idle", "anon_idle", "rss_release", "hwm", "cpu_ms", "wakeups", "threads",
+                            "nginx_rss", "nginx_cpu_ms", "nginx_wakeups", "gunicorn_cpu_ms", "gunicorn_wakeups")}
+    bgd = Bgd(ctx, f"m4-{free_port()}", [PY, "-S", "fastapp.py"], "notify")
+    bgd.release(ctx.build_fast)
+    up = free_port()
+    g = start_gunicorn(ctx, up, ctx.build_gunicorn[0], "m4-gunicorn")
+    nginx = Nginx(ctx, up)
+    # Let tokio's idle blocking-pool thread (kept 10 s after the staging copy) go first.
+    time.sleep(ctx.settle_seconds)
+    ngx = [nginx.proc.pid] + nginx.workers()
+    for rep in range(ctx.reps4):
+        wait_for_quiet(ctx, f"idle {rep + 1}")
+        st = proc_status(bgd.pid)
+        rows["rss_idle"].append(kb(st, "VmRSS"))
+        rows["anon_idle"].append(kb(st, "RssAnon"))
+        rows["threads"].append(int(st.get("Threads", 0)))
+        rows["nginx_rss"].append(sum(kb(proc_status(p), "VmRSS") for p in ngx))
+        c0 = task_counters([bgd.pid]), task_counters(ngx), task_counters([g.pid])
+        time.sleep(ctx.idle_seconds)
+        c1 = task_counters([bgd.pid]), task_counters(ngx), task_counters([g.pid])
+        per_min = 60.0 / ctx.idle_seconds
+        rows["cpu_ms"].append((c1[0][0] - c0[0][0]) / 1e6 * per_min)
+        rows["wakeups"].append((c1[0][1] - c0[0][1]) * per_min)
+        rows["nginx_cpu_ms"].append((c1[1][0] - c0[1][0]) / 1e6 * per_min)
+        rows["nginx_wakeups"].append((c1[1][1] - c0[1][1]) * per_min)
+        rows["gunicorn_cpu_ms"].append((c1[2][0] - c0[2][0]) / 1e6 * per_min)
+        rows["gunicorn_wakeups"].append((c1[2][1] - c0[2][1]) * per_min)
+        log(f"  idle {rep + 1}: bgd RSS {rows['rss_idle'][-1] / 1024:.1f} MB ({rows['threads'][-1]} threads), "
+            f"CPU {rows['cpu_ms'][-1]:.3f} ms/min, {rows['wakeups'][-1]:.0f} wake-ups/min (nginx "
+            f"{rows['nginx_cpu_ms'][-1]:.2f} ms/min, {rows['nginx_wakeups'][-1]:.0f}/min; gunicorn arbiter "
+            f"{rows['gunicorn_cpu_ms'][-1]:.1f} ms/min, {rows['gunicorn_wakeups'][-1]:.0f}/min)")
+    for rep in range(ctx.reps4):
+        # RSS during releases: sampled every millisecond, and the kernel's high-water mark.
+        peak = [0]
+        done = threading.Event()
+
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], kb(proc_status(bgd.pid), "VmRSS"))
+                time.sleep(0.001)
+
+        t = threading.Thread(target=sample)
+        t.start()
+        try:
+            for _ in range(ctx.releases3):
+                bgd.release(ctx.build_fast)
+        finally:
+            done.set()
+            t.join()
+        rows["rss_release"].append(peak[0])
+        rows["hwm"].append(kb(proc_status(bgd.pid), "VmHWM"))
+        log(f"  releases {rep + 1}: bgd peak RSS {peak[0] / 1024:.1f} MB, VmHWM {rows['hwm'][-1] / 1024:.1f} MB")
+    nginx.stop()
+    stop(g)
+    bgd.stop()
+    return rows
+
+
+# ---------------------------------------------------------------- report
+
+
+def machine():
+    model = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem = int(f.readline().split()[1]) / 1024 / 1024
+
+    def ver(cmd):
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+            return (r.stdout + r.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.SubprocessError):
+            return "?"
+
+    fs = "?"
+    try:
+        r = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,SOURCE", "--target", tempfile.gettempdir()],
+                           capture_output=True, text=True)
+        fs = r.stdout.strip()
+    except OSError:
+        pass
+    return [
+        f"cores (nproc): {os.cpu_count()}, model: {model}",
+        f"memory: {mem:.1f} GiB; kernel: {platform.release()}; temp dir filesystem: {fs}",
+        f"os: {ver(['sh', '-c', '. /etc/os-release; echo $PRETTY_NAME'])}",
+        f"bgd: {ver([BGD_PATH[0], '--version'])}, "
+        f"{os.environ.get('BGD_SOURCE') or 'source ' + ver(['git', '-C', os.path.dirname(HERE), 'describe', '--always', '--dirty'])}"
+        " (release build)",
+        f"gunicorn: {ver([PY, '-m', 'gunicorn', '--version'])} (sync workers x{GUNICORN_WORKERS}); "
+        f"{ver([PY, '--version'])}; {ver(['nginx', '-v'])}; {ver(['wrk', '--version'])[:24]}",
+    ]
+
+
+def table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def verdict(ok):
+    return "met" if ok else "**missed**"
+
+
+def report(ctx, r1, r2, r3, r3b, r4):
+    md = [f"# bgd benchmark ({'quick' if ctx.quick else 'full'} run, {time.strftime('%Y-%m-%d %H:%M %Z')})", ""]
+    md += ["Machine:", ""] + [f"- {m}" for m in machine()] + [""]
+    md += [f"Other work on the machine: before each run the benchmark waits up to {ctx.quiet_wait:.0f} s for the "
+           f"machine to be less than {ctx.quiet_busy:.0%} busy; {ctx.disturbed} of {ctx.runs} runs started busier "
+           f"(busy fraction before a run: median {med(ctx.busy):.0%}, max {max(ctx.busy, default=0):.0%}).", ""]
+    md += ["Every cell is the median over the repetitions, with [min-max] after it; ratios are computed per "
+           "repetition against the baseline measured next to it.", ""]
+    if r1:
+        md += [f"## 1. Request-path overhead (wrk -t2 -c64, {ctx.wrk_seconds}s x {ctx.reps1})", ""]
+        def g(r, k, *a):
+            return summary(r[k], *a) if k in r else ""
+        md += [table(["setup", "req/s", "ratio to (a)", "side-by-side req/s ratio to (a)", "p50 ms", "p50 ratio",
+                      "p99 ms", "p99 ratio", "server CPU us/request", "CPU ratio", "errors"], [
+            [r["setup"], g(r, "rps", 0), g(r, "rps_ratio", 3), g(r, "side", 3), g(r, "p50"), g(r, "p50_ratio"),
+             g(r, "p99"), g(r, "p99_ratio"), g(r, "cpu_us", 0), g(r, "cpu_ratio", 3), g(r, "errors", 0)]
+            for r in r1])]
+        by = {r["setup"].split(")")[0] + ")": r for r in r1}
+        md += ["", "'ratio to (a)': runs one after the other (wrk -t2 -c64); 'side-by-side': the setup and (a) loaded "
+               "at the same time (wrk -t1 -c32 each), so other work on the machine slows both alike; (a') is that "
+               "method's own noise. Server CPU: all processes serving the requests, per request.", ""]
+        for k, what in (("(b)", "health.http"), ("(b2)", "health.notify")):
+            seq, sbs, cpu = med(by[k]["rps_ratio"]), med(by[k]["side"]), med(by[k]["cpu_ratio"])
+            md += [f"- Goal {k}/(a) throughput >= 0.98 with {what}: one after the other {fmt(seq, 3)}, side by side "
+                   f"{fmt(sbs, 3)} ({verdict(sbs >= 0.98)}); CPU per request {fmt(cpu, 3)}x."]
+        md += [""]
+    if r2:
+        md += [f"## 2. Releases under load ({ctx.steady_seconds}s steady + {ctx.release_seconds}s of back-to-back "
+               f"releases, c=64: 32 keep-alive + 32 new-connection clients, x {ctx.reps2})", ""]
+        md += [table(["setup", "releases", "failed requests", "of requests", "p99 steady ms", "p99 in release windows ms",
+                      "ratio", "window s", "longest window s"], [
+            [r["setup"], summary(r["releases"], 0), summary(r["failed"], 0), summary(r["requests"], 0),
+             summary(r["p99_steady"], 1), summary(r["p99_window"], 1), summary(r["p99_ratio"]),
+             summary(r["window_s"]), summary(r["window_max"])] for r in r2])]
+        def kinds(r):
+            total = {}
+            for d in r["fail_kinds"]:
+                for k, v in d.items():
+                    total[k] = total.get(k, 0) + v
+            return ", ".join(f"{k} {v}" for k, v in sorted(total.items(), key=lambda kv: -kv[1])) or "none"
+        md += ["", "Failed requests over all repetitions, by client (k keep-alive, c new connection) and code "
+               "(-1 connection refused, -3 closed or reset before an answer on a new connection, -4 the same on a "
+               "reused keep-alive connection, -5 timeout, -6 wrong answer, else the HTTP status):", ""]
+        md += [f"- {r['setup']}: {kinds(r)}" for r in r2]
+        md += [""]
+        if r2[0]["setup"] == BgdSystem.name:
+            f = max(r2[0]["failed"])
+            md += [f"Goal bgd 0 failed requests: {f} in the worst repetition, {verdict(f == 0)}.", ""]
+    if r3:
+        md += [f"## 3. Release latency (no load; {ctx.releases3} releases x {ctx.reps3})", ""]
+        md += [table(["app", "to live ms", "stage", "start", "ready", "swap", "drain", "app alone start-to-ready",
+                      "cp -a of the build", "bgd overhead ms", "bgd CPU ms per release", "goal <= 20 ms"], [
+            [r["setup"], summary(r["live"], 1), summary(r["stage"], 1), summary(r["start"], 1), summary(r["ready"], 1),
+             summary(r["swap"], 1), summary(r["drain"], 1), summary(r["app"], 1), summary(r["cp"], 1),
+             summary(r["overhead"], 1), summary(r["cpu"]), verdict(med(r["overhead"]) <= 20)] for r in r3])]
+        md += ["", "bgd overhead = (release to live) - (the same app's start-to-ready without bgd) - (cp -a of the "
+               "same build), per release (each followed by one start of the app alone and one cp -a), median. "
+               "'to live' = bgd's total - drain; swap = to live - stage - start - ready.", ""]
+    if r3b:
+        r = r3b[0]
+        md += [f"### Staging a {r['bytes'] / 1e6:.0f} MB, {r['files']}-file build ({ctx.reps3b} repetitions)", ""]
+        md += [table(["filesystem", "bgd stage ms", "cp -a ms", "stage / cp -a", "cp -a + sync ms",
+                      "stage / (cp -a + sync)", "rm -rf of the tree ms", "bgd CPU ms per release", "bgd peak RSS MB"], [[
+                          r["where"], summary(r["stage"], 0), summary(r["cp"], 0), summary(r["ratio"]),
+                          summary(r["cp_sync"], 0), summary(r["ratio_sync"]), summary(r["rm"], 0),
+                          summary(r["cpu_ms"], 0), summary([v / 1024 for v in r["hwm_kb"]], 1)] for r in r3b])]
+        md += ["", "bgd's stage step is the copy (or hardlinks) + syncfs + the rename exchange + removing the color's "
+               "previous tree; cp -a is the copy alone. The goal is about the default, stage = copy.", ""]
+        for r in r3b:
+            ratio = med(r["ratio"])
+            md += [f"- Goal staging <= 1.1x cp -a on {r['where']}: {fmt(ratio)}x, {verdict(ratio <= 1.1)}."]
+        md += [""]
+    if r4:
+        md += [f"## 4. Footprint ({ctx.reps4} x {ctx.idle_seconds}s idle, rates per minute)", ""]
+        md += [table(["", "bgd", "nginx (master + workers)", "gunicorn arbiter", "goal"], [
+            ["RSS idle MB", summary([v / 1024 for v in r4["rss_idle"]]), summary([v / 1024 for v in r4["nginx_rss"]]),
+             "", "<= 10 MB"],
+            ["RSS during releases MB (1 ms samples / VmHWM)",
+             summary([v / 1024 for v in r4["rss_release"]]) + " / " + summary([v / 1024 for v in r4["hwm"]]), "", "",
+             "<= 10 MB"],
+            ["CPU ms per minute idle", summary(r4["cpu_ms"], 3), summary(r4["nginx_cpu_ms"], 3),
+             summary(r4["gunicorn_cpu_ms"], 1), "about 0"],
+            ["wake-ups (context switches) per minute idle", summary(r4["wakeups"], 0), summary(r4["nginx_wakeups"], 0),
+             summary(r4["gunicorn_wakeups"], 0), "0"],
+        ])]
+        rss = max(max(r4["rss_idle"]), max(r4["rss_release"]), max(r4["hwm"])) / 1024
+        md += ["", f"Goal RSS <= 10 MB: peak {rss:.1f} MB, {verdict(rss <= 10)}. Goal idle CPU about 0 with no polling: "
+               f"{fmt(med(r4['cpu_ms']), 3)} ms/min, {fmt(med(r4['wakeups']), 0)} wake-ups/min, "
+               f"{verdict(med(r4['wakeups']) <= 1)}.", ""]
+    md += ["## 5. Auto-release latency", "", "Not measured: the watch feature is not built yet.", ""]
+    if ctx.failures:
+        md += ["## Measurements that failed", ""] + [f"- {f}" for f in ctx.failures] + [""]
+    return "\n".join(md)
+
+
+def main():
+    ap = argparse.ArgumentParser(description="bgd benchmark")
+    ap.add_argument("--quick", action="store_true", help="a ~3 minute version with shorter runs")
+    ap.add_argument("--only", default="1,2,3,4", help="comma-separated measurements to run (1,2,3,4)")
+    ap.add_argument("--gthread", action="store_true", help="2: also bgd with gunicorn's gthread workers (keep-alive)")
+    ap.add_argument("--systems", default="bgd,nginx,naive",
+                    help="2: which release methods to load-test (bgd, nginx, naive, bgd-gthread)")
+    ap.add_argument("--out", help="also write the Markdown report here")
+    ap.add_argument("--bin", required=True, help="directory with bgd and bgctl")
+    ap.add_argument("--loadgen", required=True)
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    ap.add_argument("--quiet-wait", type=float, default=None,
+                    help="wait up to this many seconds before each run for other work on the machine to stop "
+                         "(default 10, 3 with --quick; 90 s in all, 20 with --quick)")
+    ap.add_argument("--quiet-busy", type=float, default=0.10,
+                    help="the machine counts as quiet below this busy fraction (default 0.10)")
+    ctx = ap.parse_args()
+    ctx.disturbed, ctx.runs, ctx.busy = 0, 0, []
+    ctx.bgd = os.path.join(ctx.bin, "bgd")
+    BGD_PATH[0] = ctx.bgd
+    ctx.wrk = shutil.which("wrk")
+    ctx.nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    for tool in (ctx.bgd, ctx.loadgen, ctx.wrk, ctx.nginx, PY):
+        if not tool or not os.access(tool, os.X_OK):
+            sys.exit(f"bench: {tool} is missing; run bench/run, which installs and builds what is needed")
+    if ctx.quiet_wait is None:
+        ctx.quiet_wait = 3.0 if ctx.quick else 10.0
+    ctx.quiet_budget = 20.0 if ctx.quick else 90.0  # waiting in all, so a busy machine cannot stretch the run
+    if ctx.quick:
+        ctx.reps1, ctx.wrk_seconds = 3, 2
+        ctx.reps2, ctx.steady_seconds, ctx.release_seconds = 3, 2, 7
+        ctx.reps3, ctx.releases3, ctx.reps3b = 3, 5, 3
+        ctx.big_files, ctx.big_bytes = 2_500, 50 * 1024 * 1024
+        ctx.reps4, ctx.idle_seconds, ctx.settle_seconds = 3, 5, 11
+    else:
+        ctx.reps1, ctx.wrk_seconds = 5, 4
+        ctx.reps2, ctx.steady_seconds, ctx.release_seconds = 3, 8, 36
+        ctx.reps3, ctx.releases3, ctx.reps3b = 3, 10, 3
+        ctx.big_files, ctx.big_bytes = 10_000, 200 * 1024 * 1024
+        ctx.reps4, ctx.idle_seconds, ctx.settle_seconds = 3, 20, 11
+    only = set(ctx.only.split(","))
+    ctx.tmp = tempfile.mkdtemp(prefix="bgd-bench.")
+    ctx.shm = None
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    t0 = time.monotonic()
+    r1 = r2 = r3 = r3b = r4 = None
+    ctx.failures = []
+    try:
+        make_builds(ctx)
+        results = {}
+
+        def measure(key, fn):
+            # One measurement's failure is reported, and the others still run.
+            try:
+                results[key] = fn()
+            except Exception as e:  # noqa: BLE001
+                import traceback
+                traceback.print_exc()
+                log(f"measurement {key} failed: {e}")
+                ctx.failures.append(f"{key}: {e}")
+                stop_all()
+
+        def staging():
+            rows = [bench_staging(ctx, ctx.tmp, "the disk (temp dir)")]
+            # stage = "hardlink" (opt-in, newer bgd): only if this bgd knows the key.
+            probe = os.path.join(ctx.tmp, "probe.toml")
+            with open(probe, "w") as f:
+                f.write('name = "p"\nroot = "/nonexistent"\nstage = "hardlink"\n[[listen]]\nname = "http"\n'
+                        'address = "127.0.0.1:1"\n[app]\ncommand = ["x"]\nallow_root = true\n[health]\nnotify = true\n')
+            r = subprocess.run([ctx.bgd, "--check", "--config", probe], capture_output=True, text=True)
+            if "stage" not in r.stderr:
+                rows.append(bench_staging(ctx, ctx.tmp, "the disk (temp dir)", "hardlink"))
+            shm = "/dev/shm"
+            try:
+                st = os.statvfs(shm)
+                shm_ok = st.f_bavail * st.f_frsize > 2 * 1024 ** 3
+            except OSError:
+                shm_ok = False
+            if shm_ok:
+                ctx.shm = tempfile.mkdtemp(prefix="bgd-bench.", dir=shm)
+                rows.append(bench_staging(ctx, ctx.shm, "tmpfs (/dev/shm)"))
+            else:
+                log("3b. no tmpfs with 2 GB free at /dev/shm: staging measured on the disk only")
+            return rows
+
+        if "1" in only:
+            measure("1", lambda: bench_request_path(ctx))
+        if "2" in only:
+            measure("2", lambda: bench_releases(ctx))
+        if "3" in only:
+            measure("3", lambda: bench_release_latency(ctx))
+            measure("3b", staging)
+        if "4" in only:
+            measure("4", lambda: bench_footprint(ctx))
+        r1, r2, r3, r3b, r4 = (results.get(k) for k in ("1", "2", "3", "3b", "4"))
+    finally:
+        stop_all()
+        if ctx.shm:
+            shutil.rmtree(ctx.shm, ignore_errors=True)
+        if not ctx.keep:
+            shutil.rmtree(ctx.tmp, ignore_errors=True)
+        else:
+            log(f"logs and configs kept in {ctx.tmp}")
+    md = report(ctx, r1, r2, r3, r3b, r4)
+    md += f"\n(bench/run took {time.monotonic() - t0:.0f} s)\n"
+    print(md)
+    if ctx.out:
+        with open(ctx.out, "w") as f:
+            f.write(md)
+        log(f"report written to {ctx.out}")
+    sys.exit(1 if ctx.failures else 0)
+
+
+if __name__ == "__main__":
+    main()
