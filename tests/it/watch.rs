@@ -50,6 +50,16 @@ impl Watched {
         })
     }
 
+    /// Waits until idle, then checks that auto-release number `release` is
+    /// the last one and that `version` of the example app answers.
+    fn expect_released(&self, release: u64, version: &str) -> Value {
+        let st = self.idle();
+        assert_eq!(self.last_auto(), release, "{st}");
+        let body = serving(self);
+        assert!(body.starts_with(&format!("hello from {version}")), "{body}");
+        st
+    }
+
     /// The release id of the last auto-release.
     fn last_auto(&self) -> u64 {
         self.bgd.status()["watch"]["last_release"]["release"]
@@ -96,7 +106,7 @@ fn a_slow_writer_gives_one_release_of_the_complete_tree() {
         if i == 15 {
             write_version(&w.build, "v2");
         }
-        std::thread::sleep(Duration::from_millis(100)); // the writer's pace, not a wait
+        std::thread::sleep(Duration::from_millis(100)); // the writer's pace: it writes until about 3 s have passed
     }
     let st = w.idle();
     assert_eq!(w.last_auto(), before + 1, "exactly one release: {st}");
@@ -118,14 +128,10 @@ fn rm_rf_and_recreate_gives_one_release() {
     std::fs::remove_dir_all(&w.build).unwrap();
     let parent = w.build.parent().unwrap();
     example_build(parent, "build", "v2");
-    let st = w.idle();
-    assert_eq!(w.last_auto(), before + 1, "{st}");
-    assert!(serving(&w).starts_with("hello from v2"));
+    w.expect_released(before + 1, "v2");
     // The watch is re-armed on the new directory.
     write_version(&w.build, "v3");
-    w.idle();
-    assert_eq!(w.last_auto(), before + 2);
-    assert!(serving(&w).starts_with("hello from v3"));
+    w.expect_released(before + 2, "v3");
     w.finish();
 }
 
@@ -137,9 +143,7 @@ fn replacing_the_directory_with_mv_gives_one_release() {
     let new = example_build(&parent, "build.new", "v2");
     std::fs::rename(&w.build, parent.join("build.old")).unwrap();
     std::fs::rename(&new, &w.build).unwrap();
-    let st = w.idle();
-    assert_eq!(w.last_auto(), before + 1, "{st}");
-    assert!(serving(&w).starts_with("hello from v2"));
+    w.expect_released(before + 1, "v2");
     w.finish();
 }
 
@@ -163,9 +167,7 @@ fn marker_mode_waits_for_the_marker() {
     assert!(serving(&w).starts_with("hello from v1"));
 
     std::fs::write(w.build.join(".release"), "").unwrap();
-    w.idle();
-    assert_eq!(w.last_auto(), before + 1);
-    assert!(serving(&w).starts_with("hello from v2"));
+    w.expect_released(before + 1, "v2");
     w.finish();
 }
 
@@ -400,9 +402,7 @@ fn marker_mode_ignores_a_new_tree_until_its_marker() {
     assert_eq!(st["watch"]["state"], "idle", "{st}");
     assert_eq!(w.last_auto(), before);
     std::fs::write(w.build.join(".release"), "").unwrap();
-    w.idle();
-    assert_eq!(w.last_auto(), before + 1);
-    assert!(serving(&w).starts_with("hello from v2"));
+    w.expect_released(before + 1, "v2");
     w.finish();
 }
 
