@@ -8,6 +8,7 @@ to 127.0.0.1; every loop is bounded in count and time.
 """
 import argparse
 import bisect
+import calendar
 import json
 import os
 import platform
@@ -169,6 +170,15 @@ def task_counters(pids):
     return ns, switches
 
 
+def proc_cpu_ms(pid):
+    """CPU time (user + system) of the whole process from /proc/PID/stat, threads that have
+    exited included (schedstat of /proc/PID/task/* loses them), in clock ticks (10 ms)."""
+    with open(f"/proc/{pid}/stat") as f:
+        s = f.read()
+    v = s[s.rindex(")") + 2:].split()
+    return (int(v[11]) + int(v[12])) * 1000.0 / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_busy():
     """(busy, total) jiffies of the whole machine, from /proc/stat."""
     with open("/proc/stat") as f:
@@ -248,7 +258,7 @@ def start_gunicorn(ctx, port, build, tag):
 class Bgd:
     """One bgd, its config in a temp dir, talked to over its control socket."""
 
-    def __init__(self, ctx, name, command, health, port=None, base=None, top=""):
+    def __init__(self, ctx, name, command, health, port=None, base=None, top="", env=None):
         self.ctx = ctx
         self.dir = os.path.join(base or ctx.tmp, name)
         os.makedirs(self.dir)
@@ -285,7 +295,7 @@ class Bgd:
         else:
             raise RuntimeError(f"bgd --check rejects {self.config}: {r.stderr.strip()}")
         self.log = os.path.join(self.dir, "bgd.log")
-        self.proc = spawn([ctx.bgd, "--config", self.config], self.log)
+        self.proc = spawn([ctx.bgd, "--config", self.config], self.log, env=env)
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -886,6 +896,21 @@ def bench_release_latency(ctx):
     return rows
 
 
+def trash_gone(root, since, timeout=300.0):
+    """Waits until bgd's root holds no `.trash-*` (a color's previous tree that bgd removes
+    after the release); returns when that was, in ms after `since` (monotonic), 0 if none."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if not any(n.startswith(".trash-") for n in os.listdir(root)):
+                return max(0.0, (time.monotonic() - since) * 1000)
+        except OSError:
+            return 0.0
+        time.sleep(0.01)
+    log(f"  {root}: .trash-* still there after {timeout:.0f}s")
+    return float("nan")
+
+
 def bench_staging(ctx, base, where, method="copy"):
     """Staging the big build vs cp -a, with bgd's root, the build and the copies all under base."""
     big = make_big_build(ctx, base, ctx.big_files, ctx.big_bytes)
@@ -894,24 +919,29 @@ def bench_staging(ctx, base, where, method="copy"):
         f"{ctx.reps3b} repetitions")
     bgd = Bgd(ctx, f"m3-big-{free_port()}", [PY, "-S", "fastapp.py"], "notify", base=base,
               top=f"stage = {json.dumps(method)}" if method != "copy" else "")
-    bgd.release(big)
-    bgd.release(big)  # both colors full: every timed release also removes an old tree, as in real use
-    rows = {k: [] for k in ("stage", "cp", "cp_sync", "rm", "ratio", "ratio_sync", "live", "cpu_ms")}
+    for _ in range(2):  # both colors full: every timed release also removes an old tree, as in real use
+        _, t1, _ = bgd.release(big)
+        trash_gone(bgd.root, t1)
+    rows = {k: [] for k in ("stage", "cp", "cp_sync", "rm", "ratio", "ratio_sync", "live", "cpu_ms", "bg_rm")}
     for rep in range(ctx.reps3b):
         wait_for_quiet(ctx, f"rep {rep + 1} staging on {where}")
 
         def release():
+            # A bgd that removes the color's previous tree after the release (off its path)
+            # is waited for before cp -a runs, so the removal does not slow the baseline; its
+            # CPU counts (from /proc/PID/stat, since its thread has exited by then).
             subprocess.run(["sync"], check=True)
-            c0 = task_counters([bgd.pid])[0]
-            _, _, res = bgd.release(big)
-            return res, (task_counters([bgd.pid])[0] - c0) / 1e6
+            c0 = proc_cpu_ms(bgd.pid)
+            _, t1, res = bgd.release(big)
+            bg = trash_gone(bgd.root, t1)
+            return res, proc_cpu_ms(bgd.pid) - c0, bg
 
         if rep % 2 == 0:  # alternate which goes first
-            res, cpu = release()
+            res, cpu, bg = release()
             cps, syncs, rms = cp_a(big, base, 1)
         else:
             cps, syncs, rms = cp_a(big, base, 1)
-            res, cpu = release()
+            res, cpu, bg = release()
         stage = res["ms"]["stage"]
         rows["stage"].append(stage)
         rows["cp"].append(cps[0])
@@ -921,7 +951,9 @@ def bench_staging(ctx, base, where, method="copy"):
         rows["ratio_sync"].append(stage / (cps[0] + syncs[0]))
         rows["live"].append(res["ms"]["total"] - res["ms"]["drain"])
         rows["cpu_ms"].append(cpu)
-        log(f"  rep {rep + 1}: bgd stage {stage} ms (bgd CPU {cpu:.0f} ms); cp -a {cps[0]:.0f} ms, then sync "
+        rows["bg_rm"].append(bg)
+        log(f"  rep {rep + 1}: bgd stage {stage} ms (bgd CPU {cpu:.0f} ms; old tree gone {bg:.0f} ms after the "
+            f"reply); cp -a {cps[0]:.0f} ms, then sync "
             f"{syncs[0]:.0f} ms, rm -rf {rms[0]:.0f} ms -> {stage / cps[0]:.2f}x cp -a, "
             f"{stage / (cps[0] + syncs[0]):.2f}x cp -a + sync")
     rows["hwm_kb"] = [kb(proc_status(bgd.pid), "VmHWM")]
@@ -995,6 +1027,141 @@ def bench_footprint(ctx):
     return rows
 
 
+# ---------------------------------------------------------------- 5. auto-release latency
+
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z\s")
+LIVE_LINE = re.compile(r"\b(?:blue|green) is live release=(\d+)")
+DONE_LINE = re.compile(r"\brelease (\d+) is live on ")
+BEGIN_LINE = re.compile(r"\brelease begins release=(\d+)")
+
+
+def log_time(line):
+    """Epoch seconds of a bgd log line: tracing's timestamp, RFC 3339 in UTC with microseconds."""
+    m = LOG_TIME.match(line)
+    if not m:
+        return None
+    return calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S")) + float("0" + (m.group(2) or ".0"))
+
+
+def auto_release_events(path, offset, timeout=60.0):
+    """Reads bgd's log from offset until one auto-release has ended (its "release N is live
+    on" line); returns the epoch times of its "auto-release of" line, its swap ("COLOR is
+    live release=N") and its end (after the drain)."""
+    deadline = time.monotonic() + timeout
+    ev = {}
+    buf = b""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while time.monotonic() < deadline:
+            buf += f.read()
+            lines = buf.split(b"\n")
+            buf = lines.pop()  # a line bgd is still writing
+            for line in lines:
+                line = line.decode(errors="replace")
+                t = log_time(line)
+                if t is None:
+                    continue
+                if "auto" not in ev and "auto-release of " in line:
+                    ev["auto"] = t
+                elif "auto" in ev and "release" not in ev and BEGIN_LINE.search(line):
+                    ev["release"] = int(BEGIN_LINE.search(line).group(1))
+                elif "release" in ev and LIVE_LINE.search(line) and int(LIVE_LINE.search(line).group(1)) == ev["release"]:
+                    ev["live"] = t
+                elif "release" in ev and DONE_LINE.search(line) and int(DONE_LINE.search(line).group(1)) == ev["release"]:
+                    ev["done"] = t
+                    return ev
+                elif "auto" in ev and " ERROR " in line[:40]:
+                    raise RuntimeError(f"auto-release failed: {line.strip()} (see {path})")
+            time.sleep(0.005)
+    raise RuntimeError(f"no auto-release ended within {timeout:.0f}s (seen: {sorted(ev)}; see {path})")
+
+
+def wait_watch_idle(bgd, timeout=60.0):
+    """Polls status until no release runs and the watcher is idle; returns the watcher's mode."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = bgd.request({"v": 1, "cmd": "status"})
+        w = st.get("watch") or {}
+        if st.get("release_in_progress") is None and w.get("state") == "idle":
+            return w.get("mode", "?")
+        time.sleep(0.01)
+    raise RuntimeError(f"bgd not idle within {timeout:.0f}s: {st.get('release_in_progress')}, watch {w}")
+
+
+def write_build(build, i):
+    """A new build written in place, as a build tool does: fastapp.py rewritten, then a
+    changed VERSION file. Returns the wall-clock time right after the last write's close."""
+    shutil.copyfile(os.path.join(HERE, "fastapp.py"), os.path.join(build, "fastapp.py"))
+    with open(os.path.join(build, "VERSION"), "w") as f:
+        f.write(f"build {i}\n")
+    return time.time()
+
+
+def bench_auto_release(ctx):
+    settle = ctx.settle5
+    log(f"5. auto-release latency: [watch] settle = {settle * 1000:.0f}ms; {ctx.reps5} runs of {ctx.releases5} "
+        f"builds per setup ({ctx.reps5} x {ctx.releases5_many} with {ctx.many_files} more files)")
+    setups = [
+        ("fastapp, notify", "notify", 0, ctx.releases5),
+        ("fastapp, HTTP probe", "http", 0, ctx.releases5),
+        (f"fastapp + {ctx.many_files} files of 1 KiB, notify", "notify", ctx.many_files, ctx.releases5_many),
+    ]
+    env = dict(os.environ, BGD_LOG="info")
+    env.pop("JOURNAL_STREAM", None)  # log lines with timestamps, to the log file
+    rows = []
+    n = 0
+    for name, health, files, releases in setups:
+        base = os.path.join(ctx.tmp, f"m5-{free_port()}")
+        build = os.path.join(base, "build")  # the watched directory; bgd also watches base
+        os.makedirs(build)
+        shutil.copy(os.path.join(HERE, "fastapp.py"), build)
+        for i in range(files):
+            sub = os.path.join(build, "data", f"d{i // 100:03d}")
+            if i % 100 == 0:
+                os.makedirs(sub)
+            with open(os.path.join(sub, f"f{i % 100:03d}.txt"), "wb") as f:
+                f.write(os.urandom(1024))
+        top = f"[watch]\npath = {json.dumps(build)}\nsettle = \"{settle * 1000:.0f}ms\""
+        bgd = Bgd(ctx, "bgd", [PY, "-S", "fastapp.py"], health, base=base, top=top, env=env)
+        # At start bgd releases the tree (nothing is live); one more build fills the other color.
+        auto_release_events(bgd.log, 0)
+        wait_watch_idle(bgd)
+        n += 1
+        off = os.path.getsize(bgd.log)
+        write_build(build, n)
+        auto_release_events(bgd.log, off)
+        per_rep = {k: [] for k in ("over", "auto", "live", "done", "release", "mode")}
+        singles = []
+        for rep in range(ctx.reps5):
+            wait_for_quiet(ctx, f"rep {rep + 1} auto-release {name}")
+            got = {k: [] for k in ("over", "auto", "live", "done", "release")}
+            modes = set()
+            for _ in range(releases):
+                modes.add(wait_watch_idle(bgd))
+                n += 1
+                off = os.path.getsize(bgd.log)
+                t_write = write_build(build, n)
+                ev = auto_release_events(bgd.log, off)
+                got["auto"].append((ev["auto"] - t_write) * 1000)
+                got["over"].append((ev["auto"] - t_write - settle) * 1000)
+                got["live"].append((ev["live"] - t_write) * 1000)
+                got["done"].append((ev["done"] - t_write) * 1000)
+                got["release"].append((ev["live"] - ev["auto"]) * 1000)
+            modes.add(wait_watch_idle(bgd))
+            singles += got["over"]
+            for k, v in got.items():
+                per_rep[k].append(med(v))
+            per_rep["mode"].append("/".join(sorted(modes)))
+            log(f"  rep {rep + 1} {name} ({per_rep['mode'][-1]}): auto-release starts {per_rep['over'][-1]:.1f} ms "
+                f"after settle [{min(got['over']):.1f}-{max(got['over']):.1f}]; live {per_rep['live'][-1]:.0f} ms, "
+                f"done {per_rep['done'][-1]:.0f} ms after the last write")
+        bgd.stop()
+        if files:
+            shutil.rmtree(base, ignore_errors=True)
+        rows.append(dict(setup=name, settle=settle * 1000, singles=singles, releases=releases, **per_rep))
+    return rows
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -1044,7 +1211,7 @@ def verdict(ok):
     return "met" if ok else "**missed**"
 
 
-def report(ctx, r1, r2, r3, r3b, r4):
+def report(ctx, r1, r2, r3, r3b, r4, r5=None):
     md = [f"# bgd benchmark ({'quick' if ctx.quick else 'full'} run, {time.strftime('%Y-%m-%d %H:%M %Z')})", ""]
     md += ["Machine:", ""] + [f"- {m}" for m in machine()] + [""]
     md += [f"Other work on the machine: before each run the benchmark waits up to {ctx.quiet_wait:.0f} s for the "
@@ -1106,12 +1273,17 @@ def report(ctx, r1, r2, r3, r3b, r4):
         r = r3b[0]
         md += [f"### Staging a {r['bytes'] / 1e6:.0f} MB, {r['files']}-file build ({ctx.reps3b} repetitions)", ""]
         md += [table(["filesystem", "bgd stage ms", "cp -a ms", "stage / cp -a", "cp -a + sync ms",
-                      "stage / (cp -a + sync)", "rm -rf of the tree ms", "bgd CPU ms per release", "bgd peak RSS MB"], [[
+                      "stage / (cp -a + sync)", "rm -rf of the tree ms", "old tree gone ms after reply",
+                      "bgd CPU ms per release", "bgd peak RSS MB"], [[
                           r["where"], summary(r["stage"], 0), summary(r["cp"], 0), summary(r["ratio"]),
                           summary(r["cp_sync"], 0), summary(r["ratio_sync"]), summary(r["rm"], 0),
-                          summary(r["cpu_ms"], 0), summary([v / 1024 for v in r["hwm_kb"]], 1)] for r in r3b])]
-        md += ["", "bgd's stage step is the copy (or hardlinks) + syncfs + the rename exchange + removing the color's "
-               "previous tree; cp -a is the copy alone. The goal is about the default, stage = copy.", ""]
+                          summary(r.get("bg_rm", []), 0), summary(r["cpu_ms"], 0),
+                          summary([v / 1024 for v in r["hwm_kb"]], 1)] for r in r3b])]
+        md += ["", "bgd's stage step is the copy (or hardlinks) + syncfs + the rename exchange; a bgd older than "
+               "commit 6e3c7e8 also removes the color's previous tree in it, a newer one sets that tree aside and "
+               "removes it on a thread of its own once staged ('old tree gone': when it was, in ms after bgd's "
+               "reply; 0 if removed within the stage step; cp -a waits for it). cp -a is the copy alone. bgd CPU "
+               "includes the removal. The goal is about the default, stage = copy.", ""]
         for r in r3b:
             ratio = med(r["ratio"])
             md += [f"- Goal staging <= 1.1x cp -a on {r['where']}: {fmt(ratio)}x, {verdict(ratio <= 1.1)}."]
@@ -1133,7 +1305,29 @@ def report(ctx, r1, r2, r3, r3b, r4):
         md += ["", f"Goal RSS <= 10 MB: peak {rss:.1f} MB, {verdict(rss <= 10)}. Goal idle CPU about 0 with no polling: "
                f"{fmt(med(r4['cpu_ms']), 3)} ms/min, {fmt(med(r4['wakeups']), 0)} wake-ups/min, "
                f"{verdict(med(r4['wakeups']) <= 1)}.", ""]
-    md += ["## 5. Auto-release latency", "", "Not measured: the watch feature is not built yet.", ""]
+    if r5:
+        st = r5[0]["settle"]
+        md += [f"## 5. Auto-release latency ([watch] settle = {st:.0f}ms; {ctx.reps5} runs per setup)", ""]
+        md += [table(["setup", "builds per run", "watch mode", "last write to auto-release start ms",
+                      "over settle ms", "over settle, single builds min-max ms", "last write to live ms",
+                      "last write to release done ms", "auto-release start to live ms", "goal over settle <= 50 ms"], [
+            [r["setup"], r["releases"], ", ".join(sorted(set(r["mode"]))), summary(r["auto"], 1), summary(r["over"], 1),
+             f"{fmt(min(r['singles']), 1)}-{fmt(max(r['singles']), 1)}" if r["singles"] else "n/a",
+             summary(r["live"], 1), summary(r["done"], 1), summary(r["release"], 1), verdict(med(r["over"]) <= 50)]
+            for r in r5])]
+        md += ["", f"Each build is written in place into the watched directory (fastapp.py rewritten, then a changed "
+               f"VERSION file); the last write's time is time.time() right after its close. bgd's times are the "
+               f"timestamps of its log lines (tracing, microseconds, same clock): 'auto-release of' (the release "
+               f"begins), 'COLOR is live' (the swap) and 'release N is live on' (after the drain). over settle = "
+               f"auto-release start - last write - settle; the baseline is the configured settle itself ({st:.0f} "
+               f"ms), so no ratio is given. 'auto-release start to live' is the release itself, as in measurement 3. "
+               f"Watch mode is status.watch.mode: inotify, or poll (a scan every second) after the inotify watch "
+               f"limit was hit.", ""]
+        for r in r5:
+            o = med(r["over"])
+            md += [f"- Goal auto-release starts <= 50 ms after settle, {r['setup']}: {fmt(o, 1)} ms "
+                   f"(single builds up to {fmt(max(r['singles'], default=float('nan')), 1)} ms), {verdict(o <= 50)}."]
+        md += [""]
     if ctx.failures:
         md += ["## Measurements that failed", ""] + [f"- {f}" for f in ctx.failures] + [""]
     return "\n".join(md)
@@ -1142,7 +1336,7 @@ def report(ctx, r1, r2, r3, r3b, r4):
 def main():
     ap = argparse.ArgumentParser(description="bgd benchmark")
     ap.add_argument("--quick", action="store_true", help="a ~3 minute version with shorter runs")
-    ap.add_argument("--only", default="1,2,3,4", help="comma-separated measurements to run (1,2,3,4)")
+    ap.add_argument("--only", default="1,2,3,4,5", help="comma-separated measurements to run (1,2,3,4,5)")
     ap.add_argument("--gthread", action="store_true", help="2: also bgd with gunicorn's gthread workers (keep-alive)")
     ap.add_argument("--systems", default="bgd,nginx,naive",
                     help="2: which release methods to load-test (bgd, nginx, naive, bgd-gthread)")
@@ -1173,18 +1367,21 @@ def main():
         ctx.reps3, ctx.releases3, ctx.reps3b = 3, 5, 3
         ctx.big_files, ctx.big_bytes = 2_500, 50 * 1024 * 1024
         ctx.reps4, ctx.idle_seconds, ctx.settle_seconds = 3, 5, 11
+        ctx.reps5, ctx.releases5, ctx.releases5_many, ctx.many_files = 3, 5, 2, 2_500
     else:
         ctx.reps1, ctx.wrk_seconds = 5, 4
         ctx.reps2, ctx.steady_seconds, ctx.release_seconds = 3, 8, 36
         ctx.reps3, ctx.releases3, ctx.reps3b = 3, 10, 3
         ctx.big_files, ctx.big_bytes = 10_000, 200 * 1024 * 1024
         ctx.reps4, ctx.idle_seconds, ctx.settle_seconds = 3, 20, 11
+        ctx.reps5, ctx.releases5, ctx.releases5_many, ctx.many_files = 3, 10, 3, 10_000
+    ctx.settle5 = 0.3
     only = set(ctx.only.split(","))
     ctx.tmp = tempfile.mkdtemp(prefix="bgd-bench.")
     ctx.shm = None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     t0 = time.monotonic()
-    r1 = r2 = r3 = r3b = r4 = None
+    r1 = r2 = r3 = r3b = r4 = r5 = None
     ctx.failures = []
     try:
         make_builds(ctx)
@@ -1233,7 +1430,9 @@ def main():
             measure("3b", staging)
         if "4" in only:
             measure("4", lambda: bench_footprint(ctx))
-        r1, r2, r3, r3b, r4 = (results.get(k) for k in ("1", "2", "3", "3b", "4"))
+        if "5" in only:
+            measure("5", lambda: bench_auto_release(ctx))
+        r1, r2, r3, r3b, r4, r5 = (results.get(k) for k in ("1", "2", "3", "3b", "4", "5"))
     finally:
         stop_all()
         if ctx.shm:
@@ -1242,7 +1441,7 @@ def main():
             shutil.rmtree(ctx.tmp, ignore_errors=True)
         else:
             log(f"logs and configs kept in {ctx.tmp}")
-    md = report(ctx, r1, r2, r3, r3b, r4)
+    md = report(ctx, r1, r2, r3, r3b, r4, r5)
     md += f"\n(bench/run took {time.monotonic() - t0:.0f} s)\n"
     print(md)
     if ctx.out:
