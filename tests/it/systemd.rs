@@ -318,25 +318,7 @@ fn socket_activation_restart_and_reload_under_systemd() {
         "STATUS=: {status_line}"
     );
 
-    let load = Load::start(&addr, 2, 2);
-    wait_until("load", Duration::from_secs(10), || {
-        (load.count() > 20).then_some(())
-    });
-    let pid = m.show("bgd@test.service", "MainPID");
-    m.ok(&["restart", "bgd@test.service"]);
-    wait_until("the new bgd to serve", Duration::from_secs(30), || {
-        (m.show("bgd@test.service", "ActiveState") == "active"
-            && status(&root)["blue"]["state"] == "live")
-            .then_some(())
-    });
-    assert_ne!(m.show("bgd@test.service", "MainPID"), pid);
-    let before = load.count();
-    wait_until(
-        "requests after the restart",
-        Duration::from_secs(10),
-        || (load.count() > before + 20).then_some(()),
-    );
-    load.finish_clean();
+    restart_under_load(&m, &root, &addr);
 
     // Reload: a new command applies to the next release; a new address
     // cannot apply without a restart, and bgd says so.
@@ -394,29 +376,13 @@ fn the_fd_store_keeps_the_port_across_restarts() {
         .as_str()
         .unwrap()
         .to_string();
-    let load = Load::start(&addr, 2, 2);
-    wait_until("load", Duration::from_secs(10), || {
-        (load.count() > 20).then_some(())
-    });
-    m.ok(&["restart", "bgd@test.service"]);
-    wait_until("the new bgd to serve", Duration::from_secs(30), || {
-        (m.show("bgd@test.service", "ActiveState") == "active"
-            && status(&root)["blue"]["state"] == "live")
-            .then_some(())
-    });
+    restart_under_load(&m, &root, &addr);
     assert!(
         m.log().contains("took [[listen]] \"http\""),
         "the socket came back from the fd store: {}",
         m.log()
     );
     assert_eq!(status(&root)["listen"][0]["address"], addr.as_str());
-    let before = load.count();
-    wait_until(
-        "requests after the restart",
-        Duration::from_secs(10),
-        || (load.count() > before + 20).then_some(()),
-    );
-    load.finish_clean();
 }
 
 /// A wedged bgd (SIGSTOP) stops pinging; the watchdog restarts it and the
@@ -459,6 +425,31 @@ fn the_watchdog_restarts_a_wedged_bgd() {
             .unwrap()
             >= 1
     );
+}
+
+/// `systemctl restart` of bgd while 2 keep-alive and 2 new-connection
+/// clients run: a new bgd serves the live color again, and not one request
+/// failed, before, during or after.
+fn restart_under_load(m: &UserManager, root: &Path, addr: &str) {
+    let load = Load::start(addr, 2, 2);
+    wait_until("load", Duration::from_secs(10), || {
+        (load.count() > 20).then_some(())
+    });
+    let pid = m.show("bgd@test.service", "MainPID");
+    m.ok(&["restart", "bgd@test.service"]);
+    wait_until("the new bgd to serve", Duration::from_secs(30), || {
+        (m.show("bgd@test.service", "ActiveState") == "active"
+            && status(root)["blue"]["state"] == "live")
+            .then_some(())
+    });
+    assert_ne!(m.show("bgd@test.service", "MainPID"), pid);
+    let before = load.count();
+    wait_until(
+        "requests after the restart",
+        Duration::from_secs(10),
+        || (load.count() > before + 20).then_some(()),
+    );
+    load.finish_clean();
 }
 
 fn free_port() -> u16 {
