@@ -15,13 +15,24 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc::{self, UnboundedSender};
 
-use crate::daemon::Event;
 use crate::identity;
 use crate::listen::remove_stale_unix_socket;
 use crate::protocol::{self, Failure, FailureKind, Reply, Request, MAX_REQUEST_BYTES};
+use crate::Sink;
 
 /// How long a client may take to send its request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a client's replies go. Sending fails silently once the client has
+/// gone: a release whose client disconnected still completes.
+pub type Responder = UnboundedSender<Reply>;
+
+/// One decoded request and where to answer it.
+#[derive(Debug)]
+pub struct Command {
+    pub request: Request,
+    pub reply: Responder,
+}
 
 /// Who may use the control socket, besides root and bgd's own user.
 #[derive(Clone, Copy)]
@@ -45,11 +56,11 @@ pub fn bind(path: &Path, mode: u32, access: Access) -> anyhow::Result<UnixListen
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, access: Access, events: UnboundedSender<Event>) {
+pub async fn serve(listener: UnixListener, access: Access, commands: Sink<Command>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(handle(stream, access, events.clone()));
+                tokio::spawn(handle(stream, access, commands.clone()));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -74,7 +85,7 @@ async fn allowed(access: Access, uid: u32, gid: u32) -> bool {
         .unwrap_or(false)
 }
 
-async fn handle(stream: UnixStream, access: Access, events: UnboundedSender<Event>) {
+async fn handle(stream: UnixStream, access: Access, commands: Sink<Command>) {
     let (read, mut write) = stream.into_split();
     let refusal = match write.as_ref().peer_cred() {
         Ok(cred) if allowed(access, cred.uid(), cred.gid()).await => None,
@@ -130,7 +141,7 @@ async fn handle(stream: UnixStream, access: Access, events: UnboundedSender<Even
     // its connection would stay open until the next line.
     let follow = matches!(request, Request::Logs { follow: true, .. });
     let (tx, mut rx) = mpsc::unbounded_channel();
-    if events.send(Event::Request(request, tx)).is_err() {
+    if !commands(Command { request, reply: tx }) {
         return;
     }
     let mut probe = [0u8; 64];

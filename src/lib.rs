@@ -10,7 +10,6 @@
 //! - [`config`]   TOML file -> validated [`config::Config`], errors as file:line:col
 //! - [`protocol`] the versioned line-delimited JSON spoken over the control socket
 //! - [`daemon`]   start-up order, the event loop that owns all deployment state, shutdown
-//! - [`release`]  one release as a task: stage, start, wait until ready
 //! - [`process`]  one running color: its process group, exit, output, graceful stop
 //! - [`spawn`]    building a child: fds 3.., LISTEN_*, process group; the only `pre_exec`
 //! - [`reaper`]   the only place that waits for children (bgd is a subreaper)
@@ -33,16 +32,17 @@ pub mod color;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod deploy;
 pub mod health;
 pub mod history;
 pub mod hooks;
 pub mod identity;
 pub mod listen;
 pub mod logs;
+pub mod prepare;
 pub mod process;
 pub mod protocol;
 pub mod reaper;
-pub mod release;
 pub mod spawn;
 pub mod stage;
 pub mod state;
@@ -51,6 +51,12 @@ pub mod watch;
 
 use std::sync::Arc;
 use std::time::SystemTime;
+
+/// Where a subsystem (a control connection, a release task, the build
+/// watcher) sends its messages of type `M`. The daemon wraps each into its
+/// own event; the subsystem never names the daemon, so no module imports
+/// the daemon. Returns `false` once the daemon has gone.
+pub type Sink<M> = Arc<dyn Fn(M) -> bool + Send + Sync>;
 
 /// What every part of a running daemon shares. Built once at start-up.
 /// A reload builds a new one with the new config and the same sockets and

@@ -275,6 +275,10 @@ pub struct ColorStatus {
     pub since: Option<String>,
     pub restarts: u32,
     pub last_exit: Option<String>,
+    /// Why it is not serving, while that matters: for a restarting color,
+    /// why its last restart failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! marker) and `try_send`s into a small channel. The watcher task resets a
 //! timer on every event and, once `settle` passes with no event, computes
 //! the tree's [`Fingerprint`] on a blocking thread and sends
-//! [`Event::WatchSettled`]. The daemon decides whether to release it.
+//! [`Settled`]. The daemon decides whether to release it.
 //!
 //! The parent directory is watched too, so that `rm -rf build && make` and
 //! `mv build.new build` re-arm the recursive watch on the new tree. When the
@@ -20,9 +20,8 @@ use std::time::{Duration, SystemTime};
 
 use globset::GlobSet;
 use notify::{EventKind, RecursiveMode, Watcher};
-use tokio::sync::mpsc;
 
-use crate::daemon::Event;
+use crate::Sink;
 
 /// `[watch]` in the config.
 #[derive(Debug, Clone)]
@@ -60,7 +59,7 @@ pub struct WatchState {
     pub last_event: Option<SystemTime>,
     /// Counts the checks asked for: the one at start, then one per relevant
     /// change. The tree is settling while the daemon has not yet received
-    /// [`Event::WatchSettled`] with this number.
+    /// [`Settled`] with this number.
     pub generation: u64,
     /// Changes seen and ignored (`watch.ignore`, or not the marker).
     pub ignored_events: u64,
@@ -81,11 +80,21 @@ struct Signals {
     wake: tokio::sync::Notify,
 }
 
+/// The watched tree was quiet for `settle`: the daemon decides whether to
+/// release it.
+#[derive(Debug)]
+pub struct Settled {
+    /// The tree's fingerprint; `None` if it does not exist.
+    pub fingerprint: Option<String>,
+    /// The [`WatchState::generation`] this fingerprint belongs to.
+    pub generation: u64,
+}
+
 /// Starts watching; the first check runs at once, so a tree that differs
 /// from the live build is released at start-up.
 pub fn spawn(
     cfg: WatchConfig,
-    events: mpsc::UnboundedSender<Event>,
+    events: Sink<Settled>,
 ) -> anyhow::Result<(Arc<Mutex<WatchState>>, tokio::task::JoinHandle<()>)> {
     let parent = cfg.path.parent().unwrap_or(Path::new("/")).to_path_buf();
     if !parent.is_dir() {
@@ -111,7 +120,7 @@ async fn run(
     mut watching: Watching,
     signals: Arc<Signals>,
     state: Arc<Mutex<WatchState>>,
-    events: mpsc::UnboundedSender<Event>,
+    events: Sink<Settled>,
 ) {
     let set = |f: &dyn Fn(&mut WatchState)| {
         f(&mut state
@@ -161,7 +170,7 @@ async fn run(
                     .ok()
                     .flatten();
                 let generation = state.lock().expect("watch state lock is never held across a panic").generation;
-                if events.send(Event::WatchSettled { fingerprint, generation }).is_err() {
+                if !events(Settled { fingerprint, generation }) {
                     return;
                 }
             }

@@ -1,68 +1,55 @@
-//! The daemon: start-up order, the event loop that owns the deployment
-//! state, and the shutdown sequence.
+//! The daemon: start-up order, the event loop, and the IO that carries out
+//! the deployment core's decisions.
 //!
-//! [`Daemon`] is the one owner of the state: which color is live, what each
-//! color runs, the release in progress, each color's restart. Everything
-//! else (the control socket, release and restart tasks, drains, exit
-//! watchers, the build watcher, signals) talks to it through the closed
-//! [`Event`] enum, and each arm of the loop is one call.
+//! The loop owns the [`Core`] (every decision, no IO) and everything the
+//! core must not touch: the tasks, the clients waiting for an answer, the
+//! build watcher, systemd. Each subsystem (the control socket, release
+//! tasks, the build watcher, drains, exit watchers, signals) sends into one
+//! channel, wrapped in the closed [`Event`] enum; each arm of the loop is
+//! one call. Events that change the deployment become a core `Input`, and
+//! the `Effect`s that come back are carried out in order (`effects.rs`).
 
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
-use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinHandle;
 
-use crate::auto::{Auto, Decision};
+use crate::auto::Auto;
 use crate::color::Color;
 use crate::config::Config;
+use crate::control::{self, Command, Responder};
+use crate::deploy::{ClientId, Core, Input, Now, Process, TaskId};
 use crate::listen::Listeners;
 use crate::process::AppProcess;
-use crate::protocol::{
-    ColorStatus, Failure, FailureKind, ReleaseProgress, Reply, Request, Status, Step,
-};
+use crate::protocol::Request;
 use crate::reaper::{Exit, Reaper};
-use crate::release::{self, Plan, Timings};
-use crate::state::{self, Build, State};
-use crate::{control, history, stage, systemd, watch, Ctx};
+use crate::state::State;
+use crate::{prepare, stage, state, systemd, watch, Ctx, Sink};
 
+mod effects;
 mod queries;
-mod releases;
-mod restarts;
 mod service;
 mod watching;
 
-/// Where a client's replies go. Sending fails silently once the client has
-/// gone: a release whose client disconnected still completes.
-pub type Responder = UnboundedSender<Reply>;
-
 /// Everything the daemon reacts to.
 pub enum Event {
-    /// A control request and where to answer it.
-    Request(Request, Responder),
-    /// A release task reached a step.
-    Progress {
-        id: u64,
-        step: Step,
-        message: String,
-    },
-    /// A release task copied a build into `color`'s directory.
-    Staged { id: u64, color: Color, build: Build },
-    /// A release or restart task finished: a ready color, or why not.
-    Prepared {
-        id: u64,
-        result: Result<(AppProcess, Timings), Failure>,
-    },
-    /// A drain task stopped a color.
-    Drained { id: u64, color: Color, exit: Exit },
-    /// A live color's leader exited on its own; `tail` is its last output.
+    /// A client's request, from the control socket.
+    Control(Command),
+    /// A release, rollback or restart task's report.
+    Prepare(prepare::Message),
+    /// The watched build directory was quiet for `settle`.
+    Watch(watch::Settled),
+    /// A drain stopped the process `pid` of `color`.
+    Drained { color: Color, pid: Pid, exit: Exit },
+    /// A color's leader exited; `tail` is its last output.
     Exited {
         color: Color,
         pid: Pid,
@@ -71,13 +58,7 @@ pub enum Event {
         tail: Vec<String>,
     },
     /// The backoff before restarting a dead live color has passed.
-    RestartDue { color: Color },
-    /// The watched build directory was quiet for `settle`; its fingerprint
-    /// (`None` if it does not exist).
-    WatchSettled {
-        fingerprint: Option<String>,
-        generation: u64,
-    },
+    RestartDue(Color),
     /// SIGTERM or SIGINT.
     Stop,
     /// SIGHUP: read the config file again.
@@ -112,7 +93,7 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
         reaper,
         logs,
     });
-    tokio::spawn(control::serve(control, access, tx.clone()));
+    tokio::spawn(control::serve(control, access, sink(&tx, Event::Control)));
     if systemd::under_systemd() {
         tokio::spawn(tick(tx.clone()));
     }
@@ -120,7 +101,7 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
 
     let mut daemon = Daemon::new(ctx, state, tx);
     daemon.start_watching()?;
-    daemon.boot();
+    daemon.feed(Input::Boot);
     daemon.run(rx).await;
 
     let ctx = daemon.ctx;
@@ -128,6 +109,12 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
     ctx.listeners.remove_unix_paths();
     tracing::info!("bgd stopped");
     Ok(())
+}
+
+/// A [`Sink`] for a subsystem whose messages the daemon wraps with `wrap`.
+fn sink<M: 'static>(tx: &UnboundedSender<Event>, wrap: fn(M) -> Event) -> Sink<M> {
+    let tx = tx.clone();
+    Arc::new(move |m| tx.send(wrap(m)).is_ok())
 }
 
 /// Under systemd: a tick for WATCHDOG=1 (at half `WatchdogSec=`) and for
@@ -159,149 +146,56 @@ fn lock_root(root: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
 }
 
 fn forward_signals(tx: UnboundedSender<Event>) -> std::io::Result<()> {
-    for kind in [SignalKind::terminate(), SignalKind::interrupt()] {
+    let stop: fn() -> Event = || Event::Stop;
+    let reload: fn() -> Event = || Event::Reload;
+    for (kind, event) in [
+        (SignalKind::terminate(), stop),
+        (SignalKind::interrupt(), stop),
+        (SignalKind::hangup(), reload),
+    ] {
         let mut s = signal(kind)?;
         let tx = tx.clone();
         tokio::spawn(async move {
             while s.recv().await.is_some() {
-                if tx.send(Event::Stop).is_err() {
+                if tx.send(event()).is_err() {
                     return;
                 }
             }
         });
     }
-    let mut hup = signal(SignalKind::hangup())?;
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            if tx.send(Event::Reload).is_err() {
-                return;
-            }
-        }
-    });
     Ok(())
 }
 
-/// What a release task was started for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Release,
-    Rollback,
+impl Process for AppProcess {
+    fn pid(&self) -> Pid {
+        self.pid
+    }
 }
 
-/// Who asked for a release.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Trigger {
-    Client,
-    /// The build watcher, for the tree with this fingerprint.
-    Watch(String),
-}
-
-/// The release or rollback in progress; releases never overlap. It lasts
-/// until the old color has drained.
-struct InProgress {
-    /// Matches this task's events; for a release also its release id.
-    id: u64,
-    /// The release id of the build being started.
-    release: u64,
-    kind: Kind,
-    trigger: Trigger,
-    color: Color,
-    label: Option<String>,
-    step: Step,
-    since: SystemTime,
-    started: Instant,
-    client: Option<Responder>,
-    timings: Timings,
-    swapped_at: Option<Instant>,
-    /// Each step and when it began, for the history.
-    steps: Vec<history::StepTime>,
-    /// The dormant color's build record before this release cleared it.
-    replaced: Option<Build>,
-    /// The new build was swapped into the color's directory.
-    staged: bool,
-    source: Option<PathBuf>,
-    /// Set to abort: staging stops before it swaps anything into place.
+/// A running release, rollback or restart task.
+struct Task {
+    /// Aborting it drops its process, which kills the process's group.
+    handle: JoinHandle<()>,
+    /// Set to stop staging before it swaps anything into place.
     cancel: Arc<AtomicBool>,
-    task: JoinHandle<()>,
 }
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Stopped,
-    Starting,
-    Live,
-    Draining,
-    /// Live, but its process died (or bgd just started): a restart is
-    /// scheduled or running.
-    Restarting,
-}
-
-/// One color as the daemon sees it.
-struct Slot {
-    /// The running process while the color is live.
-    process: Option<AppProcess>,
-    phase: Phase,
-    /// The pid shown in status; also set while a release or drain owns the process.
-    pid: Option<Pid>,
-    since: SystemTime,
-    /// Restarts of the build this color holds.
-    restarts: u32,
-    /// Restarts since the color last ran long enough to count as healthy.
-    streak: u32,
-    last_exit: Option<Exit>,
-    /// The restart task running for this color: (task id, handle).
-    restart: Option<(u64, JoinHandle<()>)>,
-}
-
-impl Slot {
-    fn new() -> Slot {
-        Slot {
-            process: None,
-            phase: Phase::Stopped,
-            pid: None,
-            since: SystemTime::now(),
-            restarts: 0,
-            streak: 0,
-            last_exit: None,
-            restart: None,
-        }
-    }
-
-    fn set(&mut self, phase: Phase, pid: Option<Pid>) {
-        self.phase = phase;
-        self.pid = pid;
-        self.since = SystemTime::now();
-    }
-
-    fn abort_restart(&mut self) {
-        if let Some((_, task)) = self.restart.take() {
-            // Dropping the task's process kills its group.
-            task.abort();
-        }
-    }
-}
-
-/// A color that has run this long before dying is restarted without delay.
-const HEALTHY_UPTIME: Duration = Duration::from_secs(30);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 struct Daemon {
+    /// Replaced whole by a reload; tasks keep the one they started with.
     ctx: Arc<Ctx>,
-    state: State,
-    blue: Slot,
-    green: Slot,
-    release: Option<InProgress>,
-    auto: Option<Auto>,
+    core: Core<AppProcess>,
+    /// Every subsystem's way into the loop; held here so it never closes.
     events: UnboundedSender<Event>,
-    last_result: Option<String>,
-    /// 0 while running; 1 after the first stop signal (drain); 2 after the second (kill).
-    stopping: u8,
-    /// Drains still running; the daemon exits when this is 0 and it is stopping.
-    drains: usize,
-    /// Sent READY=1 to systemd already.
-    notified_ready: bool,
+    /// Clients waiting for a release or rollback; dropped after their last reply.
+    clients: HashMap<ClientId, Responder>,
+    next_client: ClientId,
+    tasks: HashMap<TaskId, Task>,
+    /// Auto-release decisions, when `[watch]` is configured.
+    auto: Option<Auto>,
     /// The build watcher's task, replaced when a reload changes `[watch]`.
     watcher: Option<JoinHandle<()>>,
+    /// The outcome of the last release, rollback or reload, for status.
+    last_result: Option<String>,
     /// The last STATUS= line sent to systemd.
     status_line: String,
 }
@@ -310,87 +204,68 @@ impl Daemon {
     fn new(ctx: Arc<Ctx>, state: State, events: UnboundedSender<Event>) -> Daemon {
         Daemon {
             ctx,
-            state,
-            blue: Slot::new(),
-            green: Slot::new(),
-            release: None,
-            auto: None,
+            core: Core::new(state, now()),
             events,
-            last_result: None,
-            stopping: 0,
-            drains: 0,
-            notified_ready: false,
+            clients: HashMap::new(),
+            next_client: 1,
+            tasks: HashMap::new(),
+            auto: None,
             watcher: None,
+            last_result: None,
             status_line: String::new(),
-        }
-    }
-
-    fn slot(&mut self, c: Color) -> &mut Slot {
-        match c {
-            Color::Blue => &mut self.blue,
-            Color::Green => &mut self.green,
-        }
-    }
-
-    /// Starts the color the state says was live, from its directory.
-    fn boot(&mut self) {
-        match self.state.live {
-            Some(color) => {
-                tracing::info!(%color, "starting the live color from its directory");
-                self.slot(color).set(Phase::Restarting, None);
-                self.start_restart(color);
-            }
-            None => {
-                tracing::info!("no color is live yet: waiting for a release");
-                self.notify_ready();
-            }
         }
     }
 
     async fn run(&mut self, mut rx: UnboundedReceiver<Event>) {
         while let Some(ev) = rx.recv().await {
             match ev {
-                Event::Request(req, reply) => self.on_request(req, reply),
-                Event::Progress { id, step, message } => self.on_progress(id, step, message),
-                Event::Staged { id, color, build } => self.on_staged(id, color, build),
-                Event::Prepared { id, result } => self.on_prepared(id, result),
-                Event::Drained { id, color, exit } => self.on_drained(id, color, exit),
+                Event::Control(cmd) => self.on_command(cmd),
+                Event::Prepare(msg) => self.on_task_message(msg),
+                Event::Watch(settled) => self.on_watch_settled(settled),
+                Event::Drained { color, pid, exit } => {
+                    self.feed(Input::Drained { color, pid, exit })
+                }
                 Event::Exited {
                     color,
                     pid,
                     exit,
                     uptime,
                     tail,
-                } => self.on_exited(color, pid, exit, uptime, tail),
-                Event::RestartDue { color } => self.on_restart_due(color),
-                Event::WatchSettled {
-                    fingerprint,
-                    generation,
-                } => self.on_watch_settled(fingerprint, generation),
-                Event::Stop => self.on_stop(),
+                } => self.feed(Input::Exited {
+                    color,
+                    pid,
+                    exit,
+                    uptime,
+                    tail,
+                }),
+                Event::RestartDue(color) => self.feed(Input::RestartDue { color }),
+                Event::Stop => self.feed(Input::Stop),
                 Event::Reload => self.on_reload(),
                 Event::Tick => self.on_tick(),
             }
+            self.auto_check();
             self.publish_status();
-            let restarting = self.blue.restart.is_some() || self.green.restart.is_some();
-            if self.stopping > 0 && self.drains == 0 && self.release.is_none() && !restarting {
+            if self.core.finished() {
                 return;
             }
         }
     }
 
-    fn on_request(&mut self, req: Request, reply: Responder) {
-        match req {
+    fn on_command(&mut self, Command { request, reply }: Command) {
+        match request {
             Request::Status => self.reply_status(reply),
-            Request::Release { dir, label } => self.begin(
-                Kind::Release,
-                Some(PathBuf::from(dir)),
-                label,
-                Trigger::Client,
-                Some(reply),
-            ),
+            Request::Release { dir, label } => {
+                let client = Some(self.client(reply));
+                self.feed(Input::Release {
+                    source: dir.into(),
+                    label,
+                    trigger: crate::deploy::Trigger::Client,
+                    client,
+                })
+            }
             Request::Rollback => {
-                self.begin(Kind::Rollback, None, None, Trigger::Client, Some(reply))
+                let client = Some(self.client(reply));
+                self.feed(Input::Rollback { client })
             }
             Request::Watch { pause } => self.on_watch_request(pause, reply),
             Request::History => self.reply_history(reply),
@@ -402,22 +277,60 @@ impl Daemon {
         }
     }
 
-    fn current(&mut self, id: u64) -> Option<&mut InProgress> {
-        self.release.as_mut().filter(|r| r.id == id)
+    /// Keeps `reply` until the core sends this client its last answer.
+    fn client(&mut self, reply: Responder) -> ClientId {
+        let id = self.next_client;
+        self.next_client += 1;
+        self.clients.insert(id, reply);
+        id
+    }
+
+    fn on_task_message(&mut self, msg: prepare::Message) {
+        let input = match msg {
+            prepare::Message::Progress {
+                task,
+                step,
+                message,
+            } => Input::Progress {
+                task,
+                step,
+                message,
+            },
+            prepare::Message::Staged { task, build } => Input::Staged { task, build },
+            prepare::Message::Prepared { task, result } => {
+                self.tasks.remove(&task);
+                if let Ok((app, _)) = &result {
+                    self.watch_exit(app);
+                }
+                Input::Prepared { task, result }
+            }
+        };
+        self.feed(input);
+    }
+
+    /// Reports the exit of `app`'s leader as [`Event::Exited`]; the core
+    /// ignores it unless `app` is then the live color's process.
+    fn watch_exit(&self, app: &AppProcess) {
+        let (color, pid) = (app.color, app.pid);
+        let exit = app.wait_exit_with_tail();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let (exit, uptime, tail) = exit.await;
+            let _ = events.send(Event::Exited {
+                color,
+                pid,
+                exit,
+                uptime,
+                tail,
+            });
+        });
     }
 }
 
-/// An id for a task that stages nothing (rollback, restart), so that events
-/// of an older task are never mistaken for its own. Ids above the release
-/// range; they only match events in memory and are never stored.
-fn fresh_id() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 62);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-fn kind_name(k: Kind) -> &'static str {
-    match k {
-        Kind::Release => "release",
-        Kind::Rollback => "rollback",
+/// The moment an input is handled.
+fn now() -> Now {
+    Now {
+        mono: Instant::now(),
+        wall: SystemTime::now(),
     }
 }

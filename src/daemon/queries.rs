@@ -1,6 +1,13 @@
 //! Answers that change nothing: status, history, logs.
 
-use super::*;
+use crate::auto::Decision;
+use crate::color::Color;
+use crate::control::Responder;
+use crate::deploy::Trigger;
+use crate::history;
+use crate::protocol::{Reply, Status};
+
+use super::Daemon;
 
 impl Daemon {
     pub(super) fn reply_history(&self, reply: Responder) {
@@ -70,47 +77,20 @@ impl Daemon {
     }
 
     pub(super) fn status(&self) -> Status {
-        let color_status = |c: Color, slot: &Slot| {
-            let build = self.state.build(c);
-            let state = match slot.phase {
-                Phase::Stopped if build.is_none() => "empty",
-                Phase::Stopped => "stopped",
-                Phase::Starting => "starting",
-                Phase::Live => "live",
-                Phase::Draining => "draining",
-                Phase::Restarting => "restarting",
-            };
-            ColorStatus {
-                state: state.into(),
-                pid: slot.pid.map(|p| p.as_raw() as u32),
-                release: build.map(|b| b.release),
-                label: build.and_then(|b| b.label.clone()),
-                source: build.map(|b| b.source.clone()),
-                since: Some(crate::rfc3339(slot.since)),
-                restarts: slot.restarts,
-                last_exit: slot.last_exit.map(|e| e.to_string()),
-            }
-        };
+        let core = &self.core;
         Status {
             name: self.ctx.config.name.clone(),
             pid: std::process::id(),
-            live: self.state.live,
-            release_in_progress: self.release.as_ref().map(|r| ReleaseProgress {
-                id: r.release,
-                color: r.color,
-                step: r.step,
-                label: r.label.clone(),
-                since: crate::rfc3339(r.since),
-            }),
-            blue: color_status(Color::Blue, &self.blue),
-            green: color_status(Color::Green, &self.green),
+            live: core.state().live,
+            release_in_progress: core.progress(),
+            blue: core.color_status(Color::Blue),
+            green: core.color_status(Color::Green),
             last_result: self.last_result.clone(),
             listen: self.ctx.listeners.addresses(),
             watch: self.auto.as_ref().map(|a| {
-                let running = self
-                    .release
-                    .as_ref()
-                    .is_some_and(|r| matches!(r.trigger, Trigger::Watch(_)));
+                let running = core
+                    .release()
+                    .is_some_and(|r| matches!(r.kind.trigger(), Trigger::Watch(_)));
                 let due = matches!(
                     a.decide(self.live_fingerprint().as_deref(), false),
                     Decision::Release(_)

@@ -1,77 +1,22 @@
 //! bgd's own lifecycle as a service: stop and drain, systemd's watchdog,
 //! status line and timeouts, config reload.
 
-use super::*;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::deploy::Shutdown;
+use crate::{systemd, Ctx};
+
+use super::{Daemon, TICK};
 
 impl Daemon {
-    pub(super) fn on_stop(&mut self) {
-        self.stopping += 1;
-        if self.stopping > 1 {
-            tracing::warn!("second stop signal: killing every color now");
-            for color in Color::BOTH {
-                if let Some(pid) = self.slot(color).pid {
-                    let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
-                }
-            }
-            return;
-        }
-        tracing::info!("stopping: draining the app (send the signal again to kill it at once)");
-        systemd::stopping();
-        for color in Color::BOTH {
-            self.slot(color).abort_restart();
-        }
-        if self
-            .release
-            .as_ref()
-            .is_some_and(|r| r.swapped_at.is_none())
-        {
-            // Not yet live: abort. Staging stops before it swaps anything in,
-            // and dropping the task's process kills its group.
-            let r = self.release.take().expect("checked above");
-            r.cancel.store(true, Ordering::Relaxed);
-            r.task.abort();
-            // The record of the dormant color stays cleared: the copy may
-            // have been swapped in already, and a cleared record never lies.
-            self.slot(r.color).set(Phase::Stopped, None);
-            if let Some(c) = r.client {
-                let _ = c.send(Reply::Error(Failure::new(
-                    FailureKind::Busy,
-                    Some(r.step),
-                    "bgd is shutting down: the release was aborted and the old color stays recorded as live",
-                )));
-            }
-        }
-        if self.release.is_none() {
-            self.drain_all();
-        }
-    }
-
-    /// Stops every running color with its stop signal and deadline.
-    pub(super) fn drain_all(&mut self) {
-        for color in Color::BOTH {
-            if let Some(proc) = self.slot(color).process.take() {
-                let pid = proc.pid;
-                self.slot(color).set(Phase::Draining, Some(pid));
-                tracing::info!(%color, pid = pid.as_raw(), "draining");
-                self.spawn_drain(None, proc);
-            }
-        }
-    }
-
-    pub(super) fn notify_ready(&mut self) {
-        if !self.notified_ready {
-            self.notified_ready = true;
-            systemd::ready();
-        }
-    }
-
     pub(super) fn on_tick(&mut self) {
         if systemd::watchdog_interval().is_some() {
             systemd::watchdog();
         }
         // Starting the live color or draining can outlast systemd's start
         // or stop timeout; ask for more time while either runs.
-        if !self.notified_ready || self.stopping > 0 {
+        if !self.core.ready_sent() || self.core.shutdown() != Shutdown::Running {
             systemd::extend_timeout(TICK * 3);
         }
     }
@@ -81,17 +26,18 @@ impl Daemon {
         if !systemd::under_systemd() {
             return;
         }
-        let live = match self.state.live {
+        let state = self.core.state();
+        let live = match state.live {
             Some(c) => {
-                let b = self.state.build(c).cloned();
+                let b = state.build(c).cloned();
                 let label = b
                     .as_ref()
                     .and_then(|b| b.label.clone())
                     .map(|l| format!(" ({l})"))
                     .unwrap_or_default();
                 let pid = self
-                    .slot(c)
-                    .pid
+                    .core
+                    .live_pid()
                     .map(|p| format!(" pid {p}"))
                     .unwrap_or_else(|| " not running".into());
                 format!(
@@ -102,16 +48,9 @@ impl Daemon {
             None => "nothing live".into(),
         };
         let busy = self
-            .release
-            .as_ref()
-            .map(|r| {
-                format!(
-                    "; {} of release {}: {}",
-                    kind_name(r.kind),
-                    r.release,
-                    r.step
-                )
-            })
+            .core
+            .release()
+            .map(|r| format!("; {} of release {}: {}", r.kind.name(), r.id, r.step()))
             .unwrap_or_default();
         let last = self
             .last_result
@@ -137,7 +76,7 @@ impl Daemon {
             }
             Ok(new) => self.apply(new),
         }
-        if self.notified_ready {
+        if self.core.ready_sent() {
             systemd::ready();
         }
     }
@@ -196,6 +135,5 @@ impl Daemon {
         };
         tracing::info!("config reloaded: the next start of a color uses it{note}");
         self.last_result = Some(format!("{} config reloaded{note}", crate::now_rfc3339()));
-        self.auto_check();
     }
 }

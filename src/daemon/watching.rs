@@ -1,7 +1,13 @@
 //! Glue between the build watcher and releases: `auto.rs` decides, this
 //! starts what it decides.
 
-use super::*;
+use crate::auto::{Auto, Decision};
+use crate::control::Responder;
+use crate::deploy::{Input, Trigger};
+use crate::protocol::{Failure, FailureKind, Reply};
+use crate::watch;
+
+use super::{sink, Daemon, Event};
 
 impl Daemon {
     /// Starts (or restarts, after a reload) the build watcher of `[watch]`.
@@ -11,7 +17,8 @@ impl Daemon {
         }
         let old = self.auto.take();
         if let Some(w) = &self.ctx.config.watch {
-            let (state, task) = watch::spawn(w.clone(), self.events.clone())?;
+            let events = sink(&self.events, Event::Watch);
+            let (state, task) = watch::spawn(w.clone(), events)?;
             let mut auto = Auto::new(w.path.clone(), state);
             if let Some(old) = old {
                 auto.carry_over(old);
@@ -22,11 +29,10 @@ impl Daemon {
         Ok(())
     }
 
-    pub(super) fn on_watch_settled(&mut self, fingerprint: Option<String>, generation: u64) {
+    pub(super) fn on_watch_settled(&mut self, settled: watch::Settled) {
         if let Some(a) = &mut self.auto {
-            a.settled(fingerprint, generation);
+            a.settled(settled.fingerprint, settled.generation);
         }
-        self.auto_check();
     }
 
     pub(super) fn on_watch_request(&mut self, pause: bool, reply: Responder) {
@@ -45,31 +51,32 @@ impl Daemon {
         self.reply_status(reply);
     }
 
-    /// Releases the watched tree if the watcher says it settled and it is
-    /// neither live already nor held back.
+    /// The live build's fingerprint, if it came from a watched tree.
     pub(super) fn live_fingerprint(&self) -> Option<String> {
-        self.state
+        let state = self.core.state();
+        state
             .live
-            .and_then(|c| self.state.build(c))
+            .and_then(|c| state.build(c))
             .and_then(|b| b.fingerprint.clone())
     }
 
+    /// Releases the watched tree if the watcher says it settled and it is
+    /// neither live already nor held back. Runs after every event.
     pub(super) fn auto_check(&mut self) {
         let live_fp = self.live_fingerprint();
-        let busy = self.release.is_some() || self.stopping > 0;
+        let busy = self.core.busy();
         let Some(a) = &mut self.auto else { return };
         match a.decide(live_fp.as_deref(), busy) {
             Decision::Nothing => {}
             Decision::Release(fp) => {
                 let path = a.path.clone();
                 tracing::info!("auto-release of {} (tree {fp})", path.display());
-                self.begin(
-                    Kind::Release,
-                    Some(path),
-                    Some("auto".into()),
-                    Trigger::Watch(fp),
-                    None,
-                );
+                self.feed(Input::Release {
+                    source: path,
+                    label: Some("auto".into()),
+                    trigger: Trigger::Watch(fp),
+                    client: None,
+                });
             }
         }
     }

@@ -80,9 +80,13 @@ fn restarting_bgd_brings_the_live_color_back() {
     );
     assert_eq!(release_of(&body), Some(2), "{body}");
     assert!(body.starts_with("hello from v2"), "{body}");
-    let st = bgd.status();
+    // The app may answer a client before bgd's own readiness probe: wait
+    // for bgd to have seen it ready.
+    let st = wait_until("status to show green live", Duration::from_secs(20), || {
+        let st = bgd.status();
+        (st["green"]["state"] == "live").then_some(st)
+    });
     assert_eq!(st["live"], "green");
-    assert_eq!(st["green"]["state"], "live");
 }
 
 #[test]

@@ -1,0 +1,203 @@
+//! Carrying out the core's effects: the only place where its decisions
+//! touch files, processes, tasks, clients and systemd.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use nix::sys::signal::{killpg, Signal};
+
+use super::{now, sink, Daemon, Event, Task};
+use crate::auto::Auto;
+use crate::color::Color;
+use crate::deploy::{Effect, Ended, Input, Kind, Launch, Level, Trigger};
+use crate::process::AppProcess;
+use crate::protocol::Reply;
+use crate::state::{self, State};
+use crate::{history, prepare, stage};
+
+impl Daemon {
+    /// Hands `input` to the core and carries out what it decides, including
+    /// what it decides about the outcomes of its own effects (a commit).
+    pub(super) fn feed(&mut self, input: Input<AppProcess>) {
+        let mut queue = VecDeque::from(self.core.handle(now(), input));
+        while let Some(effect) = queue.pop_front() {
+            if let Some(input) = self.carry_out(effect) {
+                queue.extend(self.core.handle(now(), input));
+            }
+        }
+    }
+
+    /// Does one effect; returns what the core must hear about it at once.
+    fn carry_out(&mut self, effect: Effect<AppProcess>) -> Option<Input<AppProcess>> {
+        match effect {
+            Effect::Save(state) => self.save(&state),
+            Effect::Commit(state) => return Some(Input::Committed(self.commit(&state))),
+            Effect::PointLive(color) => self.point_live(color),
+            Effect::Launch(launch) => self.launch(launch),
+            Effect::Abort(task) => self.abort(task),
+            Effect::Drain { color, process } => self.drain(color, process),
+            // Dropping a process whose group may still run kills the group.
+            Effect::Discard(process) => drop(process),
+            Effect::Kill(pid) => {
+                let _ = killpg(pid, Signal::SIGKILL);
+            }
+            Effect::RestartAfter { color, delay } => {
+                let events = self.events.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = events.send(Event::RestartDue(color));
+                });
+            }
+            Effect::AfterLive { color, release } => self.run_after_live(color, release),
+            Effect::Reply { client, reply } => self.reply(client, reply),
+            Effect::Ended(ended) => self.ended(*ended),
+            Effect::Unlisten => self.ctx.listeners.unlisten(),
+            Effect::Ready => crate::systemd::ready(),
+            Effect::Stopping => crate::systemd::stopping(),
+            Effect::Log(level, message) => match level {
+                Level::Info => tracing::info!("{message}"),
+                Level::Warn => tracing::warn!("{message}"),
+                Level::Error => tracing::error!("{message}"),
+            },
+        }
+        None
+    }
+
+    fn save(&self, state: &State) {
+        if let Err(e) = state.save(&self.ctx.config.root) {
+            tracing::error!("cannot write bgd's state: {e}");
+        }
+    }
+
+    fn commit(&self, state: &State) -> Result<(), String> {
+        let root = &self.ctx.config.root;
+        state
+            .save(root)
+            .map_err(|e| format!("{}: {e}", State::path(root).display()))
+    }
+
+    fn point_live(&self, color: Color) {
+        let root = &self.ctx.config.root;
+        if let Err(e) = state::point_live_symlink(root, color) {
+            tracing::error!("cannot repoint {}/live: {e}", root.display());
+        }
+    }
+
+    fn launch(&mut self, launch: Launch) {
+        let task = launch.task;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let events = sink(&self.events, Event::Prepare);
+        let run = prepare::run(self.ctx.clone(), launch, cancel.clone(), events);
+        let handle = tokio::spawn(run);
+        self.tasks.insert(task, Task { handle, cancel });
+    }
+
+    fn abort(&mut self, task: u64) {
+        if let Some(t) = self.tasks.remove(&task) {
+            t.cancel.store(true, Ordering::Relaxed);
+            // Dropping the task's process kills its group.
+            t.handle.abort();
+        }
+    }
+
+    /// Stops `proc` with its stop signal and deadline, then reports it.
+    fn drain(&self, color: Color, proc: AppProcess) {
+        let (sig, deadline) = (
+            self.ctx.config.app.stop_signal,
+            self.ctx.config.app.drain_timeout,
+        );
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let pid = proc.pid;
+            let exit = proc.stop(sig, deadline).await;
+            // Dropped before the event, so its pgid record is gone before
+            // the daemon can start this color again.
+            drop(proc);
+            let _ = events.send(Event::Drained { color, pid, exit });
+        });
+    }
+
+    /// `hooks.after_live`, beside everything else: a failure is logged.
+    fn run_after_live(&self, color: Color, release: u64) {
+        if self.ctx.config.hooks.after_live.is_empty() {
+            return;
+        }
+        let ctx = self.ctx.clone();
+        tokio::spawn(async move {
+            let dir = stage::color_dir(&ctx.config.root, color);
+            let env = crate::process::color_env(&ctx, color, release);
+            let hooks = ctx.config.hooks.after_live.clone();
+            let log = |line: &str| tracing::info!(%color, hook = "after_live", "{line}");
+            match crate::hooks::run(&ctx, "after_live", &hooks, &dir, &env, log).await {
+                Ok(()) => tracing::info!(%color, release, "after_live hooks done"),
+                Err(f) => {
+                    tracing::warn!(%color, release, "{} (not fatal: release {release} stays live)", f.message)
+                }
+            }
+        });
+    }
+
+    fn reply(&mut self, client: u64, reply: Reply) {
+        let last = matches!(reply, Reply::Done { .. } | Reply::Error(_));
+        let responder = if last {
+            self.clients.remove(&client)
+        } else {
+            self.clients.get(&client).cloned()
+        };
+        if let Some(r) = responder {
+            // A client that went away just misses the answer.
+            let _ = r.send(reply);
+        }
+    }
+
+    /// A release or rollback ended: the history (off the loop), the last
+    /// result, and auto-release's view of it.
+    fn ended(&mut self, ended: Ended) {
+        let Ended {
+            record,
+            trigger,
+            failure,
+        } = ended;
+        self.last_result = Some(match &failure {
+            None => format!("{} ok: {}", record.finished, record.result),
+            Some(f) => format!(
+                "{} {} of release {} failed at {}: {}",
+                record.finished,
+                record.kind,
+                record.release,
+                f.step.map_or("request".to_string(), |s| s.to_string()),
+                f.message
+            ),
+        });
+        if let Some(a) = &mut self.auto {
+            tell_auto(a, &record, &trigger, failure.as_ref());
+        }
+        let root = self.ctx.config.root.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = history::append(&root, record) {
+                tracing::warn!("cannot write the release history: {e}");
+            }
+        });
+    }
+}
+
+/// What auto-release learns from a release's end: its own release's
+/// outcome, or that a client's rollback must stick.
+fn tell_auto(
+    a: &mut Auto,
+    record: &history::Record,
+    trigger: &Trigger,
+    failure: Option<&crate::protocol::Failure>,
+) {
+    let rollback = record.kind == Kind::Rollback.name();
+    match (trigger, failure) {
+        (Trigger::Watch(_), None) => a.succeeded(record.release, &record.result),
+        (Trigger::Watch(fp), Some(f)) => a.failed(fp, record.release, f),
+        // A rollback must stick: the watched tree is held back until it changes.
+        (Trigger::Client, None) if rollback => {
+            a.hold_current("a rollback made an older build live")
+        }
+        (Trigger::Client, _) => {}
+    }
+}

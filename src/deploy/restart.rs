@@ -1,0 +1,165 @@
+//! Bringing the live color back: at boot, and when its process dies on its
+//! own. A color that ran for [`HEALTHY_UPTIME`] restarts at once; one that
+//! dies young waits [`backoff`], longer each time. Restarts run beside a
+//! release: the release starts the other color.
+
+use std::time::Duration;
+
+use nix::unistd::Pid;
+
+use super::HEALTHY_UPTIME;
+use super::{backoff, ColorPhase, Core, Effect, Failed, Launch, Level, Now, Process, Shutdown};
+use crate::color::Color;
+use crate::reaper::Exit;
+
+impl<P: Process> Core<P> {
+    /// bgd started: bring up the color the state says was live.
+    pub(super) fn boot(&mut self, now: Now) {
+        match self.state.live {
+            Some(color) => {
+                self.log(
+                    Level::Info,
+                    format!("starting the live color {color} from its directory"),
+                );
+                self.start_restart(now, color, None);
+            }
+            None => {
+                self.log(Level::Info, "no color is live yet: waiting for a release");
+                self.ready();
+            }
+        }
+    }
+
+    /// A process exited without being asked to. Only the live color's
+    /// process matters; the others are owned by a drain or a task.
+    pub(super) fn on_exited(
+        &mut self,
+        now: Now,
+        color: Color,
+        pid: Pid,
+        exit: Exit,
+        uptime: Duration,
+        tail: Vec<String>,
+    ) {
+        if !matches!(&self.slot(color).phase, ColorPhase::Live { process } if process.pid() == pid)
+        {
+            return;
+        }
+        let Some(process) = self.take_live(color) else {
+            return;
+        };
+        let slot = self.slot_mut(color);
+        slot.since = now.wall;
+        slot.last_exit = Some(exit);
+        // What is left of its group goes with it.
+        self.emit(Effect::Discard(process));
+        self.log(
+            Level::Error,
+            format!("the live color died ({exit}) after {uptime:.1?} ({color}, pid {pid}); last output:"),
+        );
+        self.log_tail(Level::Error, color, &tail, 10);
+        if self.shutdown != Shutdown::Running {
+            return;
+        }
+        let slot = self.slot_mut(color);
+        slot.restarts += 1;
+        slot.streak = if uptime >= HEALTHY_UPTIME {
+            0
+        } else {
+            slot.streak.max(1)
+        };
+        slot.enter(
+            ColorPhase::Restarting {
+                task: None,
+                failed: None,
+            },
+            now.wall,
+        );
+        self.schedule_restart(color);
+    }
+
+    fn schedule_restart(&mut self, color: Color) {
+        let slot = self.slot_mut(color);
+        let delay = backoff(slot.streak);
+        slot.streak += 1;
+        self.log(Level::Info, format!("restarting {color} in {delay:?}"));
+        self.emit(Effect::RestartAfter { color, delay });
+    }
+
+    pub(super) fn on_restart_due(&mut self, now: Now, color: Color) {
+        let ColorPhase::Restarting { task: None, failed } = &self.slot(color).phase else {
+            return;
+        };
+        if self.shutdown == Shutdown::Running && self.state.live == Some(color) {
+            let failed = failed.clone();
+            self.start_restart(now, color, failed);
+        }
+    }
+
+    /// Starts the live color again from its directory (no copy).
+    fn start_restart(&mut self, now: Now, color: Color, failed: Option<String>) {
+        let Some(build) = self.state.build(color).cloned() else {
+            self.log(
+                Level::Error,
+                format!("state says {color} is live but records no build for it: release again"),
+            );
+            self.state.live = None;
+            self.slot_mut(color).enter(ColorPhase::Stopped, now.wall);
+            return self.ready();
+        };
+        let task = self.fresh_task();
+        self.emit(Effect::Launch(Launch {
+            task,
+            color,
+            source: None,
+            label: build.label,
+            release: build.release,
+            expect: None,
+        }));
+        let phase = ColorPhase::Restarting {
+            task: Some(task),
+            failed,
+        };
+        self.slot_mut(color).enter(phase, now.wall);
+    }
+
+    pub(super) fn finish_restart(&mut self, now: Now, color: Color, process: P) {
+        if self.state.live != Some(color) || self.shutdown != Shutdown::Running {
+            let pid = process.pid();
+            self.slot_mut(color)
+                .enter(ColorPhase::Draining { pid }, now.wall);
+            return self.emit(Effect::Drain { color, process });
+        }
+        let pid = process.pid();
+        self.log(Level::Info, format!("{color} (pid {pid}) is serving again"));
+        self.slot_mut(color)
+            .enter(ColorPhase::Live { process }, now.wall);
+        self.ready();
+    }
+
+    pub(super) fn restart_failed(&mut self, now: Now, color: Color, failed: Failed) {
+        let message = failed.failure.message;
+        self.log(
+            Level::Error,
+            format!("restart of {color} failed: {message}"),
+        );
+        self.log_tail(Level::Error, color, &failed.failure.log_tail, 10);
+        self.ready();
+        let slot = self.slot_mut(color);
+        if failed.exit.is_some() {
+            slot.last_exit = failed.exit;
+        }
+        if self.state.live != Some(color) || self.shutdown != Shutdown::Running {
+            self.slot_mut(color).enter(ColorPhase::Stopped, now.wall);
+            return;
+        }
+        let slot = self.slot_mut(color);
+        slot.restarts += 1;
+        let phase = ColorPhase::Restarting {
+            task: None,
+            failed: Some(message),
+        };
+        slot.enter(phase, now.wall);
+        self.schedule_restart(color);
+    }
+}

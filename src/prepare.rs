@@ -1,0 +1,282 @@
+//! A task that brings a color up: stage (for a new build), run the prepare
+//! hooks, start, wait until ready. It runs beside the daemon's loop so the
+//! daemon keeps answering while it works; it reports each step as a
+//! [`Message`] and ends with [`Message::Prepared`]. It never touches the
+//! live color or the state: the deployment core commits the swap and drains
+//! the old color. Releases, rollbacks and restarts all run through here;
+//! the last two stage nothing.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::deploy::{Failed, Launch, TaskId, Timings};
+use crate::process::AppProcess;
+use crate::protocol::{Failure, FailureKind, Step};
+use crate::stage::{self, StageError};
+use crate::state::Build;
+use crate::{health, Ctx, Sink};
+
+/// What a task reports, in this order: progress, at most one `Staged`,
+/// then exactly one `Prepared` (unless it was aborted).
+pub enum Message {
+    /// It reached a step.
+    Progress {
+        task: TaskId,
+        step: Step,
+        message: String,
+    },
+    /// It swapped the new build into its color's directory.
+    Staged { task: TaskId, build: Build },
+    /// It ended: a ready color, or why not.
+    Prepared {
+        task: TaskId,
+        result: Result<(AppProcess, Timings), Failed>,
+    },
+}
+
+/// How long a new color that failed its readiness check gets to finish the
+/// requests it already accepted from the shared socket, before SIGKILL.
+const FAILED_GRACE: Duration = Duration::from_secs(5);
+
+/// Carries out `plan` and sends [`Message::Prepared`] with a ready color
+/// or why not. `cancel`, once set, stops staging before it swaps anything
+/// into place. A failed color's whole process group is gone before this
+/// returns.
+pub async fn run(ctx: Arc<Ctx>, plan: Launch, cancel: Arc<AtomicBool>, events: Sink<Message>) {
+    let result = prepare(&ctx, &plan, &cancel, &events).await;
+    events(Message::Prepared {
+        task: plan.task,
+        result,
+    });
+}
+
+fn failed(kind: FailureKind, step: Step, message: impl Into<String>) -> Failed {
+    Failed {
+        failure: Failure::new(kind, Some(step), message),
+        exit: None,
+    }
+}
+
+async fn prepare(
+    ctx: &Ctx,
+    plan: &Launch,
+    cancel: &Arc<AtomicBool>,
+    events: &Sink<Message>,
+) -> Result<(AppProcess, Timings), Failed> {
+    let progress = |step: Step, message: String| {
+        events(Message::Progress {
+            task: plan.task,
+            step,
+            message,
+        });
+    };
+    let mut timings = Timings::default();
+    let dir = stage::color_dir(&ctx.config.root, plan.color);
+    if let Some(source) = &plan.source {
+        timings.stage_ms = stage_build(ctx, plan, source, cancel, events).await?;
+        run_prepare_hooks(ctx, plan, &dir, &progress).await?;
+    } else if !dir.is_dir() {
+        let m = format!(
+            "{} does not exist: nothing to start for {}",
+            dir.display(),
+            plan.color
+        );
+        return Err(failed(FailureKind::BadRequest, Step::Start, m));
+    }
+
+    progress(
+        Step::Start,
+        format!("starting {} (release {})", plan.color, plan.release),
+    );
+    let t = Instant::now();
+    ctx.listeners.ensure_listening().map_err(|e| {
+        let m = format!("cannot listen on the app's sockets: {e}");
+        failed(FailureKind::Internal, Step::Start, m)
+    })?;
+    let app = AppProcess::start(ctx, plan.color, plan.release, &dir)
+        .map_err(|e| failed(FailureKind::App, Step::Start, format!("{e:#}")))?;
+    timings.start_ms = t.elapsed().as_millis() as u64;
+
+    progress(
+        Step::WaitReady,
+        format!("waiting for {} (pid {}) to be ready", plan.color, app.pid),
+    );
+    let t = Instant::now();
+    let outcome = wait_ready(ctx, plan, &app, &dir).await;
+    timings.ready_ms = t.elapsed().as_millis() as u64;
+    match outcome {
+        Ok(()) => Ok((app, timings)),
+        Err(message) => {
+            // It may have accepted live connections from the shared socket:
+            // let it finish them with its stop signal, briefly, then SIGKILL.
+            let grace = ctx.config.app.drain_timeout.min(FAILED_GRACE);
+            let exit = app.stop(ctx.config.app.stop_signal, grace).await;
+            let mut f = failed(FailureKind::App, Step::WaitReady, message);
+            f.failure.log_tail = app.log_tail().await;
+            f.exit = Some(exit);
+            Err(f)
+        }
+    }
+}
+
+/// Validates and copies `source` into the color; returns how long the copy
+/// took, in milliseconds.
+async fn stage_build(
+    ctx: &Ctx,
+    plan: &Launch,
+    source: &std::path::Path,
+    cancel: &Arc<AtomicBool>,
+    events: &Sink<Message>,
+) -> Result<u64, Failed> {
+    let progress = |message: String| {
+        events(Message::Progress {
+            task: plan.task,
+            step: Step::Stage,
+            message,
+        });
+    };
+    let source =
+        stage::validate(source).map_err(|m| failed(FailureKind::BadRequest, Step::Validate, m))?;
+    progress(format!("copying {} into {}", source.display(), plan.color));
+    let t = Instant::now();
+    let copied = copy(ctx, plan, &source, cancel, events).await?;
+    let ms = t.elapsed().as_millis() as u64;
+    events(Message::Staged {
+        task: plan.task,
+        build: Build {
+            release: plan.release,
+            label: plan.label.clone(),
+            source: source.display().to_string(),
+            staged_at: crate::now_rfc3339(),
+            went_live: false,
+            fingerprint: Some(copied.fingerprint),
+        },
+    });
+    progress(format!(
+        "copied {} files, {:.1} MB in {ms} ms",
+        copied.files,
+        copied.bytes as f64 / 1e6,
+    ));
+    Ok(ms)
+}
+
+/// `hooks.prepare`, in the staged directory, before the app starts.
+async fn run_prepare_hooks(
+    ctx: &Ctx,
+    plan: &Launch,
+    dir: &std::path::Path,
+    progress: &impl Fn(Step, String),
+) -> Result<(), Failed> {
+    let hooks = &ctx.config.hooks.prepare;
+    if hooks.is_empty() {
+        return Ok(());
+    }
+    progress(
+        Step::Prepare,
+        format!(
+            "running {} prepare hook(s) in {}",
+            hooks.len(),
+            dir.display()
+        ),
+    );
+    let env = crate::process::color_env(ctx, plan.color, plan.release);
+    crate::hooks::run(ctx, "prepare", hooks, dir, &env, |line| {
+        progress(Step::Prepare, line.to_string())
+    })
+    .await
+    .map_err(|f| {
+        let mut failed = failed(FailureKind::App, Step::Prepare, f.message);
+        failed.failure.log_tail = f.output;
+        failed
+    })
+}
+
+/// Waits until `app` passes its readiness check, exits, or runs out of
+/// `health.timeout`; `Err` says which.
+async fn wait_ready(
+    ctx: &Ctx,
+    plan: &Launch,
+    app: &AppProcess,
+    dir: &std::path::Path,
+) -> Result<(), String> {
+    let timeout = ctx.config.health.timeout;
+    let last_check = Mutex::new(String::new());
+    tokio::select! {
+        r = health::wait_ready(ctx, app, dir, plan.release, &last_check) => r.map_err(|e| format!("{e:#}")),
+        exit = app.exited() => Err(format!("{} exited during the readiness wait ({exit})", plan.color)),
+        _ = tokio::time::sleep(timeout) => {
+            let last = last_check.lock().expect("never held across a panic").clone();
+            let last = if last.is_empty() { String::new() } else { format!(" (last check: {last})") };
+            Err(format!(
+                "{} was not ready within health.timeout ({}){last}: it was stopped",
+                plan.color,
+                humantime::format_duration(timeout)
+            ))
+        }
+    }
+}
+
+/// Stages `source` on a blocking thread.
+async fn copy(
+    ctx: &Ctx,
+    plan: &Launch,
+    source: &std::path::Path,
+    cancel: &Arc<AtomicBool>,
+    events: &Sink<Message>,
+) -> Result<stage::Copied, Failed> {
+    let (events, task) = (events.clone(), plan.task);
+    let watch = ctx.config.watch.as_ref();
+    let opts = stage::Options {
+        owner: ctx
+            .config
+            .app
+            .identity
+            .as_ref()
+            .map(|i| (i.uid.as_raw(), i.gid.as_raw())),
+        ignore: watch
+            .map(|w| w.ignore.clone())
+            .unwrap_or_else(globset::GlobSet::empty),
+        marker: watch.and_then(|w| w.marker.clone()),
+        expect: plan.expect.clone(),
+        cancel: cancel.clone(),
+        shared: ctx.config.shared.clone(),
+        hardlink: ctx.config.hardlink,
+        progress: Some(Arc::new(move |files, bytes| {
+            let message = format!("copied {files} files, {:.1} MB so far", bytes as f64 / 1e6);
+            events(Message::Progress {
+                task,
+                step: Step::Stage,
+                message,
+            });
+        })),
+    };
+    let (root, src, color, id) = (
+        ctx.config.root.clone(),
+        source.to_path_buf(),
+        plan.color,
+        plan.task,
+    );
+    let staged = tokio::task::spawn_blocking(move || {
+        let staged = stage::stage(&root, &src, color, id, &opts);
+        if staged.is_ok() {
+            // The color's previous tree goes away off the release's path.
+            std::thread::spawn(move || stage::remove_trash(&root, id));
+        }
+        staged
+    })
+    .await
+    .map_err(|e| {
+        let m = format!("staging task failed: {e}");
+        failed(FailureKind::Internal, Step::Stage, m)
+    })?;
+    staged.map_err(|e| {
+        let kind = match e {
+            StageError::Refused(_) => FailureKind::BadRequest,
+            StageError::Io(_) => FailureKind::Stage,
+            StageError::Changed => FailureKind::Changed,
+            StageError::Aborted => FailureKind::Busy,
+        };
+        failed(kind, Step::Stage, format!("cannot stage the build: {e}"))
+    })
+}
