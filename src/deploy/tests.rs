@@ -266,45 +266,103 @@ fn committed_state(effects: &[Effect<Proc>]) -> State {
 
 // ---- admission ----
 
+/// Blue live, a release to green admitted.
+fn releasing() -> T {
+    let mut t = T::blue_live();
+    t.admit();
+    t
+}
+
+/// Blue live, the first stop signal received.
+fn stopping() -> T {
+    let mut t = T::blue_live();
+    t.send(Input::Stop);
+    t
+}
+
+/// Blue live; green holds release 2, which failed and never went live.
+fn green_never_live() -> T {
+    let mut t = T::new(state(
+        Some(Color::Blue),
+        Some(build(1, true)),
+        Some(build(2, false)),
+    ));
+    t.send(Input::Boot);
+    t
+}
+
+/// Blue live; green holds nothing.
+fn green_empty() -> T {
+    let mut t = T::new(state(Some(Color::Blue), Some(build(1, true)), None));
+    t.send(Input::Boot);
+    t
+}
+
+type Case = (
+    &'static str,
+    fn() -> T,
+    fn() -> Input<Proc>,
+    FailureKind,
+    &'static str,
+);
+
+/// Each case: the refusal is the only effect, its message says why, and
+/// the release in progress (if any) is untouched.
+fn check_refusals(cases: &[Case]) {
+    for (name, setup, input, kind, text) in cases {
+        let mut t = setup();
+        let before = t.core.release().map(|r| r.task);
+        let effects = t.send(input());
+        assert_eq!(words(&effects), [format!("reply error {kind:?}")], "{name}");
+        let m = error_message(&effects);
+        assert!(m.contains(text), "{name}: {m}");
+        assert_eq!(t.core.release().map(|r| r.task), before, "{name}");
+    }
+}
+
 #[test]
-fn admission_rules_refuse_with_the_reason() {
-    type Setup = fn() -> T;
-    let busy_release: Setup = || {
-        let mut t = T::blue_live();
-        t.admit();
-        t
-    };
-    let stopping: Setup = || {
-        let mut t = T::blue_live();
-        t.send(Input::Stop);
-        t
-    };
-    let cases: [(&str, Setup, fn() -> Input<Proc>, FailureKind, &str); 8] = [
+fn nothing_begins_while_bgd_stops_or_another_release_runs() {
+    let release_b = || release("/b");
+    check_refusals(&[
         (
             "stopping",
             stopping,
-            || release("/b"),
+            release_b,
+            FailureKind::Busy,
+            "shutting down",
+        ),
+        (
+            "stopping rollback",
+            stopping,
+            rollback,
             FailureKind::Busy,
             "shutting down",
         ),
         (
             "overlap",
-            busy_release,
-            || release("/b"),
+            releasing,
+            release_b,
             FailureKind::Busy,
             "releases never overlap",
         ),
         (
             "rollback overlap",
-            busy_release,
+            releasing,
             rollback,
             FailureKind::Busy,
             "release of release 3 is in progress",
         ),
+    ]);
+}
+
+#[test]
+fn a_release_needs_an_absolute_path_and_a_rollback_a_good_build() {
+    let relative = || release("b");
+    check_refusals(&[
         (
             "relative path",
             T::blue_live,
-            || release("b"),
+            relative,
             FailureKind::BadRequest,
             "must be absolute",
         ),
@@ -317,51 +375,19 @@ fn admission_rules_refuse_with_the_reason() {
         ),
         (
             "never went live",
-            || {
-                let mut t = T::new(state(
-                    Some(Color::Blue),
-                    Some(build(1, true)),
-                    Some(build(2, false)),
-                ));
-                t.send(Input::Boot);
-                t
-            },
+            green_never_live,
             rollback,
             FailureKind::BadRequest,
             "holds release 2 which never went live",
         ),
         (
             "no build",
-            || {
-                let mut t = T::new(state(Some(Color::Blue), Some(build(1, true)), None));
-                t.send(Input::Boot);
-                t
-            },
+            green_empty,
             rollback,
             FailureKind::BadRequest,
             "green holds no build that went live",
         ),
-        (
-            "stopping rollback",
-            stopping,
-            rollback,
-            FailureKind::Busy,
-            "shutting down",
-        ),
-    ];
-    for (name, setup, input, kind, text) in cases {
-        let mut t = setup();
-        let before = t.core.release().map(|r| r.task);
-        let effects = t.send(input());
-        assert_eq!(words(&effects), [format!("reply error {kind:?}")], "{name}");
-        let m = error_message(&effects);
-        assert!(m.contains(text), "{name}: {m}");
-        assert_eq!(
-            t.core.release().map(|r| r.task),
-            before,
-            "{name}: the release in progress is untouched"
-        );
-    }
+    ]);
 }
 
 #[test]
