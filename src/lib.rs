@@ -25,6 +25,7 @@
 //! - [`watch`]    auto-release: notify events coalesced into settled-tree events
 //! - [`control`]  the control socket: peer check, decode, stream replies
 //! - [`identity`] the user and groups the app runs as
+//! - [`layout`]   bgd's root directory: the path of everything bgd keeps there
 //! - [`auto`]     auto-release decisions (no IO): release the settled tree or not
 //! - [`color`]    blue and green
 
@@ -37,6 +38,7 @@ pub mod health;
 pub mod history;
 pub mod hooks;
 pub mod identity;
+pub mod layout;
 pub mod listen;
 pub mod logs;
 pub mod process;

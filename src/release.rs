@@ -18,7 +18,7 @@ use crate::process::AppProcess;
 use crate::protocol::{Failure, FailureKind, Step};
 use crate::stage::{self, StageError};
 use crate::state::Build;
-use crate::{health, Ctx};
+use crate::{health, layout, Ctx};
 
 /// What a release task does.
 #[derive(Debug, Clone)]
@@ -72,7 +72,7 @@ async fn prepare(
         });
     };
     let mut timings = Timings::default();
-    let dir = stage::color_dir(&ctx.config.root, plan.color);
+    let dir = layout::color_dir(&ctx.config.root, plan.color);
 
     if let Some(source) = &plan.source {
         let source = stage::validate(source)

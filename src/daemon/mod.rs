@@ -31,7 +31,7 @@ use crate::protocol::{
 use crate::reaper::{Exit, Reaper};
 use crate::release::{self, Plan, Timings};
 use crate::state::{self, Build, State};
-use crate::{control, history, stage, systemd, watch, Ctx};
+use crate::{control, history, layout, stage, systemd, watch, Ctx};
 
 mod queries;
 mod releases;
@@ -150,7 +150,7 @@ const TICK: Duration = Duration::from_secs(5);
 
 /// One bgd per root: a second one would fight over the colors.
 fn lock_root(root: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
-    let path = root.join("bgd.lock");
+    let path = layout::lock_file(root);
     let file = std::fs::File::create(&path)
         .with_context(|| format!("cannot create {}", path.display()))?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {

@@ -207,7 +207,7 @@ impl Daemon {
                 Some(Step::Swap),
                 format!(
                     "cannot record the new live color in {}: {e}; the old color stays live",
-                    State::path(&root).display()
+                    layout::state_file(&root).display()
                 ),
             );
             self.spawn_drain(None, app);
@@ -253,7 +253,7 @@ impl Daemon {
         }
         let ctx = self.ctx.clone();
         tokio::spawn(async move {
-            let dir = stage::color_dir(&ctx.config.root, color);
+            let dir = layout::color_dir(&ctx.config.root, color);
             let env = crate::process::color_env(&ctx, color, release);
             let hooks = ctx.config.hooks.after_live.clone();
             let log = |line: &str| tracing::info!(%color, hook = "after_live", "{line}");
