@@ -23,6 +23,7 @@
 //! - [`state`]    what survives a restart: live color, builds, the `live` symlink
 //! - [`systemd`]  socket activation, fd store, sd_notify messages
 //! - [`watch`]    auto-release: notify events coalesced into settled-tree events
+//! - [`fingerprint`] a cheap summary of a build tree, to tell two builds apart
 //! - [`control`]  the control socket: peer check, decode, stream replies
 //! - [`identity`] the user and groups the app runs as
 //! - [`layout`]   bgd's root directory: the path of everything bgd keeps there
@@ -34,6 +35,7 @@ pub mod color;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod fingerprint;
 pub mod health;
 pub mod history;
 pub mod hooks;

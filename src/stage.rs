@@ -19,8 +19,8 @@ use globset::GlobSet;
 use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 
 use crate::color::Color;
+use crate::fingerprint::Fingerprint;
 use crate::layout::{self, color_dir, shared_dir, staging_dir, trash_dir};
-use crate::watch::Fingerprint;
 
 /// Checks that `dir` is a readable directory; returns its absolute path.
 pub fn validate(dir: &Path) -> Result<PathBuf, String> {

@@ -42,7 +42,7 @@ pub struct Build {
     /// Rollback refuses a build that never did.
     #[serde(default)]
     pub went_live: bool,
-    /// The source tree's fingerprint when it was copied (see `watch::Fingerprint`).
+    /// The source tree's fingerprint when it was copied (see `fingerprint::Fingerprint`).
     #[serde(default)]
     pub fingerprint: Option<String>,
 }
