@@ -21,6 +21,7 @@ use globset::GlobSet;
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
+use crate::auto::WatchState;
 use crate::daemon::Event;
 use crate::fingerprint::Fingerprint;
 
@@ -51,20 +52,6 @@ impl WatchConfig {
 
 /// How often the poll fallback looks at the tree.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
-
-/// What the watcher shows in status; written by the watcher task only.
-#[derive(Debug, Clone, Default)]
-pub struct WatchState {
-    /// "inotify", or "poll" after the watch limit was hit.
-    pub mode: &'static str,
-    pub last_event: Option<SystemTime>,
-    /// Counts the checks asked for: the one at start, then one per relevant
-    /// change. The tree is settling while the daemon has not yet received
-    /// [`Event::WatchSettled`] with this number.
-    pub generation: u64,
-    /// Changes seen and ignored (`watch.ignore`, or not the marker).
-    pub ignored_events: u64,
-}
 
 /// What notify's callback tells the watcher task. Flags, not a queue: a
 /// burst of 10,000 events sets them once, and none can be dropped.
