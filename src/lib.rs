@@ -19,6 +19,7 @@
 //! - [`listen`]   binding and holding the app's listening sockets
 //! - [`hooks`]    `[hooks]` prepare and after_live commands
 //! - [`health`]   readiness checks that reach the new color alone
+//! - [`notify`]   the per-color NOTIFY_SOCKET for `health.notify`
 //! - [`stage`]    copying a build into a color directory atomically
 //! - [`state`]    what survives a restart: live color, builds, the `live` symlink
 //! - [`systemd`]  socket activation, fd store, sd_notify messages
@@ -43,6 +44,7 @@ pub mod identity;
 pub mod layout;
 pub mod listen;
 pub mod logs;
+pub mod notify;
 pub mod process;
 pub mod protocol;
 pub mod reaper;

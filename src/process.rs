@@ -23,9 +23,9 @@ use tokio::sync::watch;
 
 use crate::color::Color;
 use crate::config::PROBE_FD_NAME;
-use crate::health::NotifySocket;
 use crate::layout;
 use crate::logs::{LogHub, LogLine};
+use crate::notify::NotifySocket;
 use crate::reaper::Exit;
 use crate::Ctx;
 use crate::{spawn, state};
