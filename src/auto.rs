@@ -4,9 +4,24 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use crate::protocol::{AutoRelease, Failure, FailureKind, WatchStatus};
-use crate::watch::WatchState;
+
+/// What the watcher task (watch.rs) reports, for [`Auto`]'s decisions and
+/// status; written by the watcher task only.
+#[derive(Debug, Clone, Default)]
+pub struct WatchState {
+    /// "inotify", or "poll" after the watch limit was hit.
+    pub mode: &'static str,
+    pub last_event: Option<SystemTime>,
+    /// Counts the checks asked for: the one at start, then one per relevant
+    /// change. The tree is settling while the daemon has not yet received
+    /// `watch::Settled` with this number (see [`Auto::settled`]).
+    pub generation: u64,
+    /// Changes seen and ignored (`watch.ignore`, or not the marker).
+    pub ignored_events: u64,
+}
 
 pub struct Auto {
     pub path: PathBuf,

@@ -8,15 +8,14 @@
 //! bounds the whole wait with `health.timeout`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixDatagram};
+use tokio::net::TcpStream;
 
-use crate::identity::Identity;
 use crate::process::AppProcess;
 use crate::spawn;
 use crate::Ctx;
@@ -167,67 +166,5 @@ async fn keep_tail(fd: std::os::fd::OwnedFd, out: Arc<Mutex<Vec<u8>>>) {
         o.extend_from_slice(&buf[..n]);
         let excess = o.len().saturating_sub(2048);
         o.drain(..excess);
-    }
-}
-
-/// A NOTIFY_SOCKET that only one color's processes are given.
-pub struct NotifySocket {
-    sock: UnixDatagram,
-    path: PathBuf,
-}
-
-impl NotifySocket {
-    /// Binds the socket; with an `identity`, the app's user owns it so its
-    /// processes may send to it.
-    pub fn bind(path: &Path, identity: Option<&Identity>) -> anyhow::Result<NotifySocket> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        let _ = std::fs::remove_file(path);
-        let sock = UnixDatagram::bind(path)
-            .with_context(|| format!("cannot bind NOTIFY_SOCKET {}", path.display()))?;
-        if let Some(id) = identity {
-            std::os::unix::fs::lchown(path, Some(id.uid.as_raw()), Some(id.gid.as_raw()))
-                .with_context(|| format!("cannot hand {} to user {}", path.display(), id.user))?;
-        }
-        Ok(NotifySocket {
-            sock,
-            path: path.to_path_buf(),
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Reads datagrams until one says `READY=1`.
-    async fn wait_ready(&self) -> anyhow::Result<()> {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let n = self
-                .sock
-                .recv(&mut buf)
-                .await
-                .context("reading NOTIFY_SOCKET")?;
-            let msg = String::from_utf8_lossy(&buf[..n]);
-            for line in msg.lines() {
-                if line == "READY=1" {
-                    return Ok(());
-                }
-                if let Some(s) = line.strip_prefix("STATUS=") {
-                    tracing::info!("app status: {s}");
-                }
-                if let Some(s) = line.strip_prefix("ERRNO=") {
-                    bail!("the app reported ERRNO={s} on NOTIFY_SOCKET");
-                }
-            }
-        }
-    }
-}
-
-impl Drop for NotifySocket {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }

@@ -1,11 +1,12 @@
 //! The release history: one record per release or rollback, the last
 //! [`KEEP`] of them, in `root/history.json` (written whole, like the state).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::color::Color;
+use crate::layout;
 use crate::protocol::Step;
 
 /// Records kept.
@@ -39,16 +40,12 @@ pub struct StepTime {
     pub at_ms: u64,
 }
 
-fn path(root: &Path) -> PathBuf {
-    root.join("history.json")
-}
-
 /// The records, oldest first; a missing or unreadable file is an empty
 /// history (it is never needed to run).
 pub fn load(root: &Path) -> Vec<Record> {
-    match std::fs::read(path(root)) {
+    match std::fs::read(layout::history_file(root)) {
         Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-            tracing::warn!("ignoring {}: {e}", path(root).display());
+            tracing::warn!("ignoring {}: {e}", layout::history_file(root).display());
             Vec::new()
         }),
         Err(_) => Vec::new(),
@@ -66,7 +63,7 @@ pub fn append(root: &Path, record: Record) -> std::io::Result<()> {
     let excess = all.len().saturating_sub(KEEP);
     all.drain(..excess);
     let data = serde_json::to_vec_pretty(&all).expect("records serialize infallibly");
-    crate::state::write_atomically(&path(root), &data)
+    crate::state::write_atomically(&layout::history_file(root), &data)
 }
 
 #[cfg(test)]

@@ -18,12 +18,15 @@
 //! - [`listen`]   binding and holding the app's listening sockets
 //! - [`hooks`]    `[hooks]` prepare and after_live commands
 //! - [`health`]   readiness checks that reach the new color alone
+//! - [`notify`]   the per-color NOTIFY_SOCKET for `health.notify`
 //! - [`stage`]    copying a build into a color directory atomically
 //! - [`state`]    what survives a restart: live color, builds, the `live` symlink
 //! - [`systemd`]  socket activation, fd store, sd_notify messages
 //! - [`watch`]    auto-release: notify events coalesced into settled-tree events
+//! - [`fingerprint`] a cheap summary of a build tree, to tell two builds apart
 //! - [`control`]  the control socket: peer check, decode, stream replies
 //! - [`identity`] the user and groups the app runs as
+//! - [`layout`]   bgd's root directory: the path of everything bgd keeps there
 //! - [`auto`]     auto-release decisions (no IO): release the settled tree or not
 //! - [`color`]    blue and green
 
@@ -33,12 +36,15 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod deploy;
+pub mod fingerprint;
 pub mod health;
 pub mod history;
 pub mod hooks;
 pub mod identity;
+pub mod layout;
 pub mod listen;
 pub mod logs;
+pub mod notify;
 pub mod prepare;
 pub mod process;
 pub mod protocol;

@@ -72,7 +72,7 @@ async fn prepare(
         });
     };
     let mut timings = Timings::default();
-    let dir = stage::color_dir(&ctx.config.root, plan.color);
+    let dir = crate::layout::color_dir(&ctx.config.root, plan.color);
     if let Some(source) = &plan.source {
         timings.stage_ms = stage_build(ctx, plan, source, cancel, events).await?;
         run_prepare_hooks(ctx, plan, &dir, &progress).await?;

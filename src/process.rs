@@ -23,8 +23,9 @@ use tokio::sync::watch;
 
 use crate::color::Color;
 use crate::config::PROBE_FD_NAME;
-use crate::health::NotifySocket;
+use crate::layout;
 use crate::logs::{LogHub, LogLine};
+use crate::notify::NotifySocket;
 use crate::reaper::Exit;
 use crate::Ctx;
 use crate::{spawn, state};
@@ -84,7 +85,7 @@ impl AppProcess {
         };
         let notify = if cfg.health.notify {
             let n = NotifySocket::bind(
-                &run_dir(&cfg.root).join(format!("{color}.notify")),
+                &layout::notify_socket(&cfg.root, color),
                 cfg.app.identity.as_ref(),
             )?;
             env.push(("NOTIFY_SOCKET".into(), n.path().display().to_string()));
@@ -269,14 +270,9 @@ pub fn color_env(ctx: &Ctx, color: Color, release: u64) -> Vec<(String, String)>
     env.push(("BG_ROOT".into(), cfg.root.display().to_string()));
     env.push((
         "BG_SHARED".into(),
-        crate::stage::shared_dir(&cfg.root).display().to_string(),
+        layout::shared_dir(&cfg.root).display().to_string(),
     ));
     env
-}
-
-/// `root/run`: per-color sockets and pid records.
-pub fn run_dir(root: &Path) -> PathBuf {
-    root.join("run")
 }
 
 /// A color's captured output: the last lines, and how many of the two

@@ -53,7 +53,7 @@ pub struct Spawned {
 
 /// Starts `spec` in a new process group with stdin from /dev/null and
 /// stdout/stderr on pipes. The caller must register `pid` with the
-/// [`Reaper`](crate::reaper::Reaper) before its next `.await`.
+/// [`Reaper`](super::reaper::Reaper) before its next `.await`.
 pub fn spawn(spec: &Spec) -> io::Result<Spawned> {
     if spec.fds.len() > MAX_FDS {
         return Err(io::Error::other(format!(

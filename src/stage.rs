@@ -19,16 +19,8 @@ use globset::GlobSet;
 use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 
 use crate::color::Color;
-use crate::watch::Fingerprint;
-
-/// Where a build is copied before it is swapped into place.
-pub fn staging_dir(root: &Path, id: u64) -> PathBuf {
-    root.join(format!(".staging-{id}"))
-}
-
-pub fn color_dir(root: &Path, color: Color) -> PathBuf {
-    root.join(color.as_str())
-}
+use crate::fingerprint::Fingerprint;
+use crate::layout::{self, color_dir, shared_dir, staging_dir, trash_dir};
 
 /// Checks that `dir` is a readable directory; returns its absolute path.
 pub fn validate(dir: &Path) -> Result<PathBuf, String> {
@@ -147,19 +139,9 @@ pub fn stage(
     result
 }
 
-/// Where a color's previous contents wait to be removed.
-fn trash_dir(root: &Path, id: u64) -> PathBuf {
-    root.join(format!(".trash-{id}"))
-}
-
 /// Removes what a successful [`stage`] of release `id` set aside. Blocking.
 pub fn remove_trash(root: &Path, id: u64) {
     remove_tree(&trash_dir(root, id));
-}
-
-/// Where `shared` directories live: `root/shared`.
-pub fn shared_dir(root: &Path) -> PathBuf {
-    root.join("shared")
 }
 
 /// Points each `shared` entry of the staged tree at `root/shared/<entry>`
@@ -190,7 +172,7 @@ fn link_shared(root: &Path, staging: &Path, opts: &Options) -> io::Result<()> {
         // From staging/<entry> up to root: one ".." per component of the
         // entry (the staged tree is renamed to root/<color> later, the same depth).
         let up: PathBuf = std::iter::repeat_n("..", entry.components().count()).collect();
-        let relative = up.join("shared").join(entry);
+        let relative = up.join(layout::SHARED).join(entry);
         std::os::unix::fs::symlink(&relative, &link).map_err(|e| at(&link, e))?;
         let _ = std::os::unix::fs::lchown(&link, opts.owner.map(|o| o.0), opts.owner.map(|o| o.1));
     }
@@ -202,7 +184,7 @@ pub fn remove_leftovers(root: &Path) -> io::Result<()> {
     for entry in fs::read_dir(root)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(".staging-") || name.starts_with(".trash-") {
+        if layout::is_leftover(&name) {
             tracing::info!("removing leftover {}", entry.path().display());
             remove_tree(&entry.path());
         }

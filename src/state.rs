@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context as _;
 use nix::sys::signal::Signal;
@@ -15,6 +15,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::color::Color;
+use crate::layout;
 
 const STATE_VERSION: u32 = 1;
 
@@ -41,19 +42,15 @@ pub struct Build {
     /// Rollback refuses a build that never did.
     #[serde(default)]
     pub went_live: bool,
-    /// The source tree's fingerprint when it was copied (see `watch::Fingerprint`).
+    /// The source tree's fingerprint when it was copied (see `fingerprint::Fingerprint`).
     #[serde(default)]
     pub fingerprint: Option<String>,
 }
 
 impl State {
-    pub fn path(root: &Path) -> PathBuf {
-        root.join("state.json")
-    }
-
     /// Reads the state; a root without one starts empty.
     pub fn load(root: &Path) -> anyhow::Result<State> {
-        let path = Self::path(root);
+        let path = layout::state_file(root);
         let text = match fs::read(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -80,7 +77,7 @@ impl State {
 
     pub fn save(&self, root: &Path) -> io::Result<()> {
         let data = serde_json::to_vec_pretty(self).expect("state serializes infallibly");
-        write_atomically(&Self::path(root), &data)
+        write_atomically(&layout::state_file(root), &data)
     }
 
     pub fn build(&self, c: Color) -> Option<&Build> {
@@ -111,21 +108,18 @@ pub fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
 
 /// Points `root/live` at `color` by renaming a new symlink over the old one.
 pub fn point_live_symlink(root: &Path, color: Color) -> io::Result<()> {
-    let tmp = root.join(".live.tmp");
+    let tmp = layout::live_link_tmp(root);
     let _ = fs::remove_file(&tmp);
+    // Relative (the color directory's name), so the root may be moved.
     std::os::unix::fs::symlink(color.as_str(), &tmp)?;
-    fs::rename(&tmp, root.join("live"))?;
+    fs::rename(&tmp, layout::live_link(root))?;
     fs::File::open(root)?.sync_all()
 }
 
-/// `root/run/<color>.pgid` names the process group of a running color, so a
-/// bgd started after a crash can stop what the old one left behind.
-fn pgid_file(root: &Path, color: Color) -> PathBuf {
-    crate::process::run_dir(root).join(format!("{color}.pgid"))
-}
-
+/// Records (or, with `None`, forgets) the process group of the running
+/// `color` in [`layout::pgid_file`], for [`kill_leftover_groups`].
 pub fn record_pgid(root: &Path, color: Color, pgid: Option<Pid>) {
-    let path = pgid_file(root, color);
+    let path = layout::pgid_file(root, color);
     let result = match pgid {
         Some(p) => fs::create_dir_all(path.parent().expect("has a parent"))
             .and_then(|()| write_atomically(&path, p.as_raw().to_string().as_bytes())),
@@ -150,7 +144,7 @@ pub fn record_pgid(root: &Path, color: Color, pgid: Option<Pid>) {
 pub fn kill_leftover_groups(root: &Path) {
     let marker = format!("BG_ROOT={}", root.display()).into_bytes();
     for color in Color::BOTH {
-        let path = pgid_file(root, color);
+        let path = layout::pgid_file(root, color);
         let Ok(text) = fs::read_to_string(&path) else {
             continue;
         };
@@ -239,7 +233,7 @@ mod tests {
     #[test]
     fn corrupt_state_is_refused_with_advice() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(State::path(dir.path()), "{").unwrap();
+        fs::write(layout::state_file(dir.path()), "{").unwrap();
         let e = format!("{:#}", State::load(dir.path()).unwrap_err());
         assert!(e.contains("move it away"), "{e}");
     }

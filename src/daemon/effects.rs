@@ -14,7 +14,7 @@ use crate::deploy::{Effect, Ended, Input, Kind, Launch, Level, Trigger};
 use crate::process::AppProcess;
 use crate::protocol::Reply;
 use crate::state::{self, State};
-use crate::{history, prepare, stage};
+use crate::{history, prepare};
 
 impl Daemon {
     /// Hands `input` to the core and carries out what it decides, including
@@ -74,7 +74,7 @@ impl Daemon {
         let root = &self.ctx.config.root;
         state
             .save(root)
-            .map_err(|e| format!("{}: {e}", State::path(root).display()))
+            .map_err(|e| format!("{}: {e}", crate::layout::state_file(root).display()))
     }
 
     fn point_live(&self, color: Color) {
@@ -125,7 +125,7 @@ impl Daemon {
         }
         let ctx = self.ctx.clone();
         tokio::spawn(async move {
-            let dir = stage::color_dir(&ctx.config.root, color);
+            let dir = crate::layout::color_dir(&ctx.config.root, color);
             let env = crate::process::color_env(&ctx, color, release);
             let hooks = ctx.config.hooks.after_live.clone();
             let log = |line: &str| tracing::info!(%color, hook = "after_live", "{line}");

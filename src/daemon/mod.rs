@@ -32,7 +32,7 @@ use crate::process::AppProcess;
 use crate::protocol::Request;
 use crate::reaper::{Exit, Reaper};
 use crate::state::State;
-use crate::{prepare, stage, state, systemd, watch, Ctx, Sink};
+use crate::{layout, prepare, stage, state, systemd, watch, Ctx, Sink};
 
 mod effects;
 mod queries;
@@ -137,7 +137,7 @@ const TICK: Duration = Duration::from_secs(5);
 
 /// One bgd per root: a second one would fight over the colors.
 fn lock_root(root: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
-    let path = root.join("bgd.lock");
+    let path = layout::lock_file(root);
     let file = std::fs::File::create(&path)
         .with_context(|| format!("cannot create {}", path.display()))?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {

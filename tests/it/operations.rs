@@ -248,6 +248,47 @@ fn history_records_every_release() {
 }
 
 #[test]
+fn control_characters_in_a_label_are_escaped_in_human_output() {
+    let bgd = Bgd::start(Setup::default());
+    let b1 = example_build(bgd.dir.path(), "b1", "v1");
+    let label = "v1\nhot\tfix";
+    let shown = r"(v1\nhot\tfix)";
+    let out = bgd.bgctl(&["release", b1.to_str().unwrap(), "--label", label]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let released = text(&out.stdout);
+    assert_eq!(released.lines().count(), 1, "{released}");
+    assert!(released.contains(shown), "{released}");
+
+    let history = text(&bgd.bgctl(&["history"]).stdout);
+    let entries: Vec<&str> = history
+        .lines()
+        .filter(|l| l.contains(" release "))
+        .collect();
+    assert_eq!(entries.len(), 1, "one entry, on one line: {history}");
+    assert!(entries[0].contains(shown), "{history}");
+    assert!(
+        entries[0].contains(&b1.display().to_string()),
+        "the source is on the entry's line: {history}"
+    );
+    assert_eq!(
+        history.lines().count(),
+        2,
+        "the entry and its steps: {history}"
+    );
+    let json: Value = serde_json::from_slice(&bgd.bgctl(&["history", "--json"]).stdout).unwrap();
+    assert_eq!(json[0]["label"], label, "--json keeps the exact text");
+
+    let status = text(&bgd.bgctl(&["status"]).stdout);
+    let blue: Vec<&str> = status
+        .lines()
+        .filter(|l| l.trim_start().starts_with("blue"))
+        .collect();
+    assert_eq!(blue.len(), 1, "{status}");
+    assert!(blue[0].contains(shown), "{status}");
+    assert!(!status.contains('\t'), "{status}");
+}
+
+#[test]
 fn logs_show_and_follow_the_apps_output() {
     let bgd = Bgd::start(Setup::default());
     bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));

@@ -143,75 +143,102 @@ enum Print {
     Watch,
 }
 
+/// One request to bgd, how its answer is printed, and whether to return as
+/// soon as bgd has started it.
+struct Ask {
+    request: Request,
+    print: Print,
+    no_wait: bool,
+}
+
+impl Ask {
+    /// A request whose answer is waited for.
+    fn answer(request: Request, print: Print) -> Ask {
+        Ask {
+            request,
+            print,
+            no_wait: false,
+        }
+    }
+}
+
 fn run(args: Args) -> Result<u8, Fail> {
-    let (request, print, no_wait) = match args.command {
-        Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Args::command(), "bgctl", &mut std::io::stdout());
-            return Ok(0);
-        }
-        Command::Man => {
-            clap_mangen::Man::new(Args::command())
-                .render(&mut std::io::stdout())
-                .map_err(|e| (EXIT_PROTOCOL, format!("cannot write the man page: {e}")))?;
-            return Ok(0);
-        }
+    let json_or = |json: bool, print: Print| if json { Print::Json } else { print };
+    let ask = match args.command {
+        Command::Completions { shell } => return completions(shell),
+        Command::Man => return man_page(),
         Command::Release {
             dir,
             label,
             no_wait,
-        } => {
-            let abs = std::path::absolute(&dir)
-                .map_err(|e| (5, format!("cannot resolve {}: {e}", dir.display())))?;
-            (
-                Request::Release {
-                    dir: abs.display().to_string(),
-                    label,
-                },
-                Print::Release,
-                no_wait,
-            )
-        }
-        Command::Rollback { no_wait } => (Request::Rollback, Print::Release, no_wait),
-        Command::Status { json } => (
-            Request::Status,
-            if json { Print::Json } else { Print::Status },
-            false,
-        ),
-        Command::History { json } => (
-            Request::History,
-            if json { Print::Json } else { Print::History },
-            false,
-        ),
+        } => release(&dir, label, no_wait)?,
+        Command::Rollback { no_wait } => Ask {
+            request: Request::Rollback,
+            print: Print::Release,
+            no_wait,
+        },
+        Command::Status { json } => Ask::answer(Request::Status, json_or(json, Print::Status)),
+        Command::History { json } => Ask::answer(Request::History, json_or(json, Print::History)),
         Command::Logs {
             color,
             lines,
             follow,
             json,
-        } => {
-            let color = color.map(|c| match c {
-                ColorArg::Blue => Color::Blue,
-                ColorArg::Green => Color::Green,
-            });
-            (
-                Request::Logs {
-                    color,
-                    lines,
-                    follow,
-                },
-                Print::Logs { json },
-                false,
-            )
-        }
-        Command::Watch { action } => (
+        } => logs(color, lines, follow, json),
+        Command::Watch { action } => Ask::answer(
             Request::Watch {
                 pause: matches!(action, WatchAction::Pause),
             },
             Print::Watch,
-            false,
         ),
     };
     let socket = socket_path(&args.socket, args.config.as_deref())?;
-    let mut stream = UnixStream::connect(&socket).map_err(|e| {
+    converse(connect(&socket)?, ask)
+}
+
+fn completions(shell: clap_complete::Shell) -> Result<u8, Fail> {
+    clap_complete::generate(shell, &mut Args::command(), "bgctl", &mut std::io::stdout());
+    Ok(0)
+}
+
+fn man_page() -> Result<u8, Fail> {
+    clap_mangen::Man::new(Args::command())
+        .render(&mut std::io::stdout())
+        .map_err(|e| (EXIT_PROTOCOL, format!("cannot write the man page: {e}")))?;
+    Ok(0)
+}
+
+/// `release DIR`: bgd needs the directory as an absolute path.
+fn release(dir: &Path, label: Option<String>, no_wait: bool) -> Result<Ask, Fail> {
+    let abs = std::path::absolute(dir)
+        .map_err(|e| (5, format!("cannot resolve {}: {e}", dir.display())))?;
+    Ok(Ask {
+        request: Request::Release {
+            dir: abs.display().to_string(),
+            label,
+        },
+        print: Print::Release,
+        no_wait,
+    })
+}
+
+fn logs(color: Option<ColorArg>, lines: usize, follow: bool, json: bool) -> Ask {
+    let color = color.map(|c| match c {
+        ColorArg::Blue => Color::Blue,
+        ColorArg::Green => Color::Green,
+    });
+    Ask::answer(
+        Request::Logs {
+            color,
+            lines,
+            follow,
+        },
+        Print::Logs { json },
+    )
+}
+
+fn connect(socket: &Path) -> Result<UnixStream, Fail> {
+    UnixStream::connect(socket).map_err(|e| {
         let hint = match e.kind() {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
                 ": is bgd running with this control socket?"
@@ -223,11 +250,15 @@ fn run(args: Args) -> Result<u8, Fail> {
             EXIT_UNREACHABLE,
             format!("cannot connect to {}: {e}{hint}", socket.display()),
         )
-    })?;
+    })
+}
+
+/// Sends the request and prints the replies until the answer.
+fn converse(mut stream: UnixStream, ask: Ask) -> Result<u8, Fail> {
     // bgd may answer (a refusal) and close before reading the request; the
     // answer is still there to read, so a failed write is reported only if
     // no answer follows.
-    let sent = stream.write_all(&protocol::encode(&request));
+    let sent = stream.write_all(&protocol::encode(&ask.request));
     let out = show::Out::new();
     for line in BufReader::new(stream).lines() {
         let line =
@@ -235,13 +266,13 @@ fn run(args: Args) -> Result<u8, Fail> {
         match protocol::decode_reply(line.as_bytes()).map_err(|e| (EXIT_PROTOCOL, e))? {
             Reply::Progress { step, message } => {
                 out.progress(step, &message);
-                if no_wait {
+                if ask.no_wait {
                     println!("started; `bgctl status` shows how it goes");
                     return Ok(0);
                 }
             }
-            Reply::Log(l) => out.log_line(&l, matches!(print, Print::Logs { json: true })),
-            Reply::Done { result } => return done(&out, print, result),
+            Reply::Log(l) => out.log_line(&l, matches!(ask.print, Print::Logs { json: true })),
+            Reply::Done { result } => return done(&out, ask.print, result),
             Reply::Error(f) => return Err((f.kind.exit_code(), out.failure(&f))),
         }
     }

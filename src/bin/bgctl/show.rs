@@ -1,11 +1,12 @@
 //! How bgctl prints: progress on stderr, answers on stdout, colors only when
 //! the stream is a terminal and `NO_COLOR` is not set.
 
+use std::borrow::Cow;
 use std::io::IsTerminal;
 
 use bgd::history::Record;
 use bgd::logs::LogLine;
-use bgd::protocol::{Failure, Status, Step};
+use bgd::protocol::{ColorStatus, Failure, Status, Step, WatchStatus};
 
 pub struct Out {
     color_out: bool,
@@ -18,6 +19,27 @@ const BLUE: &str = "\x1b[34m";
 const DIM: &str = "\x1b[2m";
 const BOLD: &str = "\x1b[1m";
 const RESET: &str = "\x1b[0m";
+
+/// `text` with each control character escaped, so that a field printed from
+/// data (a label, a path, a message) stays on its line and cannot reach the
+/// terminal as a control sequence: `\n`, `\r` and `\t` as those two
+/// characters, other control characters as `\u{..}`. Everything else,
+/// non-ASCII letters and backslashes included, is kept as it is; `--json`
+/// has the exact text.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
 
 impl Out {
     pub fn new() -> Out {
@@ -76,7 +98,7 @@ impl Out {
             .unwrap_or_else(|| "?".into());
         let label = get("label")
             .and_then(|v| v.as_str())
-            .map(|l| format!(" ({l})"))
+            .map(|l| format!(" ({})", escape_controls(l)))
             .unwrap_or_default();
         let ms = result
             .pointer("/ms/total")
@@ -106,34 +128,12 @@ impl Out {
         let live = s
             .live
             .map_or("none".to_string(), |c| self.color_name(on, c.as_str()));
-        println!("{}: live {live}", self.paint(on, BOLD, &s.name));
+        println!(
+            "{}: live {live}",
+            self.paint(on, BOLD, &escape_controls(&s.name))
+        );
         for (name, c) in [("blue", &s.blue), ("green", &s.green)] {
-            let state = match c.state.as_str() {
-                "live" => self.paint(on, GREEN, &format!("{:<10}", c.state)),
-                "restarting" => self.paint(on, RED, &format!("{:<10}", c.state)),
-                _ => format!("{:<10}", c.state),
-            };
-            let pad = " ".repeat(5 - name.len());
-            let mut line = format!("  {}{pad} {state}", self.color_name(on, name));
-            if let Some(pid) = c.pid {
-                line += &format!(" pid {pid}");
-            }
-            if let Some(r) = c.release {
-                line += &format!(" release {r}");
-            }
-            if let Some(l) = &c.label {
-                line += &format!(" ({l})");
-            }
-            if let Some(since) = &c.since {
-                line += &format!(" since {since}");
-            }
-            if c.restarts > 0 {
-                line += &format!(" restarts {}", c.restarts);
-            }
-            if let Some(e) = &c.last_exit {
-                line += &format!(" last exit: {e}");
-            }
-            println!("{line}");
+            println!("{}", self.color_status(name, c));
         }
         if let Some(r) = &s.release_in_progress {
             println!(
@@ -142,39 +142,85 @@ impl Out {
             );
         }
         if let Some(r) = &s.last_result {
+            let r = escape_controls(r);
             let painted = if r.contains(" failed") {
-                self.paint(on, RED, r)
+                self.paint(on, RED, &r)
             } else {
-                r.clone()
+                r.into_owned()
             };
             println!("  last result: {painted}");
         }
         for l in &s.listen {
-            println!("  listen {} {}", l.name, l.address);
+            let (name, address) = (escape_controls(&l.name), escape_controls(&l.address));
+            println!("  listen {name} {address}");
         }
         if let Some(w) = &s.watch {
-            println!("watch {} ({}): {}", w.path, w.mode, w.state);
-            if let Some(t) = &w.last_event {
-                println!("  last change: {t}");
-            }
-            if let Some(r) = &w.last_release {
-                let outcome = if r.ok {
-                    self.paint(on, GREEN, "ok")
-                } else {
-                    self.paint(
-                        on,
-                        RED,
-                        &format!("failed at {}", r.step.map_or("?".into(), |s| s.to_string())),
-                    )
-                };
-                println!(
-                    "  last auto-release: {} release {} {outcome}: {}",
-                    r.at, r.release, r.message
-                );
-            }
-            if let Some(h) = &w.holding {
-                println!("  holding: {h}");
-            }
+            self.watch_status(w);
+        }
+    }
+
+    /// One color's line of `bgctl status`.
+    fn color_status(&self, name: &str, c: &ColorStatus) -> String {
+        let on = self.color_out;
+        let state = match c.state.as_str() {
+            "live" => self.paint(on, GREEN, &format!("{:<10}", c.state)),
+            "restarting" => self.paint(on, RED, &format!("{:<10}", c.state)),
+            _ => format!("{:<10}", c.state),
+        };
+        let pad = " ".repeat(5 - name.len());
+        let mut line = format!("  {}{pad} {state}", self.color_name(on, name));
+        if let Some(pid) = c.pid {
+            line += &format!(" pid {pid}");
+        }
+        if let Some(r) = c.release {
+            line += &format!(" release {r}");
+        }
+        if let Some(l) = &c.label {
+            line += &format!(" ({})", escape_controls(l));
+        }
+        if let Some(since) = &c.since {
+            line += &format!(" since {since}");
+        }
+        if c.restarts > 0 {
+            line += &format!(" restarts {}", c.restarts);
+        }
+        if let Some(e) = &c.last_exit {
+            line += &format!(" last exit: {}", escape_controls(e));
+        }
+        line
+    }
+
+    /// The watch section of `bgctl status`.
+    fn watch_status(&self, w: &WatchStatus) {
+        let on = self.color_out;
+        println!(
+            "watch {} ({}): {}",
+            escape_controls(&w.path),
+            w.mode,
+            w.state
+        );
+        if let Some(t) = &w.last_event {
+            println!("  last change: {t}");
+        }
+        if let Some(r) = &w.last_release {
+            let outcome = if r.ok {
+                self.paint(on, GREEN, "ok")
+            } else {
+                self.paint(
+                    on,
+                    RED,
+                    &format!("failed at {}", r.step.map_or("?".into(), |s| s.to_string())),
+                )
+            };
+            println!(
+                "  last auto-release: {} release {} {outcome}: {}",
+                r.at,
+                r.release,
+                escape_controls(&r.message)
+            );
+        }
+        if let Some(h) = &w.holding {
+            println!("  holding: {}", escape_controls(h));
         }
     }
 
@@ -192,7 +238,7 @@ impl Out {
             let label = r
                 .label
                 .as_deref()
-                .map(|l| format!(" ({l})"))
+                .map(|l| format!(" ({})", escape_controls(l)))
                 .unwrap_or_default();
             let steps: Vec<String> = r
                 .steps
@@ -202,16 +248,60 @@ impl Out {
             println!(
                 "{:>4} {outcome} {:<8} {} {:<5} {}{label} [{}] {}",
                 r.release,
-                r.kind,
-                r.started,
+                escape_controls(&r.kind),
+                escape_controls(&r.started),
                 r.color.as_str(),
-                r.source.as_deref().unwrap_or("-"),
-                r.trigger,
-                r.result
+                escape_controls(r.source.as_deref().unwrap_or("-")),
+                escape_controls(&r.trigger),
+                escape_controls(&r.result)
             );
             if !steps.is_empty() {
                 println!("     {}", self.paint(on, DIM, &steps.join(" ")));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newline_tab_and_return_become_two_character_escapes() {
+        assert_eq!(escape_controls("v1\nfix\tthis\r"), r"v1\nfix\tthis\r");
+    }
+
+    #[test]
+    fn other_control_characters_become_unicode_escapes() {
+        assert_eq!(
+            escape_controls("\x1b[31mred\0\x7f"),
+            r"\u{1b}[31mred\u{0}\u{7f}"
+        );
+        // C1 controls too: some terminals act on them.
+        assert_eq!(escape_controls("a\u{9b}b"), r"a\u{9b}b");
+    }
+
+    #[test]
+    fn printable_text_is_kept_as_it_is() {
+        for text in [
+            "",
+            "v1.2 (\"rc\")",
+            "/srv/app's build",
+            "déjà vu — 版本",
+            r"C:\dir",
+        ] {
+            assert!(
+                matches!(escape_controls(text), Cow::Borrowed(t) if t == text),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_escaped_field_is_one_line() {
+        let label = "line one\nline two\r\n";
+        let shown = escape_controls(label);
+        assert_eq!(shown.lines().count(), 1, "{shown}");
+        assert!(!shown.contains('\r'));
     }
 }
