@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use globset::GlobSet;
 use nix::sys::signal::Signal;
 use serde::Deserialize;
 
 use crate::identity::{self, Identity};
-use crate::watch::WatchConfig;
 
 /// A validated config; every path in it is absolute.
 #[derive(Debug, Clone)]
@@ -102,6 +102,31 @@ pub struct HealthConfig {
     /// A command run in the color's directory until it exits 0.
     pub exec: Option<Vec<String>>,
     pub timeout: Duration,
+}
+
+/// `[watch]` in the config.
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    /// The build directory (absolute).
+    pub path: PathBuf,
+    /// Quiet period after the last change.
+    pub settle: Duration,
+    /// Release only when this file (relative to `path`) is created or changed.
+    pub marker: Option<PathBuf>,
+    /// Paths (relative to `path`) whose changes are ignored.
+    pub ignore: GlobSet,
+    /// `ignore` as written, to tell whether a reload changed it.
+    pub ignore_globs: Vec<String>,
+}
+
+impl WatchConfig {
+    /// Whether `other` watches the same way (a reload then keeps the watcher).
+    pub fn same_as(&self, other: &WatchConfig) -> bool {
+        self.path == other.path
+            && self.settle == other.settle
+            && self.marker == other.marker
+            && self.ignore_globs == other.ignore_globs
+    }
 }
 
 /// A config error, already formatted as `file:line:col: message`.
