@@ -18,19 +18,14 @@ use serde::Deserialize;
 use crate::identity::{self, Identity};
 
 /// A validated config; every path in it is absolute.
+///
+/// A reload (SIGHUP) applies everything but [`fixed`](Config::fixed).
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file it was read from.
     pub file: PathBuf,
-    pub name: String,
-    /// bgd's own directory: `blue/`, `green/`, the `live` symlink, state.
-    pub root: PathBuf,
-    pub control: PathBuf,
-    /// Mode of the control socket file (0600, or 0660 with a `control_group`).
-    pub control_mode: u32,
-    /// Members of this group may use the control socket too.
-    pub control_group: Option<nix::unistd::Gid>,
-    pub listen: Vec<ListenConfig>,
+    /// What only a restart of bgd changes.
+    pub fixed: Fixed,
     pub app: AppConfig,
     pub health: HealthConfig,
     /// Auto-release when this build directory changes.
@@ -41,6 +36,55 @@ pub struct Config {
     /// of copying them (same filesystem, builds that replace files).
     pub hardlink: bool,
     pub hooks: HooksConfig,
+}
+
+/// The part of the config that bgd keeps from start-up to exit: the
+/// sockets it holds, its directory and its control socket. A reload that
+/// changes any of it keeps the old values and says so
+/// ([`changed_keys`](Fixed::changed_keys)).
+#[derive(Debug, Clone)]
+pub struct Fixed {
+    /// Shown in logs and status.
+    pub name: String,
+    /// bgd's own directory: `blue/`, `green/`, the `live` symlink, state.
+    pub root: PathBuf,
+    /// The control socket bgctl talks to.
+    pub control: PathBuf,
+    /// Mode of the control socket file (0600, or 0660 with a `control_group`).
+    pub control_mode: u32,
+    /// Members of this group may use the control socket too.
+    pub control_group: Option<nix::unistd::Gid>,
+    /// `[[listen]]`, in the file's order.
+    pub listen: Vec<ListenConfig>,
+}
+
+impl Fixed {
+    /// The keys that differ in `new`, named as in the config file:
+    /// `"[[listen]]"`, `"root"`, `"control"` (which covers `control_mode`
+    /// and `control_group` too) and `"name"`, in that order. Empty when
+    /// `new` is the same. A `[[listen]]` that only moved in the file (its
+    /// `location`) is the same.
+    pub fn changed_keys(&self, new: &Fixed) -> Vec<&'static str> {
+        let same_listen = self.listen.len() == new.listen.len()
+            && self.listen.iter().zip(&new.listen).all(|(a, b)| {
+                a.name == b.name
+                    && a.address == b.address
+                    && a.mode == b.mode
+                    && a.backlog == b.backlog
+            });
+        let control_changed = self.control != new.control
+            || self.control_mode != new.control_mode
+            || self.control_group != new.control_group;
+        [
+            (!same_listen, "[[listen]]"),
+            (self.root != new.root, "root"),
+            (control_changed, "control"),
+            (self.name != new.name, "name"),
+        ]
+        .into_iter()
+        .filter_map(|(changed, key)| changed.then_some(key))
+        .collect()
+    }
 }
 
 /// `[hooks]`: shell commands run around a release.
@@ -175,12 +219,14 @@ impl Config {
         };
         Ok(Config {
             file: file.clone(),
-            name: raw.name.into_inner(),
-            root,
-            control,
-            control_mode,
-            control_group,
-            listen,
+            fixed: Fixed {
+                name: raw.name.into_inner(),
+                root,
+                control,
+                control_mode,
+                control_group,
+                listen,
+            },
             app: app(raw.app, identity),
             health,
             watch,
@@ -809,12 +855,45 @@ http = "/healthz"
     #[test]
     fn good_config_resolves_paths_and_defaults() {
         let c = parse(GOOD).unwrap();
-        assert_eq!(c.root, Path::new("/etc/bgd/state"));
-        assert_eq!(c.control, Path::new("/etc/bgd/state/bgd.sock"));
+        assert_eq!(c.fixed.root, Path::new("/etc/bgd/state"));
+        assert_eq!(c.fixed.control, Path::new("/etc/bgd/state/bgd.sock"));
         assert_eq!(c.app.stop_signal, Signal::SIGTERM);
         assert_eq!(c.app.drain_timeout, Duration::from_secs(5));
         assert_eq!(c.health.timeout, Duration::from_secs(30));
-        assert_eq!(c.control_mode, 0o600);
+        assert_eq!(c.fixed.control_mode, 0o600);
+    }
+
+    #[test]
+    fn a_reload_names_the_fixed_keys_it_changes() {
+        let old = parse(GOOD).unwrap().fixed;
+        let changed = |edits: &[(&str, &str)]| {
+            let text = edits
+                .iter()
+                .fold(GOOD.to_string(), |t, (from, to)| t.replace(from, to));
+            old.changed_keys(&parse(&text).unwrap().fixed)
+        };
+        assert!(changed(&[("5s", "6s")]).is_empty(), "[app] is not fixed");
+        // Moved in the file, not changed.
+        assert!(changed(&[("[[listen]]", "\n\n[[listen]]")]).is_empty());
+        // The default control socket is in root.
+        assert_eq!(changed(&[("\"state\"", "\"s2\"")]), ["root", "control"]);
+        assert_eq!(
+            changed(&[("\nroot", "\ncontrol = \"c.sock\"\nroot")]),
+            ["control"]
+        );
+        assert_eq!(
+            changed(&[("\nroot", "\ncontrol_mode = \"0660\"\nroot")]),
+            ["control"]
+        );
+        assert_eq!(changed(&[(":8080", ":8081")]), ["[[listen]]"]);
+        assert_eq!(
+            changed(&[("8080\"", "8080\"\nbacklog = 8")]),
+            ["[[listen]]"]
+        );
+        assert_eq!(
+            changed(&[("\"hello\"", "\"other\""), ("\"http\"", "\"web\"")]),
+            ["[[listen]]", "name"]
+        );
     }
 
     #[test]

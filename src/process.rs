@@ -84,7 +84,7 @@ impl AppProcess {
         };
         let notify = if cfg.health.notify {
             let n = NotifySocket::bind(
-                &run_dir(&cfg.root).join(format!("{color}.notify")),
+                &run_dir(&cfg.fixed.root).join(format!("{color}.notify")),
                 cfg.app.identity.as_ref(),
             )?;
             env.push(("NOTIFY_SOCKET".into(), n.path().display().to_string()));
@@ -103,7 +103,7 @@ impl AppProcess {
         .with_context(|| format!("cannot start {:?} in {}", cfg.app.command[0], dir.display()))?;
         // No .await may come between spawn and watch: see reaper.rs.
         let exited = ctx.reaper.watch(spawned.pid);
-        state::record_pgid(&cfg.root, color, Some(spawned.pid));
+        state::record_pgid(&cfg.fixed.root, color, Some(spawned.pid));
         let (exit_tx, exit) = watch::channel(None);
         tokio::spawn(async move {
             if let Ok(status) = exited.await {
@@ -133,7 +133,7 @@ impl AppProcess {
             _probe: probe,
             probe_addr,
             notify,
-            root: cfg.root.clone(),
+            root: cfg.fixed.root.clone(),
         })
     }
 
@@ -266,10 +266,12 @@ pub fn color_env(ctx: &Ctx, color: Color, release: u64) -> Vec<(String, String)>
     let mut env: Vec<(String, String)> = cfg.app.env.clone().into_iter().collect();
     env.push(("BG_COLOR".into(), color.to_string()));
     env.push(("BG_RELEASE".into(), release.to_string()));
-    env.push(("BG_ROOT".into(), cfg.root.display().to_string()));
+    env.push(("BG_ROOT".into(), cfg.fixed.root.display().to_string()));
     env.push((
         "BG_SHARED".into(),
-        crate::stage::shared_dir(&cfg.root).display().to_string(),
+        crate::stage::shared_dir(&cfg.fixed.root)
+            .display()
+            .to_string(),
     ));
     env
 }

@@ -72,7 +72,7 @@ async fn prepare(
         });
     };
     let mut timings = Timings::default();
-    let dir = stage::color_dir(&ctx.config.root, plan.color);
+    let dir = stage::color_dir(&ctx.config.fixed.root, plan.color);
 
     if let Some(source) = &plan.source {
         let source = stage::validate(source)
@@ -225,7 +225,7 @@ async fn copy(
         })),
     };
     let (root, src, color, id) = (
-        ctx.config.root.clone(),
+        ctx.config.fixed.root.clone(),
         source.to_path_buf(),
         plan.color,
         plan.id,

@@ -4,7 +4,7 @@ use super::*;
 
 impl Daemon {
     pub(super) fn reply_history(&self, reply: Responder) {
-        let root = self.ctx.config.root.clone();
+        let root = self.ctx.config.fixed.root.clone();
         tokio::spawn(async move {
             let records = tokio::task::spawn_blocking(move || history::load(&root))
                 .await
@@ -92,7 +92,7 @@ impl Daemon {
             }
         };
         Status {
-            name: self.ctx.config.name.clone(),
+            name: self.ctx.config.fixed.name.clone(),
             pid: std::process::id(),
             live: self.state.live,
             release_in_progress: self.release.as_ref().map(|r| ReleaseProgress {

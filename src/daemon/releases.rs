@@ -68,7 +68,7 @@ impl Daemon {
                 let id = self.state.next_release;
                 self.state.next_release += 1;
                 self.state.set_build(color, None);
-                if let Err(e) = self.state.save(&self.ctx.config.root) {
+                if let Err(e) = self.state.save(&self.ctx.config.fixed.root) {
                     self.state = saved;
                     return refuse(
                         FailureKind::Internal,
@@ -153,7 +153,7 @@ impl Daemon {
         let Some(r) = self.current(id) else { return };
         r.staged = true;
         self.state.set_build(color, Some(build));
-        if let Err(e) = self.state.save(&self.ctx.config.root) {
+        if let Err(e) = self.state.save(&self.ctx.config.fixed.root) {
             tracing::error!("cannot write bgd's state after staging: {e}");
         }
     }
@@ -193,7 +193,7 @@ impl Daemon {
             .expect("swap runs for the release in progress");
         let (id, release, new) = (r.id, r.release, r.color);
         r.step = Step::Swap;
-        let root = self.ctx.config.root.clone();
+        let root = self.ctx.config.fixed.root.clone();
         let saved = self.state.clone();
         self.state.live = Some(new);
         if let Some(mut b) = self.state.build(new).cloned() {
@@ -253,7 +253,7 @@ impl Daemon {
         }
         let ctx = self.ctx.clone();
         tokio::spawn(async move {
-            let dir = stage::color_dir(&ctx.config.root, color);
+            let dir = stage::color_dir(&ctx.config.fixed.root, color);
             let env = crate::process::color_env(&ctx, color, release);
             let hooks = ctx.config.hooks.after_live.clone();
             let log = |line: &str| tracing::info!(%color, hook = "after_live", "{line}");
@@ -438,7 +438,7 @@ impl Daemon {
             failed_step,
             steps: r.steps.clone(),
         };
-        let root = self.ctx.config.root.clone();
+        let root = self.ctx.config.fixed.root.clone();
         tokio::task::spawn_blocking(move || {
             if let Err(e) = history::append(&root, record) {
                 tracing::warn!("cannot write the release history: {e}");
@@ -451,7 +451,7 @@ impl Daemon {
     pub(super) fn restore_unstaged(&mut self, r: &InProgress) {
         if r.kind == Kind::Release && !r.staged && r.replaced.is_some() {
             self.state.set_build(r.color, r.replaced.clone());
-            if let Err(e) = self.state.save(&self.ctx.config.root) {
+            if let Err(e) = self.state.save(&self.ctx.config.fixed.root) {
                 tracing::error!("cannot write bgd's state: {e}");
             }
         }
