@@ -36,6 +36,10 @@ pub struct Config {
     /// of copying them (same filesystem, builds that replace files).
     pub hardlink: bool,
     pub hooks: HooksConfig,
+    /// What is allowed but likely a mistake, each already formatted as
+    /// `file:line:col: message`, like a [`ConfigError`]. bgd logs them at
+    /// start-up and on reload; `bgd --check` prints them.
+    pub warnings: Vec<String>,
 }
 
 /// The part of the config that bgd keeps from start-up to exit: the
@@ -217,6 +221,8 @@ impl Config {
             None if control_group.is_some() => 0o660,
             None => 0o600,
         };
+        let mut warnings = Vec::new();
+        let app = app(&src, raw.app, identity, &mut warnings);
         Ok(Config {
             file: file.clone(),
             fixed: Fixed {
@@ -227,12 +233,13 @@ impl Config {
                 control_group,
                 listen,
             },
-            app: app(raw.app, identity),
+            app,
             health,
             watch,
             shared,
             hardlink,
             hooks,
+            warnings,
         })
     }
 }
@@ -264,13 +271,14 @@ impl Source<'_> {
         format!("{}:{line}:{col}", self.file.display())
     }
 
+    /// `file:line:col: msg`, pointing at `span`.
+    fn locate(&self, span: std::ops::Range<usize>, msg: &str) -> String {
+        located(self.file, Some(line_col(self.text, span.start)), msg)
+    }
+
     /// An error pointing at `span`.
     fn fail(&self, span: std::ops::Range<usize>, msg: String) -> ConfigError {
-        ConfigError(located(
-            self.file,
-            Some(line_col(self.text, span.start)),
-            &msg,
-        ))
+        ConfigError(self.locate(span, &msg))
     }
 
     /// An error about the file as a whole (something missing).
@@ -449,16 +457,31 @@ fn check_runs_as(
     Ok(())
 }
 
-/// `[app]`, already checked.
-fn app(raw: RawApp, identity: Option<Identity>) -> AppConfig {
+/// `[app]`, already checked; what is allowed but likely a mistake goes to
+/// `warnings`.
+fn app(
+    src: &Source,
+    raw: RawApp,
+    identity: Option<Identity>,
+    warnings: &mut Vec<String>,
+) -> AppConfig {
+    let drain_timeout = match raw.drain_timeout {
+        Some(d) => {
+            if d.get_ref().0.is_zero() {
+                warnings.push(src.locate(
+                    d.span(),
+                    "app.drain_timeout is 0s: in-flight requests are cut at once when a color stops; give them time to finish, such as \"30s\"",
+                ));
+            }
+            d.into_inner().0
+        }
+        None => Duration::from_secs(30),
+    };
     AppConfig {
         command: raw.command.into_inner(),
         env: raw.env,
         stop_signal: raw.stop_signal.map(|s| s.0).unwrap_or(Signal::SIGTERM),
-        drain_timeout: raw
-            .drain_timeout
-            .map(|d| d.0)
-            .unwrap_or(Duration::from_secs(30)),
+        drain_timeout,
         identity,
     }
 }
@@ -489,11 +512,19 @@ fn health(src: &Source, h: RawHealth) -> Result<HealthConfig, ConfigError> {
             ));
         }
     }
+    if let Some(t) = h.timeout.as_ref().filter(|t| t.get_ref().0.is_zero()) {
+        return Err(src.fail(
+            t.span(),
+            "health.timeout must be more than 0s: no release could pass its checks; give the app time to become ready, such as \"30s\"".into(),
+        ));
+    }
     Ok(HealthConfig {
         http: h.http.map(|s| s.into_inner()),
         notify: h.notify,
         exec: h.exec.map(|s| s.into_inner()),
-        timeout: h.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
+        timeout: h
+            .timeout
+            .map_or(Duration::from_secs(30), |d| d.into_inner().0),
     })
 }
 
@@ -689,7 +720,7 @@ struct RawApp {
     #[serde(default)]
     env: BTreeMap<String, String>,
     stop_signal: Option<SignalName>,
-    drain_timeout: Option<HumanDuration>,
+    drain_timeout: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Deserialize)]
@@ -699,7 +730,7 @@ struct RawHealth {
     #[serde(default)]
     notify: bool,
     exec: Option<Spanned<Vec<String>>>,
-    timeout: Option<HumanDuration>,
+    timeout: Option<Spanned<HumanDuration>>,
 }
 
 /// A duration written with a unit: "30s", "500ms", "2m".
@@ -935,6 +966,37 @@ http = "/healthz"
             let e = parse(&GOOD.replace(from, to)).unwrap_err();
             assert!(e.contains(want), "{from} -> {to}: {e}");
         }
+    }
+
+    /// Every release would fail before the app could answer.
+    #[test]
+    fn a_zero_health_timeout_is_refused() {
+        let e = parse(&GOOD.replace("\"/healthz\"", "\"/healthz\"\ntimeout = \"0s\"")).unwrap_err();
+        assert!(
+            e.starts_with("/etc/bgd/app.toml:16:11: health.timeout must be more than 0s"),
+            "{e}"
+        );
+        assert!(e.contains("such as \"30s\""), "{e}");
+        let c = parse(&GOOD.replace("\"/healthz\"", "\"/healthz\"\ntimeout = \"1ms\"")).unwrap();
+        assert_eq!(c.health.timeout, Duration::from_millis(1));
+    }
+
+    /// Accepted, since an app may have nothing to drain, but said.
+    #[test]
+    fn a_zero_drain_timeout_warns() {
+        assert!(parse(GOOD).unwrap().warnings.is_empty());
+        let c = parse(&GOOD.replace("\"5s\"", "\"0s\"")).unwrap();
+        assert_eq!(c.app.drain_timeout, Duration::ZERO);
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        let w = &c.warnings[0];
+        assert!(
+            w.starts_with("/etc/bgd/app.toml:11:17: app.drain_timeout is 0s"),
+            "{w}"
+        );
+        assert!(
+            w.contains("in-flight requests") && w.contains("such as \"30s\""),
+            "{w}"
+        );
     }
 
     #[test]
