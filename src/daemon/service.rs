@@ -135,7 +135,10 @@ impl Daemon {
                 tracing::error!("reload failed, the running config stays: {e}");
                 self.last_result = Some(format!("{} reload failed: {e}", crate::now_rfc3339()));
             }
-            Ok(new) => self.apply(new),
+            Ok(new) => {
+                new.warnings.iter().for_each(|w| tracing::warn!("{w}"));
+                self.apply(new)
+            }
         }
         if self.notified_ready {
             systemd::ready();
