@@ -136,6 +136,8 @@ pub struct AppConfig {
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub stop_signal: Signal,
+    /// How long a stopping color may drain before SIGKILL; zero is allowed,
+    /// with a warning in [`Config::warnings`].
     pub drain_timeout: Duration,
     /// Run the app as this user (`app.user`, `app.group`); `None` keeps bgd's.
     pub identity: Option<Identity>,
@@ -149,6 +151,7 @@ pub struct HealthConfig {
     pub notify: bool,
     /// A command run in the color's directory until it exits 0.
     pub exec: Option<Vec<String>>,
+    /// All checks must pass within it; never zero.
     pub timeout: Duration,
 }
 
