@@ -11,26 +11,21 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use globset::GlobSet;
 use nix::sys::signal::Signal;
 use serde::Deserialize;
 
 use crate::identity::{self, Identity};
-use crate::watch::WatchConfig;
 
 /// A validated config; every path in it is absolute.
+///
+/// A reload (SIGHUP) applies everything but [`fixed`](Config::fixed).
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file it was read from.
     pub file: PathBuf,
-    pub name: String,
-    /// bgd's own directory: `blue/`, `green/`, the `live` symlink, state.
-    pub root: PathBuf,
-    pub control: PathBuf,
-    /// Mode of the control socket file (0600, or 0660 with a `control_group`).
-    pub control_mode: u32,
-    /// Members of this group may use the control socket too.
-    pub control_group: Option<nix::unistd::Gid>,
-    pub listen: Vec<ListenConfig>,
+    /// What only a restart of bgd changes.
+    pub fixed: Fixed,
     pub app: AppConfig,
     pub health: HealthConfig,
     /// Auto-release when this build directory changes.
@@ -41,6 +36,59 @@ pub struct Config {
     /// of copying them (same filesystem, builds that replace files).
     pub hardlink: bool,
     pub hooks: HooksConfig,
+    /// What is allowed but likely a mistake, each already formatted as
+    /// `file:line:col: message`, like a [`ConfigError`]. bgd logs them at
+    /// start-up and on reload; `bgd --check` prints them.
+    pub warnings: Vec<String>,
+}
+
+/// The part of the config that bgd keeps from start-up to exit: the
+/// sockets it holds, its directory and its control socket. A reload that
+/// changes any of it keeps the old values and says so
+/// ([`changed_keys`](Fixed::changed_keys)).
+#[derive(Debug, Clone)]
+pub struct Fixed {
+    /// Shown in logs and status.
+    pub name: String,
+    /// bgd's own directory: `blue/`, `green/`, the `live` symlink, state.
+    pub root: PathBuf,
+    /// The control socket bgctl talks to.
+    pub control: PathBuf,
+    /// Mode of the control socket file (0600, or 0660 with a `control_group`).
+    pub control_mode: u32,
+    /// Members of this group may use the control socket too.
+    pub control_group: Option<nix::unistd::Gid>,
+    /// `[[listen]]`, in the file's order.
+    pub listen: Vec<ListenConfig>,
+}
+
+impl Fixed {
+    /// The keys that differ in `new`, named as in the config file:
+    /// `"[[listen]]"`, `"root"`, `"control"` (which covers `control_mode`
+    /// and `control_group` too) and `"name"`, in that order. Empty when
+    /// `new` is the same. A `[[listen]]` that only moved in the file (its
+    /// `location`) is the same.
+    pub fn changed_keys(&self, new: &Fixed) -> Vec<&'static str> {
+        let same_listen = self.listen.len() == new.listen.len()
+            && self.listen.iter().zip(&new.listen).all(|(a, b)| {
+                a.name == b.name
+                    && a.address == b.address
+                    && a.mode == b.mode
+                    && a.backlog == b.backlog
+            });
+        let control_changed = self.control != new.control
+            || self.control_mode != new.control_mode
+            || self.control_group != new.control_group;
+        [
+            (!same_listen, "[[listen]]"),
+            (self.root != new.root, "root"),
+            (control_changed, "control"),
+            (self.name != new.name, "name"),
+        ]
+        .into_iter()
+        .filter_map(|(changed, key)| changed.then_some(key))
+        .collect()
+    }
 }
 
 /// `[hooks]`: shell commands run around a release.
@@ -88,6 +136,8 @@ pub struct AppConfig {
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub stop_signal: Signal,
+    /// How long a stopping color may drain before SIGKILL; zero is allowed,
+    /// with a warning in [`Config::warnings`].
     pub drain_timeout: Duration,
     /// Run the app as this user (`app.user`, `app.group`); `None` keeps bgd's.
     pub identity: Option<Identity>,
@@ -101,7 +151,33 @@ pub struct HealthConfig {
     pub notify: bool,
     /// A command run in the color's directory until it exits 0.
     pub exec: Option<Vec<String>>,
+    /// All checks must pass within it; never zero.
     pub timeout: Duration,
+}
+
+/// `[watch]` in the config.
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    /// The build directory (absolute).
+    pub path: PathBuf,
+    /// Quiet period after the last change.
+    pub settle: Duration,
+    /// Release only when this file (relative to `path`) is created or changed.
+    pub marker: Option<PathBuf>,
+    /// Paths (relative to `path`) whose changes are ignored.
+    pub ignore: GlobSet,
+    /// `ignore` as written, to tell whether a reload changed it.
+    pub ignore_globs: Vec<String>,
+}
+
+impl WatchConfig {
+    /// Whether `other` watches the same way (a reload then keeps the watcher).
+    pub fn same_as(&self, other: &WatchConfig) -> bool {
+        self.path == other.path
+            && self.settle == other.settle
+            && self.marker == other.marker
+            && self.ignore_globs == other.ignore_globs
+    }
 }
 
 /// A config error, already formatted as `file:line:col: message`.
@@ -112,315 +188,455 @@ pub struct ConfigError(String);
 impl Config {
     /// Reads, parses and validates `file`. Binds nothing.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(file).map_err(|e| {
-            ConfigError(format!(
-                "{}: cannot read the config file: {e}",
-                file.display()
-            ))
-        })?;
-        Self::parse(file, &text)
+        Self::parse(file, &read(file)?)
     }
 
     /// Parses `text` as if it had been read from `file`.
+    ///
+    /// The sections are checked in a fixed order, so a config with several
+    /// faults always reports the same one first.
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         let file = absolute(file);
-        let dir = file.parent().unwrap_or(Path::new("/")).to_path_buf();
         let raw: Raw = toml::from_str(text).map_err(|e| {
             let at = e.span().map(|s| line_col(text, s.start));
             ConfigError(located(&file, at, e.message()))
         })?;
-        let fail = |span: std::ops::Range<usize>, msg: String| {
-            ConfigError(located(&file, Some(line_col(text, span.start)), &msg))
+        let src = Source {
+            file: &file,
+            text,
+            dir: file.parent().unwrap_or(Path::new("/")).to_path_buf(),
         };
-
-        if raw.name.get_ref().trim().is_empty() {
-            return Err(fail(
-                raw.name.span(),
-                "name is empty: give the app a name, such as \"hello\"".into(),
-            ));
-        }
-        let root = dir.join(raw.root);
-        let control_span = raw.control.as_ref().map_or(raw.name.span(), |c| c.span());
-        let control = raw
-            .control
-            .map(|c| dir.join(c.into_inner()))
-            .unwrap_or_else(|| root.join("bgd.sock"));
-        check_unix_path(&control).map_err(|m| fail(control_span, format!("control: {m}")))?;
-
-        if raw.listen.is_empty() {
-            return Err(ConfigError(located(
-                &file,
-                None,
-                "no [[listen]] socket: add at least one, such as [[listen]] name = \"http\" address = \"127.0.0.1:8080\"",
-            )));
-        }
-        let mut listen = Vec::new();
-        for l in raw.listen {
-            let name = l.name.get_ref();
-            if !valid_fd_name(name) {
-                return Err(fail(l.name.span(), format!(
-                    "listen name {name:?} is not a valid LISTEN_FDNAMES entry: use 1 to 255 characters of letters, digits, '-', '_' or '.'"
-                )));
-            }
-            if name == PROBE_FD_NAME {
-                return Err(fail(l.name.span(), format!(
-                    "listen name {PROBE_FD_NAME:?} is reserved for bgd's private health-probe socket: pick another name"
-                )));
-            }
-            if listen.iter().any(|x: &ListenConfig| &x.name == name) {
-                return Err(fail(
-                    l.name.span(),
-                    format!("listen name {name:?} is used twice: names must be unique"),
-                ));
-            }
-            let address =
-                parse_address(l.address.get_ref(), &dir).map_err(|m| fail(l.address.span(), m))?;
-            if let ListenAddr::Unix(p) = &address {
-                check_unix_path(p).map_err(|m| fail(l.address.span(), m))?;
-            }
-            if listen.iter().any(|x: &ListenConfig| x.address == address) {
-                return Err(fail(
-                    l.address.span(),
-                    format!("address {address} is listed twice"),
-                ));
-            }
-            let mode = match l.mode {
-                Some(m) => parse_mode(m.get_ref()).map_err(|e| fail(m.span(), e))?,
-                None => 0o666,
-            };
-            let (line, col) = line_col(text, l.address.span().start);
-            listen.push(ListenConfig {
-                location: format!("{}:{line}:{col}", file.display()),
-                name: name.clone(),
-                address,
-                mode,
-                backlog: l
-                    .backlog
-                    .unwrap_or(libc::SOMAXCONN as u32)
-                    .min(i32::MAX as u32) as i32,
-            });
-        }
-
-        let command = raw.app.command.get_ref();
-        if command.is_empty() || command[0].is_empty() {
-            return Err(fail(
-                raw.app.command.span(),
-                "app.command is empty: name the program to run, such as [\"./server\"]".into(),
-            ));
-        }
-        for key in raw.app.env.keys() {
-            if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err(fail(
-                    raw.app.command.span(),
-                    format!("app.env key {key:?} is not a valid variable name"),
-                ));
-            }
-        }
-
-        let health = raw.health;
-        if health.http.is_none() && !health.notify && health.exec.is_none() {
-            return Err(ConfigError(located(
-                &file,
-                None,
-                "[health] checks nothing: set http = \"/healthz\", notify = true or exec = [\"./check\"], so a release knows when the new color is ready",
-            )));
-        }
-        if let Some(p) = &health.http {
-            if !p.get_ref().starts_with('/') || p.get_ref().chars().any(|c| c.is_whitespace()) {
-                return Err(fail(
-                    p.span(),
-                    format!(
-                        "health.http {:?} must be a path starting with '/', such as \"/healthz\"",
-                        p.get_ref()
-                    ),
-                ));
-            }
-        }
-        if let Some(e) = &health.exec {
-            if e.get_ref().is_empty() || e.get_ref()[0].is_empty() {
-                return Err(fail(
-                    e.span(),
-                    "health.exec is empty: name the check command, such as [\"./check\"]".into(),
-                ));
-            }
-        }
-
-        let watch = match raw.watch {
-            Some(w) => {
-                let mut ignore = globset::GlobSetBuilder::new();
-                let (globs, span) = w
-                    .ignore
-                    .map_or((vec![], 0..0), |i| (i.get_ref().clone(), i.span()));
-                for g in &globs {
-                    let glob = globset::Glob::new(g).map_err(|e| {
-                        fail(span.clone(), format!("watch.ignore: bad glob {g:?}: {e}"))
-                    })?;
-                    ignore.add(glob);
-                }
-                let ignore = ignore
-                    .build()
-                    .map_err(|e| fail(span.clone(), format!("watch.ignore: {e}")))?;
-                if let Some(m) = &w.marker {
-                    let p = Path::new(m.get_ref());
-                    if m.get_ref().is_empty()
-                        || p.is_absolute()
-                        || p.components().any(|c| c == std::path::Component::ParentDir)
-                    {
-                        return Err(fail(m.span(), format!("watch.marker {:?} must be a path inside watch.path, such as \".release\"", m.get_ref())));
-                    }
-                }
-                Some(WatchConfig {
-                    path: dir.join(w.path),
-                    settle: w.settle.map(|d| d.0).unwrap_or(Duration::from_secs(1)),
-                    marker: w.marker.map(|m| PathBuf::from(m.into_inner())),
-                    ignore,
-                    ignore_globs: globs,
-                })
-            }
-            None => None,
+        check_name(&src, &raw.name)?;
+        let root = src.dir.join(&raw.root);
+        let control = control_socket(&src, raw.control.as_ref(), &root, raw.name.span())?;
+        let listen = listen(&src, &raw.listen)?;
+        check_command(&src, &raw.app)?;
+        let health = health(&src, raw.health)?;
+        let watch = raw.watch.map(|w| watch(&src, w)).transpose()?;
+        let shared = shared(&src, raw.shared.as_ref())?;
+        let hooks = hooks(&src, raw.hooks)?;
+        let control_group = control_group(&src, raw.control_group.as_ref())?;
+        let identity = identity(&src, &raw.app)?;
+        let hardlink = stage(&src, raw.stage.as_ref(), identity.is_some())?;
+        check_runs_as(&src, &raw.app, identity.as_ref())?;
+        let control_mode = match raw.control_mode {
+            Some(m) => parse_mode(m.get_ref()).map_err(|e| src.fail(m.span(), e))?,
+            None if control_group.is_some() => 0o660,
+            None => 0o600,
         };
-        let mut shared: Vec<PathBuf> = Vec::new();
-        if let Some(list) = &raw.shared {
-            for name in list.get_ref() {
-                let p = Path::new(name);
-                let plain = !name.is_empty()
-                    && p.is_relative()
-                    && p.components()
-                        .all(|c| matches!(c, std::path::Component::Normal(_)));
-                if !plain {
-                    return Err(fail(list.span(), format!("shared entry {name:?} must be a relative path inside the build, such as \"data\" or \"public/uploads\"")));
-                }
-                if shared
-                    .iter()
-                    .any(|s| s == p || s.starts_with(p) || p.starts_with(s))
-                {
-                    return Err(fail(list.span(), format!("shared entry {name:?} overlaps another entry: list each directory once")));
-                }
-                shared.push(p.to_path_buf());
-            }
-        }
-        let hooks = match raw.hooks {
-            Some(h) => {
-                for c in h.prepare.iter().chain(&h.after_live) {
-                    if c.trim().is_empty() {
-                        return Err(ConfigError(located(
-                            &file,
-                            None,
-                            "[hooks] has an empty command: remove it or write the command",
-                        )));
-                    }
-                }
-                HooksConfig {
-                    prepare: h.prepare,
-                    after_live: h.after_live,
-                    timeout: h.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(300)),
-                }
-            }
-            None => HooksConfig {
-                timeout: Duration::from_secs(300),
-                ..HooksConfig::default()
-            },
-        };
-        let control_group = match &raw.control_group {
-            Some(g) => Some(
-                identity::lookup_group(g.get_ref())
-                    .map_err(|m| fail(g.span(), format!("control_group: {m}")))?,
-            ),
-            None => None,
-        };
-        let identity = match &raw.app.user {
-            Some(u) => Some(
-                identity::resolve(
-                    u.get_ref(),
-                    raw.app.group.as_ref().map(|g| g.get_ref().as_str()),
-                )
-                .map_err(|m| {
-                    // Name the key that is wrong: the group, or the user.
-                    match &raw.app.group {
-                        Some(g) if m.starts_with("group ") => {
-                            fail(g.span(), format!("app.group: {m}"))
-                        }
-                        _ => fail(u.span(), format!("app.user: {m}")),
-                    }
-                })?,
-            ),
-            None if raw.app.group.is_some() => {
-                return Err(fail(
-                    raw.app.group.as_ref().expect("checked").span(),
-                    "app.group needs app.user: name the user the app runs as".into(),
-                ));
-            }
-            None => None,
-        };
-        let hardlink = match &raw.stage {
-            None => false,
-            Some(m) if m.get_ref() == "copy" => false,
-            Some(m) if m.get_ref() == "hardlink" => {
-                if identity.is_some() {
-                    return Err(fail(m.span(), "stage = \"hardlink\" cannot go with app.user: handing the files to the app's user would change the build's own files too; use stage = \"copy\"".into()));
-                }
-                true
-            }
-            Some(m) => return Err(fail(m.span(), format!("stage {:?} is not a staging method: use \"copy\" (the default) or \"hardlink\"", m.get_ref()))),
-        };
-        let runs_as_root = identity
-            .as_ref()
-            .map_or(nix::unistd::geteuid().is_root(), |i| i.uid.is_root());
-        if runs_as_root && !raw.app.allow_root {
-            let span = raw
-                .app
-                .user
-                .as_ref()
-                .map_or(raw.app.command.span(), |u| u.span());
-            return Err(fail(span, "the app would run as root: set app.user to an unprivileged user (such as \"www-data\"), or app.allow_root = true if it must be root".into()));
-        }
-        if identity.is_some() && !nix::unistd::geteuid().is_root() {
-            let span = raw
-                .app
-                .user
-                .as_ref()
-                .expect("identity comes from app.user")
-                .span();
-            return Err(fail(span, "app.user needs bgd to run as root, which it does not: remove app.user or start bgd as root".into()));
-        }
-
+        let mut warnings = Vec::new();
+        let app = app(&src, raw.app, identity, &mut warnings);
         Ok(Config {
             file: file.clone(),
-            name: raw.name.into_inner(),
-            root,
-            control,
-            control_mode: match raw.control_mode {
-                Some(m) => parse_mode(m.get_ref()).map_err(|e| fail(m.span(), e))?,
-                None if control_group.is_some() => 0o660,
-                None => 0o600,
+            fixed: Fixed {
+                name: raw.name.into_inner(),
+                root,
+                control,
+                control_mode,
+                control_group,
+                listen,
             },
-            control_group,
-            listen,
-            app: AppConfig {
-                command: raw.app.command.into_inner(),
-                env: raw.app.env,
-                stop_signal: raw.app.stop_signal.map(|s| s.0).unwrap_or(Signal::SIGTERM),
-                drain_timeout: raw
-                    .app
-                    .drain_timeout
-                    .map(|d| d.0)
-                    .unwrap_or(Duration::from_secs(30)),
-                identity,
-            },
-            health: HealthConfig {
-                http: health.http.map(|s| s.into_inner()),
-                notify: health.notify,
-                exec: health.exec.map(|s| s.into_inner()),
-                timeout: health
-                    .timeout
-                    .map(|d| d.0)
-                    .unwrap_or(Duration::from_secs(30)),
-            },
+            app,
+            health,
             watch,
             shared,
             hardlink,
             hooks,
+            warnings,
         })
+    }
+}
+
+/// The text of `file`, or an error naming it.
+fn read(file: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(file).map_err(|e| {
+        ConfigError(format!(
+            "{}: cannot read the config file: {e}",
+            file.display()
+        ))
+    })
+}
+
+/// The config being parsed: where errors point and what relative paths
+/// resolve against.
+struct Source<'a> {
+    /// Absolute.
+    file: &'a Path,
+    text: &'a str,
+    /// The file's directory.
+    dir: PathBuf,
+}
+
+impl Source<'_> {
+    /// `file:line:col` of a byte offset in the text.
+    fn location(&self, offset: usize) -> String {
+        let (line, col) = line_col(self.text, offset);
+        format!("{}:{line}:{col}", self.file.display())
+    }
+
+    /// `file:line:col: msg`, pointing at `span`.
+    fn locate(&self, span: std::ops::Range<usize>, msg: &str) -> String {
+        located(self.file, Some(line_col(self.text, span.start)), msg)
+    }
+
+    /// An error pointing at `span`.
+    fn fail(&self, span: std::ops::Range<usize>, msg: String) -> ConfigError {
+        ConfigError(self.locate(span, &msg))
+    }
+
+    /// An error about the file as a whole (something missing).
+    fn fail_whole(&self, msg: &str) -> ConfigError {
+        ConfigError(located(self.file, None, msg))
+    }
+}
+
+fn check_name(src: &Source, name: &Spanned<String>) -> Result<(), ConfigError> {
+    if name.get_ref().trim().is_empty() {
+        return Err(src.fail(
+            name.span(),
+            "name is empty: give the app a name, such as \"hello\"".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `control`, else `root/bgd.sock`; an error without a `control` key points
+/// at `name`.
+fn control_socket(
+    src: &Source,
+    control: Option<&Spanned<PathBuf>>,
+    root: &Path,
+    name_span: std::ops::Range<usize>,
+) -> Result<PathBuf, ConfigError> {
+    let span = control.map_or(name_span, |c| c.span());
+    let path = control
+        .map(|c| src.dir.join(c.get_ref()))
+        .unwrap_or_else(|| root.join("bgd.sock"));
+    check_unix_path(&path).map_err(|m| src.fail(span, format!("control: {m}")))?;
+    Ok(path)
+}
+
+fn control_group(
+    src: &Source,
+    group: Option<&Spanned<String>>,
+) -> Result<Option<nix::unistd::Gid>, ConfigError> {
+    group
+        .map(|g| {
+            identity::lookup_group(g.get_ref())
+                .map_err(|m| src.fail(g.span(), format!("control_group: {m}")))
+        })
+        .transpose()
+}
+
+/// `[[listen]]`: at least one, with unique names and addresses.
+fn listen(src: &Source, raw: &[RawListen]) -> Result<Vec<ListenConfig>, ConfigError> {
+    if raw.is_empty() {
+        return Err(src.fail_whole(
+            "no [[listen]] socket: add at least one, such as [[listen]] name = \"http\" address = \"127.0.0.1:8080\"",
+        ));
+    }
+    let mut listen = Vec::new();
+    for l in raw {
+        let entry = listen_entry(src, l, &listen)?;
+        listen.push(entry);
+    }
+    Ok(listen)
+}
+
+/// One `[[listen]]` table; `before` are the tables above it.
+fn listen_entry(
+    src: &Source,
+    l: &RawListen,
+    before: &[ListenConfig],
+) -> Result<ListenConfig, ConfigError> {
+    let name = l.name.get_ref();
+    if !valid_fd_name(name) {
+        return Err(src.fail(l.name.span(), format!(
+            "listen name {name:?} is not a valid LISTEN_FDNAMES entry: use 1 to 255 characters of letters, digits, '-', '_' or '.'"
+        )));
+    }
+    if name == PROBE_FD_NAME {
+        return Err(src.fail(l.name.span(), format!(
+            "listen name {PROBE_FD_NAME:?} is reserved for bgd's private health-probe socket: pick another name"
+        )));
+    }
+    if before.iter().any(|x| &x.name == name) {
+        return Err(src.fail(
+            l.name.span(),
+            format!("listen name {name:?} is used twice: names must be unique"),
+        ));
+    }
+    let address =
+        parse_address(l.address.get_ref(), &src.dir).map_err(|m| src.fail(l.address.span(), m))?;
+    if let ListenAddr::Unix(p) = &address {
+        check_unix_path(p).map_err(|m| src.fail(l.address.span(), m))?;
+    }
+    if before.iter().any(|x| x.address == address) {
+        return Err(src.fail(
+            l.address.span(),
+            format!("address {address} is listed twice"),
+        ));
+    }
+    let mode = match &l.mode {
+        Some(m) => parse_mode(m.get_ref()).map_err(|e| src.fail(m.span(), e))?,
+        None => 0o666,
+    };
+    Ok(ListenConfig {
+        location: src.location(l.address.span().start),
+        name: name.clone(),
+        address,
+        mode,
+        backlog: l
+            .backlog
+            .unwrap_or(libc::SOMAXCONN as u32)
+            .min(i32::MAX as u32) as i32,
+    })
+}
+
+/// `app.command` and `app.env`; the rest of `[app]` is checked later.
+fn check_command(src: &Source, app: &RawApp) -> Result<(), ConfigError> {
+    let command = app.command.get_ref();
+    if command.is_empty() || command[0].is_empty() {
+        return Err(src.fail(
+            app.command.span(),
+            "app.command is empty: name the program to run, such as [\"./server\"]".into(),
+        ));
+    }
+    for key in app.env.keys() {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(src.fail(
+                app.command.span(),
+                format!("app.env key {key:?} is not a valid variable name"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `app.user` and `app.group`, looked up.
+fn identity(src: &Source, app: &RawApp) -> Result<Option<Identity>, ConfigError> {
+    let Some(u) = &app.user else {
+        return match &app.group {
+            Some(g) => Err(src.fail(
+                g.span(),
+                "app.group needs app.user: name the user the app runs as".into(),
+            )),
+            None => Ok(None),
+        };
+    };
+    let group = app.group.as_ref().map(|g| g.get_ref().as_str());
+    identity::resolve(u.get_ref(), group)
+        .map(Some)
+        .map_err(|m| {
+            // Name the key that is wrong: the group, or the user.
+            match &app.group {
+                Some(g) if m.starts_with("group ") => src.fail(g.span(), format!("app.group: {m}")),
+                _ => src.fail(u.span(), format!("app.user: {m}")),
+            }
+        })
+}
+
+/// Refuses an app that would run as root without `app.allow_root`, and an
+/// `app.user` that bgd, not being root, cannot switch to.
+fn check_runs_as(
+    src: &Source,
+    app: &RawApp,
+    identity: Option<&Identity>,
+) -> Result<(), ConfigError> {
+    let bgd_is_root = nix::unistd::geteuid().is_root();
+    let runs_as_root = identity.map_or(bgd_is_root, |i| i.uid.is_root());
+    if runs_as_root && !app.allow_root {
+        let span = app.user.as_ref().map_or(app.command.span(), |u| u.span());
+        return Err(src.fail(span, "the app would run as root: set app.user to an unprivileged user (such as \"www-data\"), or app.allow_root = true if it must be root".into()));
+    }
+    if identity.is_some() && !bgd_is_root {
+        let span = app
+            .user
+            .as_ref()
+            .expect("identity comes from app.user")
+            .span();
+        return Err(src.fail(span, "app.user needs bgd to run as root, which it does not: remove app.user or start bgd as root".into()));
+    }
+    Ok(())
+}
+
+/// `[app]`, already checked; what is allowed but likely a mistake goes to
+/// `warnings`.
+fn app(
+    src: &Source,
+    raw: RawApp,
+    identity: Option<Identity>,
+    warnings: &mut Vec<String>,
+) -> AppConfig {
+    let drain_timeout = match raw.drain_timeout {
+        Some(d) => {
+            if d.get_ref().0.is_zero() {
+                warnings.push(src.locate(
+                    d.span(),
+                    "app.drain_timeout is 0s: in-flight requests are cut at once when a color stops; give them time to finish, such as \"30s\"",
+                ));
+            }
+            d.into_inner().0
+        }
+        None => Duration::from_secs(30),
+    };
+    AppConfig {
+        command: raw.command.into_inner(),
+        env: raw.env,
+        stop_signal: raw.stop_signal.map(|s| s.0).unwrap_or(Signal::SIGTERM),
+        drain_timeout,
+        identity,
+    }
+}
+
+/// `[health]`: at least one check, each well-formed.
+fn health(src: &Source, h: RawHealth) -> Result<HealthConfig, ConfigError> {
+    if h.http.is_none() && !h.notify && h.exec.is_none() {
+        return Err(src.fail_whole(
+            "[health] checks nothing: set http = \"/healthz\", notify = true or exec = [\"./check\"], so a release knows when the new color is ready",
+        ));
+    }
+    if let Some(p) = &h.http {
+        if !p.get_ref().starts_with('/') || p.get_ref().chars().any(|c| c.is_whitespace()) {
+            return Err(src.fail(
+                p.span(),
+                format!(
+                    "health.http {:?} must be a path starting with '/', such as \"/healthz\"",
+                    p.get_ref()
+                ),
+            ));
+        }
+    }
+    if let Some(e) = &h.exec {
+        if e.get_ref().is_empty() || e.get_ref()[0].is_empty() {
+            return Err(src.fail(
+                e.span(),
+                "health.exec is empty: name the check command, such as [\"./check\"]".into(),
+            ));
+        }
+    }
+    if let Some(t) = h.timeout.as_ref().filter(|t| t.get_ref().0.is_zero()) {
+        return Err(src.fail(
+            t.span(),
+            "health.timeout must be more than 0s: no release could pass its checks; give the app time to become ready, such as \"30s\"".into(),
+        ));
+    }
+    Ok(HealthConfig {
+        http: h.http.map(|s| s.into_inner()),
+        notify: h.notify,
+        exec: h.exec.map(|s| s.into_inner()),
+        timeout: h
+            .timeout
+            .map_or(Duration::from_secs(30), |d| d.into_inner().0),
+    })
+}
+
+/// `[watch]`: the globs compiled, the marker inside the watched tree.
+fn watch(src: &Source, w: RawWatch) -> Result<WatchConfig, ConfigError> {
+    let mut ignore = globset::GlobSetBuilder::new();
+    let (globs, span) = w
+        .ignore
+        .map_or((vec![], 0..0), |i| (i.get_ref().clone(), i.span()));
+    for g in &globs {
+        let glob = globset::Glob::new(g)
+            .map_err(|e| src.fail(span.clone(), format!("watch.ignore: bad glob {g:?}: {e}")))?;
+        ignore.add(glob);
+    }
+    let ignore = ignore
+        .build()
+        .map_err(|e| src.fail(span.clone(), format!("watch.ignore: {e}")))?;
+    if let Some(m) = &w.marker {
+        let p = Path::new(m.get_ref());
+        if m.get_ref().is_empty()
+            || p.is_absolute()
+            || p.components().any(|c| c == std::path::Component::ParentDir)
+        {
+            return Err(src.fail(
+                m.span(),
+                format!(
+                    "watch.marker {:?} must be a path inside watch.path, such as \".release\"",
+                    m.get_ref()
+                ),
+            ));
+        }
+    }
+    Ok(WatchConfig {
+        path: src.dir.join(w.path),
+        settle: w.settle.map(|d| d.0).unwrap_or(Duration::from_secs(1)),
+        marker: w.marker.map(|m| PathBuf::from(m.into_inner())),
+        ignore,
+        ignore_globs: globs,
+    })
+}
+
+/// `shared`: plain relative paths, none inside another.
+fn shared(src: &Source, list: Option<&Spanned<Vec<String>>>) -> Result<Vec<PathBuf>, ConfigError> {
+    let mut shared: Vec<PathBuf> = Vec::new();
+    let Some(list) = list else {
+        return Ok(shared);
+    };
+    for name in list.get_ref() {
+        let p = Path::new(name);
+        let plain = !name.is_empty()
+            && p.is_relative()
+            && p.components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain {
+            return Err(src.fail(list.span(), format!("shared entry {name:?} must be a relative path inside the build, such as \"data\" or \"public/uploads\"")));
+        }
+        if shared
+            .iter()
+            .any(|s| s == p || s.starts_with(p) || p.starts_with(s))
+        {
+            return Err(src.fail(
+                list.span(),
+                format!("shared entry {name:?} overlaps another entry: list each directory once"),
+            ));
+        }
+        shared.push(p.to_path_buf());
+    }
+    Ok(shared)
+}
+
+/// `[hooks]`: no empty command.
+fn hooks(src: &Source, h: Option<RawHooks>) -> Result<HooksConfig, ConfigError> {
+    let h = h.unwrap_or_default();
+    if h.prepare
+        .iter()
+        .chain(&h.after_live)
+        .any(|c| c.trim().is_empty())
+    {
+        return Err(src.fail_whole("[hooks] has an empty command: remove it or write the command"));
+    }
+    Ok(HooksConfig {
+        prepare: h.prepare,
+        after_live: h.after_live,
+        timeout: h.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(300)),
+    })
+}
+
+/// `stage`: whether to hardlink (`"hardlink"`) or copy (`"copy"`, the default).
+fn stage(
+    src: &Source,
+    stage: Option<&Spanned<String>>,
+    has_user: bool,
+) -> Result<bool, ConfigError> {
+    match stage {
+        None => Ok(false),
+        Some(m) if m.get_ref() == "copy" => Ok(false),
+        Some(m) if m.get_ref() == "hardlink" => {
+            if has_user {
+                return Err(src.fail(m.span(), "stage = \"hardlink\" cannot go with app.user: handing the files to the app's user would change the build's own files too; use stage = \"copy\"".into()));
+            }
+            Ok(true)
+        }
+        Some(m) => Err(src.fail(
+            m.span(),
+            format!(
+                "stage {:?} is not a staging method: use \"copy\" (the default) or \"hardlink\"",
+                m.get_ref()
+            ),
+        )),
     }
 }
 
@@ -433,12 +649,7 @@ pub fn control_path(file: &Path) -> Result<PathBuf, ConfigError> {
         root: PathBuf,
         control: Option<PathBuf>,
     }
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        ConfigError(format!(
-            "{}: cannot read the config file: {e}",
-            file.display()
-        ))
-    })?;
+    let text = read(file)?;
     let file = absolute(file);
     let c: Control = toml::from_str(&text).map_err(|e| {
         let at = e.span().map(|s| line_col(&text, s.start));
@@ -473,7 +684,7 @@ struct Raw {
     hooks: Option<RawHooks>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawHooks {
     #[serde(default)]
@@ -512,7 +723,7 @@ struct RawApp {
     #[serde(default)]
     env: BTreeMap<String, String>,
     stop_signal: Option<SignalName>,
-    drain_timeout: Option<HumanDuration>,
+    drain_timeout: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Deserialize)]
@@ -522,7 +733,7 @@ struct RawHealth {
     #[serde(default)]
     notify: bool,
     exec: Option<Spanned<Vec<String>>>,
-    timeout: Option<HumanDuration>,
+    timeout: Option<Spanned<HumanDuration>>,
 }
 
 /// A duration written with a unit: "30s", "500ms", "2m".
@@ -678,12 +889,45 @@ http = "/healthz"
     #[test]
     fn good_config_resolves_paths_and_defaults() {
         let c = parse(GOOD).unwrap();
-        assert_eq!(c.root, Path::new("/etc/bgd/state"));
-        assert_eq!(c.control, Path::new("/etc/bgd/state/bgd.sock"));
+        assert_eq!(c.fixed.root, Path::new("/etc/bgd/state"));
+        assert_eq!(c.fixed.control, Path::new("/etc/bgd/state/bgd.sock"));
         assert_eq!(c.app.stop_signal, Signal::SIGTERM);
         assert_eq!(c.app.drain_timeout, Duration::from_secs(5));
         assert_eq!(c.health.timeout, Duration::from_secs(30));
-        assert_eq!(c.control_mode, 0o600);
+        assert_eq!(c.fixed.control_mode, 0o600);
+    }
+
+    #[test]
+    fn a_reload_names_the_fixed_keys_it_changes() {
+        let old = parse(GOOD).unwrap().fixed;
+        let changed = |edits: &[(&str, &str)]| {
+            let text = edits
+                .iter()
+                .fold(GOOD.to_string(), |t, (from, to)| t.replace(from, to));
+            old.changed_keys(&parse(&text).unwrap().fixed)
+        };
+        assert!(changed(&[("5s", "6s")]).is_empty(), "[app] is not fixed");
+        // Moved in the file, not changed.
+        assert!(changed(&[("[[listen]]", "\n\n[[listen]]")]).is_empty());
+        // The default control socket is in root.
+        assert_eq!(changed(&[("\"state\"", "\"s2\"")]), ["root", "control"]);
+        assert_eq!(
+            changed(&[("\nroot", "\ncontrol = \"c.sock\"\nroot")]),
+            ["control"]
+        );
+        assert_eq!(
+            changed(&[("\nroot", "\ncontrol_mode = \"0660\"\nroot")]),
+            ["control"]
+        );
+        assert_eq!(changed(&[(":8080", ":8081")]), ["[[listen]]"]);
+        assert_eq!(
+            changed(&[("8080\"", "8080\"\nbacklog = 8")]),
+            ["[[listen]]"]
+        );
+        assert_eq!(
+            changed(&[("\"hello\"", "\"other\""), ("\"http\"", "\"web\"")]),
+            ["[[listen]]", "name"]
+        );
     }
 
     #[test]
@@ -725,6 +969,37 @@ http = "/healthz"
             let e = parse(&GOOD.replace(from, to)).unwrap_err();
             assert!(e.contains(want), "{from} -> {to}: {e}");
         }
+    }
+
+    /// Every release would fail before the app could answer.
+    #[test]
+    fn a_zero_health_timeout_is_refused() {
+        let e = parse(&GOOD.replace("\"/healthz\"", "\"/healthz\"\ntimeout = \"0s\"")).unwrap_err();
+        assert!(
+            e.starts_with("/etc/bgd/app.toml:16:11: health.timeout must be more than 0s"),
+            "{e}"
+        );
+        assert!(e.contains("such as \"30s\""), "{e}");
+        let c = parse(&GOOD.replace("\"/healthz\"", "\"/healthz\"\ntimeout = \"1ms\"")).unwrap();
+        assert_eq!(c.health.timeout, Duration::from_millis(1));
+    }
+
+    /// Accepted, since an app may have nothing to drain, but said.
+    #[test]
+    fn a_zero_drain_timeout_warns() {
+        assert!(parse(GOOD).unwrap().warnings.is_empty());
+        let c = parse(&GOOD.replace("\"5s\"", "\"0s\"")).unwrap();
+        assert_eq!(c.app.drain_timeout, Duration::ZERO);
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        let w = &c.warnings[0];
+        assert!(
+            w.starts_with("/etc/bgd/app.toml:11:17: app.drain_timeout is 0s"),
+            "{w}"
+        );
+        assert!(
+            w.contains("in-flight requests") && w.contains("such as \"30s\""),
+            "{w}"
+        );
     }
 
     #[test]

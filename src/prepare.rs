@@ -72,7 +72,7 @@ async fn prepare(
         });
     };
     let mut timings = Timings::default();
-    let dir = crate::layout::color_dir(&ctx.config.root, plan.color);
+    let dir = crate::layout::color_dir(&ctx.config.fixed.root, plan.color);
     if let Some(source) = &plan.source {
         timings.stage_ms = stage_build(ctx, plan, source, cancel, events).await?;
         run_prepare_hooks(ctx, plan, &dir, &progress).await?;
@@ -252,7 +252,7 @@ async fn copy(
         })),
     };
     let (root, src, color, id) = (
-        ctx.config.root.clone(),
+        ctx.config.fixed.root.clone(),
         source.to_path_buf(),
         plan.color,
         plan.task,

@@ -85,7 +85,7 @@ impl AppProcess {
         };
         let notify = if cfg.health.notify {
             let n = NotifySocket::bind(
-                &layout::notify_socket(&cfg.root, color),
+                &layout::notify_socket(&cfg.fixed.root, color),
                 cfg.app.identity.as_ref(),
             )?;
             env.push(("NOTIFY_SOCKET".into(), n.path().display().to_string()));
@@ -104,7 +104,7 @@ impl AppProcess {
         .with_context(|| format!("cannot start {:?} in {}", cfg.app.command[0], dir.display()))?;
         // No .await may come between spawn and watch: see reaper.rs.
         let exited = ctx.reaper.watch(spawned.pid);
-        state::record_pgid(&cfg.root, color, Some(spawned.pid));
+        state::record_pgid(&cfg.fixed.root, color, Some(spawned.pid));
         let (exit_tx, exit) = watch::channel(None);
         tokio::spawn(async move {
             if let Ok(status) = exited.await {
@@ -134,7 +134,7 @@ impl AppProcess {
             _probe: probe,
             probe_addr,
             notify,
-            root: cfg.root.clone(),
+            root: cfg.fixed.root.clone(),
         })
     }
 
@@ -267,10 +267,10 @@ pub fn color_env(ctx: &Ctx, color: Color, release: u64) -> Vec<(String, String)>
     let mut env: Vec<(String, String)> = cfg.app.env.clone().into_iter().collect();
     env.push(("BG_COLOR".into(), color.to_string()));
     env.push(("BG_RELEASE".into(), release.to_string()));
-    env.push(("BG_ROOT".into(), cfg.root.display().to_string()));
+    env.push(("BG_ROOT".into(), cfg.fixed.root.display().to_string()));
     env.push((
         "BG_SHARED".into(),
-        layout::shared_dir(&cfg.root).display().to_string(),
+        layout::shared_dir(&cfg.fixed.root).display().to_string(),
     ));
     env
 }

@@ -17,37 +17,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use globset::GlobSet;
 use notify::{EventKind, RecursiveMode, Watcher};
 
 use crate::auto::WatchState;
+use crate::config::WatchConfig;
 use crate::fingerprint::Fingerprint;
 use crate::Sink;
-
-/// `[watch]` in the config.
-#[derive(Debug, Clone)]
-pub struct WatchConfig {
-    /// The build directory (absolute).
-    pub path: PathBuf,
-    /// Quiet period after the last change.
-    pub settle: Duration,
-    /// Release only when this file (relative to `path`) is created or changed.
-    pub marker: Option<PathBuf>,
-    /// Paths (relative to `path`) whose changes are ignored.
-    pub ignore: GlobSet,
-    /// `ignore` as written, to tell whether a reload changed it.
-    pub ignore_globs: Vec<String>,
-}
-
-impl WatchConfig {
-    /// Whether `other` watches the same way (a reload then keeps the watcher).
-    pub fn same_as(&self, other: &WatchConfig) -> bool {
-        self.path == other.path
-            && self.settle == other.settle
-            && self.marker == other.marker
-            && self.ignore_globs == other.ignore_globs
-    }
-}
 
 /// How often the poll fallback looks at the tree.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);

@@ -39,9 +39,9 @@ fuzz_target!(|data: &[u8]| {
         }
         Ok(c) => {
             assert_eq!(c.file, Path::new(FILE));
-            assert!(c.root.is_absolute(), "root {:?} is not absolute", c.root);
-            assert!(c.control.is_absolute(), "control {:?} is not absolute", c.control);
-            assert!(!c.listen.is_empty(), "a config with no [[listen]] parsed Ok");
+            assert!(c.fixed.root.is_absolute(), "root {:?} is not absolute", c.fixed.root);
+            assert!(c.fixed.control.is_absolute(), "control {:?} is not absolute", c.fixed.control);
+            assert!(!c.fixed.listen.is_empty(), "a config with no [[listen]] parsed Ok");
             assert!(
                 !c.app.command.is_empty() && !c.app.command[0].is_empty(),
                 "a config with an empty app.command parsed Ok"

@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 stopped by SIGTERM/SIGINT; 1 failed while running (cannot
 //! bind, cannot write root, ...); 2 bad arguments or bad config.
+//! `--check` exits 0 on a good config, printing its warnings on stderr.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,8 +45,14 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
+        for w in &config.warnings {
+            eprintln!("warning: {w}");
+        }
         println!("{}: ok", config.file.display());
         return ExitCode::SUCCESS;
+    }
+    for w in &config.warnings {
+        tracing::warn!("{w}");
     }
     // One runtime thread: every child is spawned from it, so PDEATHSIG (tied
     // to the spawning thread) fires exactly when bgd exits. Blocking work

@@ -65,20 +65,20 @@ impl Daemon {
     }
 
     fn save(&self, state: &State) {
-        if let Err(e) = state.save(&self.ctx.config.root) {
+        if let Err(e) = state.save(&self.ctx.config.fixed.root) {
             tracing::error!("cannot write bgd's state: {e}");
         }
     }
 
     fn commit(&self, state: &State) -> Result<(), String> {
-        let root = &self.ctx.config.root;
+        let root = &self.ctx.config.fixed.root;
         state
             .save(root)
             .map_err(|e| format!("{}: {e}", crate::layout::state_file(root).display()))
     }
 
     fn point_live(&self, color: Color) {
-        let root = &self.ctx.config.root;
+        let root = &self.ctx.config.fixed.root;
         if let Err(e) = state::point_live_symlink(root, color) {
             tracing::error!("cannot repoint {}/live: {e}", root.display());
         }
@@ -125,7 +125,7 @@ impl Daemon {
         }
         let ctx = self.ctx.clone();
         tokio::spawn(async move {
-            let dir = crate::layout::color_dir(&ctx.config.root, color);
+            let dir = crate::layout::color_dir(&ctx.config.fixed.root, color);
             let env = crate::process::color_env(&ctx, color, release);
             let hooks = ctx.config.hooks.after_live.clone();
             let log = |line: &str| tracing::info!(%color, hook = "after_live", "{line}");
@@ -173,7 +173,7 @@ impl Daemon {
         if let Some(a) = &mut self.auto {
             tell_auto(a, &record, &trigger, failure.as_ref());
         }
-        let root = self.ctx.config.root.clone();
+        let root = self.ctx.config.fixed.root.clone();
         tokio::task::spawn_blocking(move || {
             if let Err(e) = history::append(&root, record) {
                 tracing::warn!("cannot write the release history: {e}");

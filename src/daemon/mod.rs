@@ -70,22 +70,22 @@ pub enum Event {
 /// Runs the daemon until it is stopped. `inherited` holds the sockets
 /// systemd passed (socket activation or the fd store), if any.
 pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::Result<()> {
-    let root = config.root.clone();
+    let root = config.fixed.root.clone();
     std::fs::create_dir_all(&root)
         .with_context(|| format!("cannot create root {}", root.display()))?;
     let _lock = lock_root(&root)?;
     state::kill_leftover_groups(&root);
     stage::remove_leftovers(&root).with_context(|| format!("cannot clean {}", root.display()))?;
     let state = State::load(&root)?;
-    let listeners = Arc::new(Listeners::adopt_or_bind(&config.listen, inherited)?);
+    let listeners = Arc::new(Listeners::adopt_or_bind(&config.fixed.listen, inherited)?);
     listeners.store_in_systemd();
     let reaper = Reaper::start().context("cannot start reaping child processes")?;
     let (tx, rx) = mpsc::unbounded_channel();
     forward_signals(tx.clone())?;
     let access = control::Access {
-        group: config.control_group,
+        group: config.fixed.control_group,
     };
-    let control = control::bind(&config.control, config.control_mode, access)?;
+    let control = control::bind(&config.fixed.control, config.fixed.control_mode, access)?;
     let logs = Arc::new(crate::logs::LogHub::default());
     let ctx = Arc::new(Ctx {
         config,
@@ -97,7 +97,7 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
     if systemd::under_systemd() {
         tokio::spawn(tick(tx.clone()));
     }
-    tracing::info!(name = %ctx.config.name, control = %ctx.config.control.display(), "bgd is up");
+    tracing::info!(name = %ctx.config.fixed.name, control = %ctx.config.fixed.control.display(), "bgd is up");
 
     let mut daemon = Daemon::new(ctx, state, tx);
     daemon.start_watching()?;
@@ -105,7 +105,7 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
     daemon.run(rx).await;
 
     let ctx = daemon.ctx;
-    let _ = std::fs::remove_file(&ctx.config.control);
+    let _ = std::fs::remove_file(&ctx.config.fixed.control);
     ctx.listeners.remove_unix_paths();
     tracing::info!("bgd stopped");
     Ok(())

@@ -11,7 +11,7 @@ use super::Daemon;
 
 impl Daemon {
     pub(super) fn reply_history(&self, reply: Responder) {
-        let root = self.ctx.config.root.clone();
+        let root = self.ctx.config.fixed.root.clone();
         tokio::spawn(async move {
             let records = tokio::task::spawn_blocking(move || history::load(&root))
                 .await
@@ -79,7 +79,7 @@ impl Daemon {
     pub(super) fn status(&self) -> Status {
         let core = &self.core;
         Status {
-            name: self.ctx.config.name.clone(),
+            name: self.ctx.config.fixed.name.clone(),
             pid: std::process::id(),
             live: core.state().live,
             release_in_progress: core.progress(),

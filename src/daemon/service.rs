@@ -74,7 +74,10 @@ impl Daemon {
                 tracing::error!("reload failed, the running config stays: {e}");
                 self.last_result = Some(format!("{} reload failed: {e}", crate::now_rfc3339()));
             }
-            Ok(new) => self.apply(new),
+            Ok(new) => {
+                new.warnings.iter().for_each(|w| tracing::warn!("{w}"));
+                self.apply(new)
+            }
         }
         if self.core.ready_sent() {
             systemd::ready();
@@ -83,37 +86,16 @@ impl Daemon {
 
     pub(super) fn apply(&mut self, new: Config) {
         let old = &self.ctx.config;
-        let same_listen = old.listen.len() == new.listen.len()
-            && old.listen.iter().zip(&new.listen).all(|(a, b)| {
-                a.name == b.name
-                    && a.address == b.address
-                    && a.mode == b.mode
-                    && a.backlog == b.backlog
-            });
-        let control_changed = old.control != new.control
-            || old.control_mode != new.control_mode
-            || old.control_group != new.control_group;
-        let kept: Vec<&str> = [
-            (!same_listen, "[[listen]]"),
-            (old.root != new.root, "root"),
-            (control_changed, "control"),
-            (old.name != new.name, "name"),
-        ]
-        .into_iter()
-        .filter_map(|(changed, what)| changed.then_some(what))
-        .collect();
+        let kept = old.fixed.changed_keys(&new.fixed);
         let watch_changed = match (&old.watch, &new.watch) {
             (Some(a), Some(b)) => !a.same_as(b),
             (None, None) => false,
             _ => true,
         };
-        let mut config = new;
-        config.listen = old.listen.clone();
-        config.root = old.root.clone();
-        config.control = old.control.clone();
-        config.control_mode = old.control_mode;
-        config.control_group = old.control_group;
-        config.name = old.name.clone();
+        let config = Config {
+            fixed: old.fixed.clone(),
+            ..new
+        };
         self.ctx = Arc::new(Ctx {
             config,
             listeners: self.ctx.listeners.clone(),

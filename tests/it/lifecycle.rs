@@ -100,6 +100,53 @@ fn sigkill_of_bgd_leaves_no_app_process() {
     });
 }
 
+/// `--check` refuses `health.timeout = "0s"` (no release could pass), and
+/// accepts `drain_timeout = "0s"` with a warning on stderr; neither creates
+/// anything.
+#[test]
+fn check_refuses_a_zero_health_timeout_and_warns_of_a_zero_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bgd.toml");
+    let check = |drain: &str, timeout: &str| {
+        std::fs::write(
+            &config,
+            format!("name = \"x\"\nroot = \"r\"\n[[listen]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[app]\ncommand = [\"./s\"]\nallow_root = true\ndrain_timeout = \"{drain}\"\n[health]\nhttp = \"/\"\ntimeout = \"{timeout}\"\n"),
+        )
+        .unwrap();
+        let mut c = Command::new(BGD);
+        c.arg("--config").arg(&config).arg("--check");
+        let out = run_with_deadline(c, Duration::from_secs(30));
+        assert!(
+            !dir.path().join("r").exists(),
+            "--check must not create anything"
+        );
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let file = config.display();
+
+    let (code, _, err) = check("5s", "0s");
+    assert_eq!(code, Some(2), "{err}");
+    let want = format!("bgd: {file}:12:11: health.timeout must be more than 0s");
+    assert!(err.starts_with(&want), "want {want}..., got:\n{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+
+    let (code, out, err) = check("0s", "5s");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, format!("{file}: ok\n"));
+    let want = format!(
+        "warning: {file}:9:17: app.drain_timeout is 0s: in-flight requests are cut at once"
+    );
+    assert!(err.starts_with(&want), "want {want}..., got:\n{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+
+    let (code, _, err) = check("5s", "5s");
+    assert_eq!(
+        (code, err.as_str()),
+        (Some(0), ""),
+        "a good config: no warning"
+    );
+}
+
 /// Each bad config stops bgd with one line that names file:line:col and
 /// what to change, before anything is bound or created.
 #[test]
