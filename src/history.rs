@@ -10,7 +10,7 @@ use crate::layout;
 use crate::protocol::Step;
 
 /// Records kept.
-pub const KEEP: usize = 50;
+pub(crate) const KEEP: usize = 50;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Record {
@@ -42,7 +42,7 @@ pub struct StepTime {
 
 /// The records, oldest first; a missing or unreadable file is an empty
 /// history (it is never needed to run).
-pub fn load(root: &Path) -> Vec<Record> {
+pub(crate) fn load(root: &Path) -> Vec<Record> {
     match std::fs::read(layout::history_file(root)) {
         Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
             tracing::warn!("ignoring {}: {e}", layout::history_file(root).display());
@@ -53,7 +53,7 @@ pub fn load(root: &Path) -> Vec<Record> {
 }
 
 /// Appends `record`, keeping the last [`KEEP`]. Blocking.
-pub fn append(root: &Path, record: Record) -> std::io::Result<()> {
+pub(crate) fn append(root: &Path, record: Record) -> std::io::Result<()> {
     // One writer at a time: appends run on blocking threads and each is a
     // read-modify-write of the whole file.
     static ONE_WRITER: std::sync::Mutex<()> = std::sync::Mutex::new(());

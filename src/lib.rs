@@ -30,30 +30,30 @@
 //! - [`auto`]     auto-release decisions (no IO): release the settled tree or not
 //! - [`color`]    blue and green
 
-pub mod auto;
+mod auto;
 pub mod color;
 pub mod config;
-pub mod control;
+mod control;
 pub mod daemon;
-pub mod deploy;
-pub mod fingerprint;
-pub mod health;
+mod deploy;
+mod fingerprint;
+mod health;
 pub mod history;
-pub mod hooks;
-pub mod identity;
-pub mod layout;
-pub mod listen;
+mod hooks;
+mod identity;
+mod layout;
+mod listen;
 pub mod logs;
-pub mod notify;
-pub mod prepare;
-pub mod process;
+mod notify;
+mod prepare;
+mod process;
 pub mod protocol;
-pub mod reaper;
+mod reaper;
 pub mod spawn;
-pub mod stage;
-pub mod state;
+mod stage;
+mod state;
 pub mod systemd;
-pub mod watch;
+mod watch;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -62,23 +62,23 @@ use std::time::SystemTime;
 /// watcher) sends its messages of type `M`. The daemon wraps each into its
 /// own event; the subsystem never names the daemon, so no module imports
 /// the daemon. Returns `false` once the daemon has gone.
-pub type Sink<M> = Arc<dyn Fn(M) -> bool + Send + Sync>;
+pub(crate) type Sink<M> = Arc<dyn Fn(M) -> bool + Send + Sync>;
 
 /// What every part of a running daemon shares. Built once at start-up.
 /// A reload builds a new one with the new config and the same sockets and
 /// reaper; tasks already running keep the config they started with.
-pub struct Ctx {
-    pub config: config::Config,
-    pub listeners: Arc<listen::Listeners>,
-    pub reaper: Arc<reaper::Reaper>,
-    pub logs: Arc<logs::LogHub>,
+pub(crate) struct Ctx {
+    pub(crate) config: config::Config,
+    pub(crate) listeners: Arc<listen::Listeners>,
+    pub(crate) reaper: Arc<reaper::Reaper>,
+    pub(crate) logs: Arc<logs::LogHub>,
 }
 
 /// `t` as RFC 3339 in UTC, to the second.
-pub fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-pub fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     rfc3339(SystemTime::now())
 }

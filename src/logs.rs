@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 use crate::color::Color;
 
 /// Lines kept, both colors together.
-pub const KEEP: usize = 2000;
+pub(crate) const KEEP: usize = 2000;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LogLine {
@@ -24,7 +24,7 @@ pub struct LogLine {
     pub line: String,
 }
 
-pub struct LogHub {
+pub(crate) struct LogHub {
     recent: Mutex<VecDeque<LogLine>>,
     live: broadcast::Sender<LogLine>,
 }
@@ -39,7 +39,7 @@ impl Default for LogHub {
 }
 
 impl LogHub {
-    pub fn push(&self, line: LogLine) {
+    pub(crate) fn push(&self, line: LogLine) {
         let mut r = self
             .recent
             .lock()
@@ -54,7 +54,7 @@ impl LogHub {
 
     /// The last `n` lines of `color` (or of both), oldest first, and a
     /// receiver for the lines after them.
-    pub fn tail(
+    pub(crate) fn tail(
         &self,
         color: Option<Color>,
         n: usize,

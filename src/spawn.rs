@@ -23,7 +23,7 @@ use crate::identity::Identity;
 pub const TRAMPOLINE_ARG: &str = "__bgd_exec";
 
 /// At most this many sockets are passed to a child.
-pub const MAX_FDS: usize = 64;
+pub(crate) const MAX_FDS: usize = 64;
 
 /// Variables of bgd's own that must never reach a child by accident.
 fn is_scrubbed(key: &OsStr) -> bool {
@@ -32,7 +32,7 @@ fn is_scrubbed(key: &OsStr) -> bool {
 }
 
 /// What to run and what it inherits.
-pub struct Spec<'a> {
+pub(crate) struct Spec<'a> {
     /// Program and arguments; a program containing `/` resolves against `cwd`.
     pub command: &'a [String],
     pub cwd: &'a Path,
@@ -45,7 +45,7 @@ pub struct Spec<'a> {
 }
 
 /// A started child: the leader of its own process group (pgid == pid).
-pub struct Spawned {
+pub(crate) struct Spawned {
     pub pid: Pid,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
@@ -54,7 +54,7 @@ pub struct Spawned {
 /// Starts `spec` in a new process group with stdin from /dev/null and
 /// stdout/stderr on pipes. The caller must register `pid` with the
 /// [`Reaper`](super::reaper::Reaper) before its next `.await`.
-pub fn spawn(spec: &Spec) -> io::Result<Spawned> {
+pub(crate) fn spawn(spec: &Spec) -> io::Result<Spawned> {
     if spec.fds.len() > MAX_FDS {
         return Err(io::Error::other(format!(
             "more than {MAX_FDS} sockets to pass"
@@ -198,7 +198,7 @@ fn child_setup(parent: libc::pid_t, sources: &[RawFd]) -> io::Result<()> {
 /// Kills a process group with SIGKILL when dropped, unless forgotten
 /// (`std::mem::forget`) once its leader has exited and been reaped: a helper
 /// process (a check, a hook) abandoned mid-way never outlives its caller.
-pub struct KillGroupOnDrop(pub Pid);
+pub(crate) struct KillGroupOnDrop(pub(crate) Pid);
 
 impl Drop for KillGroupOnDrop {
     fn drop(&mut self) {

@@ -34,24 +34,24 @@ pub unsafe fn take_listen_fds() -> Vec<(OwnedFd, String)> {
 }
 
 /// Whether bgd runs under a service manager that listens to it.
-pub fn under_systemd() -> bool {
+pub(crate) fn under_systemd() -> bool {
     std::env::var_os("NOTIFY_SOCKET").is_some()
 }
 
-pub fn ready() {
+pub(crate) fn ready() {
     send(&[NotifyState::Ready]);
 }
 
-pub fn stopping() {
+pub(crate) fn stopping() {
     send(&[NotifyState::Stopping]);
 }
 
-pub fn watchdog() {
+pub(crate) fn watchdog() {
     send(&[NotifyState::Watchdog]);
 }
 
 /// `RELOADING=1` with `MONOTONIC_USEC`, as systemd wants it.
-pub fn reloading() {
+pub(crate) fn reloading() {
     match NotifyState::monotonic_usec_now() {
         Ok(now) => send(&[NotifyState::Reloading, now]),
         Err(_) => send(&[NotifyState::Reloading]),
@@ -59,26 +59,26 @@ pub fn reloading() {
 }
 
 /// One line; systemd shows it in `systemctl status`.
-pub fn status(line: &str) {
+pub(crate) fn status(line: &str) {
     let line = line.replace('\n', " ");
     send(&[NotifyState::Status(&line)]);
 }
 
 /// Asks systemd for `by` more time for the start or stop in progress.
-pub fn extend_timeout(by: Duration) {
+pub(crate) fn extend_timeout(by: Duration) {
     send(&[NotifyState::ExtendTimeoutUsec(
         by.as_micros().min(u32::MAX as u128) as u32,
     )]);
 }
 
 /// How often to send `WATCHDOG=1`: half of `WatchdogSec=`, if set.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled().map(|d| d / 2)
 }
 
 /// Pushes a listening socket into the fd store under `name`. Returns
 /// whether systemd took it.
-pub fn store_fd(fd: impl AsFd, name: &str) -> bool {
+pub(crate) fn store_fd(fd: impl AsFd, name: &str) -> bool {
     if !under_systemd() {
         return false;
     }
@@ -100,7 +100,7 @@ pub fn store_fd(fd: impl AsFd, name: &str) -> bool {
 
 /// Drops the sockets named `name` from the fd store (a `[[listen]]` entry
 /// that was removed from the config), so no client waits on them.
-pub fn remove_stored(name: &str) {
+pub(crate) fn remove_stored(name: &str) {
     send(&[NotifyState::FdStoreRemove, NotifyState::FdName(name)]);
 }
 

@@ -40,7 +40,7 @@ mod service;
 mod watching;
 
 /// Everything the daemon reacts to.
-pub enum Event {
+pub(crate) enum Event {
     /// A client's request, from the control socket.
     Control(Command),
     /// A release, rollback or restart task's report.

@@ -172,13 +172,12 @@ impl<P: Process> Core<P> {
     }
 
     fn launch(&mut self, now: Now, launch: Launch, what: &str) {
-        let (task, color, release) = (launch.task, launch.color, launch.release);
+        let (color, release) = (launch.color, launch.release);
         self.log(
             Level::Info,
             format!("{what} of release {release} begins on {color}"),
         );
         self.emit(Effect::Launch(launch));
-        self.slot_mut(color)
-            .enter(ColorPhase::Starting { task }, now.wall);
+        self.slot_mut(color).enter(ColorPhase::Starting, now.wall);
     }
 }

@@ -23,8 +23,8 @@ use crate::state::{Build, State};
 pub enum ColorPhase<P> {
     /// No process runs from it.
     Stopped,
-    /// A release or rollback task is bringing it up; the task owns the process.
-    Starting { task: TaskId },
+    /// The release in progress is bringing it up; its task owns the process.
+    Starting,
     /// It serves, and the core owns its process.
     Live { process: P },
     /// It is the live color by the record, but its process died (or bgd
@@ -45,7 +45,7 @@ impl<P> ColorPhase<P> {
         match self {
             ColorPhase::Stopped if has_build => "stopped",
             ColorPhase::Stopped => "empty",
-            ColorPhase::Starting { .. } => "starting",
+            ColorPhase::Starting => "starting",
             ColorPhase::Live { .. } => "live",
             ColorPhase::Restarting { .. } => "restarting",
             ColorPhase::Draining { .. } => "draining",

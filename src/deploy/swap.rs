@@ -266,7 +266,7 @@ impl<P: Process> Core<P> {
             self.save();
         }
         let slot = self.slot_mut(r.color);
-        if matches!(slot.phase, ColorPhase::Starting { .. }) {
+        if matches!(slot.phase, ColorPhase::Starting) {
             slot.enter(ColorPhase::Stopped, now.wall);
             slot.last_exit = exit;
         }

@@ -426,7 +426,7 @@ fn admission_clears_the_dormant_record_and_launches_only_once_that_is_written() 
     assert_eq!(s.next_release, 4);
     assert!(matches!(t.phase(Color::Green), ColorPhase::Stopped));
     assert_eq!(t.says(Input::Committed(Ok(()))), ["launch green stage"]);
-    assert!(matches!(t.phase(Color::Green), ColorPhase::Starting { .. }));
+    assert!(matches!(t.phase(Color::Green), ColorPhase::Starting));
     assert_eq!(t.task(), 3, "a release's task id is its release id");
 }
 

@@ -260,3 +260,25 @@ fn a_refused_release_keeps_the_rollback_target() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_serves_release(&bgd.addr(), 1);
 }
+
+/// After a failed release, status shows how the failed start ended, not
+/// the exit of an earlier process of that color.
+#[test]
+fn status_shows_the_exit_of_the_failed_start() {
+    let bgd = Bgd::start(Setup::default());
+    bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
+    bgd.release(&example_build(bgd.dir.path(), "b2", "v2"));
+    assert_eq!(
+        bgd.status()["blue"]["last_exit"],
+        "exit code 0",
+        "blue drained"
+    );
+
+    let crash = script_build(bgd.dir.path(), "crash", EXITS_AT_ONCE);
+    let out = bgd.bgctl(&["release", crash.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let st = bgd.status();
+    assert_eq!(st["blue"]["state"], "stopped", "{st}");
+    assert_eq!(st["blue"]["last_exit"], "exit code 3", "{st}");
+    assert_eq!(st["live"], "green", "{st}");
+}

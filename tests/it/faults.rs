@@ -580,3 +580,29 @@ fn health_exec_checks_print_and_hanging_ones_are_killed() {
         "{err}"
     );
 }
+
+/// The live color's directory is removed and its process dies: every
+/// restart fails, and status says why, in JSON and in words.
+#[test]
+fn status_says_why_the_live_color_cannot_restart() {
+    let bgd = Bgd::start(Setup::default());
+    bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
+    let pid = bgd.status()["blue"]["pid"].as_u64().unwrap() as i32;
+    std::fs::remove_dir_all(bgd.root().join("blue")).unwrap();
+    // SAFETY: kill(2) on the app's pid.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+
+    let st = wait_until("a failed restart", Duration::from_secs(10), || {
+        let st = bgd.status();
+        st["blue"]["reason"].as_str().is_some().then_some(st)
+    });
+    assert_eq!(st["blue"]["state"], "restarting", "{st}");
+    let reason = st["blue"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("does not exist: nothing to start for blue"),
+        "{st}"
+    );
+    let out = bgd.bgctl(&["status"]);
+    let shown = text(&out.stdout);
+    assert!(shown.contains("nothing to start for blue"), "{shown}");
+}

@@ -187,6 +187,9 @@ impl Out {
         if let Some(e) = &c.last_exit {
             line += &format!(" last exit: {}", escape_controls(e));
         }
+        if let Some(r) = &c.reason {
+            line += &format!("; {}", escape_controls(r));
+        }
         line
     }
 
