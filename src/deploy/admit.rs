@@ -15,6 +15,7 @@ use super::{ClientId, ColorPhase, Core, Effect, Kind, Launch, Level, Now, Proces
 use super::{Release, ReleasePhase, Shutdown, Trigger};
 use crate::color::Color;
 use crate::protocol::{Failure, FailureKind};
+use crate::state::State;
 
 impl<P: Process> Core<P> {
     /// The color a release or rollback starts: the one that is not live.
@@ -68,6 +69,17 @@ impl<P: Process> Core<P> {
         self.state.next_release += 1;
         self.state.set_build(color, None);
         self.emit(Effect::Commit(self.state.clone()));
+        let launch = Launch {
+            task: id,
+            color,
+            source: Some(source.clone()),
+            label: label.clone(),
+            release: id,
+            expect: match &trigger {
+                Trigger::Watch(fp) => Some(fp.clone()),
+                Trigger::Client => None,
+            },
+        };
         self.release = Some(Release {
             task: id,
             id,
@@ -82,40 +94,24 @@ impl<P: Process> Core<P> {
             since: now.wall,
             started: now.mono,
             steps: Vec::new(),
-            phase: ReleasePhase::Admitting { before },
+            phase: ReleasePhase::Admitting { before, launch },
         });
     }
 
-    /// The cleared record is written (or not): start the release task, or
-    /// refuse and put the state back.
-    pub(super) fn on_admitted(&mut self, now: Now, result: Result<(), String>) {
-        let Some(r) = self.release.take() else { return };
-        let ReleasePhase::Admitting { before } = r.phase else {
-            self.release = Some(r);
-            return;
-        };
+    /// The cleared record of release `r` is written (or not): start its
+    /// task, or refuse and put the state back.
+    pub(super) fn on_admitted(
+        &mut self,
+        now: Now,
+        r: Release<P>,
+        (before, launch): (State, Launch),
+        result: Result<(), String>,
+    ) {
         if let Err(e) = result {
             self.state = before;
             let m = format!("cannot write bgd's state: {e}");
             return self.refuse(r.client, Failure::new(FailureKind::Internal, None, m));
         }
-        let Kind::Release {
-            source, trigger, ..
-        } = &r.kind
-        else {
-            unreachable!("only a release is admitted through a commit")
-        };
-        let launch = Launch {
-            task: r.task,
-            color: r.color,
-            source: Some(source.clone()),
-            label: r.label.clone(),
-            release: r.id,
-            expect: match trigger {
-                Trigger::Watch(fp) => Some(fp.clone()),
-                Trigger::Client => None,
-            },
-        };
         self.launch(now, launch, r.kind.name());
         self.release = Some(Release {
             phase: ReleasePhase::Preparing { staged: false },

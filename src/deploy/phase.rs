@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime};
 
 use nix::unistd::Pid;
 
-use super::{ClientId, Process, TaskId, Timings};
+use super::{ClientId, Launch, Process, TaskId, Timings};
 use crate::color::Color;
 use crate::history::StepTime;
 use crate::protocol::Step;
@@ -155,8 +155,9 @@ impl Kind {
 #[derive(Debug)]
 pub enum ReleasePhase<P> {
     /// A release cleared the dormant color's record and is writing it;
-    /// `before` is restored if that fails.
-    Admitting { before: State },
+    /// `before` is restored if that fails, and `launch` starts once it is
+    /// written.
+    Admitting { before: State, launch: Launch },
     /// Its task validates, stages, starts and waits for readiness.
     /// `staged`: the new build was swapped into the color's directory.
     Preparing { staged: bool },

@@ -12,7 +12,7 @@ use crate::color::Color;
 use crate::history::Record;
 use crate::protocol::{Failure, FailureKind, Reply, Step};
 use crate::reaper::Exit;
-use crate::state::Build;
+use crate::state::{Build, State};
 
 impl<P: Process> Core<P> {
     fn current(&mut self, task: TaskId) -> Option<&mut Release<P>> {
@@ -46,13 +46,13 @@ impl<P: Process> Core<P> {
         task: TaskId,
         result: Result<(P, Timings), Failed>,
     ) {
-        if self
-            .current(task)
-            .is_some_and(|r| matches!(r.phase, ReleasePhase::Preparing { .. }))
-        {
+        let ours = |r: &mut Release<P>| {
+            r.task == task && matches!(r.phase, ReleasePhase::Preparing { .. })
+        };
+        if let Some(r) = self.release.take_if(ours) {
             return match result {
-                Ok((process, timings)) => self.commit_swap(now, process, timings),
-                Err(failed) => self.fail(now, failed.failure, failed.exit),
+                Ok((process, timings)) => self.commit_swap(now, r, process, timings),
+                Err(failed) => self.fail(now, r, failed.failure, failed.exit),
             };
         }
         for color in Color::BOTH {
@@ -72,60 +72,64 @@ impl<P: Process> Core<P> {
     }
 
     /// The new color is ready: write it down as live before anything else.
-    fn commit_swap(&mut self, now: Now, process: P, timings: Timings) {
-        let r = self.release.as_mut().expect("checked by on_prepared");
+    fn commit_swap(&mut self, now: Now, mut r: Release<P>, process: P, timings: Timings) {
         r.reach(Step::Swap, now.mono);
-        let new = r.color;
         let before = self.state.clone();
-        self.state.live = Some(new);
-        if let Some(mut b) = self.state.build(new).cloned() {
+        self.state.live = Some(r.color);
+        if let Some(mut b) = self.state.build(r.color).cloned() {
             b.went_live = true;
-            self.state.set_build(new, Some(b));
+            self.state.set_build(r.color, Some(b));
         }
         r.phase = ReleasePhase::Committing {
             process,
             timings,
             before,
         };
+        self.release = Some(r);
         self.emit(Effect::Commit(self.state.clone()));
     }
 
     /// The outcome of the last commit: admitting a release, or its swap.
     pub(super) fn on_committed(&mut self, now: Now, result: Result<(), String>) {
-        match self.release.as_ref().map(|r| &r.phase) {
-            Some(ReleasePhase::Admitting { .. }) => self.on_admitted(now, result),
-            Some(ReleasePhase::Committing { .. }) => self.on_swapped(now, result),
-            _ => {}
+        let Some(mut r) = self.release.take() else {
+            return;
+        };
+        match std::mem::replace(&mut r.phase, ReleasePhase::Preparing { staged: true }) {
+            ReleasePhase::Admitting { before, launch } => {
+                self.on_admitted(now, r, (before, launch), result)
+            }
+            ReleasePhase::Committing {
+                process,
+                timings,
+                before,
+            } => match result {
+                Ok(()) => self.on_swapped(now, r, process, timings),
+                Err(e) => self.swap_failed(now, r, process, before, e),
+            },
+            phase => {
+                r.phase = phase;
+                self.release = Some(r);
+            }
         }
     }
 
-    fn on_swapped(&mut self, now: Now, result: Result<(), String>) {
-        let mut r = self.release.take().expect("checked by on_committed");
-        let ReleasePhase::Committing {
-            process,
-            timings,
-            before,
-        } = std::mem::replace(&mut r.phase, ReleasePhase::Preparing { staged: true })
-        else {
-            unreachable!("checked by on_committed")
-        };
-        let new = r.color;
-        if let Err(e) = result {
-            self.state = before;
-            let pid = process.pid();
-            self.slot_mut(new)
-                .enter(ColorPhase::Draining { pid }, now.wall);
-            self.emit(Effect::Drain {
-                color: new,
-                process,
-            });
-            self.release = Some(r);
-            let m = format!("cannot record the new live color: {e}; the old color stays live");
-            let f = Failure::new(FailureKind::Internal, Some(Step::Swap), m);
-            return self.fail(now, f, None);
-        }
+    /// The swap could not be written: the old color stays live, the new
+    /// one drains. Its build is in place, so its record stays.
+    fn swap_failed(&mut self, now: Now, r: Release<P>, process: P, before: State, e: String) {
+        self.state = before;
+        let (color, pid) = (r.color, process.pid());
+        self.slot_mut(color)
+            .enter(ColorPhase::Draining { pid }, now.wall);
+        self.emit(Effect::Drain { color, process });
+        let m = format!("cannot record the new live color: {e}; the old color stays live");
+        let f = Failure::new(FailureKind::Internal, Some(Step::Swap), m);
+        self.fail(now, r, f, None);
+    }
+
+    /// The swap is written: the new color is live.
+    fn on_swapped(&mut self, now: Now, r: Release<P>, process: P, timings: Timings) {
+        let (id, new) = (r.id, r.color);
         self.emit(Effect::PointLive(new));
-        let (id, old) = (r.id, new.other());
         let slot = self.slot_mut(new);
         slot.restarts = 0;
         slot.streak = 0;
@@ -136,30 +140,29 @@ impl<P: Process> Core<P> {
             release: id,
         });
         self.log(Level::Info, format!("release {id}: {new} is live"));
-        self.release = Some(r);
-        self.retire(now, old, timings);
+        self.retire(now, r, timings);
     }
 
     /// After the swap: drain the old color, or end at once if it ran nothing.
-    fn retire(&mut self, now: Now, old: Color, timings: Timings) {
+    fn retire(&mut self, now: Now, mut r: Release<P>, timings: Timings) {
+        let old = r.color.other();
         if let Some(process) = self.take_live(old) {
             let pid = process.pid();
             self.slot_mut(old)
                 .enter(ColorPhase::Draining { pid }, now.wall);
-            let r = self.release.as_mut().expect("retire runs for the release");
             r.phase = ReleasePhase::Draining {
                 timings,
                 swapped: now.mono,
                 old_pid: pid,
             };
             let (task, new) = (r.task, r.color);
+            self.release = Some(r);
             let message = format!("{new} is live; draining {old} (pid {pid})");
             self.on_progress(now, task, Step::Drain, message);
-            self.emit(Effect::Drain {
+            return self.emit(Effect::Drain {
                 color: old,
                 process,
             });
-            return;
         }
         // The old color was dead and restarting (that restart is moot), or
         // nothing ran there (the first release).
@@ -169,7 +172,7 @@ impl<P: Process> Core<P> {
         {
             self.emit(Effect::Abort(task));
         }
-        self.finish(now, old, timings, None, None);
+        self.finish(now, r, timings, None, None);
     }
 
     pub(super) fn on_drained(&mut self, now: Now, color: Color, pid: Pid, exit: Exit) {
@@ -179,32 +182,29 @@ impl<P: Process> Core<P> {
             slot.enter(ColorPhase::Stopped, now.wall);
             slot.last_exit = Some(exit);
         }
-        let Some(r) = &self.release else { return };
-        if let ReleasePhase::Draining {
-            timings,
-            swapped,
-            old_pid,
-        } = r.phase
-        {
-            if old_pid == pid && r.color == color.other() {
-                self.finish(now, color, timings, Some(swapped), Some(exit));
+        let old_color_of = |r: &mut Release<P>| {
+            r.color == color.other()
+                && matches!(r.phase, ReleasePhase::Draining { old_pid, .. } if old_pid == pid)
+        };
+        if let Some(r) = self.release.take_if(old_color_of) {
+            if let ReleasePhase::Draining {
+                timings, swapped, ..
+            } = r.phase
+            {
+                self.finish(now, r, timings, Some(swapped), Some(exit));
             }
         }
     }
 
-    /// The release succeeded: the old color `old` has stopped.
+    /// Release `r` succeeded: its old color has stopped.
     fn finish(
         &mut self,
         now: Now,
-        old: Color,
+        r: Release<P>,
         timings: Timings,
         swapped: Option<Instant>,
         drained: Option<Exit>,
     ) {
-        let r = self
-            .release
-            .take()
-            .expect("finishing the release in progress");
         let total = now.mono.saturating_duration_since(r.started).as_millis() as u64;
         let drain_ms = swapped.map_or(0, |t| {
             now.mono.saturating_duration_since(t).as_millis() as u64
@@ -218,7 +218,7 @@ impl<P: Process> Core<P> {
             "release": r.id,
             "label": self.state.build(r.color).and_then(|b| b.label.clone()),
             "color": r.color,
-            "previous": old,
+            "previous": r.color.other(),
             "previous_exit": drained.map(|e| e.to_string()),
             "ms": {
                 "total": total,
@@ -233,13 +233,9 @@ impl<P: Process> Core<P> {
         self.after_release(now);
     }
 
-    /// The release failed before its swap took: the old color stays live.
+    /// Release `r` failed before its swap took: the old color stays live.
     /// `exit` is how the process it started ended, if it started one.
-    pub(super) fn fail(&mut self, now: Now, failure: Failure, exit: Option<Exit>) {
-        let r = self
-            .release
-            .take()
-            .expect("failing the release in progress");
+    pub(super) fn fail(&mut self, now: Now, r: Release<P>, failure: Failure, exit: Option<Exit>) {
         let step = failure
             .step
             .map_or("request".to_string(), |s| s.to_string());
