@@ -1,5 +1,5 @@
 //! The release history: one record per release or rollback, the last
-//! [`KEEP`] of them, in `root/history.json` (written whole, like the state).
+//! `KEEP` (50) of them, in `root/history.json` (written whole, like the state).
 
 use std::path::Path;
 

@@ -5,30 +5,34 @@
 //! build into the dormant color, starts it on the same sockets, waits until
 //! it is ready, swaps which color is live and drains the old one.
 //!
-//! Code map (read top-down from `daemon/mod.rs`; ARCHITECTURE.md has the invariants):
+//! Code map (read top-down from `daemon/mod.rs`; ARCHITECTURE.md has the
+//! state machine and the invariants). Only what the binaries and the fuzz
+//! targets use is `pub`.
 //!
-//! - [`config`]   TOML file -> validated [`config::Config`], errors as file:line:col
-//! - [`protocol`] the versioned line-delimited JSON spoken over the control socket
-//! - [`daemon`]   start-up order, the event loop that owns all deployment state, shutdown
-//! - [`process`]  one running color: its process group, exit, output, graceful stop
-//! - [`spawn`]    building a child: fds 3.., LISTEN_*, process group; the only `pre_exec`
-//! - [`reaper`]   the only place that waits for children (bgd is a subreaper)
-//! - [`history`]  the last 50 releases, in root/history.json
-//! - [`logs`]     the apps' recent output for `bgctl logs`, and its live feed
-//! - [`listen`]   binding and holding the app's listening sockets
-//! - [`hooks`]    `[hooks]` prepare and after_live commands
-//! - [`health`]   readiness checks that reach the new color alone
-//! - [`notify`]   the per-color NOTIFY_SOCKET for `health.notify`
-//! - [`stage`]    copying a build into a color directory atomically
-//! - [`state`]    what survives a restart: live color, builds, the `live` symlink
-//! - [`systemd`]  socket activation, fd store, sd_notify messages
-//! - [`watch`]    auto-release: notify events coalesced into settled-tree events
-//! - [`fingerprint`] a cheap summary of a build tree, to tell two builds apart
-//! - [`control`]  the control socket: peer check, decode, stream replies
-//! - [`identity`] the user and groups the app runs as
-//! - [`layout`]   bgd's root directory: the path of everything bgd keeps there
-//! - [`auto`]     auto-release decisions (no IO): release the settled tree or not
-//! - [`color`]    blue and green
+//! - [`config`]       TOML file -> validated [`config::Config`], errors as file:line:col
+//! - [`protocol`]     the versioned line-delimited JSON spoken over the control socket
+//! - [`daemon`]       start-up order, the event loop, carrying out the core's effects
+//! - `deploy`         the deployment core: (state, input) -> effects, no IO
+//! - `prepare`        a task that brings a color up: stage, prepare hooks, start, wait until ready
+//! - `process`        one running color: its process group, exit, output, graceful stop
+//! - [`spawn`]        building a child: fds 3.., LISTEN_*, process group; the only `pre_exec`
+//! - `reaper`         the only place that waits for children (bgd is a subreaper)
+//! - [`history`]      the last 50 releases, in root/history.json
+//! - [`logs`]         the apps' recent output for `bgctl logs`, and its live feed
+//! - `listen`         binding and holding the app's listening sockets
+//! - `hooks`          `[hooks]` prepare and after_live commands
+//! - `health`         readiness checks that reach the new color alone
+//! - `notify`         the per-color NOTIFY_SOCKET for `health.notify`
+//! - `stage`          copying a build into a color directory atomically
+//! - `state`          what survives a restart: live color, builds, the `live` symlink
+//! - [`systemd`]      socket activation, fd store, sd_notify messages
+//! - `watch`          auto-release: notify events coalesced into settled-tree events
+//! - `fingerprint`    a cheap summary of a build tree, to tell two builds apart
+//! - `control`        the control socket: peer check, decode, stream replies
+//! - `identity`       the user and groups the app runs as
+//! - `layout`         bgd's root directory: the path of everything bgd keeps there
+//! - `auto`           auto-release decisions (no IO): release the settled tree or not
+//! - [`color`]        blue and green
 
 mod auto;
 pub mod color;

@@ -1,4 +1,4 @@
-//! The apps' captured output, for `bgctl logs`: the last [`KEEP`] lines of
+//! The apps' captured output, for `bgctl logs`: the last `KEEP` (2,000) lines of
 //! both colors in memory, and a broadcast of new lines for `bgctl logs -f`.
 //! (The same lines also go to bgd's own log with the color as a field.)
 

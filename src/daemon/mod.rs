@@ -1,11 +1,11 @@
 //! The daemon: start-up order, the event loop, and the IO that carries out
 //! the deployment core's decisions.
 //!
-//! The loop owns the [`Core`] (every decision, no IO) and everything the
+//! The loop owns the `Core` (`deploy`) (every decision, no IO) and everything the
 //! core must not touch: the tasks, the clients waiting for an answer, the
 //! build watcher, systemd. Each subsystem (the control socket, release
 //! tasks, the build watcher, drains, exit watchers, signals) sends into one
-//! channel, wrapped in the closed [`Event`] enum; each arm of the loop is
+//! channel, wrapped in the closed `Event` enum; each arm of the loop is
 //! one call. Events that change the deployment become a core `Input`, and
 //! the `Effect`s that come back are carried out in order (`effects.rs`).
 
