@@ -55,6 +55,7 @@ pub mod protocol;
 mod reaper;
 pub mod spawn;
 mod stage;
+mod steer;
 mod state;
 pub mod systemd;
 mod watch;

@@ -1,0 +1,277 @@
+//! The classic BPF program that picks, for each new TCP connection, which
+//! color's socket of an `SO_REUSEPORT` group receives it.
+//!
+//! The kernel runs the program attached to a group
+//! (`SO_ATTACH_REUSEPORT_CBPF`, socket(7)) on the SYN of every new
+//! connection, and the value it returns indexes the group's sockets in the
+//! order they called `listen()`. An index out of range is no error: the
+//! kernel then hashes across all sockets (net/core/sock_reuseport.c), so a
+//! program here only ever returns the index of a socket that exists.
+//! Replacing the program is one `setsockopt`, atomic for the whole group:
+//! that is the flip.
+//!
+//! For TCP the program starts at the segment's payload, so it reads headers
+//! through the negative offset `SKF_NET_OFF` (linux/filter.h): the IP header,
+//! then the TCP header right after it (IPv4: its length from the IHL field;
+//! IPv6: 40 bytes, bgd's own probes carry no extension headers).
+//!
+//! A [`Route`] sends every connection to one socket, except bgd's own
+//! readiness probe, recognised by its exact source address and port, which
+//! goes to the candidate's socket.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use libc::sock_filter;
+
+/// `SO_ATTACH_REUSEPORT_CBPF` from include/uapi/asm-generic/socket.h (not
+/// exported by libc for Linux).
+const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+
+/// Where new connections go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The group index of the socket that receives every new connection.
+    pub to: u32,
+    /// A connection from exactly this source goes to the other index.
+    pub probe: Option<(SocketAddr, u32)>,
+}
+
+/// The program for `route`. At most 21 instructions.
+pub fn program(route: &Route) -> Vec<sock_filter> {
+    let Some((from, cand)) = route.probe else {
+        return vec![ret(route.to)];
+    };
+    let net = libc::SKF_NET_OFF as u32;
+    let mut p = Vec::new();
+    // A = IP version (the high nibble of the first byte).
+    p.push(stmt(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, net));
+    p.push(stmt(libc::BPF_ALU | libc::BPF_RSH | libc::BPF_K, 4));
+    match from.ip() {
+        IpAddr::V4(ip) => {
+            // Anything but IPv4 (an IPv6 client of a dual-stack socket) is not the probe.
+            p.push(jeq_else_skip(4, 0));
+            p.push(stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, net + 12));
+            p.push(jeq_else_skip(u32::from(ip), 0));
+            // X = the IPv4 header's length; then A = the TCP source port.
+            p.push(stmt(libc::BPF_LDX | libc::BPF_B | libc::BPF_MSH, net));
+            p.push(stmt(libc::BPF_LD | libc::BPF_H | libc::BPF_IND, net));
+        }
+        IpAddr::V6(ip) => {
+            p.push(jeq_else_skip(6, 0));
+            let o = ip.octets();
+            for (i, w) in o.chunks(4).enumerate() {
+                let word = u32::from_be_bytes([w[0], w[1], w[2], w[3]]);
+                p.push(stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, net + 8 + 4 * i as u32));
+                p.push(jeq_else_skip(word, 0));
+            }
+            p.push(stmt(libc::BPF_LD | libc::BPF_H | libc::BPF_ABS, net + 40));
+        }
+    }
+    p.push(jeq_else_skip(from.port() as u32, 0));
+    p.push(ret(cand));
+    p.push(ret(route.to));
+    // Every "else" jumps to the last instruction, the default route.
+    let last = p.len() - 1;
+    for (i, ins) in p.iter_mut().enumerate() {
+        if ins.code == (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16 {
+            ins.jf = (last - i - 1) as u8;
+        }
+    }
+    p
+}
+
+/// Attaches `program` to the reuseport group of `fd` (any socket of the
+/// group), replacing the one before for the whole group at once.
+pub fn attach(fd: BorrowedFd<'_>, program: &[sock_filter]) -> io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_ptr() as *mut sock_filter,
+    };
+    // SAFETY: `prog` points at `program`, which outlives the call; the
+    // kernel copies the instructions before returning.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            &prog as *const libc::sock_fprog as *const libc::c_void,
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn stmt(code: u32, k: u32) -> sock_filter {
+    sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+/// `if A == k` go on, else jump (the offset is set once the program is whole).
+fn jeq_else_skip(k: u32, jf: u8) -> sock_filter {
+    sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt: 0,
+        jf,
+        k,
+    }
+}
+
+fn ret(k: u32) -> sock_filter {
+    stmt(libc::BPF_RET | libc::BPF_K, k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    use std::time::{Duration, Instant};
+
+    /// Two listening sockets in one reuseport group on `ip`, index 0 then 1.
+    fn group(ip: IpAddr) -> Option<(TcpListener, TcpListener)> {
+        let a = reuseport_listener(SocketAddr::new(ip, 0))?;
+        let b = reuseport_listener(a.local_addr().ok()?)?;
+        Some((a, b))
+    }
+
+    fn reuseport_listener(addr: SocketAddr) -> Option<TcpListener> {
+        let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+        // SAFETY: plain socket(2); the fd is owned right away.
+        let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReusePort, &true).ok()?;
+        let bound = match addr {
+            SocketAddr::V4(a) => nix::sys::socket::bind(fd.as_raw_fd(), &nix::sys::socket::SockaddrIn::from(a)),
+            SocketAddr::V6(a) => nix::sys::socket::bind(fd.as_raw_fd(), &nix::sys::socket::SockaddrIn6::from(a)),
+        };
+        bound.ok()?;
+        nix::sys::socket::listen(&fd, nix::sys::socket::Backlog::new(64).ok()?).ok()?;
+        let l = TcpListener::from(fd);
+        l.set_nonblocking(true).ok()?;
+        Some(l)
+    }
+
+    /// Which listener got a connection from `client`: 0 or 1.
+    fn landed(g: &(TcpListener, TcpListener), client: &TcpStream) -> usize {
+        let me = client.local_addr().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            for (i, l) in [&g.0, &g.1].into_iter().enumerate() {
+                if let Ok((_, peer)) = l.accept() {
+                    assert_eq!(peer, me, "a connection nobody made");
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "the connection landed nowhere");
+            std::thread::yield_now();
+        }
+    }
+
+    /// Connects to `to` from `from` (port 0: any).
+    fn connect_from(from: SocketAddr, to: SocketAddr) -> TcpStream {
+        let s = socket2_like(from);
+        s.connect(to).unwrap()
+    }
+
+    struct Bound(OwnedFd);
+    impl Bound {
+        fn connect(self, to: SocketAddr) -> std::io::Result<TcpStream> {
+            let r = match to {
+                SocketAddr::V4(a) => nix::sys::socket::connect(self.0.as_raw_fd(), &nix::sys::socket::SockaddrIn::from(a)),
+                SocketAddr::V6(a) => nix::sys::socket::connect(self.0.as_raw_fd(), &nix::sys::socket::SockaddrIn6::from(a)),
+            };
+            r?;
+            Ok(TcpStream::from(self.0))
+        }
+        fn local(&self) -> SocketAddr {
+            let a: nix::sys::socket::SockaddrStorage = nix::sys::socket::getsockname(self.0.as_raw_fd()).unwrap();
+            if let Some(a) = a.as_sockaddr_in() {
+                SocketAddr::V4((*a).into())
+            } else {
+                SocketAddr::V6((*a.as_sockaddr_in6().unwrap()).into())
+            }
+        }
+    }
+
+    fn socket2_like(from: SocketAddr) -> Bound {
+        let family = if from.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+        // SAFETY: plain socket(2); the fd is owned right away.
+        let fd = unsafe { OwnedFd::from_raw_fd(libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)) };
+        match from {
+            SocketAddr::V4(a) => nix::sys::socket::bind(fd.as_raw_fd(), &nix::sys::socket::SockaddrIn::from(a)),
+            SocketAddr::V6(a) => nix::sys::socket::bind(fd.as_raw_fd(), &nix::sys::socket::SockaddrIn6::from(a)),
+        }
+        .unwrap();
+        Bound(fd)
+    }
+
+    fn check_family(ip: IpAddr) {
+        let Some(g) = group(ip) else {
+            eprintln!("skipped: no {ip} on this machine");
+            return;
+        };
+        let addr = g.0.local_addr().unwrap();
+        for to in [0, 1] {
+            attach(g.0.as_fd(), &program(&Route { to, probe: None })).unwrap();
+            for _ in 0..20 {
+                let c = connect_from(SocketAddr::new(ip, 0), addr);
+                assert_eq!(landed(&g, &c), to as usize, "ret {to}");
+            }
+        }
+        // The probe's exact source goes to the candidate; all else to `to`.
+        for (to, cand) in [(0, 1), (1, 0)] {
+            let probe = socket2_like(SocketAddr::new(ip, 0));
+            let from = probe.local();
+            let route = Route { to, probe: Some((from, cand)) };
+            attach(g.1.as_fd(), &program(&route)).unwrap();
+            let c = probe.connect(addr).unwrap();
+            assert_eq!(landed(&g, &c), cand as usize, "the probe");
+            for _ in 0..20 {
+                let c = connect_from(SocketAddr::new(ip, 0), addr);
+                assert_eq!(landed(&g, &c), to as usize, "a client");
+            }
+        }
+    }
+
+    #[test]
+    fn the_program_steers_ipv4_connections_and_the_probe() {
+        check_family(IpAddr::from([127, 0, 0, 1]));
+    }
+
+    #[test]
+    fn the_program_steers_ipv6_connections_and_the_probe() {
+        check_family(IpAddr::from(std::net::Ipv6Addr::LOCALHOST));
+    }
+
+    #[test]
+    fn a_probe_from_another_address_or_port_is_a_client() {
+        let route = Route {
+            to: 0,
+            probe: Some(("127.0.0.1:4000".parse().unwrap(), 1)),
+        };
+        let p = program(&route);
+        assert!(p.len() <= 21, "{}", p.len());
+        // Every conditional jump lands on the default route, the last instruction.
+        for (i, ins) in p.iter().enumerate() {
+            if ins.code == (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16 {
+                assert_eq!(i + 1 + ins.jf as usize, p.len() - 1);
+            }
+        }
+        assert_eq!(p.last().unwrap().k, 0);
+        assert_eq!(p[p.len() - 2].k, 1);
+    }
+}
