@@ -55,8 +55,8 @@ pub mod protocol;
 mod reaper;
 pub mod spawn;
 mod stage;
-mod steer;
 mod state;
+mod steer;
 pub mod systemd;
 mod watch;
 

@@ -124,7 +124,12 @@ pub fn stage(
             return Err(StageError::Aborted);
         }
         swap_into_place(&staging, &color_dir(root, color))?;
-        fsync_dir(root)?;
+        // The new build is in place now, whatever happens next: an error
+        // from here on must not make the caller think the color still
+        // holds its old build.
+        if let Err(e) = fsync_dir(root) {
+            tracing::warn!("cannot fsync {} after staging: {e}", root.display());
+        }
         Ok(copy.copied)
     })();
     if result.is_ok() {

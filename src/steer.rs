@@ -63,7 +63,10 @@ pub fn program(route: &Route) -> Vec<sock_filter> {
             let o = ip.octets();
             for (i, w) in o.chunks(4).enumerate() {
                 let word = u32::from_be_bytes([w[0], w[1], w[2], w[3]]);
-                p.push(stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, net + 8 + 4 * i as u32));
+                p.push(stmt(
+                    libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+                    net + 8 + 4 * i as u32,
+                ));
                 p.push(jeq_else_skip(word, 0));
             }
             p.push(stmt(libc::BPF_LD | libc::BPF_H | libc::BPF_ABS, net + 40));
@@ -145,7 +148,11 @@ mod tests {
     }
 
     fn reuseport_listener(addr: SocketAddr) -> Option<TcpListener> {
-        let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+        let family = if addr.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
         // SAFETY: plain socket(2); the fd is owned right away.
         let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
@@ -155,8 +162,12 @@ mod tests {
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReusePort, &true).ok()?;
         let bound = match addr {
-            SocketAddr::V4(a) => nix::sys::socket::bind(fd.as_raw_fd(), &nix::sys::socket::SockaddrIn::from(a)),
-            SocketAddr::V6(a) => nix::sys::socket::bind(fd.as_raw_fd(), &nix::sys::socket::SockaddrIn6::from(a)),
+            SocketAddr::V4(a) => {
+                nix::sys::socket::bind(fd.as_raw_fd(), &nix::sys::socket::SockaddrIn::from(a))
+            }
+            SocketAddr::V6(a) => {
+                nix::sys::socket::bind(fd.as_raw_fd(), &nix::sys::socket::SockaddrIn6::from(a))
+            }
         };
         bound.ok()?;
         nix::sys::socket::listen(&fd, nix::sys::socket::Backlog::new(64).ok()?).ok()?;
@@ -191,14 +202,21 @@ mod tests {
     impl Bound {
         fn connect(self, to: SocketAddr) -> std::io::Result<TcpStream> {
             let r = match to {
-                SocketAddr::V4(a) => nix::sys::socket::connect(self.0.as_raw_fd(), &nix::sys::socket::SockaddrIn::from(a)),
-                SocketAddr::V6(a) => nix::sys::socket::connect(self.0.as_raw_fd(), &nix::sys::socket::SockaddrIn6::from(a)),
+                SocketAddr::V4(a) => nix::sys::socket::connect(
+                    self.0.as_raw_fd(),
+                    &nix::sys::socket::SockaddrIn::from(a),
+                ),
+                SocketAddr::V6(a) => nix::sys::socket::connect(
+                    self.0.as_raw_fd(),
+                    &nix::sys::socket::SockaddrIn6::from(a),
+                ),
             };
             r?;
             Ok(TcpStream::from(self.0))
         }
         fn local(&self) -> SocketAddr {
-            let a: nix::sys::socket::SockaddrStorage = nix::sys::socket::getsockname(self.0.as_raw_fd()).unwrap();
+            let a: nix::sys::socket::SockaddrStorage =
+                nix::sys::socket::getsockname(self.0.as_raw_fd()).unwrap();
             if let Some(a) = a.as_sockaddr_in() {
                 SocketAddr::V4((*a).into())
             } else {
@@ -208,12 +226,26 @@ mod tests {
     }
 
     fn socket2_like(from: SocketAddr) -> Bound {
-        let family = if from.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+        let family = if from.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
         // SAFETY: plain socket(2); the fd is owned right away.
-        let fd = unsafe { OwnedFd::from_raw_fd(libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)) };
+        let fd = unsafe {
+            OwnedFd::from_raw_fd(libc::socket(
+                family,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                0,
+            ))
+        };
         match from {
-            SocketAddr::V4(a) => nix::sys::socket::bind(fd.as_raw_fd(), &nix::sys::socket::SockaddrIn::from(a)),
-            SocketAddr::V6(a) => nix::sys::socket::bind(fd.as_raw_fd(), &nix::sys::socket::SockaddrIn6::from(a)),
+            SocketAddr::V4(a) => {
+                nix::sys::socket::bind(fd.as_raw_fd(), &nix::sys::socket::SockaddrIn::from(a))
+            }
+            SocketAddr::V6(a) => {
+                nix::sys::socket::bind(fd.as_raw_fd(), &nix::sys::socket::SockaddrIn6::from(a))
+            }
         }
         .unwrap();
         Bound(fd)
@@ -236,7 +268,10 @@ mod tests {
         for (to, cand) in [(0, 1), (1, 0)] {
             let probe = socket2_like(SocketAddr::new(ip, 0));
             let from = probe.local();
-            let route = Route { to, probe: Some((from, cand)) };
+            let route = Route {
+                to,
+                probe: Some((from, cand)),
+            };
             attach(g.1.as_fd(), &program(&route)).unwrap();
             let c = probe.connect(addr).unwrap();
             assert_eq!(landed(&g, &c), cand as usize, "the probe");

@@ -10,9 +10,10 @@ use nix::sys::signal::{killpg, Signal};
 use super::{now, sink, Daemon, Event, Task};
 use crate::auto::Auto;
 use crate::color::Color;
-use crate::deploy::{Effect, Ended, Input, Kind, Launch, Level, Trigger};
+use crate::deploy::{Effect, Ended, Failed, Input, Kind, Launch, Level, Trigger};
 use crate::process::AppProcess;
 use crate::protocol::Reply;
+use crate::protocol::{Failure, FailureKind};
 use crate::state::{self, State};
 use crate::{history, prepare};
 
@@ -23,7 +24,11 @@ impl Daemon {
         let mut queue = VecDeque::from(self.core.handle(now(), input));
         while let Some(effect) = queue.pop_front() {
             if let Some(input) = self.carry_out(effect) {
-                queue.extend(self.core.handle(now(), input));
+                // What follows from a commit's outcome comes before
+                // anything else still queued.
+                for e in self.core.handle(now(), input).into_iter().rev() {
+                    queue.push_front(e);
+                }
             }
         }
     }
@@ -88,16 +93,35 @@ impl Daemon {
         let task = launch.task;
         let cancel = Arc::new(AtomicBool::new(false));
         let events = sink(&self.events, Event::Prepare);
-        let run = prepare::run(self.ctx.clone(), launch, cancel.clone(), events);
+        let run = prepare::run(self.ctx.clone(), launch, cancel.clone(), events.clone());
         let handle = tokio::spawn(run);
-        self.tasks.insert(task, Task { handle, cancel });
+        let abort = handle.abort_handle();
+        // A task that panics sends no report: say it failed, so the release
+        // (or restart) does not wait for it forever.
+        tokio::spawn(async move {
+            if let Err(e) = handle.await {
+                if e.is_panic() {
+                    let failure = Failure::new(
+                        FailureKind::Internal,
+                        None,
+                        "bgd's release task failed unexpectedly (a bug: see bgd's log); the old color stays live",
+                    );
+                    let result = Err(Failed {
+                        failure,
+                        exit: None,
+                    });
+                    events(prepare::Message::Prepared { task, result });
+                }
+            }
+        });
+        self.tasks.insert(task, Task { abort, cancel });
     }
 
     fn abort(&mut self, task: u64) {
         if let Some(t) = self.tasks.remove(&task) {
             t.cancel.store(true, Ordering::Relaxed);
             // Dropping the task's process kills its group.
-            t.handle.abort();
+            t.abort.abort();
         }
     }
 
@@ -173,6 +197,7 @@ impl Daemon {
         if let Some(a) = &mut self.auto {
             tell_auto(a, &record, &trigger, failure.as_ref());
         }
+        self.auto_due = true;
         let root = self.ctx.config.fixed.root.clone();
         tokio::task::spawn_blocking(move || {
             if let Err(e) = history::append(&root, record) {

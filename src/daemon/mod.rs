@@ -175,7 +175,7 @@ impl Process for AppProcess {
 /// A running release, rollback or restart task.
 struct Task {
     /// Aborting it drops its process, which kills the process's group.
-    handle: JoinHandle<()>,
+    abort: tokio::task::AbortHandle,
     /// Set to stop staging before it swaps anything into place.
     cancel: Arc<AtomicBool>,
 }
@@ -196,6 +196,8 @@ struct Daemon {
     watcher: Option<JoinHandle<()>>,
     /// The outcome of the last release, rollback or reload, for status.
     last_result: Option<String>,
+    /// A release ended: auto-release may have a tree to release now.
+    auto_due: bool,
     /// The last STATUS= line sent to systemd.
     status_line: String,
 }
@@ -212,6 +214,7 @@ impl Daemon {
             auto: None,
             watcher: None,
             last_result: None,
+            auto_due: false,
             status_line: String::new(),
         }
     }
@@ -243,7 +246,9 @@ impl Daemon {
                 Event::Reload => self.on_reload(),
                 Event::Tick => self.on_tick(),
             }
-            self.auto_check();
+            if std::mem::take(&mut self.auto_due) {
+                self.auto_check();
+            }
             self.publish_status();
             if self.core.finished() {
                 return;

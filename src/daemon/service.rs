@@ -117,5 +117,6 @@ impl Daemon {
         };
         tracing::info!("config reloaded: the next start of a color uses it{note}");
         self.last_result = Some(format!("{} config reloaded{note}", crate::now_rfc3339()));
+        self.auto_check();
     }
 }

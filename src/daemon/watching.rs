@@ -33,6 +33,7 @@ impl Daemon {
         if let Some(a) = &mut self.auto {
             a.settled(settled.fingerprint, settled.generation);
         }
+        self.auto_check();
     }
 
     pub(super) fn on_watch_request(&mut self, pause: bool, reply: Responder) {
@@ -61,7 +62,8 @@ impl Daemon {
     }
 
     /// Releases the watched tree if the watcher says it settled and it is
-    /// neither live already nor held back. Runs after every event.
+    /// neither live already nor held back. Runs when the tree settles, when
+    /// a release ends, on reload and when auto-release is resumed.
     pub(super) fn auto_check(&mut self) {
         let live_fp = self.live_fingerprint();
         let busy = self.core.busy();

@@ -299,9 +299,10 @@ impl<P: Process> Core<P> {
         self.shutdown
     }
 
-    /// A release runs or bgd is stopping: nothing new may begin.
+    /// Nothing new may begin now: a release runs, bgd is stopping, or the
+    /// dormant color still drains (see [`admissible`](Self::admissible)).
     pub fn busy(&self) -> bool {
-        self.release.is_some() || self.shutdown != Shutdown::Running
+        self.admissible().is_err()
     }
 
     /// READY=1 was sent: the live color (if any) came up or failed to.

@@ -51,7 +51,7 @@ impl<P: Process> Core<P> {
         };
         if let Some(r) = self.release.take_if(ours) {
             return match result {
-                Ok((process, timings)) => self.commit_swap(now, r, process, timings),
+                Ok((process, timings)) => self.commit_swap(r, process, timings),
                 Err(failed) => self.fail(now, r, failed.failure, failed.exit),
             };
         }
@@ -72,8 +72,7 @@ impl<P: Process> Core<P> {
     }
 
     /// The new color is ready: write it down as live before anything else.
-    fn commit_swap(&mut self, now: Now, mut r: Release<P>, process: P, timings: Timings) {
-        r.reach(Step::Swap, now.mono);
+    fn commit_swap(&mut self, mut r: Release<P>, process: P, timings: Timings) {
         let before = self.state.clone();
         self.state.live = Some(r.color);
         if let Some(mut b) = self.state.build(r.color).cloned() {
@@ -123,6 +122,12 @@ impl<P: Process> Core<P> {
         self.emit(Effect::Drain { color, process });
         let m = format!("cannot record the new live color: {e}; the old color stays live");
         let f = Failure::new(FailureKind::Internal, Some(Step::Swap), m);
+        // The new build is in the color's directory: `fail` must keep its
+        // record, not put back the one this release replaced.
+        let r = Release {
+            phase: ReleasePhase::Preparing { staged: true },
+            ..r
+        };
         self.fail(now, r, f, None);
     }
 
@@ -264,7 +269,9 @@ impl<P: Process> Core<P> {
         let slot = self.slot_mut(r.color);
         if matches!(slot.phase, ColorPhase::Starting) {
             slot.enter(ColorPhase::Stopped, now.wall);
-            slot.last_exit = exit;
+            if exit.is_some() {
+                slot.last_exit = exit;
+            }
         }
         if let Some(live) = self.state.live {
             self.log(Level::Info, format!("{live} stays live"));
