@@ -60,6 +60,24 @@ pub struct Fixed {
     pub control_group: Option<nix::unistd::Gid>,
     /// `[[listen]]`, in the file's order.
     pub listen: Vec<ListenConfig>,
+    /// `traffic.mode`: how new connections reach the colors.
+    pub traffic: TrafficMode,
+}
+
+/// `[traffic] mode`: how new connections reach the colors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrafficMode {
+    /// `"gate"` (the default): each color has its own listening socket, and
+    /// the kernel steers each new connection to the color that is live, so
+    /// a color receives public connections only once it is ready
+    /// (issue 11). TCP: one `SO_REUSEPORT` group per address, steered by a
+    /// classic BPF program; Unix: one socket file per color, renamed over
+    /// the public path at the swap.
+    Gate,
+    /// `"shared"`: both colors accept from one socket; the new color takes
+    /// public connections as soon as it calls `accept()`, before it is
+    /// ready. For kernels or setups where the gate cannot be built.
+    Shared,
 }
 
 impl Fixed {
@@ -84,6 +102,7 @@ impl Fixed {
             (self.root != new.root, "root"),
             (control_changed, "control"),
             (self.name != new.name, "name"),
+            (self.traffic != new.traffic, "traffic.mode"),
         ]
         .into_iter()
         .filter_map(|(changed, key)| changed.then_some(key))
@@ -139,6 +158,13 @@ pub struct AppConfig {
     /// How long a stopping color may drain before SIGKILL; zero is allowed,
     /// with a warning in [`Config::warnings`].
     pub drain_timeout: Duration,
+    /// `app.drain_delay`, gate mode only: after the swap, the longest bgd
+    /// waits for the old color's accept queue to empty and its connections
+    /// to end on their own (clients close idle keep-alive connections;
+    /// servers end one after N requests) before it sends the stop signal.
+    /// Many servers drop idle keep-alive connections at their stop signal,
+    /// and a client that just sent a request on one sees it reset.
+    pub drain_delay: Duration,
     /// Run the app as this user (`app.user`, `app.group`); `None` keeps bgd's.
     pub identity: Option<Identity>,
 }
@@ -224,6 +250,7 @@ impl Config {
             None if control_group.is_some() => 0o660,
             None => 0o600,
         };
+        let traffic = traffic(&src, raw.traffic.unwrap_or_default())?;
         let mut warnings = Vec::new();
         let app = app(&src, raw.app, identity, &mut warnings);
         Ok(Config {
@@ -235,6 +262,7 @@ impl Config {
                 control_mode,
                 control_group,
                 listen,
+                traffic,
             },
             app,
             health,
@@ -485,7 +513,26 @@ fn app(
         env: raw.env,
         stop_signal: raw.stop_signal.map(|s| s.0).unwrap_or(Signal::SIGTERM),
         drain_timeout,
+        drain_delay: raw.drain_delay.map_or(DEFAULT_DRAIN_DELAY, |d| d.0),
         identity,
+    }
+}
+
+/// `app.drain_delay` when the config does not say.
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(5);
+
+/// `[traffic]`.
+fn traffic(src: &Source, t: RawTraffic) -> Result<TrafficMode, ConfigError> {
+    match t.mode {
+        None => Ok(TrafficMode::Gate),
+        Some(m) => match m.get_ref().as_str() {
+            "gate" => Ok(TrafficMode::Gate),
+            "shared" => Ok(TrafficMode::Shared),
+            other => Err(src.fail(
+                m.span(),
+                format!("traffic.mode {other:?} is not known: write \"gate\" (each color its own socket, steered by the kernel) or \"shared\" (one socket for both colors)"),
+            )),
+        },
     }
 }
 
@@ -682,6 +729,13 @@ struct Raw {
     shared: Option<Spanned<Vec<String>>>,
     stage: Option<Spanned<String>>,
     hooks: Option<RawHooks>,
+    traffic: Option<RawTraffic>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTraffic {
+    mode: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -724,6 +778,7 @@ struct RawApp {
     env: BTreeMap<String, String>,
     stop_signal: Option<SignalName>,
     drain_timeout: Option<Spanned<HumanDuration>>,
+    drain_delay: Option<HumanDuration>,
 }
 
 #[derive(Deserialize)]

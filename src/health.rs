@@ -1,9 +1,11 @@
 //! Readiness: is the color that was just started ready to take traffic?
 //!
-//! Both colors accept on the same sockets, so a probe of the public address
-//! could be answered by the old color. Each check therefore reaches the new
-//! color alone: an HTTP GET through its private probe socket, `READY=1` on a
-//! NOTIFY_SOCKET only it was given, or a command run in its directory.
+//! Each check reaches the new color alone: an HTTP GET through the address
+//! clients use, routed to the new color by its source (gate mode; see
+//! `Listeners::route_probe`) or through the color's private probe socket
+//! (shared mode, where both colors accept from the public socket),
+//! `READY=1` on a NOTIFY_SOCKET only it was given, or a command run in its
+//! directory.
 //! The color is ready when every configured check has passed; the caller
 //! bounds the whole wait with `health.timeout`.
 
@@ -12,10 +14,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream, UnixStream};
 
+use crate::color::Color;
+use crate::listen::ProbeTarget;
 use crate::process::AppProcess;
 use crate::spawn;
 use crate::Ctx;
@@ -31,8 +35,14 @@ pub async fn wait_ready(
     last: &Mutex<String>,
 ) -> anyhow::Result<()> {
     let h = &ctx.config.health;
-    if let (Some(path), Some(addr)) = (&h.http, app.probe_addr) {
-        wait_http(addr, path, last).await;
+    if let Some(path) = &h.http {
+        match (ctx.listeners.probe_target(app.color), app.probe_addr) {
+            (Some(target), _) => wait_http(ctx, &target, app.color, path, last).await,
+            (None, Some(addr)) => {
+                wait_http(ctx, &ProbeTarget::Own(addr), app.color, path, last).await
+            }
+            (None, None) => bail!("health.http: bgd has no way to reach {}", app.color),
+        }
     }
     if let Some(n) = &app.notify {
         note(last, "no READY=1 on NOTIFY_SOCKET yet".into());
@@ -49,29 +59,70 @@ fn note(last: &Mutex<String>, what: String) {
     *last.lock().expect("never held across a panic") = what;
 }
 
-/// GETs `path` until it answers 2xx. The probe socket listens from before the
-/// app starts, so the first request simply waits in its queue until the app
-/// accepts: no polling while the app boots. Non-2xx answers and resets are
-/// retried with a short backoff.
-async fn wait_http(addr: SocketAddr, path: &str, last: &Mutex<String>) {
+/// How long one probe waits for a connection and a status line.
+const ATTEMPT: Duration = Duration::from_secs(2);
+
+/// GETs `path` until it answers 2xx: through the address clients use (gate
+/// mode), or through the color's private probe socket (shared mode). The
+/// first request may wait in the color's queue until the app accepts: no
+/// polling while the app boots. Non-2xx answers, resets and attempts with
+/// no answer within [`ATTEMPT`] are retried with a short backoff; `last`
+/// says what the last one saw.
+async fn wait_http(ctx: &Ctx, via: &ProbeTarget, color: Color, path: &str, last: &Mutex<String>) {
     let mut backoff = Duration::from_millis(10);
     loop {
-        match http_get_status(addr, path).await {
-            Ok(code) if (200..300).contains(&code) => return,
-            Ok(code) => note(last, format!("GET {path} answered {code}")),
-            Err(e) => note(last, format!("GET {path} failed: {e}")),
+        let attempt = tokio::time::timeout(ATTEMPT, probe_once(ctx, via, color, path));
+        match attempt.await {
+            Ok(Ok(code)) if (200..300).contains(&code) => return,
+            Ok(Ok(code)) => note(last, format!("GET {path} answered {code}")),
+            Ok(Err(e)) => note(last, format!("GET {path} failed: {e}")),
+            Err(_) => note(
+                last,
+                format!("GET {path} got no answer within {} s", ATTEMPT.as_secs()),
+            ),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_millis(500));
     }
 }
 
-/// One `GET` over a new connection; returns the status code.
-pub async fn http_get_status(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
-    let mut s = TcpStream::connect(addr).await?;
-    s.set_nodelay(true)?;
+/// One `GET` over a new connection to `color`; returns the status code.
+async fn probe_once(
+    ctx: &Ctx,
+    via: &ProbeTarget,
+    color: Color,
+    path: &str,
+) -> std::io::Result<u16> {
+    match via {
+        ProbeTarget::Tcp { to, from } => {
+            let socket = if from.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            socket.bind(SocketAddr::new(*from, 0))?;
+            // Only this connection (by its exact source) goes to `color`.
+            ctx.listeners.route_probe(socket.local_addr()?, color)?;
+            let s = socket.connect(*to).await?;
+            s.set_nodelay(true)?;
+            http_get(s, &to.to_string(), path).await
+        }
+        ProbeTarget::Unix(p) => http_get(UnixStream::connect(p).await?, "localhost", path).await,
+        ProbeTarget::Own(addr) => {
+            let s = TcpStream::connect(addr).await?;
+            s.set_nodelay(true)?;
+            http_get(s, &addr.to_string(), path).await
+        }
+    }
+}
+
+/// `GET path` on `s`; returns the status code.
+async fn http_get<S>(mut s: S, host: &str, path: &str) -> std::io::Result<u16>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: bgd-probe\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: bgd-probe\r\nConnection: close\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await?;
     // Only the status line matters: "HTTP/1.1 200 OK".

@@ -37,9 +37,11 @@
 mod auto;
 pub mod color;
 pub mod config;
+mod conns;
 mod control;
 pub mod daemon;
 mod deploy;
+mod drain;
 mod fingerprint;
 mod health;
 pub mod history;

@@ -90,7 +90,7 @@ async fn prepare(
         format!("starting {} (release {})", plan.color, plan.release),
     );
     let t = Instant::now();
-    ctx.listeners.ensure_listening().map_err(|e| {
+    ctx.listeners.ensure_listening(plan.color).map_err(|e| {
         let m = format!("cannot listen on the app's sockets: {e}");
         failed(FailureKind::Internal, Step::Start, m)
     })?;
@@ -104,20 +104,44 @@ async fn prepare(
     );
     let t = Instant::now();
     let outcome = wait_ready(ctx, plan, &app, &dir).await;
+    ctx.listeners.clear_probe();
     timings.ready_ms = t.elapsed().as_millis() as u64;
     match outcome {
         Ok(()) => Ok((app, timings)),
         Err(message) => {
+            let message = message + &own_listeners(ctx, &app);
             // It may have accepted live connections from the shared socket:
             // let it finish them with its stop signal, briefly, then SIGKILL.
             let grace = ctx.config.app.drain_timeout.min(FAILED_GRACE);
-            let exit = app.stop(ctx.config.app.stop_signal, grace).await;
+            let (exit, _) = app.stop(ctx.config.app.stop_signal, grace).await;
             let mut f = failed(FailureKind::App, Step::WaitReady, message);
             f.failure.log_tail = app.log_tail().await;
             f.exit = Some(exit);
             Err(f)
         }
     }
+}
+
+/// When `app`'s processes listen on a TCP socket that is not one of bgd's,
+/// the app ignored the sockets it inherited: says so, and what usually
+/// causes it. Empty otherwise.
+fn own_listeners(ctx: &Ctx, app: &AppProcess) -> String {
+    let Ok(table) = crate::conns::tcp_table() else {
+        return String::new();
+    };
+    let group = crate::conns::group_socket_inodes(app.pid.as_raw()).unwrap_or_default();
+    let found = crate::conns::foreign_listeners(&table, &group, &ctx.listeners.inodes());
+    if found.is_empty() {
+        return String::new();
+    }
+    let addrs: Vec<String> = found.iter().map(|a| a.to_string()).collect();
+    format!(
+        "; {} listens on {} itself, which is not one of bgd's sockets: the app ignored the sockets it was given (LISTEN_FDS). \
+         LISTEN_PID names the pid bgd started, so a wrapper that starts the server without `exec` (or a shim that forks) hides them: \
+         use `exec` in the wrapper, or make the server read LISTEN_FDS",
+        app.color,
+        addrs.join(", ")
+    )
 }
 
 /// Validates and copies `source` into the color; returns how long the copy

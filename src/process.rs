@@ -73,7 +73,9 @@ impl AppProcess {
         let mut fds = ctx.listeners.fds_for(color);
         let mut env = color_env(ctx, color, release);
 
-        let probe = if cfg.health.http.is_some() {
+        // Shared mode only: in gate mode the probe reaches the color
+        // through the public address (see `Listeners::probe_target`).
+        let probe = if cfg.health.http.is_some() && ctx.listeners.probe_target(color).is_none() {
             let l = std::net::TcpListener::bind("127.0.0.1:0")
                 .context("cannot bind the probe socket on 127.0.0.1")?;
             let addr = l.local_addr()?;
@@ -205,18 +207,21 @@ impl AppProcess {
 
     /// Graceful stop: `sig` to the group, then SIGKILL to the group if any
     /// process of it is left after `deadline`. Returns once the whole group is
-    /// gone and reaped, with the leader's exit status.
-    pub async fn stop(&self, sig: Signal, deadline: Duration) -> Exit {
+    /// gone and reaped, with the leader's exit status and whether SIGKILL
+    /// was needed.
+    pub async fn stop(&self, sig: Signal, deadline: Duration) -> (Exit, bool) {
         self.signal(sig);
         let until = tokio::time::Instant::now() + deadline;
+        let mut killed = false;
         if tokio::time::timeout_at(until, self.wait_group_gone())
             .await
             .is_err()
         {
             tracing::warn!(color = %self.color, pid = self.pid.as_raw(), "still running {deadline:?} after {sig}: sending SIGKILL to its process group");
             self.kill().await;
+            killed = true;
         }
-        self.exited().await
+        (self.exited().await, killed)
     }
 
     /// SIGKILL to the group; returns once it is gone.

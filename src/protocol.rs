@@ -218,6 +218,12 @@ pub struct Status {
     pub last_result: Option<String>,
     /// The app's sockets as bound (a configured port 0 shows the real port).
     pub listen: Vec<ListenStatus>,
+    /// `gate` or `shared` (`traffic.mode`).
+    #[serde(default)]
+    pub traffic: String,
+    /// Gate mode: the color new connections go to (`None` before any).
+    #[serde(default)]
+    pub receiving: Option<Color>,
     /// Auto-release, when `[watch]` is configured.
     pub watch: Option<WatchStatus>,
 }

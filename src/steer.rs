@@ -21,7 +21,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use libc::sock_filter;
 
@@ -108,6 +108,39 @@ pub fn attach(fd: BorrowedFd<'_>, program: &[sock_filter]) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Checks once, at start-up, that this kernel lets bgd steer: two
+/// throwaway sockets on 127.0.0.1 in one `SO_REUSEPORT` group take a
+/// program. The error says what to change.
+pub fn check_kernel() -> anyhow::Result<()> {
+    use nix::sys::socket::{bind, listen, setsockopt, socket, sockopt};
+    use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, SockaddrIn};
+    let test = || -> io::Result<()> {
+        let mut port = 0;
+        let mut keep = Vec::new();
+        for _ in 0..2 {
+            let fd = socket(
+                AddressFamily::Inet,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )?;
+            setsockopt(&fd, sockopt::ReusePort, &true)?;
+            bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, port))?;
+            let bound: SockaddrIn = nix::sys::socket::getsockname(fd.as_raw_fd())?;
+            port = bound.port();
+            listen(&fd, Backlog::new(1).map_err(io::Error::from)?)?;
+            keep.push(fd);
+        }
+        attach(keep[0].as_fd(), &program(&Route { to: 1, probe: None }))
+    };
+    test().map_err(|e| {
+        anyhow::anyhow!(
+            "this kernel refuses the traffic gate's steering program (SO_REUSEPORT with SO_ATTACH_REUSEPORT_CBPF, Linux 4.5+): {e}; \
+             set traffic.mode = \"shared\" in the config to run with one socket shared by both colors"
+        )
+    })
 }
 
 fn stmt(code: u32, k: u32) -> sock_filter {

@@ -10,12 +10,13 @@ use nix::sys::signal::{killpg, Signal};
 use super::{now, sink, Daemon, Event, Task};
 use crate::auto::Auto;
 use crate::color::Color;
+use crate::config::TrafficMode;
 use crate::deploy::{Effect, Ended, Failed, Input, Kind, Launch, Level, Trigger};
 use crate::process::AppProcess;
 use crate::protocol::Reply;
 use crate::protocol::{Failure, FailureKind};
 use crate::state::{self, State};
-use crate::{history, prepare};
+use crate::{drain, history, prepare};
 
 impl Daemon {
     /// Hands `input` to the core and carries out what it decides, including
@@ -39,6 +40,11 @@ impl Daemon {
             Effect::Save(state) => self.save(&state),
             Effect::Commit(state) => return Some(Input::Committed(self.commit(&state))),
             Effect::PointLive(color) => self.point_live(color),
+            Effect::Steer(color) => {
+                if let Err(e) = self.ctx.listeners.steer(color) {
+                    tracing::error!("cannot steer new connections to {color}: {e}");
+                }
+            }
             Effect::Launch(launch) => self.launch(launch),
             Effect::Abort(task) => self.abort(task),
             Effect::Drain { color, process } => self.drain(color, process),
@@ -125,20 +131,28 @@ impl Daemon {
         }
     }
 
-    /// Stops `proc` with its stop signal and deadline, then reports it.
+    /// Stops `proc` (after a quiesce, in gate mode, if it no longer
+    /// receives connections), then reports it.
     fn drain(&self, color: Color, proc: AppProcess) {
-        let (sig, deadline) = (
-            self.ctx.config.app.stop_signal,
-            self.ctx.config.app.drain_timeout,
-        );
+        let ctx = self.ctx.clone();
+        let quiet = ctx.config.fixed.traffic == TrafficMode::Gate
+            && ctx.listeners.receiving() != Some(color);
         let events = self.events.clone();
         tokio::spawn(async move {
+            let app = &ctx.config.app;
+            let (sig, delay, deadline) = (app.stop_signal, app.drain_delay, app.drain_timeout);
             let pid = proc.pid;
-            let exit = proc.stop(sig, deadline).await;
+            let stopped =
+                drain::stop(ctx.listeners.clone(), &proc, quiet, delay, sig, deadline).await;
             // Dropped before the event, so its pgid record is gone before
             // the daemon can start this color again.
             drop(proc);
-            let _ = events.send(Event::Drained { color, pid, exit });
+            let _ = events.send(Event::Drained {
+                color,
+                pid,
+                exit: stopped.exit,
+                forced: stopped.forced,
+            });
         });
     }
 

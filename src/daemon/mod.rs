@@ -47,8 +47,14 @@ pub(crate) enum Event {
     Prepare(prepare::Message),
     /// The watched build directory was quiet for `settle`.
     Watch(watch::Settled),
-    /// A drain stopped the process `pid` of `color`.
-    Drained { color: Color, pid: Pid, exit: Exit },
+    /// A drain stopped the process `pid` of `color`; `forced`: it was
+    /// killed at the drain deadline (that long).
+    Drained {
+        color: Color,
+        pid: Pid,
+        exit: Exit,
+        forced: Option<Duration>,
+    },
     /// A color's leader exited; `tail` is its last output.
     Exited {
         color: Color,
@@ -77,7 +83,12 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
     state::kill_leftover_groups(&root);
     stage::remove_leftovers(&root).with_context(|| format!("cannot clean {}", root.display()))?;
     let state = State::load(&root)?;
-    let listeners = Arc::new(Listeners::adopt_or_bind(&config.fixed.listen, inherited)?);
+    let fixed = &config.fixed;
+    let listeners = Arc::new(Listeners::adopt_or_bind(
+        &fixed.listen,
+        fixed.traffic,
+        inherited,
+    )?);
     listeners.store_in_systemd();
     let reaper = Reaper::start().context("cannot start reaping child processes")?;
     let (tx, rx) = mpsc::unbounded_channel();
@@ -225,9 +236,12 @@ impl Daemon {
                 Event::Control(cmd) => self.on_command(cmd),
                 Event::Prepare(msg) => self.on_task_message(msg),
                 Event::Watch(settled) => self.on_watch_settled(settled),
-                Event::Drained { color, pid, exit } => {
-                    self.feed(Input::Drained { color, pid, exit })
-                }
+                Event::Drained {
+                    color,
+                    pid,
+                    exit,
+                    forced,
+                } => self.on_drained(color, pid, exit, forced),
                 Event::Exited {
                     color,
                     pid,
@@ -279,6 +293,19 @@ impl Daemon {
                 lines,
                 follow,
             } => self.stream_logs(color, lines, follow, reply),
+        }
+    }
+
+    fn on_drained(&mut self, color: Color, pid: Pid, exit: Exit, forced: Option<Duration>) {
+        self.feed(Input::Drained {
+            color,
+            pid,
+            exit,
+            forced,
+        });
+        // An app may unlink its socket path when it stops.
+        for m in self.ctx.listeners.keep_public_paths() {
+            tracing::warn!("{m}");
         }
     }
 

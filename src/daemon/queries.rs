@@ -2,6 +2,7 @@
 
 use crate::auto::Decision;
 use crate::color::Color;
+use crate::config::TrafficMode;
 use crate::control::Responder;
 use crate::deploy::Trigger;
 use crate::history;
@@ -87,6 +88,11 @@ impl Daemon {
             green: core.color_status(Color::Green),
             last_result: self.last_result.clone(),
             listen: self.ctx.listeners.addresses(),
+            traffic: match self.ctx.config.fixed.traffic {
+                TrafficMode::Gate => "gate".into(),
+                TrafficMode::Shared => "shared".into(),
+            },
+            receiving: self.ctx.listeners.receiving(),
             watch: self.auto.as_ref().map(|a| {
                 let running = core
                     .release()

@@ -132,8 +132,15 @@ pub enum Input<P> {
     },
     /// The outcome of the last [`Effect::Commit`]: `Err` says what failed.
     Committed(Result<(), String>),
-    /// A drain ([`Effect::Drain`]) stopped the process `pid` of `color`.
-    Drained { color: Color, pid: Pid, exit: Exit },
+    /// A drain ([`Effect::Drain`]) stopped the process `pid` of `color`;
+    /// `forced`: it was still running at the drain deadline (that long)
+    /// and was killed, cutting requests in flight.
+    Drained {
+        color: Color,
+        pid: Pid,
+        exit: Exit,
+        forced: Option<Duration>,
+    },
     /// A process bgd did not ask to stop exited; `tail` is its last output.
     Exited {
         color: Color,
@@ -175,6 +182,9 @@ pub enum Effect<P> {
     Commit(State),
     /// Point `root/live` at this color.
     PointLive(Color),
+    /// New public connections go to this color from now on (it just became
+    /// live); the other color's socket gets none.
+    Steer(Color),
     /// Start a task that stages (if asked), starts and waits for readiness.
     Launch(Launch),
     /// Stop a task: staging stops before it swaps anything in, and the
@@ -265,7 +275,12 @@ impl<P: Process> Core<P> {
             Input::Staged { task, build } => self.on_staged(task, build),
             Input::Prepared { task, result } => self.on_prepared(now, task, result),
             Input::Committed(result) => self.on_committed(now, result),
-            Input::Drained { color, pid, exit } => self.on_drained(now, color, pid, exit),
+            Input::Drained {
+                color,
+                pid,
+                exit,
+                forced,
+            } => self.on_drained(now, color, pid, exit, forced),
             Input::Exited {
                 color,
                 pid,

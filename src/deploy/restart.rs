@@ -132,6 +132,7 @@ impl<P: Process> Core<P> {
         }
         let pid = process.pid();
         self.log(Level::Info, format!("{color} (pid {pid}) is serving again"));
+        self.emit(Effect::Steer(color));
         self.slot_mut(color)
             .enter(ColorPhase::Live { process }, now.wall);
         self.ready();

@@ -2,7 +2,7 @@
 //! the swap (committed before anything else changes), the old color's
 //! drain, success or failure.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
@@ -135,6 +135,7 @@ impl<P: Process> Core<P> {
     fn on_swapped(&mut self, now: Now, r: Release<P>, process: P, timings: Timings) {
         let (id, new) = (r.id, r.color);
         self.emit(Effect::PointLive(new));
+        self.emit(Effect::Steer(new));
         let slot = self.slot_mut(new);
         slot.restarts = 0;
         slot.streak = 0;
@@ -180,8 +181,23 @@ impl<P: Process> Core<P> {
         self.finish(now, r, timings, None, None);
     }
 
-    pub(super) fn on_drained(&mut self, now: Now, color: Color, pid: Pid, exit: Exit) {
+    pub(super) fn on_drained(
+        &mut self,
+        now: Now,
+        color: Color,
+        pid: Pid,
+        exit: Exit,
+        forced: Option<Duration>,
+    ) {
         self.log(Level::Info, format!("{color} stopped ({exit})"));
+        let forced = forced.map(|d| {
+            let m = format!(
+                "{color} was killed after drain_timeout ({}): requests still in flight were cut",
+                humantime::format_duration(d)
+            );
+            self.log(Level::Warn, m.clone());
+            m
+        });
         let slot = self.slot_mut(color);
         if matches!(slot.phase, ColorPhase::Draining { pid: p } if p == pid) {
             slot.enter(ColorPhase::Stopped, now.wall);
@@ -196,7 +212,8 @@ impl<P: Process> Core<P> {
                 timings, swapped, ..
             } = r.phase
             {
-                self.finish(now, r, timings, Some(swapped), Some(exit));
+                let drained = Drained { exit, forced };
+                self.finish(now, r, timings, Some(swapped), Some(drained));
             }
         }
     }
@@ -208,23 +225,29 @@ impl<P: Process> Core<P> {
         r: Release<P>,
         timings: Timings,
         swapped: Option<Instant>,
-        drained: Option<Exit>,
+        drained: Option<Drained>,
     ) {
         let total = now.mono.saturating_duration_since(r.started).as_millis() as u64;
         let drain_ms = swapped.map_or(0, |t| {
             now.mono.saturating_duration_since(t).as_millis() as u64
         });
+        let forced = drained.as_ref().and_then(|d| d.forced.clone());
         let msg = match r.kind {
             Kind::Rollback => format!("rolled back to release {} on {}", r.id, r.color),
             Kind::Release { .. } => format!("release {} is live on {}", r.id, r.color),
-        } + &format!(" ({total} ms)");
+        } + &format!(" ({total} ms)")
+            + &forced
+                .as_ref()
+                .map(|f| format!("; {f}"))
+                .unwrap_or_default();
         self.log(Level::Info, msg.clone());
         let result = serde_json::json!({
             "release": r.id,
             "label": self.state.build(r.color).and_then(|b| b.label.clone()),
             "color": r.color,
             "previous": r.color.other(),
-            "previous_exit": drained.map(|e| e.to_string()),
+            "previous_exit": drained.map(|d| d.exit.to_string()),
+            "forced_drain": forced,
             "ms": {
                 "total": total,
                 "stage": timings.stage_ms,
@@ -322,4 +345,11 @@ impl<P: Process> Core<P> {
             self.drain_all(now);
         }
     }
+}
+
+/// How the old color's drain ended.
+struct Drained {
+    exit: Exit,
+    /// What to say when it was killed at the drain deadline.
+    forced: Option<String>,
 }

@@ -187,6 +187,7 @@ fn drained(color: Color, pid: i32) -> Input<Proc> {
         color,
         pid: Pid::from_raw(pid),
         exit: Exit::Code(0),
+        forced: None,
     }
 }
 
@@ -209,6 +210,7 @@ fn words(effects: &[Effect<Proc>]) -> Vec<String> {
                 Effect::Save(_) => "save".into(),
                 Effect::Commit(_) => "commit".into(),
                 Effect::PointLive(c) => format!("point_live {c}"),
+                Effect::Steer(c) => format!("steer {c}"),
                 Effect::Launch(l) => format!(
                     "launch {} {}",
                     l.color,
@@ -655,6 +657,7 @@ fn a_ready_color_is_committed_then_made_live_and_the_old_one_drains() {
         said,
         [
             "point_live green",
+            "steer green",
             "after_live green",
             "reply progress drain",
             "drain blue 100"
@@ -709,6 +712,7 @@ fn the_first_release_ends_at_its_swap() {
         said,
         [
             "point_live blue",
+            "steer blue",
             "after_live blue",
             "ended ok",
             "reply done"
@@ -731,6 +735,7 @@ fn a_swap_makes_the_restart_of_a_dead_old_color_moot() {
         said,
         [
             "point_live green",
+            "steer green",
             "after_live green",
             "abort",
             "ended ok",
@@ -812,7 +817,7 @@ fn boot_starts_the_live_color_or_says_ready_at_once() {
     assert_eq!(t.says(Input::Boot), ["launch green start"]);
     assert_eq!(t.status(Color::Green).state, "restarting");
     let task = t.restart_task(Color::Green);
-    assert_eq!(t.says(ok(task, NEW)), ["ready"]);
+    assert_eq!(t.says(ok(task, NEW)), ["steer green", "ready"]);
     assert_eq!(t.status(Color::Green).state, "live");
 
     let mut t = T::new(state(None, None, None));
@@ -861,7 +866,7 @@ fn a_dead_live_color_restarts_with_a_backoff_that_grows_while_it_dies_young() {
         );
         pid += 1;
         let task = t.restart_task(Color::Blue);
-        assert!(t.says(ok(task, pid)).is_empty());
+        assert_eq!(t.says(ok(task, pid)), ["steer blue"]);
     }
     assert_eq!(t.status(Color::Blue).restarts, 5);
 }
@@ -1085,7 +1090,7 @@ fn ready_is_sent_once() {
     t.send(exited(Color::Blue, OLD, 1));
     t.send(Input::RestartDue { color: Color::Blue });
     let task = t.restart_task(Color::Blue);
-    assert!(!t.says(ok(task, 300)).contains(&"ready".to_string()));
+    assert_eq!(t.says(ok(task, 300)), ["steer blue"], "no second READY=1");
 }
 
 #[test]

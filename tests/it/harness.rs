@@ -51,6 +51,9 @@ pub struct Setup {
     pub command: String,
     pub health: String,
     pub drain_timeout: &'static str,
+    /// `app.drain_delay`: how long the old color may keep connections
+    /// after a swap before its stop signal (1 s here, to keep tests short).
+    pub drain_delay: &'static str,
     pub stop_signal: &'static str,
     /// Extra `[[listen]]` tables, after the TCP one named `http`.
     pub extra_listen: String,
@@ -72,6 +75,7 @@ impl Default for Setup {
             command: format!("[\"{}\", \"server.py\"]", python()),
             health: "http = \"/healthz\"\ntimeout = \"20s\"".into(),
             drain_timeout: "10s",
+            drain_delay: "1s",
             stop_signal: "SIGTERM",
             extra_listen: String::new(),
             top: String::new(),
@@ -122,6 +126,7 @@ address = "127.0.0.1:0"
 command = {command}
 stop_signal = "{sig}"
 drain_timeout = "{drain}"
+drain_delay = "{delay}"
 env = {{ PYTHONUNBUFFERED = "1" }}
 {app}
 
@@ -140,6 +145,7 @@ env = {{ PYTHONUNBUFFERED = "1" }}
                 command = setup.command,
                 sig = setup.stop_signal,
                 drain = setup.drain_timeout,
+                delay = setup.drain_delay,
                 health = setup.health,
                 tail = setup.tail,
             ),

@@ -37,9 +37,23 @@ os.rename(sys.argv[1] + ".tmp", sys.argv[1])
 os.execv(sys.executable, [sys.executable, "server.py"])
 "#;
 
+/// Gate mode (the default): one socket per `[[listen]]`, the color's own;
+/// the Unix one is bound at the color's private name beside the public path.
 #[test]
 fn child_gets_listen_fds_its_own_pid_and_clean_signals() {
-    let report = std::env::temp_dir().join(format!("bgd-inherit-{}.json", std::process::id()));
+    check_inheritance(false);
+}
+
+/// Shared mode: the same sockets for both colors, plus the private probe
+/// socket for `health.http`.
+#[test]
+fn in_shared_mode_the_child_also_gets_the_probe_socket() {
+    check_inheritance(true);
+}
+
+fn check_inheritance(shared: bool) {
+    let report =
+        std::env::temp_dir().join(format!("bgd-inherit-{}-{shared}.json", std::process::id()));
     let _ = std::fs::remove_file(&report);
     let mut bgd = Bgd::start(Setup {
         command: format!(
@@ -48,6 +62,11 @@ fn child_gets_listen_fds_its_own_pid_and_clean_signals() {
             report.display()
         ),
         extra_listen: "[[listen]]\nname = \"unix\"\naddress = \"unix:app.sock\"\n".into(),
+        tail: if shared {
+            "[traffic]\nmode = \"shared\"\n".into()
+        } else {
+            String::new()
+        },
         ..Setup::default()
     });
     // Restart bgd the way a shell starts a background job: SIGINT and SIGQUIT
@@ -79,8 +98,13 @@ fn child_gets_listen_fds_its_own_pid_and_clean_signals() {
         pid.to_string(),
         "LISTEN_PID must be the app's own pid: {r}"
     );
-    assert_eq!(env["LISTEN_FDS"], "3", "{r}");
-    assert_eq!(env["LISTEN_FDNAMES"], "http:unix:probe", "{r}");
+    let (count, names) = if shared {
+        ("3", "http:unix:probe")
+    } else {
+        ("2", "http:unix")
+    };
+    assert_eq!(env["LISTEN_FDS"], count, "{r}");
+    assert_eq!(env["LISTEN_FDNAMES"], names, "{r}");
     assert_eq!(env["BG_COLOR"], "blue", "{r}");
     assert_eq!(env["BG_RELEASE"], "1", "{r}");
     for leaked in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
@@ -103,22 +127,33 @@ fn child_gets_listen_fds_its_own_pid_and_clean_signals() {
     );
     assert_eq!(r["cwd"], bgd.root().join("blue").display().to_string());
 
-    // Exactly stdin, stdout, stderr and the three sockets, in order.
+    // Exactly stdin, stdout, stderr and the sockets, in order.
     let fds: Vec<&String> = r["fds"].as_object().unwrap().keys().collect();
-    assert_eq!(fds, ["0", "1", "2", "3", "4", "5"], "{r}");
+    let sockets: &[&str] = if shared {
+        &["3", "4", "5"]
+    } else {
+        &["3", "4"]
+    };
+    assert_eq!(fds[..3], ["0", "1", "2"], "{r}");
+    assert_eq!(fds[3..], *sockets, "{r}");
     let fd = |n: &str| &r["fds"][n];
     let http = bgd.addr();
     let (host, port) = http.rsplit_once(':').unwrap();
     assert_eq!(fd("3")["addr"], format!("('{host}', {port})"), "{r}");
     assert_eq!(fd("4")["family"], "AF_UNIX");
+    let unix_name = if shared { "app.sock" } else { ".app.sock.blue" };
     assert_eq!(
         fd("4")["addr"],
-        bgd.dir.path().join("app.sock").display().to_string()
+        bgd.dir.path().join(unix_name).display().to_string()
     );
-    let probe = env["BG_PROBE_ADDR"].as_str().unwrap();
-    let (phost, pport) = probe.rsplit_once(':').unwrap();
-    assert_eq!(fd("5")["addr"], format!("('{phost}', {pport})"), "{r}");
-    for n in ["3", "4", "5"] {
+    if shared {
+        let probe = env["BG_PROBE_ADDR"].as_str().unwrap();
+        let (phost, pport) = probe.rsplit_once(':').unwrap();
+        assert_eq!(fd("5")["addr"], format!("('{phost}', {pport})"), "{r}");
+    } else {
+        assert!(env.get("BG_PROBE_ADDR").is_none(), "{r}");
+    }
+    for n in sockets {
         assert_eq!(fd(n)["type"], "SOCK_STREAM", "{r}");
         assert_eq!(fd(n)["listening"], true, "{r}");
     }

@@ -154,6 +154,17 @@ impl Out {
             let (name, address) = (escape_controls(&l.name), escape_controls(&l.address));
             println!("  listen {name} {address}");
         }
+        match (s.traffic.as_str(), s.receiving) {
+            ("gate", Some(c)) => println!(
+                "  new connections go to {}",
+                self.color_name(on, c.as_str())
+            ),
+            ("gate", None) => println!("  new connections: none yet (no color has been live)"),
+            ("shared", _) => println!(
+                "  new connections: both colors accept from one socket (traffic.mode = \"shared\")"
+            ),
+            _ => {}
+        }
         if let Some(w) = &s.watch {
             self.watch_status(w);
         }
