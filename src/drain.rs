@@ -78,6 +78,9 @@ pub(crate) async fn quiesce(
     // Handshakes under way now may have been steered to this color before
     // the swap; later ones go to the new color.
     let mut pending: Option<HashSet<(SocketAddr, SocketAddr)>> = None;
+    // Two empty looks in a row: a connection caught between the queue and
+    // the app in one look shows in the next.
+    let mut empty = 0;
     loop {
         let (l, p) = (listeners.clone(), ports.clone());
         let looked = tokio::task::spawn_blocking(move || {
@@ -91,17 +94,22 @@ pub(crate) async fn quiesce(
         })
         .await;
         let Ok((left, still)) = looked else {
+            tracing::warn!("the drain's look at the kernel's tables failed: stopping {color} now");
             return Left::default();
         };
         pending = Some(still);
-        if left.is_empty() || tokio::time::Instant::now() >= until {
+        empty = if left.is_empty() { empty + 1 } else { 0 };
+        if empty == 2 || tokio::time::Instant::now() >= until {
             return left;
         }
         tokio::time::sleep(POLL).await;
     }
 }
 
-/// One look at the kernel's tables (blocking).
+/// One look at the kernel's tables (blocking). A connection moves from
+/// the queue to the app while the tables are read, so the color's sockets
+/// are read before and after the TCP table, and the queue after it: a
+/// connection the app held at either moment counts.
 fn look(
     listeners: &Listeners,
     color: Color,
@@ -109,12 +117,17 @@ fn look(
     ports: &[u16],
     pending: &mut HashSet<(SocketAddr, SocketAddr)>,
 ) -> Left {
-    let Ok(table) = conns::tcp_table() else {
-        return Left::default();
+    let mut inodes = conns::group_socket_inodes(pgid).unwrap_or_default();
+    let table = match conns::tcp_table() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!("cannot read the kernel's TCP table: {e}");
+            Vec::new()
+        }
     };
+    inodes.extend(conns::group_socket_inodes(pgid).unwrap_or_default());
     let now = conns::handshakes(&table, ports);
     pending.retain(|h| now.contains(h));
-    let inodes = conns::group_socket_inodes(pgid).unwrap_or_default();
     Left {
         queued: listeners.accept_queue(color),
         handshakes: pending.len(),

@@ -231,14 +231,34 @@ async fn wait_ready(
         exit = app.exited() => Err(format!("{} exited during the readiness wait ({exit})", plan.color)),
         _ = tokio::time::sleep(timeout) => {
             let last = last_check.lock().expect("never held across a panic").clone();
-            let last = if last.is_empty() { String::new() } else { format!(" (last check: {last})") };
-            Err(format!(
-                "{} was not ready within health.timeout ({}){last}: it was stopped",
-                plan.color,
-                humantime::format_duration(timeout)
-            ))
+            Err(not_ready(plan, timeout, &last, app.log_tail().await.last()))
         }
     }
+}
+
+/// Why a color that did not become ready in time failed: what the last
+/// check saw and, when the app never answered, its last line and a hint.
+fn not_ready(plan: &Launch, timeout: Duration, last: &str, last_line: Option<&String>) -> String {
+    let mut m = format!(
+        "{} was not ready within health.timeout ({})",
+        plan.color,
+        humantime::format_duration(timeout)
+    );
+    if !last.is_empty() {
+        m += &format!(" (last check: {last})");
+    }
+    m += ": it was stopped";
+    let unanswered = last.is_empty()
+        || last.contains("no answer")
+        || last.contains("refused")
+        || last.contains("READY=1");
+    if unanswered {
+        if let Some(line) = last_line {
+            m += &format!("; its last line was {line:?}");
+        }
+        m += "; if it was still starting, raise health.timeout";
+    }
+    m
 }
 
 /// Stages `source` on a blocking thread.

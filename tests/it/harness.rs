@@ -55,6 +55,10 @@ pub struct Setup {
     /// after a swap before its stop signal (1 s here, to keep tests short).
     pub drain_delay: &'static str,
     pub stop_signal: &'static str,
+    /// The address of the `[[listen]]` named `http`.
+    pub http_address: &'static str,
+    /// Extra keys of the `http` entry (`backlog = 8`, say).
+    pub http_extra: &'static str,
     /// Extra `[[listen]]` tables, after the TCP one named `http`.
     pub extra_listen: String,
     /// Extra top-level keys.
@@ -77,6 +81,8 @@ impl Default for Setup {
             drain_timeout: "10s",
             drain_delay: "1s",
             stop_signal: "SIGTERM",
+            http_address: "127.0.0.1:0",
+            http_extra: "",
             extra_listen: String::new(),
             top: String::new(),
             app: "allow_root = true".into(),
@@ -120,7 +126,8 @@ control = "ctl.sock"
 
 [[listen]]
 name = "http"
-address = "127.0.0.1:0"
+address = "{http_address}"
+{http_extra}
 {extra}
 [app]
 command = {command}
@@ -142,6 +149,8 @@ env = {{ PYTHONUNBUFFERED = "1" }}
                 top = setup.top,
                 app = setup.app,
                 extra = setup.extra_listen,
+                http_address = setup.http_address,
+                http_extra = setup.http_extra,
                 command = setup.command,
                 sig = setup.stop_signal,
                 drain = setup.drain_timeout,

@@ -6,6 +6,7 @@ mod load;
 
 mod failures;
 mod faults;
+mod gate;
 mod inherit;
 mod lifecycle;
 mod operations;

@@ -108,6 +108,10 @@ impl Out {
             "release {release}{label} is live on {} ({ms} ms)",
             self.color_name(self.color_out, color)
         );
+        if let Some(forced) = get("forced_drain").and_then(|v| v.as_str()) {
+            let line = format!("warning: {}", escape_controls(forced));
+            eprintln!("{}", self.paint(self.color_err, RED, &line));
+        }
     }
 
     pub fn log_line(&self, l: &LogLine, json: bool) {
