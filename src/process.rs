@@ -60,25 +60,14 @@ impl AppProcess {
     /// as the health config asks, a probe socket and a notify socket.
     pub fn start(ctx: &Ctx, color: Color, release: u64, dir: &Path) -> anyhow::Result<AppProcess> {
         let cfg = &ctx.config;
-        let program = &cfg.app.command[0];
-        if program.contains('/') {
-            let path = dir.join(program);
-            if !path.is_file() {
-                anyhow::bail!(
-                    "app.command[0] {program:?} is not a file in the build ({}): check the command or the build",
-                    path.display()
-                );
-            }
-        }
+        check_program(&cfg.app.command[0], dir)?;
         let mut fds = ctx.listeners.fds_for(color);
         let mut env = color_env(ctx, color, release);
 
         // Shared mode only: in gate mode the probe reaches the color
         // through the public address (see `Listeners::probe_target`).
         let probe = if cfg.health.http.is_some() && ctx.listeners.probe_target(color).is_none() {
-            let l = std::net::TcpListener::bind("127.0.0.1:0")
-                .context("cannot bind the probe socket on 127.0.0.1")?;
-            let addr = l.local_addr()?;
+            let (l, addr) = probe_socket()?;
             env.push(("BG_PROBE_ADDR".into(), addr.to_string()));
             fds.push((PROBE_FD_NAME.to_string(), l.as_raw_fd()));
             Some((l, addr))
@@ -252,6 +241,26 @@ impl AppProcess {
             self.output.tail()
         }
     }
+}
+
+/// A program named with a `/` must be a file in the build.
+fn check_program(program: &str, dir: &Path) -> anyhow::Result<()> {
+    if program.contains('/') && !dir.join(program).is_file() {
+        anyhow::bail!(
+            "app.command[0] {program:?} is not a file in the build ({}): check the command or the build",
+            dir.join(program).display()
+        );
+    }
+    Ok(())
+}
+
+/// Shared mode's private probe socket: `health.http` reaches the color
+/// through it, as both colors accept from the public sockets.
+fn probe_socket() -> anyhow::Result<(std::net::TcpListener, SocketAddr)> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .context("cannot bind the probe socket on 127.0.0.1")?;
+    let addr = l.local_addr()?;
+    Ok((l, addr))
 }
 
 impl Drop for AppProcess {

@@ -382,3 +382,88 @@ fn the_public_unix_path_is_kept_when_an_exiting_app_removes_it() {
         bgd.log()
     );
 }
+
+/// nginx, whose config serves `release=N` and ends each keep-alive
+/// connection after 200 requests; it gets the socket bgd passes through
+/// its own inheritance protocol (`NGINX="3;"`).
+fn nginx_build(dir: &std::path::Path, name: &str, addr: &str) -> std::path::PathBuf {
+    let build = dir.join(name);
+    std::fs::create_dir_all(&build).unwrap();
+    std::fs::write(
+        build.join("nginx.conf.in"),
+        format!(
+            r#"worker_processes 1;
+pid @PREFIX@/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path @PREFIX@/tmp/body;
+    proxy_temp_path @PREFIX@/tmp/proxy;
+    fastcgi_temp_path @PREFIX@/tmp/fastcgi;
+    uwsgi_temp_path @PREFIX@/tmp/uwsgi;
+    scgi_temp_path @PREFIX@/tmp/scgi;
+    keepalive_requests 200;
+    server {{
+        listen {addr};
+        location /healthz {{ return 200 "ok\n"; }}
+        location / {{ default_type text/plain; return 200 "hello from nginx release=@RELEASE@\n"; }}
+    }}
+}}
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        build.join("run.sh"),
+        r#"#!/bin/sh
+set -e
+mkdir -p tmp logs
+sed "s/@RELEASE@/$BG_RELEASE/g; s|@PREFIX@|$PWD|g" nginx.conf.in > nginx.conf
+export NGINX="3;"
+exec nginx -e stderr -p "$PWD" -c "$PWD/nginx.conf" -g "daemon off;"
+"#,
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(build.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    build
+}
+
+/// nginx closes idle keep-alive connections at its stop signal: a client
+/// that just sent a request on one sees it reset. With the gate the old
+/// color gets no new connection after the swap, its connections end on
+/// their own (after 200 requests each), and only then does it get SIGQUIT:
+/// 10 releases under keep-alive load lose nothing.
+#[test]
+fn nginx_loses_no_keepalive_request_thanks_to_the_quiesce() {
+    if !std::path::Path::new("/usr/sbin/nginx").exists() {
+        assert!(
+            std::env::var_os("BGD_REQUIRE_NGINX").is_none(),
+            "BGD_REQUIRE_NGINX is set but /usr/sbin/nginx is missing"
+        );
+        eprintln!("skipped: nginx is not installed (apt-get install nginx-light)");
+        return;
+    }
+    let bgd = Bgd::start(Setup {
+        command: "[\"./run.sh\"]".into(),
+        stop_signal: "SIGQUIT",
+        drain_delay: "10s",
+        ..Setup::default()
+    });
+    let addr = bgd.addr();
+    let builds = [
+        nginx_build(bgd.dir.path(), "n1", &addr),
+        nginx_build(bgd.dir.path(), "n2", &addr),
+    ];
+    bgd.release(&builds[0]);
+    let load = Load::start(&addr, 8, 2);
+    for i in 0..10 {
+        let before = load.count();
+        wait_until("requests", Duration::from_secs(10), || {
+            (load.count() > before + 200).then_some(())
+        });
+        bgd.release(&builds[(i + 1) % 2]);
+    }
+    let samples = load.finish_clean();
+    assert!(samples.len() > 2000, "{} requests", samples.len());
+}
