@@ -10,7 +10,20 @@ use crate::load::Load;
 /// starts after a release returned is answered by that release.
 #[test]
 fn ten_releases_under_load_lose_no_request() {
-    let bgd = Bgd::start(Setup::default());
+    ten_releases(Setup::default());
+}
+
+/// The same with both colors on one socket (`traffic.mode = "shared"`).
+#[test]
+fn ten_releases_in_shared_mode_lose_no_request() {
+    ten_releases(Setup {
+        tail: "[traffic]\nmode = \"shared\"\n".into(),
+        ..Setup::default()
+    });
+}
+
+fn ten_releases(setup: Setup) {
+    let bgd = Bgd::start(setup);
     let builds = [
         example_build(bgd.dir.path(), "b1", "v1"),
         example_build(bgd.dir.path(), "b2", "v2"),

@@ -459,3 +459,31 @@ fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// In gate mode bgd binds the other color's socket beside the socket
+/// unit's, which needs `ReusePort=yes` there: without it, bgd refuses to
+/// start and says what to change, rather than run without the gate.
+#[test]
+fn a_socket_unit_without_reuseport_is_refused_in_gate_mode() {
+    let m = manager_or_skip!();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (cfg, root) = config(
+        m.dir.path(),
+        &addr,
+        &format!("[\"{}\", \"server.py\"]", python()),
+    );
+    m.install(&cfg, &root, Some(&addr), "");
+    let unit = m.units().join("bgd@.socket");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    assert!(text.contains("ReusePort=yes"), "the shipped unit sets it");
+    std::fs::write(&unit, text.replace("ReusePort=yes", "")).unwrap();
+    m.ok(&["daemon-reload"]);
+    m.ok(&["start", "bgd@test.socket"]);
+    let out = m.systemctl(&["start", "bgd@test.service"]);
+    assert!(!out.status.success(), "bgd started without the gate");
+    let log = m.log();
+    assert!(
+        log.contains("has no SO_REUSEPORT") && log.contains("add ReusePort=yes to the socket unit"),
+        "{log}"
+    );
+}
