@@ -1039,6 +1039,27 @@ http = "/healthz"
         assert_eq!(c.health.timeout, Duration::from_millis(1));
     }
 
+    /// The gate unless the config says "shared"; anything else is refused
+    /// with what to write. `drain_delay` defaults to 5 s.
+    #[test]
+    fn traffic_mode_is_the_gate_unless_shared() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.fixed.traffic, TrafficMode::Gate);
+        assert_eq!(c.app.drain_delay, DEFAULT_DRAIN_DELAY);
+        let shared = parse(&format!("{GOOD}\n[traffic]\nmode = \"shared\"\n")).unwrap();
+        assert_eq!(shared.fixed.traffic, TrafficMode::Shared);
+        assert_eq!(c.fixed.changed_keys(&shared.fixed), ["traffic.mode"]);
+        let e = parse(&format!("{GOOD}\n[traffic]\nmode = \"proxy\"\n")).unwrap_err();
+        assert!(e.contains("traffic.mode \"proxy\" is not known"), "{e}");
+        assert!(e.contains("write \"gate\""), "{e}");
+        let d = parse(&GOOD.replace(
+            "drain_timeout = \"5s\"",
+            "drain_timeout = \"5s\"\ndrain_delay = \"250ms\"",
+        ))
+        .unwrap();
+        assert_eq!(d.app.drain_delay, Duration::from_millis(250));
+    }
+
     /// Accepted, since an app may have nothing to drain, but said.
     #[test]
     fn a_zero_drain_timeout_warns() {
