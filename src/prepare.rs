@@ -104,7 +104,7 @@ async fn prepare(
     );
     let t = Instant::now();
     let outcome = wait_ready(ctx, plan, &app, &dir).await;
-    ctx.listeners.clear_probe();
+    ctx.listeners.clear_probe(plan.color);
     timings.ready_ms = t.elapsed().as_millis() as u64;
     match outcome {
         Ok(()) => Ok((app, timings)),

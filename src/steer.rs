@@ -16,8 +16,8 @@
 //! IPv6: 40 bytes, bgd's own probes carry no extension headers).
 //!
 //! A [`Route`] sends every connection to one socket, except bgd's own
-//! readiness probe, recognised by its exact source address and port, which
-//! goes to the candidate's socket.
+//! readiness probes, recognised by their exact source address and port,
+//! which go to the color each checks.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -30,58 +30,69 @@ use libc::sock_filter;
 const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
 
 /// Where new connections go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     /// The group index of the socket that receives every new connection.
     pub to: u32,
-    /// A connection from exactly this source goes to the other index.
-    pub probe: Option<(SocketAddr, u32)>,
+    /// A connection from exactly one of these sources goes to its index
+    /// instead (bgd's own readiness checks; at most a few at once).
+    pub probes: Vec<(SocketAddr, u32)>,
 }
 
-/// The program for `route`. At most 21 instructions.
+/// The program for `route`: one instruction without probes, and 9 (IPv4)
+/// or 14 (IPv6) more per probe.
 pub fn program(route: &Route) -> Vec<sock_filter> {
-    let Some((from, cand)) = route.probe else {
+    if route.probes.is_empty() {
         return vec![ret(route.to)];
-    };
+    }
     let net = libc::SKF_NET_OFF as u32;
-    let mut p = Vec::new();
-    // A = IP version (the high nibble of the first byte).
-    p.push(stmt(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, net));
-    p.push(stmt(libc::BPF_ALU | libc::BPF_RSH | libc::BPF_K, 4));
-    match from.ip() {
-        IpAddr::V4(ip) => {
-            // Anything but IPv4 (an IPv6 client of a dual-stack socket) is not the probe.
-            p.push(jeq_else_skip(4, 0));
-            p.push(stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, net + 12));
-            p.push(jeq_else_skip(u32::from(ip), 0));
-            // X = the IPv4 header's length; then A = the TCP source port.
-            p.push(stmt(libc::BPF_LDX | libc::BPF_B | libc::BPF_MSH, net));
-            p.push(stmt(libc::BPF_LD | libc::BPF_H | libc::BPF_IND, net));
-        }
-        IpAddr::V6(ip) => {
-            p.push(jeq_else_skip(6, 0));
-            let o = ip.octets();
-            for (i, w) in o.chunks(4).enumerate() {
-                let word = u32::from_be_bytes([w[0], w[1], w[2], w[3]]);
-                p.push(stmt(
-                    libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
-                    net + 8 + 4 * i as u32,
-                ));
-                p.push(jeq_else_skip(word, 0));
+    // Each block tests one probe's source and returns its index; a mismatch
+    // jumps to the next block, and after the last to the default route.
+    let mut blocks: Vec<Vec<sock_filter>> = Vec::new();
+    for (from, to) in &route.probes {
+        let mut b = vec![
+            // A = IP version (the high nibble of the first byte).
+            stmt(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, net),
+            stmt(libc::BPF_ALU | libc::BPF_RSH | libc::BPF_K, 4),
+        ];
+        match from.ip() {
+            IpAddr::V4(ip) => {
+                b.push(jeq_else(4));
+                b.push(stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, net + 12));
+                b.push(jeq_else(u32::from(ip)));
+                // X = the IPv4 header's length; then A = the TCP source port.
+                b.push(stmt(libc::BPF_LDX | libc::BPF_B | libc::BPF_MSH, net));
+                b.push(stmt(libc::BPF_LD | libc::BPF_H | libc::BPF_IND, net));
             }
-            p.push(stmt(libc::BPF_LD | libc::BPF_H | libc::BPF_ABS, net + 40));
+            IpAddr::V6(ip) => {
+                b.push(jeq_else(6));
+                for (i, w) in ip.octets().chunks(4).enumerate() {
+                    let word = u32::from_be_bytes([w[0], w[1], w[2], w[3]]);
+                    b.push(stmt(
+                        libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+                        net + 8 + 4 * i as u32,
+                    ));
+                    b.push(jeq_else(word));
+                }
+                b.push(stmt(libc::BPF_LD | libc::BPF_H | libc::BPF_ABS, net + 40));
+            }
+        }
+        b.push(jeq_else(from.port() as u32));
+        b.push(ret(*to));
+        blocks.push(b);
+    }
+    let mut p = Vec::new();
+    for b in blocks {
+        let len = b.len();
+        for (i, mut ins) in b.into_iter().enumerate() {
+            if ins.code == (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16 {
+                // Past the rest of this block, to the next one.
+                ins.jf = (len - i - 1) as u8;
+            }
+            p.push(ins);
         }
     }
-    p.push(jeq_else_skip(from.port() as u32, 0));
-    p.push(ret(cand));
     p.push(ret(route.to));
-    // Every "else" jumps to the last instruction, the default route.
-    let last = p.len() - 1;
-    for (i, ins) in p.iter_mut().enumerate() {
-        if ins.code == (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16 {
-            ins.jf = (last - i - 1) as u8;
-        }
-    }
     p
 }
 
@@ -133,7 +144,13 @@ pub fn check_kernel() -> anyhow::Result<()> {
             listen(&fd, Backlog::new(1).map_err(io::Error::from)?)?;
             keep.push(fd);
         }
-        attach(keep[0].as_fd(), &program(&Route { to: 1, probe: None }))
+        attach(
+            keep[0].as_fd(),
+            &program(&Route {
+                to: 1,
+                probes: vec![],
+            }),
+        )
     };
     test().map_err(|e| {
         anyhow::anyhow!(
@@ -152,12 +169,12 @@ fn stmt(code: u32, k: u32) -> sock_filter {
     }
 }
 
-/// `if A == k` go on, else jump (the offset is set once the program is whole).
-fn jeq_else_skip(k: u32, jf: u8) -> sock_filter {
+/// `if A == k` go on, else jump (the offset is set once the block is whole).
+fn jeq_else(k: u32) -> sock_filter {
     sock_filter {
         code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
         jt: 0,
-        jf,
+        jf: 0,
         k,
     }
 }
@@ -291,23 +308,25 @@ mod tests {
         };
         let addr = g.0.local_addr().unwrap();
         for to in [0, 1] {
-            attach(g.0.as_fd(), &program(&Route { to, probe: None })).unwrap();
+            attach(g.0.as_fd(), &program(&Route { to, probes: vec![] })).unwrap();
             for _ in 0..20 {
                 let c = connect_from(SocketAddr::new(ip, 0), addr);
                 assert_eq!(landed(&g, &c), to as usize, "ret {to}");
             }
         }
-        // The probe's exact source goes to the candidate; all else to `to`.
+        // The probes' exact sources go where they say; all else to `to`.
         for (to, cand) in [(0, 1), (1, 0)] {
             let probe = socket2_like(SocketAddr::new(ip, 0));
-            let from = probe.local();
+            let other = socket2_like(SocketAddr::new(ip, 0));
             let route = Route {
                 to,
-                probe: Some((from, cand)),
+                probes: vec![(other.local(), to), (probe.local(), cand)],
             };
             attach(g.1.as_fd(), &program(&route)).unwrap();
             let c = probe.connect(addr).unwrap();
             assert_eq!(landed(&g, &c), cand as usize, "the probe");
+            let c = other.connect(addr).unwrap();
+            assert_eq!(landed(&g, &c), to as usize, "the other probe");
             for _ in 0..20 {
                 let c = connect_from(SocketAddr::new(ip, 0), addr);
                 assert_eq!(landed(&g, &c), to as usize, "a client");
@@ -326,20 +345,24 @@ mod tests {
     }
 
     #[test]
-    fn a_probe_from_another_address_or_port_is_a_client() {
+    fn every_mismatch_jumps_to_the_next_probe_or_the_default() {
         let route = Route {
             to: 0,
-            probe: Some(("127.0.0.1:4000".parse().unwrap(), 1)),
+            probes: vec![
+                ("127.0.0.1:4000".parse().unwrap(), 1),
+                ("[::1]:4001".parse().unwrap(), 1),
+            ],
         };
         let p = program(&route);
-        assert!(p.len() <= 21, "{}", p.len());
-        // Every conditional jump lands on the default route, the last instruction.
+        assert_eq!(p.len(), 9 + 14 + 1);
+        // A mismatch in the first block lands on the second block's start
+        // (9); in the second, on the default route, the last instruction.
         for (i, ins) in p.iter().enumerate() {
             if ins.code == (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16 {
-                assert_eq!(i + 1 + ins.jf as usize, p.len() - 1);
+                let target = i + 1 + ins.jf as usize;
+                assert_eq!(target, if i < 9 { 9 } else { p.len() - 1 }, "at {i}");
             }
         }
-        assert_eq!(p.last().unwrap().k, 0);
-        assert_eq!(p[p.len() - 2].k, 1);
+        assert_eq!((p[8].k, p[22].k, p[23].k), (1, 1, 0));
     }
 }

@@ -65,9 +65,10 @@ struct Inner {
     receiving: Option<Color>,
     /// Gate: the color being started while none has been live.
     first: Option<Color>,
-    /// Gate: bgd's readiness probe, by its source address, and the color
-    /// it must reach.
-    probe: Option<(SocketAddr, Color)>,
+    /// Gate: bgd's readiness probes under way, by their source address,
+    /// and the color each must reach (a release's and a restart's can run
+    /// at once).
+    probes: Vec<(SocketAddr, Color)>,
 }
 
 /// One `[[listen]]` entry.
@@ -404,7 +405,11 @@ impl Inner {
         let to = self.receiving.or(self.first).unwrap_or(Color::Blue);
         Route {
             to: index(to),
-            probe: self.probe.map(|(from, c)| (from, index(c))),
+            probes: self
+                .probes
+                .iter()
+                .map(|(from, c)| (*from, index(*c)))
+                .collect(),
         }
     }
 
@@ -459,7 +464,7 @@ impl Listeners {
                 entries,
                 receiving: None,
                 first: None,
-                probe: None,
+                probes: Vec::new(),
             }),
             stored: AtomicBool::new(false),
             mode,
@@ -509,7 +514,7 @@ impl Listeners {
         }
         let mut inner = self.lock();
         inner.first = None;
-        inner.probe = None;
+        inner.probes.clear();
         for e in inner.entries.iter_mut() {
             match e {
                 Entry::Shared(s) => s.reset(|c| bind_one(c, false)),
@@ -537,7 +542,7 @@ impl Listeners {
         let mut inner = self.lock();
         inner.receiving = Some(to);
         inner.first = None;
-        inner.probe = None;
+        inner.probes.clear();
         inner.steer()?;
         for e in &inner.entries {
             if let Entry::Files { blue, green } = e {
@@ -597,20 +602,24 @@ impl Listeners {
         })
     }
 
-    /// Sends connections from exactly `from` to `color` (bgd's probe);
-    /// every other connection goes where it went.
+    /// Sends connections from exactly `from` to `color` (bgd's probe),
+    /// instead of the earlier probe to `color`; every other connection goes
+    /// where it went.
     pub(crate) fn route_probe(&self, from: SocketAddr, color: Color) -> io::Result<()> {
         let mut inner = self.lock();
-        inner.probe = Some((from, color));
+        inner.probes.retain(|(_, c)| *c != color);
+        inner.probes.push((from, color));
         inner.steer()
     }
 
-    /// Ends the probe route.
-    pub(crate) fn clear_probe(&self) {
+    /// Ends the probe route to `color`.
+    pub(crate) fn clear_probe(&self, color: Color) {
         let mut inner = self.lock();
-        if inner.probe.take().is_some() {
+        let before = inner.probes.len();
+        inner.probes.retain(|(_, c)| *c != color);
+        if inner.probes.len() != before {
             if let Err(e) = inner.steer() {
-                tracing::warn!("cannot end the probe route: {e}");
+                tracing::warn!("cannot end the probe route to {color}: {e}");
             }
         }
     }
