@@ -11,8 +11,8 @@
 //! bgd first waits, up to `app.drain_delay`, until the color's queue is
 //! empty, those handshakes are done and its connections have ended on their
 //! own (clients close idle ones; servers end one after N requests), as the
-//! kernel reports them ([`crate::conns`]); only then does it send the stop
-//! signal.
+//! kernel reports them ([`crate::conns`] for TCP, [`crate::unix_peers`] for
+//! Unix sockets); only then does it send the stop signal.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -71,7 +71,8 @@ pub(crate) async fn quiesce(
     delay: Duration,
 ) -> Left {
     let ports = listeners.ports();
-    if ports.is_empty() || delay.is_zero() {
+    let unix = listeners.unix_paths(color);
+    if (ports.is_empty() && unix.is_empty()) || delay.is_zero() {
         return Left::default();
     }
     let until = tokio::time::Instant::now() + delay;
@@ -82,14 +83,20 @@ pub(crate) async fn quiesce(
     // the app in one look shows in the next.
     let mut empty = 0;
     loop {
-        let (l, p) = (listeners.clone(), ports.clone());
+        let (l, p, u) = (listeners.clone(), ports.clone(), unix.clone());
         let looked = tokio::task::spawn_blocking(move || {
             let mut pending = pending.unwrap_or_else(|| {
                 conns::tcp_table()
                     .map(|t| conns::handshakes(&t, &p))
                     .unwrap_or_default()
             });
-            let left = look(&l, color, pgid, &p, &mut pending);
+            let mut left = look(&l, color, pgid, &p, &mut pending);
+            // Unix: queued and open connections alike carry the color's
+            // private socket path.
+            left.connections += u
+                .iter()
+                .map(|path| crate::unix_peers::connections(path).unwrap_or(0))
+                .sum::<usize>();
             (left, pending)
         })
         .await;

@@ -31,6 +31,7 @@
 //! - `control`        the control socket: peer check, decode, stream replies
 //! - `identity`       the user and groups the app runs as
 //! - `layout`         bgd's root directory: the path of everything bgd keeps there
+//! - `unix_peers`     a Unix listener's queued and open connections, from /proc/net/unix
 //! - `auto`           auto-release decisions (no IO): release the settled tree or not
 //! - [`color`]        blue and green
 
@@ -60,6 +61,7 @@ mod stage;
 mod state;
 mod steer;
 pub mod systemd;
+mod unix_peers;
 mod watch;
 
 use std::sync::Arc;

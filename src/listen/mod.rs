@@ -648,6 +648,19 @@ impl Listeners {
             .sum()
     }
 
+    /// The private paths of `color`'s Unix sockets (gate mode).
+    pub(crate) fn unix_paths(&self, color: Color) -> Vec<PathBuf> {
+        self.lock()
+            .entries
+            .iter()
+            .filter_map(|e| match (e, color) {
+                (Entry::Files { blue, .. }, Color::Blue) => Some(blue.private.clone()),
+                (Entry::Files { green, .. }, Color::Green) => Some(green.private.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The local ports of the TCP entries.
     pub(crate) fn ports(&self) -> Vec<u16> {
         self.lock()

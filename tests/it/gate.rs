@@ -467,3 +467,59 @@ fn nginx_loses_no_keepalive_request_thanks_to_the_quiesce() {
     let samples = load.finish_clean();
     assert!(samples.len() > 2000, "{} requests", samples.len());
 }
+
+/// Serves its TCP socket (fd 3: the health check) at once and its Unix
+/// socket (fd 4) one request at a time, slowly.
+const SLOW_UNIX: &str = r#"
+import os, socket, threading, time
+release = os.environ["BG_RELEASE"]
+def serve(fd, delay):
+    s = socket.socket(fileno=fd)
+    while True:
+        c, _ = s.accept()
+        c.recv(65536)
+        time.sleep(delay)
+        body = f"slow release={release}".encode()
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        c.close()
+threading.Thread(target=serve, args=(3, 0), daemon=True).start()
+serve(4, 0.1)
+"#;
+
+/// Unix sockets: connections queued on the old color's socket when the
+/// public path moves to the new color are all served by the old color.
+#[test]
+fn the_flip_keeps_what_is_queued_on_the_old_unix_socket() {
+    let bgd = Bgd::start(Setup {
+        extra_listen: "[[listen]]\nname = \"unix\"\naddress = \"unix:app.sock\"\n".into(),
+        drain_delay: "30s",
+        ..Setup::default()
+    });
+    let public = bgd.dir.path().join("app.sock");
+    bgd.release(&script_build(bgd.dir.path(), "slow", SLOW_UNIX));
+    let clients: Vec<_> = (0..10)
+        .map(|_| {
+            let s = std::os::unix::net::UnixStream::connect(&public).unwrap();
+            std::thread::spawn(move || {
+                let mut s = s;
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .map_err(|e| e.to_string())?;
+                let mut resp = String::new();
+                s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+                Ok::<String, String>(resp)
+            })
+        })
+        .collect();
+    // All ten are connected (queued or being served) before the flip.
+    bgd.release(&example_build(bgd.dir.path(), "new", "v2"));
+    for c in clients {
+        let resp = c
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("a client failed: {e}"));
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        assert_eq!(release_of(&resp), Some(1), "{resp}");
+    }
+    assert_eq!(release_of(&unix_get(&public)), Some(2));
+}
