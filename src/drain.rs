@@ -20,7 +20,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::color::Color;
-use crate::conns;
+use crate::conns::{
+    self,
+    TcpState::{Established, SynRecv},
+};
 use crate::listen::Listeners;
 use crate::process::AppProcess;
 use crate::reaper::Exit;
@@ -63,7 +66,9 @@ impl std::fmt::Display for Left {
 /// Waits until `color` (whose process group is `pgid`) has no queued,
 /// half-open or open connection on the app's TCP ports, or until `delay`
 /// has passed; returns what was left (empty when it quiesced).
-/// Reading /proc blocks, so each look runs on the blocking pool.
+/// Each look asks the kernel for its ESTABLISHED and SYN_RECV sockets only
+/// (it leaves out the TIME_WAIT ones a busy port piles up by the thousand)
+/// and reads /proc; both block, so each look runs on the blocking pool.
 pub(crate) async fn quiesce(
     listeners: Arc<Listeners>,
     color: Color,
@@ -86,7 +91,7 @@ pub(crate) async fn quiesce(
         let (l, p, u) = (listeners.clone(), ports.clone(), unix.clone());
         let looked = tokio::task::spawn_blocking(move || {
             let mut pending = pending.unwrap_or_else(|| {
-                conns::tcp_table()
+                conns::sockets(&[SynRecv])
                     .map(|t| conns::handshakes(&t, &p))
                     .unwrap_or_default()
             });
@@ -113,10 +118,10 @@ pub(crate) async fn quiesce(
     }
 }
 
-/// One look at the kernel's tables (blocking). A connection moves from
-/// the queue to the app while the tables are read, so the color's sockets
-/// are read before and after the TCP table, and the queue after it: a
-/// connection the app held at either moment counts.
+/// One look at the kernel's view (blocking). A connection moves from the
+/// queue to the app while it is read, so the color's sockets are read
+/// before and after the kernel's list of connections, and the queue after
+/// it: a connection the app held at either moment counts.
 fn look(
     listeners: &Listeners,
     color: Color,
@@ -125,10 +130,10 @@ fn look(
     pending: &mut HashSet<(SocketAddr, SocketAddr)>,
 ) -> Left {
     let mut inodes = conns::group_socket_inodes(pgid).unwrap_or_default();
-    let table = match conns::tcp_table() {
+    let table = match conns::sockets(&[Established, SynRecv]) {
         Ok(t) => t,
         Err(e) => {
-            tracing::warn!("cannot read the kernel's TCP table: {e}");
+            tracing::warn!("cannot list the kernel's TCP connections: {e}");
             Vec::new()
         }
     };

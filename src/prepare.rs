@@ -126,7 +126,7 @@ async fn prepare(
 /// the app ignored the sockets it inherited: says so, and what usually
 /// causes it. Empty otherwise.
 fn own_listeners(ctx: &Ctx, app: &AppProcess) -> String {
-    let Ok(table) = crate::conns::tcp_table() else {
+    let Ok(table) = crate::conns::sockets(&[crate::conns::TcpState::Listen]) else {
         return String::new();
     };
     let group = crate::conns::group_socket_inodes(app.pid.as_raw()).unwrap_or_default();

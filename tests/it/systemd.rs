@@ -349,6 +349,14 @@ fn socket_activation_restart_and_reload_under_systemd() {
         get(&addr, "/").unwrap().1.starts_with("hello from v2"),
         "the reloaded command runs"
     );
+    // That release drained the old color: the unit lets bgd ask the kernel
+    // for its connections (sock_diag needs AF_NETLINK).
+    assert!(m.log().contains("draining"), "{}", m.log());
+    assert!(
+        !m.log().contains("cannot list the kernel's TCP connections"),
+        "{}",
+        m.log()
+    );
 }
 
 /// Without a socket unit, bgd binds the port itself and keeps it in the fd
