@@ -45,6 +45,9 @@ pub(crate) struct Left {
     pub queued: u32,
     pub handshakes: usize,
     pub connections: usize,
+    /// Why the kernel's view could not be read: then nothing is known to be
+    /// quiet, and bgd waits the whole `drain_delay`.
+    pub unknown: Option<String>,
 }
 
 impl Left {
@@ -55,6 +58,12 @@ impl Left {
 
 impl std::fmt::Display for Left {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(why) = &self.unknown {
+            return write!(
+                f,
+                "the kernel's view of the connections could not be read ({why})"
+            );
+        }
         write!(
             f,
             "{} open connections, {} in the accept queue, {} handshakes",
@@ -98,16 +107,27 @@ pub(crate) async fn quiesce(
             let mut left = look(&l, color, pgid, &p, &mut pending);
             // Unix: queued and open connections alike carry the color's
             // private socket path.
-            left.connections += u
-                .iter()
-                .map(|path| crate::unix_peers::connections(path).unwrap_or(0))
-                .sum::<usize>();
+            for path in &u {
+                match crate::unix_peers::connections(path) {
+                    Ok(n) => left.connections += n,
+                    Err(e) => left.unknown = Some(format!("{}: {e}", path.display())),
+                }
+            }
             (left, pending)
         })
         .await;
-        let Ok((left, still)) = looked else {
-            tracing::warn!("the drain's look at the kernel's tables failed: stopping {color} now");
-            return Left::default();
+        let (left, still) = match looked {
+            Ok(l) => l,
+            Err(e) => {
+                let unknown = Some(format!("the look failed: {e}"));
+                (
+                    Left {
+                        unknown,
+                        ..Left::default()
+                    },
+                    HashSet::new(),
+                )
+            }
         };
         pending = Some(still);
         empty = if left.is_empty() { empty + 1 } else { 0 };
@@ -133,8 +153,11 @@ fn look(
     let table = match conns::sockets(&[Established, SynRecv]) {
         Ok(t) => t,
         Err(e) => {
-            tracing::warn!("cannot list the kernel's TCP connections: {e}");
-            Vec::new()
+            let unknown = Some(format!("sock_diag: {e}"));
+            return Left {
+                unknown,
+                ..Left::default()
+            };
         }
     };
     inodes.extend(conns::group_socket_inodes(pgid).unwrap_or_default());
@@ -144,6 +167,7 @@ fn look(
         queued: listeners.accept_queue(color),
         handshakes: pending.len(),
         connections: conns::established(&table, ports, &inodes),
+        unknown: None,
     }
 }
 
