@@ -478,7 +478,10 @@ impl Listeners {
     /// while no color has been live.
     pub(crate) fn ensure_listening(&self, candidate: Color) -> io::Result<()> {
         let mut inner = self.lock();
-        if inner.receiving.is_none() {
+        // The first color started gets the public connections until one is
+        // live (at boot, the live color's restart; a release started
+        // meanwhile does not take them over).
+        if inner.receiving.is_none() && inner.first.is_none() {
             inner.first = Some(candidate);
         }
         let route = steer::program(&inner.route());
