@@ -317,7 +317,15 @@ impl Entry {
                     Entry::Group { blue, green }
                 }
                 (TrafficMode::Gate, false) => {
-                    remove_stale_unix_socket(public_path(c).expect("a Unix entry"))?;
+                    let public = public_path(c).expect("a Unix entry");
+                    remove_stale_unix_socket(public).map_err(|e| {
+                        anyhow::anyhow!(
+                            "{}: cannot use [[listen]] {:?} at {}: {e}",
+                            c.location,
+                            c.name,
+                            public.display()
+                        )
+                    })?;
                     Entry::Files {
                         blue: UnixSide::bind(c, Color::Blue)?,
                         green: UnixSide::bind(c, Color::Green)?,
