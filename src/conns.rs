@@ -94,6 +94,7 @@ pub fn socket_inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
     if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a socket"));
     }
+    #[allow(clippy::useless_conversion)] // st_ino is u32 on some targets
     Ok(u64::from(st.st_ino))
 }
 
