@@ -64,6 +64,16 @@ pub mod systemd;
 mod unix_peers;
 mod watch;
 
+/// What `bgd --version` and `bgctl --version` print after the name: the
+/// package version and the commit it was built from (`build.rs` finds it;
+/// `unknown` when built from a tarball without git or `BGD_COMMIT`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BGD_COMMIT"),
+    ")"
+);
+
 use std::sync::Arc;
 use std::time::SystemTime;
 

@@ -14,7 +14,7 @@ use bgd::spawn;
 
 #[derive(Parser)]
 #[command(
-    version,
+    version = bgd::VERSION,
     about = "Blue-green process supervisor: holds the sockets, runs blue and green, swaps them without a failed request"
 )]
 struct Args {

@@ -26,7 +26,7 @@ use bgd::protocol::{self, Reply, Request, Status};
 #[derive(Parser)]
 #[command(
     name = "bgctl",
-    version,
+    version = bgd::VERSION,
     about = "Control a running bgd: release, rollback, status, history, logs"
 )]
 struct Args {
