@@ -34,6 +34,7 @@
 //! - `unix_peers`     a Unix listener's queued and open connections, from /proc/net/unix
 //! - `auto`           auto-release decisions (no IO): release the settled tree or not
 //! - [`color`]        blue and green
+//! - [`manpage`]      the binaries' man pages: clap's sections plus exit codes, files, ...
 
 mod auto;
 pub mod color;
@@ -51,6 +52,7 @@ mod identity;
 mod layout;
 mod listen;
 pub mod logs;
+pub mod manpage;
 mod notify;
 mod prepare;
 mod process;

@@ -386,7 +386,35 @@ fn completions_and_man_page_come_from_the_cli_definition() {
         "{}",
         &man[..man.len().min(200)]
     );
-    assert!(man.contains("release"));
+    // Every subcommand is on this one page, and so are the exit codes.
+    for sub in ["release", "rollback", "status", "history", "logs", "watch"] {
+        assert!(
+            man.contains(&format!("\\fBbgctl {sub}\\fR")),
+            "{sub}: {man}"
+        );
+    }
+    assert!(man.contains(".SH \"EXIT STATUS\"") && !man.contains("bgctl\\-release(1)"));
+
+    let bgd = |args: &[&str]| std::process::Command::new(BGD).args(args).output().unwrap();
+    let man = bgd(&["--man"]);
+    assert!(man.status.success());
+    let man = text(&man.stdout);
+    for section in [
+        "NAME",
+        "SYNOPSIS",
+        "OPTIONS",
+        "\"EXIT STATUS\"",
+        "SIGNALS",
+        "FILES",
+    ] {
+        assert!(man.contains(&format!(".SH {section}")), "{section}: {man}");
+    }
+    assert!(man.contains(".TH bgd 1"), "{man}");
+    let fish = bgd(&["--completions", "fish"]);
+    assert!(fish.status.success() && text(&fish.stdout).contains("-l config"));
+    // --config is required unless the output is a man page or completions.
+    assert_eq!(bgd(&[]).status.code(), Some(2));
+    assert_eq!(bgd(&["--man", "--check"]).status.code(), Some(2));
 }
 
 /// `--version` names the commit the binaries were built from: HEAD's, when
