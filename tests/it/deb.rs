@@ -85,6 +85,14 @@ fn the_package_installs_runs_under_systemd_and_purges_cleanly() {
         "postinst reloads systemd and enables or starts nothing"
     );
     check_installed();
+    // An upgrade (a reinstall, here) stops no instance; systemd reloads.
+    let out = stub.apt(&["install", "--reinstall", "-y", deb.to_str().unwrap()], "");
+    assert!(
+        out.status.success(),
+        "apt-get install --reinstall: {}",
+        both(&out)
+    );
+    assert_eq!(stub.calls(), "--system daemon-reload\n");
     run_under_systemd();
 
     // remove: the instances are stopped, systemd reloaded; the conffile and
