@@ -34,6 +34,7 @@
 //! - `unix_peers`     a Unix listener's queued and open connections, from /proc/net/unix
 //! - `auto`           auto-release decisions (no IO): release the settled tree or not
 //! - [`color`]        blue and green
+//! - [`manpage`]      the binaries' man pages: clap's sections plus exit codes, files, ...
 
 mod auto;
 pub mod color;
@@ -51,6 +52,7 @@ mod identity;
 mod layout;
 mod listen;
 pub mod logs;
+pub mod manpage;
 mod notify;
 mod prepare;
 mod process;
@@ -63,6 +65,16 @@ mod steer;
 pub mod systemd;
 mod unix_peers;
 mod watch;
+
+/// What `bgd --version` and `bgctl --version` print after the name: the
+/// package version and the commit it was built from (`build.rs` finds it;
+/// `unknown` when built from a tarball without git or `BGD_COMMIT`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BGD_COMMIT"),
+    ")"
+);
 
 use std::sync::Arc;
 use std::time::SystemTime;

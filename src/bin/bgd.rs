@@ -3,28 +3,90 @@
 //! Exit codes: 0 stopped by SIGTERM/SIGINT; 1 failed while running (cannot
 //! bind, cannot write root, ...); 2 bad arguments or bad config.
 //! `--check` exits 0 on a good config, printing its warnings on stderr.
+//! `--man` and `--completions SHELL` print the man page and a completion
+//! script (the Debian package is built with them).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use bgd::config::Config;
+use bgd::manpage::{self, Section};
 use bgd::spawn;
 
 #[derive(Parser)]
 #[command(
-    version,
-    about = "Blue-green process supervisor: holds the sockets, runs blue and green, swaps them without a failed request"
+    version = bgd::VERSION,
+    about = "Blue-green process supervisor: holds the sockets, runs blue and green, swaps them without a failed request",
+    long_about = "Blue-green process supervisor: holds the sockets, runs blue and green, swaps them without a failed request.\n\n\
+        bgd binds the app's listening sockets once and holds them for its whole life, and runs the app from one of two \
+        directories, blue and green. `bgctl release DIR` copies a build into the color that is not live, starts it, waits \
+        until its health checks pass, steers new connections to it and drains the old color; a release that fails at any \
+        step leaves the old color serving. Under systemd, bgd@NAME.service runs bgd with /etc/bgd/NAME.toml."
 )]
 struct Args {
     /// The config file (TOML).
-    #[arg(short, long, value_name = "FILE")]
-    config: PathBuf,
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        required_unless_present_any = ["man", "completions"]
+    )]
+    config: Option<PathBuf>,
     /// Only validate the config, then exit.
     #[arg(long)]
     check: bool,
+    /// Print this man page (roff), then exit.
+    #[arg(long, exclusive = true)]
+    man: bool,
+    /// Print a completion script for SHELL, then exit.
+    #[arg(long, value_name = "SHELL", exclusive = true)]
+    completions: Option<clap_complete::Shell>,
 }
+
+/// The man page's sections after the options.
+const MAN_SECTIONS: &[Section] = &[
+    Section {
+        title: "EXIT STATUS",
+        intro: "",
+        items: &[
+            ("0", "stopped by SIGTERM or SIGINT after draining the app; with --check, the config is valid"),
+            ("1", "bgd cannot run: a port in use, another bgd on the same root, an unwritable root"),
+            ("2", "bad arguments or a bad config; the message says where (file:line:col) and what to change"),
+        ],
+    },
+    Section {
+        title: "SIGNALS",
+        intro: "",
+        items: &[
+            ("SIGTERM, SIGINT", "drain the live color (its stop_signal, then SIGKILL at drain_timeout) and exit 0; a second signal kills the app's process groups at once"),
+            ("SIGHUP", "reload the config: the app's command, env, stop signal, drain, health checks and [watch] apply to the next start of a color; changes to [[listen]], root, control and name need a restart"),
+        ],
+    },
+    Section {
+        title: "ENVIRONMENT",
+        intro: "",
+        items: &[
+            ("BGD_LOG", "what to log, as a tracing filter (default info; debug for more)"),
+            ("NOTIFY_SOCKET, LISTEN_FDS, LISTEN_FDNAMES, WATCHDOG_USEC", "set by systemd: bgd reports READY=1, STATUS= and WATCHDOG=1, keeps its sockets in the fd store, and takes socket-activated sockets by name"),
+        ],
+    },
+    Section {
+        title: "FILES",
+        intro: "",
+        items: &[
+            ("/etc/bgd/NAME.toml", "the config of bgd@NAME.service; /etc/bgd/example.toml.sample is an example"),
+            ("/var/lib/bgd/NAME", "the root of bgd@NAME.service: blue/ and green/, live, state.json, history.json, the control socket bgd.sock"),
+            ("/usr/share/doc/bgd/README.md", "how releases, auto-release, hooks and the traffic gate work, and every config key"),
+        ],
+    },
+    Section {
+        title: "SEE ALSO",
+        intro: "bgctl(1), systemctl(1), systemd.socket(5)",
+        items: &[],
+    },
+];
 
 fn main() -> ExitCode {
     // The exec trampoline must run before anything starts a thread.
@@ -36,8 +98,18 @@ fn main() -> ExitCode {
     let inherited = unsafe { bgd::systemd::take_listen_fds() };
     spawn::cloexec_inherited_fds();
     let args = Args::parse();
+    if args.man {
+        return print_man_page();
+    }
+    if let Some(shell) = args.completions {
+        clap_complete::generate(shell, &mut Args::command(), "bgd", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    let file = args
+        .config
+        .expect("clap requires --config unless --man or --completions is given");
     init_logging();
-    let config = match Config::load(&args.config) {
+    let config = match Config::load(&file) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("bgd: {e}");
@@ -71,6 +143,16 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bgd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_man_page() -> ExitCode {
+    match manpage::render(Args::command(), MAN_SECTIONS, &mut std::io::stdout()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bgd: cannot write the man page: {e}");
             ExitCode::FAILURE
         }
     }

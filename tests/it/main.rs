@@ -4,6 +4,7 @@
 mod harness;
 mod load;
 
+mod deb;
 mod failures;
 mod faults;
 mod gate;

@@ -386,7 +386,70 @@ fn completions_and_man_page_come_from_the_cli_definition() {
         "{}",
         &man[..man.len().min(200)]
     );
-    assert!(man.contains("release"));
+    // Every subcommand is on this one page, and so are the exit codes.
+    for sub in ["release", "rollback", "status", "history", "logs", "watch"] {
+        assert!(
+            man.contains(&format!("\\fBbgctl {sub}\\fR")),
+            "{sub}: {man}"
+        );
+    }
+    assert!(man.contains(".SH \"EXIT STATUS\"") && !man.contains("bgctl\\-release(1)"));
+
+    let bgd = |args: &[&str]| std::process::Command::new(BGD).args(args).output().unwrap();
+    let man = bgd(&["--man"]);
+    assert!(man.status.success());
+    let man = text(&man.stdout);
+    for section in [
+        "NAME",
+        "SYNOPSIS",
+        "OPTIONS",
+        "\"EXIT STATUS\"",
+        "SIGNALS",
+        "FILES",
+    ] {
+        assert!(man.contains(&format!(".SH {section}")), "{section}: {man}");
+    }
+    assert!(man.contains(".TH bgd 1"), "{man}");
+    let fish = bgd(&["--completions", "fish"]);
+    assert!(fish.status.success() && text(&fish.stdout).contains("-l config"));
+    // --config is required unless the output is a man page or completions.
+    assert_eq!(bgd(&[]).status.code(), Some(2));
+    assert_eq!(bgd(&["--man", "--check"]).status.code(), Some(2));
+}
+
+/// `--version` names the commit the binaries were built from: HEAD's, when
+/// built in this git checkout without `BGD_COMMIT`.
+#[test]
+fn version_names_the_commit() {
+    let head = std::process::Command::new("git")
+        .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| text(&o.stdout).trim().to_string());
+    for (bin, name) in [(BGD, "bgd"), (BGCTL, "bgctl")] {
+        let out = std::process::Command::new(bin)
+            .arg("--version")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let line = text(&out.stdout);
+        let commit = line
+            .strip_prefix(&format!("{name} {} (commit ", env!("CARGO_PKG_VERSION")))
+            .and_then(|rest| rest.strip_suffix(")\n"))
+            .unwrap_or_else(|| panic!("{name} --version: {line:?}"));
+        assert!(
+            commit == "unknown"
+                || (commit.len() >= 7 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+            "{line}"
+        );
+        if let (Some(head), None) = (&head, std::env::var_os("BGD_COMMIT")) {
+            assert!(
+                head.starts_with(commit),
+                "{name} says {commit}, HEAD is {head}"
+            );
+        }
+    }
 }
 
 /// Followers that hang up while nothing is logged do not leave

@@ -11,8 +11,8 @@ use crate::load::Load;
 
 /// A `systemd --user` of the test's own, with its runtime and config dirs
 /// in a temp dir.
-struct UserManager {
-    dir: tempfile::TempDir,
+pub(crate) struct UserManager {
+    pub(crate) dir: tempfile::TempDir,
     manager: Child,
     /// Held for the manager's life: user managers of one uid share cgroup
     /// paths here, so one manager's KillMode= could reach another's units.
@@ -22,7 +22,7 @@ struct UserManager {
 static ONE_MANAGER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl UserManager {
-    fn start() -> Result<UserManager, String> {
+    pub(crate) fn start() -> Result<UserManager, String> {
         let guard = ONE_MANAGER.lock().unwrap_or_else(|e| e.into_inner());
         if !Path::new("/lib/systemd/systemd").exists() {
             return Err("/lib/systemd/systemd is not installed (apt-get install systemd)".into());
@@ -79,7 +79,7 @@ impl UserManager {
         }
     }
 
-    fn systemctl(&self, args: &[&str]) -> Output {
+    pub(crate) fn systemctl(&self, args: &[&str]) -> Output {
         let mut c = Command::new("systemctl");
         c.arg("--user")
             .args(args)
@@ -87,7 +87,7 @@ impl UserManager {
         run_with_deadline(c, Duration::from_secs(120))
     }
 
-    fn ok(&self, args: &[&str]) {
+    pub(crate) fn ok(&self, args: &[&str]) {
         let out = self.systemctl(args);
         assert!(
             out.status.success(),
@@ -98,7 +98,7 @@ impl UserManager {
         );
     }
 
-    fn show(&self, unit: &str, prop: &str) -> String {
+    pub(crate) fn show(&self, unit: &str, prop: &str) -> String {
         text(
             &self
                 .systemctl(&["show", "-p", prop, "--value", unit])
@@ -112,7 +112,7 @@ impl UserManager {
         self.dir.path().join("config/systemd/user")
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("bgd.log")).unwrap_or_default()
     }
 
@@ -121,9 +121,29 @@ impl UserManager {
     /// is no journald), and without what this sandbox cannot apply.
     fn install(&self, config: &Path, root: &Path, socket: Option<&str>, drop_in: &str) {
         let service = std::fs::read_to_string(repo().join("systemd/bgd@.service")).unwrap();
+        let service = service.replace("ExecStart=/usr/bin/bgd ", &format!("ExecStart={BGD} "));
+        self.install_service(&service, config, root);
+        if let Some(listen) = socket {
+            let unit = std::fs::read_to_string(repo().join("systemd/bgd@.socket"))
+                .unwrap()
+                .replace("127.0.0.1:8080", listen);
+            std::fs::write(self.units().join("bgd@.socket"), unit).unwrap();
+        }
+        if !drop_in.is_empty() {
+            let d = self.units().join("bgd@test.service.d");
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("test.conf"), drop_in).unwrap();
+        }
+        self.ok(&["daemon-reload"]);
+    }
+
+    /// Installs `service` (the text of a bgd@.service; its ExecStart= binary
+    /// is kept) for this user manager: the test's config and root for every
+    /// instance, output to a file, and without what this sandbox cannot
+    /// apply. The caller runs daemon-reload.
+    pub(crate) fn install_service(&self, service: &str, config: &Path, root: &Path) {
         let log = self.dir.path().join("bgd.log");
         let service: String = service
-            .replace("/usr/local/bin/bgd", BGD)
             .replace("/etc/bgd/%i.toml", config.to_str().unwrap())
             .replace("/var/lib/bgd/%i", root.to_str().unwrap())
             .replace("WantedBy=multi-user.target", "WantedBy=default.target")
@@ -153,24 +173,12 @@ impl UserManager {
             .map(|l| format!("{l}\n"))
             .collect();
         std::fs::write(self.units().join("bgd@.service"), service).unwrap();
-        if let Some(listen) = socket {
-            let unit = std::fs::read_to_string(repo().join("systemd/bgd@.socket"))
-                .unwrap()
-                .replace("127.0.0.1:8080", listen);
-            std::fs::write(self.units().join("bgd@.socket"), unit).unwrap();
-        }
-        if !drop_in.is_empty() {
-            let d = self.units().join("bgd@test.service.d");
-            std::fs::create_dir_all(&d).unwrap();
-            std::fs::write(d.join("test.conf"), drop_in).unwrap();
-        }
-        self.ok(&["daemon-reload"]);
     }
 }
 
 impl Drop for UserManager {
     fn drop(&mut self) {
-        let _ = self.systemctl(&["stop", "bgd@test.service", "bgd@test.socket"]);
+        let _ = self.systemctl(&["stop", "bgd@*.service", "bgd@*.socket"]);
         let _ = self.manager.kill();
         let _ = self.manager.wait();
         if std::thread::panicking() {
@@ -242,15 +250,10 @@ fn shipped_units_verify_cleanly() {
     // runs against a small root that has them.
     let root = tempfile::tempdir().unwrap();
     let r = root.path();
-    for d in [
-        "usr/local/bin",
-        "bin",
-        "etc/systemd/system",
-        "usr/lib/systemd",
-    ] {
+    for d in ["usr/bin", "bin", "etc/systemd/system", "usr/lib/systemd"] {
         std::fs::create_dir_all(r.join(d)).unwrap();
     }
-    std::fs::copy(BGD, r.join("usr/local/bin/bgd")).unwrap();
+    std::fs::copy(BGD, r.join("usr/bin/bgd")).unwrap();
     std::fs::copy("/bin/kill", r.join("bin/kill")).unwrap();
     for u in ["bgd@.service", "bgd@.socket"] {
         std::fs::copy(
@@ -266,10 +269,21 @@ fn shipped_units_verify_cleanly() {
         .status()
         .unwrap();
     assert!(cp.success());
+    // verify also runs `man` on each Documentation= page: the ones the
+    // binaries print (and the Debian package installs).
+    let man1 = r.join("man/man1");
+    std::fs::create_dir_all(&man1).unwrap();
+    for (bin, args) in [(BGD, &["--man"][..]), (BGCTL, &["man"][..])] {
+        let page = Command::new(bin).args(args).output().unwrap();
+        assert!(page.status.success());
+        let name = Path::new(bin).file_name().unwrap().to_str().unwrap();
+        std::fs::write(man1.join(format!("{name}.1")), page.stdout).unwrap();
+    }
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(format!("--root={}", r.display()))
         .args(["bgd@hello.service", "bgd@hello.socket"])
+        .env("MANPATH", r.join("man"))
         .output()
         .unwrap();
     assert!(

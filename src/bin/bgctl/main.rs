@@ -21,13 +21,17 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use bgd::color::Color;
+use bgd::manpage::{self, Section};
 use bgd::protocol::{self, Reply, Request, Status};
 
 #[derive(Parser)]
 #[command(
     name = "bgctl",
-    version,
-    about = "Control a running bgd: release, rollback, status, history, logs"
+    version = bgd::VERSION,
+    about = "Control a running bgd: release, rollback, status, history, logs",
+    long_about = "Control a running bgd: release, rollback, status, history, logs.\n\n\
+        bgctl sends one request to bgd over its control socket, prints the progress and the answer, and exits with a \
+        code that says what happened (see EXIT STATUS)."
 )]
 struct Args {
     /// bgd's control socket.
@@ -201,9 +205,48 @@ fn completions(shell: clap_complete::Shell) -> Result<u8, Fail> {
     Ok(0)
 }
 
+/// The man page's sections after the subcommands (the exit codes are the
+/// table at the top of this file).
+const MAN_SECTIONS: &[Section] = &[
+    Section {
+        title: "EXIT STATUS",
+        intro: "",
+        items: &[
+            ("0", "done: the requested build is live (or what was asked was printed)"),
+            ("1", "a prepare hook failed, or the new color failed to start, exited, or was not ready in time; the old color still serves"),
+            ("2", "bad arguments, or bgctl could not read the config it was given"),
+            ("3", "cannot reach bgd: no socket, connection refused, permission denied"),
+            ("4", "refused: another release is in progress, or bgd is stopping"),
+            ("5", "refused: bad request (no such build directory, nothing to roll back to)"),
+            ("6", "staging failed (copy error, disk full, or the watched tree changed while it was copied); the old color still serves"),
+            ("7", "bgd failed internally (for example it could not write its state), or spoke an unknown protocol; see its log"),
+        ],
+    },
+    Section {
+        title: "ENVIRONMENT",
+        intro: "bgctl finds bgd through --socket, else BGCTL_SOCKET, else the control key of --config FILE, else of ./bgd.toml.",
+        items: &[
+            ("BGCTL_SOCKET", "bgd's control socket, when --socket is not given"),
+            ("NO_COLOR", "when set, no colors even on a terminal"),
+        ],
+    },
+    Section {
+        title: "EXAMPLES",
+        intro: "",
+        items: &[
+            ("bgctl -c /etc/bgd/hello.toml release /srv/hello/build-42 --label v42", "release a build to the app of bgd@hello.service"),
+            ("bgctl -c /etc/bgd/hello.toml status", "the live color, each color's process, the last result"),
+        ],
+    },
+    Section {
+        title: "SEE ALSO",
+        intro: "bgd(1)",
+        items: &[],
+    },
+];
+
 fn man_page() -> Result<u8, Fail> {
-    clap_mangen::Man::new(Args::command())
-        .render(&mut std::io::stdout())
+    manpage::render(Args::command(), MAN_SECTIONS, &mut std::io::stdout())
         .map_err(|e| (EXIT_PROTOCOL, format!("cannot write the man page: {e}")))?;
     Ok(0)
 }
