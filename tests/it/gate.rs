@@ -159,7 +159,7 @@ while True:
     c, _ = s.accept()
     data = c.recv(65536)
     if b"/healthz" not in data:
-        time.sleep(0.1)
+        time.sleep(0.3)
     body = f"slow release={release}".encode()
     c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
     c.close()
@@ -177,8 +177,9 @@ fn the_flip_with_a_full_old_queue_loses_no_connection() {
     });
     bgd.release(&script_build(bgd.dir.path(), "slow", SLOW));
     let addr = bgd.addr();
-    // 20 clients at once: one served at a time, 100 ms each; the queue
-    // (backlog 8) fills and the rest wait for the kernel to take their SYN.
+    // 20 clients at once: one served at a time, 300 ms each (6 s in all);
+    // the queue (backlog 8) fills and the rest wait for the kernel to take
+    // their SYN.
     let clients: Vec<_> = (0..20)
         .map(|_| {
             let addr = addr.clone();
@@ -194,7 +195,7 @@ fn the_flip_with_a_full_old_queue_loses_no_connection() {
         })
         .collect();
     let port: u16 = addr.rsplit_once(':').unwrap().1.parse().unwrap();
-    wait_until("the old queue to fill", Duration::from_secs(10), || {
+    wait_until("the old queue to fill", Duration::from_secs(30), || {
         (listen_queue(port) >= 8).then_some(())
     });
     bgd.release(&example_build(bgd.dir.path(), "new", "v2"));
