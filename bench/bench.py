@@ -1000,7 +1000,7 @@ def bench_quiesce_table(ctx):
                 make_time_wait(ctx.tw_target)
             for mode in modes:
                 bgd = bgds[mode]
-                r = {"mode": mode, "phase": phase, "tw": [], "drain": [], "cpu": [], "total": []}
+                r = {"mode": mode, "phase": phase, "tw": [], "drain": [], "cpu": [], "total": [], "hwm": []}
                 for rep in range(ctx.reps3):
                     wait_for_quiet(ctx, f"rep {rep + 1} 3c, {mode} mode, {phase} TIME_WAIT")
                     tw = tcp_time_wait()
@@ -1014,9 +1014,10 @@ def bench_quiesce_table(ctx):
                     r["drain"].append(med([m["drain"] for m in ms]))
                     r["total"].append(med([m["total"] for m in ms]))
                     r["cpu"].append(med(cpu))
+                    r["hwm"].append(kb(proc_status(bgd.pid), "VmHWM") / 1024)
                     log(f"  rep {rep + 1} {mode}, {phase}: {r['tw'][-1]:.0f} TIME_WAIT sockets; drain "
                         f"{r['drain'][-1]:.0f} ms, release {r['total'][-1]:.0f} ms, bgd CPU {r['cpu'][-1]:.1f} ms "
-                        f"per release")
+                        f"per release, VmHWM {r['hwm'][-1]:.1f} MB")
                 rows.append(r)
     finally:
         for b in bgds.values():
@@ -1499,7 +1500,7 @@ def report(ctx, r1, r2, r3, r3b, r4, r5=None, r6=None, r3c=None):
            "repetition against the baseline measured next to it.", ""]
     if getattr(ctx, "tw_at", None):
         md += ["TCP sockets in TIME_WAIT on the machine when each measurement began (bgd's quiesce reads the "
-               "whole TCP table; measurement 3 waits up to 65 s for fewer than 1,000): "
+               "whole TCP table; measurements 3, 4 and 5 run first and wait up to 65 s for fewer than 1,000): "
                + ", ".join(f"{k}: {v}" for k, v in ctx.tw_at.items()) + ".", ""]
     if r1:
         md += [f"## 1. Request-path overhead (wrk -t2 -c64, {ctx.wrk_seconds}s x {ctx.reps1})", ""]
@@ -1581,15 +1582,16 @@ def report(ctx, r1, r2, r3, r3b, r4, r5=None, r6=None, r3c=None):
     if r3c:
         md += [f"### The quiesce and the TCP table (fastapp, health.http; {ctx.releases3} releases x {ctx.reps3})", ""]
         md += [table(["traffic mode", "TIME_WAIT sockets on the machine", "drain ms", "release ms (request to reply)",
-                      "bgd CPU ms per release"], [
-            [r["mode"], summary(r["tw"], 0), summary(r["drain"], 0), summary(r["total"], 0), summary(r["cpu"], 1)]
-            for r in r3c])]
+                      "bgd CPU ms per release", "bgd peak RSS MB (VmHWM, so far)"], [
+            [r["mode"], summary(r["tw"], 0), summary(r["drain"], 0), summary(r["total"], 0), summary(r["cpu"], 1),
+             summary(r["hwm"], 1)] for r in r3c])]
         md += ["", "In gate mode bgd quiesces the old color before its stop signal: it reads the kernel's TCP table "
                "(/proc/net/tcp and tcp6, every socket, TIME_WAIT included) every 20 ms until two looks in a row find "
                "none of the color's connections. The last two rows are measured right after "
                f"{ctx.tw_target} local connections, each closed by its server first, left sockets in TIME_WAIT "
                "(for 60 s; their count is in the second column), as a server's short connections do. Shared mode "
-               "does not quiesce. drain = bgd's drain step (quiesce, stop signal, the old app's exit).", ""]
+               "does not quiesce. drain = bgd's drain step (quiesce, stop signal, the old app's exit). VmHWM is "
+               "the kernel's high-water mark of bgd's RSS since it started, read after each repetition.", ""]
     if r4:
         md += [f"## 4. Footprint ({ctx.reps4} x {ctx.idle_seconds}s idle, rates per minute)", ""]
         md += [table(["", "bgd", "nginx (master + workers)", "gunicorn arbiter", "goal"], [
@@ -1730,8 +1732,8 @@ def main():
 
         def measure(key, fn):
             # One measurement's failure is reported, and the others still run.
-            if key == "3":
-                wait_time_wait(ctx, "3")  # those of measurement 2 would slow every drain
+            if key in ("3", "4", "5"):
+                wait_time_wait(ctx, key)  # those of an earlier run would slow every drain
             ctx.tw_at[key] = tcp_time_wait()
             try:
                 results[key] = fn()
@@ -1760,20 +1762,23 @@ def main():
                 log("3b. no tmpfs with 2 GB free at /dev/shm: staging measured on the disk only")
             return rows
 
-        if "1" in only:
-            measure("1", lambda: bench_request_path(ctx))
-        if "2" in only:
-            measure("2", lambda: bench_releases(ctx))
+        # Measurements 3, 4 and 5 first: 1, 2 and 6 (and 3c on purpose) leave tens of thousands
+        # of sockets in TIME_WAIT for 60 s, which slow bgd's quiesce and raise its memory.
         if "3" in only:
             measure("3", lambda: bench_release_latency(ctx))
             measure("3b", staging)
-            measure("3c", lambda: bench_quiesce_table(ctx))
         if "4" in only:
             measure("4", lambda: bench_footprint(ctx))
         if "5" in only:
             measure("5", lambda: bench_auto_release(ctx))
+        if "1" in only:
+            measure("1", lambda: bench_request_path(ctx))
+        if "2" in only:
+            measure("2", lambda: bench_releases(ctx))
         if "6" in only:
             measure("6", lambda: bench_flip(ctx))
+        if "3" in only:
+            measure("3c", lambda: bench_quiesce_table(ctx))
         r1, r2, r3, r3b, r3c, r4, r5, r6 = (results.get(k) for k in ("1", "2", "3", "3b", "3c", "4", "5", "6"))
     finally:
         stop_all()
