@@ -3,8 +3,8 @@
 
 Sockets: when started by bgd (or systemd-socket-activate) it serves every
 socket it inherits through the socket-activation protocol (LISTEN_FDS,
-LISTEN_PID, LISTEN_FDNAMES; fds 3, 4, ...). bgd's `probe` socket is one of
-them. When started on its own it binds 127.0.0.1:$PORT (default 8080).
+LISTEN_PID, LISTEN_FDNAMES; fds 3, 4, ...); in bgd's shared mode its `probe`
+socket is one of them. When started on its own it binds 127.0.0.1:$PORT (default 8080).
 
 Graceful drain on the first SIGTERM/SIGINT: close our copies of the listening
 sockets (another process may still accept on them), let in-flight requests
