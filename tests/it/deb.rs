@@ -60,13 +60,21 @@ const CONFIG_DIR: &str = "/etc/bgd";
 
 #[test]
 fn the_package_installs_runs_under_systemd_and_purges_cleanly() {
-    if let Err(why) = can_install() {
+    let skip = |why: String| {
         assert!(
             std::env::var_os("BGD_REQUIRE_DEB").is_none(),
             "BGD_REQUIRE_DEB is set, but: {why}"
         );
         eprintln!("skipped: cannot test the Debian package here: {why}");
-        return;
+    };
+    if let Err(why) = can_install() {
+        return skip(why);
+    }
+    // Held to the end: another run of this test on the machine (another
+    // clone, another CI job) would install and purge the same package.
+    let _one_at_a_time = MachineLock::take();
+    if let Err(why) = machine_is_clean() {
+        return skip(why);
     }
     let deb = build();
     check_contents(&deb);
@@ -148,7 +156,7 @@ fn the_package_changelog_names_this_version() {
     );
 }
 
-/// Why this machine cannot take the test, if it cannot.
+/// Why this machine cannot run the test, if it cannot.
 fn can_install() -> Result<(), String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -168,6 +176,11 @@ fn can_install() -> Result<(), String> {
             return Err(format!("{tool} is missing"));
         }
     }
+    Ok(())
+}
+
+/// Why the test would destroy something of this machine's, if it would.
+fn machine_is_clean() -> Result<(), String> {
     if !status().is_empty() {
         return Err(format!("package bgd is on this machine ({})", status()));
     }
@@ -445,9 +458,10 @@ impl SystemctlStub {
         }
         std::fs::write(self.dir.path().join("answers"), answers).unwrap();
         let mut c = Command::new("unshare");
+        // Other apt-get runs on the machine may hold dpkg's lock a while.
         c.args(["-m", "--propagation", "private", "sh", "-c"])
             .arg(format!(
-                "{setup} && exec apt-get -o Dpkg::Use-Pty=0 \"$@\" < {d}/answers"
+                "{setup} && exec apt-get -o Dpkg::Use-Pty=0 -o DPkg::Lock::Timeout=300 \"$@\" < {d}/answers"
             ))
             .arg("sh")
             .args(args)
@@ -463,6 +477,33 @@ impl SystemctlStub {
     }
 }
 
+/// An exclusive lock on a file in /run/lock, for one run of the package
+/// test per machine; the kernel drops it when the file closes, so a killed
+/// test cannot leave it held.
+struct MachineLock {
+    /// Open for the lock's life: closing it releases the lock.
+    _file: std::fs::File,
+}
+
+impl MachineLock {
+    fn take() -> MachineLock {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open("/run/lock/bgd-deb-test.lock")
+            .unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        wait_until(
+            "another run of the package test on this machine to finish",
+            Duration::from_secs(900),
+            // SAFETY: flock(2) on an fd this function owns.
+            || (unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0).then_some(()),
+        );
+        MachineLock { _file: file }
+    }
+}
+
 /// Purges the package and removes /var/lib/bgd when dropped (the test
 /// checked that neither was there before it began).
 struct Installed;
@@ -470,13 +511,13 @@ struct Installed;
 impl Drop for Installed {
     fn drop(&mut self) {
         if !status().is_empty() {
-            let out = Command::new("dpkg")
-                .args(["--purge", "bgd"])
+            let out = Command::new("apt-get")
+                .args(["-o", "DPkg::Lock::Timeout=300", "purge", "-y", "bgd"])
                 .env("DEBIAN_FRONTEND", "noninteractive")
                 .output();
             if let Ok(out) = out {
                 if !out.status.success() {
-                    eprintln!("cleanup: dpkg --purge bgd: {}", both(&out));
+                    eprintln!("cleanup: apt-get purge bgd: {}", both(&out));
                 }
             }
         }
