@@ -119,8 +119,11 @@ fn after_live_hooks_run_after_the_swap_and_do_not_fail_it() {
     ));
     bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
     let marker = bgd.root().join("after.txt");
+    // The shell creates the file before it writes the line: wait for the line.
     let text_of = wait_until("the after_live hook", Duration::from_secs(10), || {
-        std::fs::read_to_string(&marker).ok()
+        std::fs::read_to_string(&marker)
+            .ok()
+            .filter(|t| t.ends_with('\n'))
     });
     assert_eq!(text_of.trim(), "live: blue");
     wait_until("the failure to be logged", Duration::from_secs(10), || {
