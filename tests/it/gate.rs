@@ -467,6 +467,11 @@ fn nginx_loses_no_keepalive_request_thanks_to_the_quiesce() {
     }
     let samples = load.finish_clean();
     assert!(samples.len() > 2000, "{} requests", samples.len());
+    // Stop bgd gracefully: SIGKILL would leave nginx's workers behind (its
+    // master dies with bgd, its workers are not in bgd's reach once bgd is
+    // gone).
+    let mut bgd = bgd;
+    assert_eq!(bgd.stop(libc::SIGTERM), Some(0));
 }
 
 /// Serves its TCP socket (fd 3: the health check) at once and its Unix
