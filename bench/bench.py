@@ -987,6 +987,7 @@ def bench_quiesce_table(ctx):
     log(f"3c. the quiesce and the TCP table: {ctx.reps3} x {ctx.releases3} releases of fastapp (health.http) per "
         f"traffic mode, with few TIME_WAIT sockets, then with about {ctx.tw_target} more")
     rows = []
+    wait_time_wait(ctx, "3c")  # before bgd starts: its peak RSS is part of the figures
     bgds = {m: Bgd(ctx, f"m3c-{m}-{free_port()}", [PY, "-S", "fastapp.py"], "http",
                    mode="shared" if m == "shared" else None) for m in modes}
     try:
@@ -994,9 +995,7 @@ def bench_quiesce_table(ctx):
             b.release(ctx.build_fast)
             b.release(ctx.build_fast)
         for phase in ("few", "many"):
-            if phase == "few":
-                wait_time_wait(ctx, "3c")
-            else:
+            if phase == "many":
                 make_time_wait(ctx.tw_target)
             for mode in modes:
                 bgd = bgds[mode]

@@ -21,9 +21,15 @@
 //! failed, -3 closed or reset before an answer, -5 timeout (2 s), -6 an answer
 //! that is not HTTP. `release` is the word after `release=` in the body (the
 //! app prints its `BG_RELEASE`), or `-`. A summary goes to stdout.
+//!
+//! Each connection is closed with `SO_LINGER` 0 once its answer is read (a
+//! reset, after the app's own close): so it leaves no socket in TIME_WAIT,
+//! which at 10,000 connections a second would fill the kernel's TCP table,
+//! and bgd's quiesce reads that table.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -35,9 +41,37 @@ struct Timespec {
     tv_nsec: i64,
 }
 
+#[repr(C)]
+struct Linger {
+    l_onoff: i32,
+    l_linger: i32,
+}
+
 extern "C" {
     fn clock_gettime(clk: i32, ts: *mut Timespec) -> i32;
     fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
+    fn setsockopt(fd: i32, level: i32, name: i32, val: *const Linger, len: u32) -> i32;
+}
+
+const SOL_SOCKET: i32 = 1;
+const SO_LINGER: i32 = 13;
+
+/// Closing `s` will reset the connection instead of leaving it in TIME_WAIT.
+fn linger_zero(s: &TcpStream) {
+    let l = Linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket fd and a valid `struct linger` of the given size.
+    unsafe {
+        setsockopt(
+            s.as_raw_fd(),
+            SOL_SOCKET,
+            SO_LINGER,
+            &l,
+            std::mem::size_of::<Linger>() as u32,
+        )
+    };
 }
 
 const CLOCK_REALTIME: i32 = 0;
@@ -107,6 +141,7 @@ struct Rec {
 /// Reads one answer to its end (the app closes the connection).
 fn answer(mut s: TcpStream) -> (i32, String) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    linger_zero(&s);
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 2048];
     loop {
