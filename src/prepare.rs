@@ -109,7 +109,7 @@ async fn prepare(
     match outcome {
         Ok(()) => Ok((app, timings)),
         Err(message) => {
-            let message = message + &own_listeners(ctx, &app);
+            let message = message + &own_listeners(ctx, &app).await;
             // It may have accepted live connections from the shared socket:
             // let it finish them with its stop signal, briefly, then SIGKILL.
             let grace = ctx.config.app.drain_timeout.min(FAILED_GRACE);
@@ -124,13 +124,18 @@ async fn prepare(
 
 /// When `app`'s processes listen on a TCP socket that is not one of bgd's,
 /// the app ignored the sockets it inherited: says so, and what usually
-/// causes it. Empty otherwise.
-fn own_listeners(ctx: &Ctx, app: &AppProcess) -> String {
-    let Ok(table) = crate::conns::sockets(&[crate::conns::TcpState::Listen]) else {
-        return String::new();
-    };
-    let group = crate::conns::group_socket_inodes(app.pid.as_raw()).unwrap_or_default();
-    let found = crate::conns::foreign_listeners(&table, &group, &ctx.listeners.inodes());
+/// causes it. Empty otherwise. Reads /proc on the blocking pool.
+async fn own_listeners(ctx: &Ctx, app: &AppProcess) -> String {
+    let (pgid, ours) = (app.pid.as_raw(), ctx.listeners.inodes());
+    let found = tokio::task::spawn_blocking(move || {
+        let table = crate::conns::sockets(&[crate::conns::TcpState::Listen]).ok()?;
+        let group = crate::conns::group_socket_inodes(pgid).unwrap_or_default();
+        Some(crate::conns::foreign_listeners(&table, &group, &ours))
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_default();
     if found.is_empty() {
         return String::new();
     }

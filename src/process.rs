@@ -66,7 +66,8 @@ impl AppProcess {
 
         // Shared mode only: in gate mode the probe reaches the color
         // through the public address (see `Listeners::probe_target`).
-        let probe = if cfg.health.http.is_some() && ctx.listeners.probe_target(color).is_none() {
+        let shared = cfg.fixed.traffic == crate::config::TrafficMode::Shared;
+        let probe = if cfg.health.http.is_some() && shared {
             let (l, addr) = probe_socket()?;
             env.push(("BG_PROBE_ADDR".into(), addr.to_string()));
             fds.push((PROBE_FD_NAME.to_string(), l.as_raw_fd()));

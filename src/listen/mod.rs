@@ -689,15 +689,8 @@ impl Listeners {
         self.lock()
             .entries
             .iter()
-            .flat_map(|e| {
-                e.sockets()
-                    .into_iter()
-                    .map(|s| s.fd.as_fd())
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .filter_map(|fd| crate::conns::socket_inode(fd).ok())
-                    .collect::<Vec<_>>()
-            })
+            .flat_map(|e| e.sockets())
+            .filter_map(|s| crate::conns::socket_inode(s.fd.as_fd()).ok())
             .collect()
     }
 
