@@ -16,6 +16,7 @@ use nix::sys::signal::Signal;
 use serde::Deserialize;
 
 use crate::identity::{self, Identity};
+use crate::rollout::{self, Rollout};
 
 /// A validated config; every path in it is absolute.
 ///
@@ -28,6 +29,8 @@ pub struct Config {
     pub fixed: Fixed,
     pub app: AppConfig,
     pub health: HealthConfig,
+    /// `[traffic] standby`, `bake` and `steps`.
+    pub rollout: Rollout,
     /// Auto-release when this build directory changes.
     pub watch: Option<WatchConfig>,
     /// Directories under `root/shared` symlinked into each color at staging.
@@ -179,6 +182,13 @@ pub struct HealthConfig {
     pub exec: Option<Vec<String>>,
     /// All checks must pass within it; never zero.
     pub timeout: Duration,
+    /// `health.interval`: once a color is ready, check it (http and exec)
+    /// again this often while it is live or a canary; zero (the default)
+    /// checks only its readiness.
+    pub interval: Duration,
+    /// `health.failures`: this many failed checks in a row make a color
+    /// unhealthy (default 3, at least 1).
+    pub failures: u32,
 }
 
 /// `[watch]` in the config.
@@ -250,7 +260,9 @@ impl Config {
             None if control_group.is_some() => 0o660,
             None => 0o600,
         };
-        let traffic = traffic(&src, raw.traffic.unwrap_or_default())?;
+        let raw_traffic = raw.traffic.unwrap_or_default();
+        let traffic = traffic(&src, raw_traffic.mode.as_ref())?;
+        let rollout = rollout_policy(&src, &raw_traffic, traffic, &listen, &health)?;
         let mut warnings = Vec::new();
         let app = app(&src, raw.app, identity, &mut warnings);
         Ok(Config {
@@ -266,6 +278,7 @@ impl Config {
             },
             app,
             health,
+            rollout,
             watch,
             shared,
             hardlink,
@@ -521,9 +534,9 @@ fn app(
 /// `app.drain_delay` when the config does not say.
 pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(5);
 
-/// `[traffic]`.
-fn traffic(src: &Source, t: RawTraffic) -> Result<TrafficMode, ConfigError> {
-    match t.mode {
+/// `traffic.mode`.
+fn traffic(src: &Source, mode: Option<&Spanned<String>>) -> Result<TrafficMode, ConfigError> {
+    match mode {
         None => Ok(TrafficMode::Gate),
         Some(m) => match m.get_ref().as_str() {
             "gate" => Ok(TrafficMode::Gate),
@@ -534,6 +547,74 @@ fn traffic(src: &Source, t: RawTraffic) -> Result<TrafficMode, ConfigError> {
             )),
         },
     }
+}
+
+/// `[traffic] standby`, `bake` and `steps`, checked against the mode, the
+/// listeners and the health checks they rely on.
+fn rollout_policy(
+    src: &Source,
+    t: &RawTraffic,
+    mode: TrafficMode,
+    listen: &[ListenConfig],
+    health: &HealthConfig,
+) -> Result<Rollout, ConfigError> {
+    let duration =
+        |d: &Option<Spanned<HumanDuration>>| d.as_ref().map_or(Duration::ZERO, |d| d.get_ref().0);
+    let steps = match &t.steps {
+        Some(s) => rollout::parse_steps(s.get_ref())
+            .map_err(|(i, e)| src.fail(s.span(), format!("traffic.steps[{i}]: {e}")))?,
+        None => Vec::new(),
+    };
+    let r = Rollout {
+        standby: duration(&t.standby),
+        bake: duration(&t.bake),
+        steps,
+    };
+    // The first key that needs what is missing is the one named.
+    let used = [
+        (
+            "traffic.standby",
+            &t.standby.as_ref().map(|d| d.span()),
+            !r.standby.is_zero(),
+        ),
+        (
+            "traffic.bake",
+            &t.bake.as_ref().map(|d| d.span()),
+            !r.bake.is_zero(),
+        ),
+        (
+            "traffic.steps",
+            &t.steps.as_ref().map(|s| s.span()),
+            !r.steps.is_empty(),
+        ),
+    ];
+    for (key, span, set) in used {
+        let (Some(span), true) = (span, set) else {
+            continue;
+        };
+        if mode == TrafficMode::Shared {
+            return Err(src.fail(span.clone(), format!("{key} needs traffic.mode = \"gate\": in shared mode both colors accept from one socket, so a color cannot be kept without connections or given a share of them")));
+        }
+        if key == "traffic.steps" {
+            if let Some(l) = listen
+                .iter()
+                .find(|l| !matches!(l.address, ListenAddr::Tcp(_)))
+            {
+                return Err(src.fail(span.clone(), format!("traffic.steps splits new TCP connections in the kernel, and [[listen]] {:?} is a Unix socket, which cannot be split: remove traffic.steps, or the Unix listener", l.name)));
+            }
+        }
+        if key != "traffic.standby" && health.interval.is_zero() {
+            return Err(src.fail(span.clone(), format!("{key} watches the new color's health checks every health.interval, which is off: set health.interval, such as \"5s\"")));
+        }
+    }
+    if r.bake > r.standby {
+        let span = t.bake.as_ref().map(|d| d.span()).unwrap_or_default();
+        return Err(src.fail(span, format!(
+            "traffic.bake ({}) is longer than traffic.standby ({}): the standby would be gone before the bake ends, with nothing to roll back to; make standby at least as long, such as standby = \"{}\"",
+            humantime::format_duration(r.bake), humantime::format_duration(r.standby), humantime::format_duration(r.bake.max(Duration::from_secs(600)))
+        )));
+    }
+    Ok(r)
 }
 
 /// `[health]`: at least one check, each well-formed.
@@ -568,7 +649,25 @@ fn health(src: &Source, h: RawHealth) -> Result<HealthConfig, ConfigError> {
             "health.timeout must be more than 0s: no release could pass its checks; give the app time to become ready, such as \"30s\"".into(),
         ));
     }
+    let interval = h
+        .interval
+        .as_ref()
+        .map_or(Duration::ZERO, |d| d.get_ref().0);
+    if let (Some(i), false) = (&h.interval, interval.is_zero()) {
+        if h.http.is_none() && h.exec.is_none() {
+            return Err(src.fail(i.span(), "health.interval repeats health.http or health.exec, and neither is set (READY=1 comes once): set one of them, or remove health.interval".into()));
+        }
+    }
+    let failures = match &h.failures {
+        Some(f) if *f.get_ref() == 0 => {
+            return Err(src.fail(f.span(), "health.failures must be at least 1: it is how many failed checks in a row make a color unhealthy, such as 3".into()))
+        }
+        Some(f) => *f.get_ref(),
+        None => 3,
+    };
     Ok(HealthConfig {
+        interval,
+        failures,
         http: h.http.map(|s| s.into_inner()),
         notify: h.notify,
         exec: h.exec.map(|s| s.into_inner()),
@@ -736,6 +835,9 @@ struct Raw {
 #[serde(deny_unknown_fields)]
 struct RawTraffic {
     mode: Option<Spanned<String>>,
+    standby: Option<Spanned<HumanDuration>>,
+    bake: Option<Spanned<HumanDuration>>,
+    steps: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -789,6 +891,8 @@ struct RawHealth {
     notify: bool,
     exec: Option<Spanned<Vec<String>>>,
     timeout: Option<Spanned<HumanDuration>>,
+    interval: Option<Spanned<HumanDuration>>,
+    failures: Option<Spanned<u32>>,
 }
 
 /// A duration written with a unit: "30s", "500ms", "2m".
@@ -939,6 +1043,54 @@ http = "/healthz"
 
     fn parse(text: &str) -> Result<Config, String> {
         Config::parse(Path::new("/etc/bgd/app.toml"), text).map_err(|e| e.to_string())
+    }
+
+    /// `[traffic] standby/bake/steps` and `health.interval/failures`
+    /// (issue 12): what each needs, and what it says when it is missing.
+    #[test]
+    fn the_rollout_keys_say_what_they_need() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.rollout, Rollout::default());
+        assert_eq!((c.health.interval, c.health.failures), (Duration::ZERO, 3));
+        let with =
+            |health: &str, traffic: &str| parse(&format!("{GOOD}{health}\n[traffic]\n{traffic}\n"));
+        let ok = with(
+            "interval = \"5s\"\nfailures = 2",
+            "standby = \"10m\"\nbake = \"2m\"\nsteps = [\"10%:1m\", \"50%:30s\"]",
+        )
+        .unwrap();
+        assert_eq!(ok.rollout.standby, Duration::from_secs(600));
+        assert_eq!(ok.rollout.bake, Duration::from_secs(120));
+        assert_eq!(ok.rollout.steps.len(), 2);
+        assert_eq!(
+            (ok.health.interval, ok.health.failures),
+            (Duration::from_secs(5), 2)
+        );
+        for (health, traffic, says) in [
+            ("interval = \"5s\"", "standby = \"1m\"\nbake = \"2m\"", "traffic.bake (2m) is longer than traffic.standby (1m)"),
+            ("interval = \"5s\"", "bake = \"2m\"", "longer than traffic.standby (0s)"),
+            ("", "standby = \"10m\"\nbake = \"2m\"", "traffic.bake watches the new color's health checks every health.interval, which is off"),
+            ("interval = \"5s\"", "steps = [\"50%:1m\", \"10%:1m\"]", "traffic.steps[1]: canary steps must increase"),
+            ("interval = \"5s\"", "steps = [\"half\"]", "traffic.steps[0]: bad canary step \"half\""),
+            ("interval = \"5s\"", "mode = \"shared\"\nstandby = \"1m\"", "traffic.standby needs traffic.mode = \"gate\""),
+            ("failures = 0", "", "health.failures must be at least 1"),
+        ] {
+            let e = with(health, traffic).unwrap_err();
+            assert!(e.contains(says), "{health} {traffic}: {e}");
+            assert!(e.starts_with("/etc/bgd/app.toml:"), "{e}");
+        }
+        let notify = GOOD.replace("http = \"/healthz\"", "notify = true\ninterval = \"5s\"");
+        let e = parse(&notify).unwrap_err();
+        assert!(
+            e.contains("health.interval repeats health.http or health.exec"),
+            "{e}"
+        );
+        let unix = GOOD.replace("127.0.0.1:8080", "app.sock");
+        let e = parse(&format!(
+            "{unix}interval = \"5s\"\n[traffic]\nstandby = \"10m\"\nsteps = [\"10%:1m\"]\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("is a Unix socket, which cannot be split"), "{e}");
     }
 
     #[test]

@@ -160,50 +160,116 @@ async fn wait_exec(
     release: u64,
     last: &Mutex<String>,
 ) -> anyhow::Result<()> {
-    let env = crate::process::color_env(ctx, app.color, release);
     let mut backoff = Duration::from_millis(20);
     loop {
-        let check = spawn::spawn(&spawn::Spec {
-            command: cmd,
-            cwd: dir,
-            env: env.clone(),
-            fds: vec![],
-            identity: ctx.config.app.identity.as_ref(),
-        })
-        .with_context(|| format!("cannot run health.exec {:?} in {}", cmd[0], dir.display()))?;
-        let exited = ctx.reaper.watch(check.pid);
-        let guard = spawn::KillGroupOnDrop(check.pid);
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let readers =
-            [check.stdout, check.stderr].map(|fd| tokio::spawn(keep_tail(fd, output.clone())));
-        let status = exited.await.context("the reaper stopped")?;
-        std::mem::forget(guard);
-        // Output still in the pipes arrives at once; a background process
-        // that keeps them open is not waited for.
-        for r in readers {
-            let abort = r.abort_handle();
-            if tokio::time::timeout(Duration::from_millis(100), r)
-                .await
-                .is_err()
-            {
-                abort.abort();
-            }
+        match exec_once(ctx, cmd, dir, app.color, release).await? {
+            Ok(()) => return Ok(()),
+            Err(why) => note(last, why),
         }
-        if status.success() {
-            return Ok(());
-        }
-        let out = String::from_utf8_lossy(&output.lock().expect("never held across a panic"))
-            .trim()
-            .to_string();
-        let out = out
-            .lines()
-            .last()
-            .map(|l| format!(": {l}"))
-            .unwrap_or_default();
-        note(last, format!("health.exec {:?}: {status}{out}", cmd[0]));
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_millis(500));
     }
+}
+
+/// Runs the check command once in `dir`. The outer `Err`: it could not be
+/// run; the inner: it failed, with its status and last line of output.
+async fn exec_once(
+    ctx: &Ctx,
+    cmd: &[String],
+    dir: &Path,
+    color: Color,
+    release: u64,
+) -> anyhow::Result<Result<(), String>> {
+    let env = crate::process::color_env(ctx, color, release);
+    let check = spawn::spawn(&spawn::Spec {
+        command: cmd,
+        cwd: dir,
+        env,
+        fds: vec![],
+        identity: ctx.config.app.identity.as_ref(),
+    })
+    .with_context(|| format!("cannot run health.exec {:?} in {}", cmd[0], dir.display()))?;
+    let exited = ctx.reaper.watch(check.pid);
+    let guard = spawn::KillGroupOnDrop(check.pid);
+    let output = Arc::new(Mutex::new(Vec::new()));
+    let readers =
+        [check.stdout, check.stderr].map(|fd| tokio::spawn(keep_tail(fd, output.clone())));
+    let status = exited.await.context("the reaper stopped")?;
+    std::mem::forget(guard);
+    // Output still in the pipes arrives at once; a background process
+    // that keeps them open is not waited for.
+    for r in readers {
+        let abort = r.abort_handle();
+        if tokio::time::timeout(Duration::from_millis(100), r)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
+    if status.success() {
+        return Ok(Ok(()));
+    }
+    let out = String::from_utf8_lossy(&output.lock().expect("never held across a panic"))
+        .trim()
+        .to_string();
+    let out = out
+        .lines()
+        .last()
+        .map(|l| format!(": {l}"))
+        .unwrap_or_default();
+    Ok(Err(format!("health.exec {:?}: {status}{out}", cmd[0])))
+}
+
+/// One repeated check of a color that already serves (`health.interval`):
+/// `health.http` once (through the public address, routed to `color`, or
+/// through `own`, its probe socket in shared mode), then `health.exec`
+/// once, each bounded by `health.timeout`. `Err` says what failed.
+pub async fn check_once(
+    ctx: &Ctx,
+    color: Color,
+    own: Option<SocketAddr>,
+    release: u64,
+) -> Result<(), String> {
+    let h = &ctx.config.health;
+    if let Some(path) = &h.http {
+        let via = match (ctx.listeners.probe_target(color), own) {
+            (Some(t), _) => t,
+            (None, Some(addr)) => ProbeTarget::Own(addr),
+            (None, None) => return Err(format!("health.http: bgd has no way to reach {color}")),
+        };
+        let attempt = tokio::time::timeout(h.timeout, probe_once(ctx, &via, color, path)).await;
+        if let ProbeTarget::Tcp { .. } = via {
+            ctx.listeners.clear_probe(color);
+        }
+        match attempt {
+            Ok(Ok(code)) if (200..300).contains(&code) => {}
+            Ok(Ok(code)) => return Err(format!("GET {path} answered {code}")),
+            Ok(Err(e)) => return Err(format!("GET {path} failed: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "GET {path} got no answer within health.timeout ({})",
+                    humantime::format_duration(h.timeout)
+                ))
+            }
+        }
+    }
+    if let Some(cmd) = &h.exec {
+        let dir = crate::layout::color_dir(&ctx.config.fixed.root, color);
+        let run = exec_once(ctx, cmd, &dir, color, release);
+        match tokio::time::timeout(h.timeout, run).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(e)) => return Err(format!("{e:#}")),
+            Err(_) => {
+                return Err(format!(
+                    "health.exec {:?} did not finish within health.timeout ({})",
+                    cmd[0],
+                    humantime::format_duration(h.timeout)
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads `fd` to its end, keeping the last 2 KiB in `out`.

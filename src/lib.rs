@@ -58,6 +58,7 @@ mod prepare;
 mod process;
 pub mod protocol;
 mod reaper;
+pub mod rollout;
 pub mod spawn;
 mod stage;
 mod state;

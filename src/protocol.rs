@@ -28,9 +28,24 @@ pub enum Request {
     Release {
         dir: String,
         label: Option<String>,
+        /// Once ready, give the new color this share of new connections
+        /// (1 to 99 percent) beside the live one, instead of all of them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        canary: Option<u8>,
+        /// Answer once the bake window (and the canary steps) passed.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        wait_bake: bool,
     },
-    /// Make the previous color live again from its directory.
+    /// Make the previous color live again: a switch to its standby, or a
+    /// start from its directory.
     Rollback,
+    /// Raise the canary's share to `percent`, or make it live (`None`).
+    Promote {
+        #[serde(default)]
+        percent: Option<u8>,
+    },
+    /// Give the canary no more connections and drain it.
+    Abort,
     Status,
     /// Pause or resume auto-release.
     Watch {
@@ -121,6 +136,10 @@ pub enum FailureKind {
     Changed,
     /// The peer may not use the control socket.
     Denied,
+    /// The build went live (or became a canary) and was then rolled back
+    /// or aborted, by bgd during its bake or canary, or by hand
+    /// (`bgctl release --wait-bake`).
+    RolledBack,
 }
 
 impl FailureKind {
@@ -133,6 +152,7 @@ impl FailureKind {
             FailureKind::BadRequest => 5,
             FailureKind::Stage | FailureKind::Changed => 6,
             FailureKind::Internal => 7,
+            FailureKind::RolledBack => 8,
         }
     }
 }
@@ -220,12 +240,57 @@ pub struct Status {
     pub listen: Vec<ListenStatus>,
     /// `gate` or `shared` (`traffic.mode`).
     #[serde(default)]
-    pub traffic: String,
-    /// Gate mode: the color new connections go to (`None` before any).
+    pub mode: String,
+    /// Gate mode: the color new connections go to (`None` before any); the
+    /// live color during a canary.
     #[serde(default)]
     pub receiving: Option<Color>,
+    /// Each color's share of new connections, in percent.
+    #[serde(default)]
+    pub traffic: Shares,
+    /// When the standby drains (RFC 3339, UTC), while one is kept.
+    #[serde(default)]
+    pub standby_until: Option<String>,
+    /// When the live color's bake window ends, while it runs.
+    #[serde(default)]
+    pub bake_until: Option<String>,
+    /// The canary, while one runs.
+    #[serde(default)]
+    pub canary: Option<CanaryStatus>,
     /// Auto-release, when `[watch]` is configured.
     pub watch: Option<WatchStatus>,
+}
+
+/// Each color's share of new connections, in percent:
+/// `{"blue": 90, "green": 10}`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Shares {
+    pub blue: u8,
+    pub green: u8,
+}
+
+impl Shares {
+    pub fn set(&mut self, color: Color, percent: u8) {
+        match color {
+            Color::Blue => self.blue = percent,
+            Color::Green => self.green = percent,
+        }
+    }
+}
+
+/// A canary as status shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CanaryStatus {
+    pub color: Color,
+    pub release: u64,
+    /// Its share of new connections, in percent.
+    pub percent: u8,
+    /// With `traffic.steps`: the step it is at (from 1) of `steps`, and
+    /// when the next begins (RFC 3339, UTC).
+    pub step: Option<u32>,
+    pub steps: Option<u32>,
+    pub next_step_at: Option<String>,
+    pub since: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -285,6 +350,12 @@ pub struct ColorStatus {
     /// why its last restart failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Repeated health checks (`health.interval`) failed this many times in
+    /// a row, and the last one's reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_checks: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_failure: Option<String>,
 }
 
 #[cfg(test)]
@@ -296,6 +367,8 @@ mod tests {
         let r = Request::Release {
             dir: "/tmp/x".into(),
             label: Some("v2".into()),
+            canary: None,
+            wait_bake: false,
         };
         let line = encode(&r);
         assert_eq!(

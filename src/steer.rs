@@ -17,7 +17,11 @@
 //!
 //! A [`Route`] sends every connection to one socket, except bgd's own
 //! readiness probes, recognised by their exact source address and port,
-//! which go to the color each checks.
+//! which go to the color each checks. With a canary, the rest are split at
+//! random: the program loads the kernel's per-packet random number
+//! (`SKF_AD_RANDOM`, an ancillary load of classic BPF, filter.txt in the
+//! kernel's networking docs) and sends the connection to the canary when
+//! that number is below the canary's share of 2^32.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -37,13 +41,17 @@ pub struct Route {
     /// A connection from exactly one of these sources goes to its index
     /// instead (bgd's own readiness checks; at most a few at once).
     pub probes: Vec<(SocketAddr, u32)>,
+    /// A canary: the group index that gets this share (1 to 99 percent)
+    /// of the other connections, at random.
+    pub split: Option<(u32, u8)>,
 }
 
-/// The program for `route`: one instruction without probes, and 9 (IPv4)
-/// or 14 (IPv6) more per probe.
+/// The program for `route`: one instruction without probes, 9 (IPv4) or
+/// 14 (IPv6) more per probe, and 3 more with a split.
 pub fn program(route: &Route) -> Vec<sock_filter> {
+    let tail = tail(route);
     if route.probes.is_empty() {
-        return vec![ret(route.to)];
+        return tail;
     }
     let net = libc::SKF_NET_OFF as u32;
     // Each block tests one probe's source and returns its index; a mismatch
@@ -92,8 +100,30 @@ pub fn program(route: &Route) -> Vec<sock_filter> {
             p.push(ins);
         }
     }
-    p.push(ret(route.to));
+    p.extend(tail);
     p
+}
+
+/// Where a connection that is no probe goes: `to`, or split at random.
+fn tail(route: &Route) -> Vec<sock_filter> {
+    let Some((canary, percent)) = route.split.filter(|(_, p)| (1..=99).contains(p)) else {
+        return vec![ret(route.to)];
+    };
+    // The share of the 2^32 random values that go to the canary.
+    let threshold = ((u64::from(percent) << 32) / 100) as u32;
+    let random = (libc::SKF_AD_OFF + libc::SKF_AD_RANDOM) as u32;
+    vec![
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, random),
+        // A >= threshold: past the canary's return, to `to`.
+        sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16,
+            jt: 1,
+            jf: 0,
+            k: threshold,
+        },
+        ret(canary),
+        ret(route.to),
+    ]
 }
 
 /// Attaches `program` to the reuseport group of `fd` (any socket of the
@@ -146,9 +176,12 @@ pub fn check_kernel() -> anyhow::Result<()> {
         }
         attach(
             keep[0].as_fd(),
+            // With a split: the random load a canary needs must be
+            // accepted too.
             &program(&Route {
                 to: 1,
                 probes: vec![],
+                split: Some((0, 50)),
             }),
         )
     };
@@ -308,7 +341,12 @@ mod tests {
         };
         let addr = g.0.local_addr().unwrap();
         for to in [0, 1] {
-            attach(g.0.as_fd(), &program(&Route { to, probes: vec![] })).unwrap();
+            let route = Route {
+                to,
+                probes: vec![],
+                split: None,
+            };
+            attach(g.0.as_fd(), &program(&route)).unwrap();
             for _ in 0..20 {
                 let c = connect_from(SocketAddr::new(ip, 0), addr);
                 assert_eq!(landed(&g, &c), to as usize, "ret {to}");
@@ -321,6 +359,7 @@ mod tests {
             let route = Route {
                 to,
                 probes: vec![(other.local(), to), (probe.local(), cand)],
+                split: None,
             };
             attach(g.1.as_fd(), &program(&route)).unwrap();
             let c = probe.connect(addr).unwrap();
@@ -352,6 +391,7 @@ mod tests {
                 ("127.0.0.1:4000".parse().unwrap(), 1),
                 ("[::1]:4001".parse().unwrap(), 1),
             ],
+            split: None,
         };
         let p = program(&route);
         assert_eq!(p.len(), 9 + 14 + 1);
@@ -364,5 +404,43 @@ mod tests {
             }
         }
         assert_eq!((p[8].k, p[22].k, p[23].k), (1, 1, 0));
+    }
+
+    /// A 20 % canary gets 20 % ± 5 % of 1,000 new connections, and the
+    /// probe still reaches its color whatever the split says.
+    #[test]
+    fn a_split_sends_the_canary_its_share_at_random() {
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let g = group(ip).expect("127.0.0.1");
+        let addr = g.0.local_addr().unwrap();
+        let probe = socket2_like(SocketAddr::new(ip, 0));
+        let route = Route {
+            to: 0,
+            probes: vec![(probe.local(), 0)],
+            split: Some((1, 20)),
+        };
+        attach(g.0.as_fd(), &program(&route)).unwrap();
+        assert_eq!(landed(&g, &probe.connect(addr).unwrap()), 0, "the probe");
+        let n = 1000;
+        let canary = (0..n)
+            .filter(|_| landed(&g, &connect_from(SocketAddr::new(ip, 0), addr)) == 1)
+            .count();
+        assert!(
+            (150..=250).contains(&canary),
+            "{canary} of {n} went to the 20% canary"
+        );
+        // 0 and 100 are no split: everything goes to `to`.
+        for percent in [0, 100] {
+            let route = Route {
+                to: 1,
+                probes: vec![],
+                split: Some((0, percent)),
+            };
+            attach(g.0.as_fd(), &program(&route)).unwrap();
+            for _ in 0..20 {
+                let c = connect_from(SocketAddr::new(ip, 0), addr);
+                assert_eq!(landed(&g, &c), 1, "split {percent}");
+            }
+        }
     }
 }

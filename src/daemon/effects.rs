@@ -11,7 +11,7 @@ use super::{now, sink, Daemon, Event, Task};
 use crate::auto::Auto;
 use crate::color::Color;
 use crate::config::TrafficMode;
-use crate::deploy::{Effect, Ended, Failed, Input, Kind, Launch, Level, Trigger};
+use crate::deploy::{Effect, Ended, Failed, Input, Launch, Level, Trigger};
 use crate::process::AppProcess;
 use crate::protocol::Reply;
 use crate::protocol::{Failure, FailureKind};
@@ -45,6 +45,16 @@ impl Daemon {
                     tracing::error!("cannot steer new connections to {color}: {e}");
                 }
             }
+            Effect::Split { canary, percent } => {
+                if let Err(e) = self.ctx.listeners.split(canary, percent) {
+                    tracing::error!(
+                        "cannot give the canary {canary} {percent}% of new connections: {e}"
+                    );
+                }
+            }
+            Effect::WakeAt(at) => self.wake_at(at),
+            Effect::Monitor { color, pid } => self.monitor(color, pid),
+            Effect::Unmonitor(color) => self.unmonitor(color),
             Effect::Launch(launch) => self.launch(launch),
             Effect::Abort(task) => self.abort(task),
             Effect::Drain { color, process } => self.drain(color, process),
@@ -229,7 +239,7 @@ fn tell_auto(
     trigger: &Trigger,
     failure: Option<&crate::protocol::Failure>,
 ) {
-    let rollback = record.kind == Kind::Rollback.name();
+    let rollback = record.kind == "rollback";
     match (trigger, failure) {
         (Trigger::Watch(_), None) => a.succeeded(record.release, &record.result),
         (Trigger::Watch(fp), Some(f)) => a.failed(fp, record.release, f),
@@ -237,6 +247,9 @@ fn tell_auto(
         (Trigger::Client, None) if rollback => {
             a.hold_current("a rollback made an older build live")
         }
-        (Trigger::Client, _) => {}
+        (Trigger::Automatic, None) if rollback || record.kind == "abort" => {
+            a.hold_current("bgd rolled it back automatically")
+        }
+        (Trigger::Client | Trigger::Automatic, _) => {}
     }
 }

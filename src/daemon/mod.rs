@@ -35,6 +35,7 @@ use crate::state::State;
 use crate::{layout, prepare, stage, state, systemd, watch, Ctx, Sink};
 
 mod effects;
+mod monitor;
 mod queries;
 mod service;
 mod watching;
@@ -65,6 +66,14 @@ pub(crate) enum Event {
     },
     /// The backoff before restarting a dead live color has passed.
     RestartDue(Color),
+    /// A deadline the core asked to be woken for has come.
+    Due,
+    /// One repeated health check of `color`'s process `pid`.
+    Checked {
+        color: Color,
+        pid: Pid,
+        result: Result<(), String>,
+    },
     /// SIGTERM or SIGINT.
     Stop,
     /// SIGHUP: read the config file again.
@@ -201,6 +210,8 @@ struct Daemon {
     clients: HashMap<ClientId, Responder>,
     next_client: ClientId,
     tasks: HashMap<TaskId, Task>,
+    /// The repeated health checks under way, by color.
+    monitors: HashMap<Color, tokio::task::AbortHandle>,
     /// Auto-release decisions, when `[watch]` is configured.
     auto: Option<Auto>,
     /// The build watcher's task, replaced when a reload changes `[watch]`.
@@ -216,8 +227,9 @@ struct Daemon {
 impl Daemon {
     fn new(ctx: Arc<Ctx>, state: State, events: UnboundedSender<Event>) -> Daemon {
         Daemon {
+            core: Core::new(state, policy(&ctx), now()),
             ctx,
-            core: Core::new(state, now()),
+            monitors: HashMap::new(),
             events,
             clients: HashMap::new(),
             next_client: 1,
@@ -256,6 +268,10 @@ impl Daemon {
                     tail,
                 }),
                 Event::RestartDue(color) => self.feed(Input::RestartDue { color }),
+                Event::Due => self.feed(Input::Due),
+                Event::Checked { color, pid, result } => {
+                    self.feed(Input::Checked { color, pid, result })
+                }
                 Event::Stop => self.feed(Input::Stop),
                 Event::Reload => self.on_reload(),
                 Event::Tick => self.on_tick(),
@@ -273,18 +289,33 @@ impl Daemon {
     fn on_command(&mut self, Command { request, reply }: Command) {
         match request {
             Request::Status => self.reply_status(reply),
-            Request::Release { dir, label } => {
+            Request::Release {
+                dir,
+                label,
+                canary,
+                wait_bake,
+            } => {
                 let client = Some(self.client(reply));
                 self.feed(Input::Release {
                     source: dir.into(),
                     label,
                     trigger: crate::deploy::Trigger::Client,
                     client,
+                    canary,
+                    wait_bake,
                 })
             }
             Request::Rollback => {
                 let client = Some(self.client(reply));
                 self.feed(Input::Rollback { client })
+            }
+            Request::Promote { percent } => {
+                let client = Some(self.client(reply));
+                self.feed(Input::Promote { percent, client })
+            }
+            Request::Abort => {
+                let client = Some(self.client(reply));
+                self.feed(Input::Abort { client })
             }
             Request::Watch { pause } => self.on_watch_request(pause, reply),
             Request::History => self.reply_history(reply),
@@ -356,6 +387,20 @@ impl Daemon {
                 tail,
             });
         });
+    }
+}
+
+/// What the core needs of the config: `[traffic]`, `health.failures`,
+/// and whether the listeners can be split for a canary.
+fn policy(ctx: &Ctx) -> crate::deploy::Policy {
+    policy_of(&ctx.config, &ctx.listeners)
+}
+
+fn policy_of(config: &Config, listeners: &Listeners) -> crate::deploy::Policy {
+    crate::deploy::Policy {
+        rollout: config.rollout.clone(),
+        failures: config.health.failures,
+        no_split: listeners.no_split(),
     }
 }
 

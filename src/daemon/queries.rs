@@ -79,6 +79,8 @@ impl Daemon {
 
     pub(super) fn status(&self) -> Status {
         let core = &self.core;
+        let now = super::now();
+        let (standby, bake) = core.deadlines(now);
         Status {
             name: self.ctx.config.fixed.name.clone(),
             pid: std::process::id(),
@@ -88,11 +90,15 @@ impl Daemon {
             green: core.color_status(Color::Green),
             last_result: self.last_result.clone(),
             listen: self.ctx.listeners.addresses(),
-            traffic: match self.ctx.config.fixed.traffic {
+            mode: match self.ctx.config.fixed.traffic {
                 TrafficMode::Gate => "gate".into(),
                 TrafficMode::Shared => "shared".into(),
             },
             receiving: self.ctx.listeners.receiving(),
+            traffic: core.shares(),
+            standby_until: standby.map(crate::rfc3339),
+            bake_until: bake.map(crate::rfc3339),
+            canary: core.canary_status(now),
             watch: self.auto.as_ref().map(|a| {
                 let running = core
                     .release()

@@ -57,7 +57,17 @@ impl Daemon {
             .as_ref()
             .map(|r| format!("; last: {r}"))
             .unwrap_or_default();
-        let line = format!("{live}{busy}{last}");
+        let canary = self
+            .core
+            .canary()
+            .map(|c| {
+                format!(
+                    "; canary {} release {} at {}%",
+                    c.color, c.release, c.percent
+                )
+            })
+            .unwrap_or_default();
+        let line = format!("{live}{canary}{busy}{last}");
         if line != self.status_line {
             systemd::status(&line);
             self.status_line = line;
@@ -96,6 +106,8 @@ impl Daemon {
             fixed: old.fixed.clone(),
             ..new
         };
+        let policy = super::policy_of(&config, &self.ctx.listeners);
+        self.core.set_policy(policy);
         self.ctx = Arc::new(Ctx {
             config,
             listeners: self.ctx.listeners.clone(),

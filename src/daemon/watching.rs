@@ -78,6 +78,8 @@ impl Daemon {
                     label: Some("auto".into()),
                     trigger: Trigger::Watch(fp),
                     client: None,
+                    canary: None,
+                    wait_bake: false,
                 });
             }
         }

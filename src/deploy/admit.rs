@@ -7,9 +7,16 @@
 //!    refuses it);
 //! 4. a release needs an absolute build path;
 //! 5. a rollback needs a live color, and a dormant color whose build went
-//!    live once.
+//!    live once; with the dormant color on standby it is a switch;
+//! 6. a canary runs alone: a release or rollback waits for its promote or
+//!    abort, and `--canary` needs a live color and TCP listeners in gate
+//!    mode.
+//!
+//! A release whose dormant color is a standby drains that standby first.
 
 use std::path::PathBuf;
+
+use nix::unistd::Pid;
 
 use super::{ClientId, ColorPhase, Core, Effect, Kind, Launch, Level, Now, Process};
 use super::{Release, ReleasePhase, Shutdown, Trigger};
@@ -35,6 +42,12 @@ impl<P: Process> Core<P> {
                 r.kind.name(), r.id, r.step(), r.color, crate::rfc3339(r.since)
             ));
         }
+        if let Some(c) = &self.canary {
+            return busy(format!(
+                "a canary of release {} runs on {} ({}% of new connections): promote it (`bgctl promote`) or abort it (`bgctl abort`) first",
+                c.release, c.color, c.percent
+            ));
+        }
         let color = self.dormant();
         if let ColorPhase::Draining { pid } = self.slot(color).phase {
             return busy(format!(
@@ -47,14 +60,14 @@ impl<P: Process> Core<P> {
     /// Begins a release of `source`: clears the dormant color's record (so
     /// a crash mid-copy never leaves a rollback target that lies) and
     /// commits that before the task starts.
-    pub(super) fn begin_release(
-        &mut self,
-        now: Now,
-        source: PathBuf,
-        label: Option<String>,
-        trigger: Trigger,
-        client: Option<ClientId>,
-    ) {
+    pub(super) fn begin_release(&mut self, now: Now, source: PathBuf, ask: Ask) {
+        let Ask {
+            label,
+            trigger,
+            client,
+            canary,
+            wait_bake,
+        } = ask;
         if let Err(f) = self.admissible() {
             return self.refuse(client, f);
         }
@@ -62,7 +75,17 @@ impl<P: Process> Core<P> {
             let m = format!("build path {} must be absolute", source.display());
             return self.refuse(client, Failure::new(FailureKind::BadRequest, None, m));
         }
+        if let Err(m) = canary.map_or(Ok(()), |p| self.canary_possible(p)) {
+            return self.refuse(client, Failure::new(FailureKind::BadRequest, None, m));
+        }
         let color = self.dormant();
+        // A standby in the dormant color drains before anything starts there.
+        let evicting = self.take_running(color).map(|process| {
+            let pid = process.pid();
+            self.enter(color, ColorPhase::Draining { pid }, now.wall);
+            self.emit(Effect::Drain { color, process });
+            pid
+        });
         let before = self.state.clone();
         let replaced = self.state.build(color).cloned();
         let id = self.state.next_release;
@@ -77,7 +100,7 @@ impl<P: Process> Core<P> {
             release: id,
             expect: match &trigger {
                 Trigger::Watch(fp) => Some(fp.clone()),
-                Trigger::Client => None,
+                Trigger::Client | Trigger::Automatic => None,
             },
         };
         self.release = Some(Release {
@@ -91,11 +114,34 @@ impl<P: Process> Core<P> {
                 replaced,
             },
             client,
+            canary,
+            wait_bake,
             since: now.wall,
             started: now.mono,
             steps: Vec::new(),
-            phase: ReleasePhase::Admitting { before, launch },
+            phase: ReleasePhase::Admitting {
+                before,
+                launch,
+                evicting,
+            },
         });
+    }
+
+    /// Whether a canary of `percent` % can run now; `Err` says why not.
+    fn canary_possible(&self, percent: u8) -> Result<(), String> {
+        if !(1..=99).contains(&percent) {
+            return Err(format!("--canary {percent}: a canary's share is 1 to 99 percent; release without --canary to give the new build every connection"));
+        }
+        if let Some(why) = &self.policy.no_split {
+            return Err(format!(
+                "--canary needs new connections split between the colors, and {why}"
+            ));
+        }
+        match self.state.live {
+            Some(live) if matches!(self.slot(live).phase, ColorPhase::Live { .. }) => Ok(()),
+            Some(live) => Err(format!("{live} is live but not serving (it is restarting): a canary needs it to take the rest of the connections; try again once it serves")),
+            None => Err("nothing is live yet, so there is nothing for a canary to share with: release without --canary first".into()),
+        }
     }
 
     /// The cleared record of release `r` is written (or not): start its
@@ -103,14 +149,23 @@ impl<P: Process> Core<P> {
     pub(super) fn on_admitted(
         &mut self,
         now: Now,
-        r: Release<P>,
-        (before, launch): (State, Launch),
+        mut r: Release<P>,
+        (before, launch, evicting): (State, Launch, Option<Pid>),
         result: Result<(), String>,
     ) {
         if let Err(e) = result {
             self.state = before;
             let m = format!("cannot write bgd's state: {e}");
             return self.refuse(r.client, Failure::new(FailureKind::Internal, None, m));
+        }
+        if let Some(pid) = evicting {
+            let (task, color) = (r.task, r.color);
+            r.phase = ReleasePhase::Evicting { pid, launch };
+            self.release = Some(r);
+            let m = format!(
+                "draining the standby {color} (pid {pid}) first: the new build starts there"
+            );
+            return self.on_progress(now, task, crate::protocol::Step::Validate, m);
         }
         self.launch(now, launch, r.kind.name());
         self.release = Some(Release {
@@ -119,8 +174,25 @@ impl<P: Process> Core<P> {
         });
     }
 
-    /// Begins a rollback: starts the dormant color from its directory, if
-    /// the build there went live once.
+    /// The standby evicted by the release in progress has drained: its
+    /// task starts now. Returns whether `pid` was that standby.
+    pub(super) fn evicted(&mut self, now: Now, pid: Pid) -> bool {
+        let waits = |r: &mut Release<P>| matches!(r.phase, ReleasePhase::Evicting { pid: p, .. } if p == pid);
+        let Some(mut r) = self.release.take_if(waits) else {
+            return false;
+        };
+        if let ReleasePhase::Evicting { launch, .. } =
+            std::mem::replace(&mut r.phase, ReleasePhase::Preparing { staged: false })
+        {
+            self.launch(now, launch, r.kind.name());
+        }
+        self.release = Some(r);
+        true
+    }
+
+    /// Begins a rollback: switches back to the dormant color if it is a
+    /// warm standby, or starts it from its directory, if the build there
+    /// went live once.
     pub(super) fn begin_rollback(&mut self, now: Now, client: Option<ClientId>) {
         if let Err(f) = self.admissible() {
             return self.refuse(client, f);
@@ -132,6 +204,9 @@ impl<P: Process> Core<P> {
                 "nothing is live, so there is nothing to roll back from: use `bgctl release DIR`";
             return self.refuse(client, refuse(m.into()));
         };
+        if matches!(self.slot(color).phase, ColorPhase::Standby { .. }) {
+            return self.switch_back(now, client, None);
+        }
         let build = match self.state.build(color) {
             Some(b) if b.went_live => b.clone(),
             Some(b) => {
@@ -158,15 +233,28 @@ impl<P: Process> Core<P> {
             id: build.release,
             color,
             label: build.label,
-            kind: Kind::Rollback,
+            kind: Kind::Rollback { automatic: None },
             client,
+            canary: None,
+            wait_bake: false,
             since: now.wall,
             started: now.mono,
             steps: Vec::new(),
             phase: ReleasePhase::Preparing { staged: false },
         });
     }
+}
 
+/// A release as asked for (see [`Input::Release`](super::Input::Release)).
+pub(super) struct Ask {
+    pub label: Option<String>,
+    pub trigger: Trigger,
+    pub client: Option<ClientId>,
+    pub canary: Option<u8>,
+    pub wait_bake: bool,
+}
+
+impl<P: Process> Core<P> {
     fn launch(&mut self, now: Now, launch: Launch, what: &str) {
         let (color, release) = (launch.color, launch.release);
         self.log(
@@ -174,6 +262,6 @@ impl<P: Process> Core<P> {
             format!("{what} of release {release} begins on {color}"),
         );
         self.emit(Effect::Launch(launch));
-        self.slot_mut(color).enter(ColorPhase::Starting, now.wall);
+        self.enter(color, ColorPhase::Starting, now.wall);
     }
 }

@@ -14,6 +14,8 @@
 //! - `swap.rs`     a ready color becomes live, the old one drains, the end
 //! - `restart.rs`  a live color that died is started again, with backoff
 //! - `shutdown.rs` the first stop drains, the second kills
+//! - `traffic.rs`  after a swap: the standby, the bake window, canaries,
+//!   the repeated health checks, and switching back without a start
 //!
 //! The core is generic over the process handle `P` so that it can own a
 //! running color without knowing what a process is: the daemon uses
@@ -37,8 +39,10 @@ mod shutdown;
 mod swap;
 #[cfg(test)]
 mod tests;
+mod traffic;
 
-pub use phase::{ColorPhase, Kind, Release, ReleasePhase, Shutdown, Slot, Trigger};
+pub use phase::{ColorPhase, Health, Kind, Release, ReleasePhase, Shutdown, Slot, Trigger};
+pub use traffic::{Bake, Canary, Policy};
 
 /// Names one release, rollback or restart task, so that events of an older
 /// task are never taken for the current one's. A release's task id is its
@@ -114,9 +118,30 @@ pub enum Input<P> {
         label: Option<String>,
         trigger: Trigger,
         client: Option<ClientId>,
+        /// `--canary PERCENT` (1 to 99).
+        canary: Option<u8>,
+        /// `--wait-bake`.
+        wait_bake: bool,
     },
     /// `bgctl rollback`.
     Rollback { client: Option<ClientId> },
+    /// `bgctl promote [PERCENT]`: the canary's share becomes `percent`
+    /// (1 to 100), or it becomes live (`None`, or 100).
+    Promote {
+        percent: Option<u8>,
+        client: Option<ClientId>,
+    },
+    /// `bgctl abort`: the canary gets no more connections and drains.
+    Abort { client: Option<ClientId> },
+    /// One repeated health check of `color`'s process `pid` (see
+    /// [`Effect::Monitor`]); `Err` says what failed.
+    Checked {
+        color: Color,
+        pid: Pid,
+        result: Result<(), String>,
+    },
+    /// A moment asked for with [`Effect::WakeAt`] has come (or a later one).
+    Due,
     /// A task reached a step.
     Progress {
         task: TaskId,
@@ -183,8 +208,24 @@ pub enum Effect<P> {
     /// Point `root/live` at this color.
     PointLive(Color),
     /// New public connections go to this color from now on (it just became
-    /// live); the other color's socket gets none.
+    /// live); the other color's socket gets none, and a canary split ends.
     Steer(Color),
+    /// `percent` % of new connections go to `canary`, the rest to the
+    /// other color; 0 ends the split.
+    Split {
+        canary: Color,
+        percent: u8,
+    },
+    /// Send [`Input::Due`] at this moment.
+    WakeAt(Instant),
+    /// Check `color`'s process `pid` every `health.interval` and report
+    /// each check as [`Input::Checked`] (it now gets new connections).
+    Monitor {
+        color: Color,
+        pid: Pid,
+    },
+    /// Stop checking `color`.
+    Unmonitor(Color),
     /// Start a task that stages (if asked), starts and waits for readiness.
     Launch(Launch),
     /// Stop a task: staging stops before it swaps anything in, and the
@@ -230,9 +271,15 @@ pub enum Effect<P> {
 pub struct Core<P> {
     /// What survives a restart of bgd; written only through effects.
     state: State,
+    /// `[traffic]` and `health.failures`, replaced by a reload.
+    policy: Policy,
     blue: Slot<P>,
     green: Slot<P>,
     release: Option<Release<P>>,
+    /// The canary running beside the live color, if any.
+    canary: Option<Canary>,
+    /// The live color's bake window, if it runs.
+    bake: Option<Bake>,
     shutdown: Shutdown,
     ready_sent: bool,
     next_task: TaskId,
@@ -243,12 +290,15 @@ pub struct Core<P> {
 impl<P: Process> Core<P> {
     /// A core for the state read at start-up. Nothing runs yet: send
     /// [`Input::Boot`].
-    pub fn new(state: State, now: Now) -> Core<P> {
+    pub fn new(state: State, policy: Policy, now: Now) -> Core<P> {
         Core {
             state,
+            policy,
             blue: Slot::new(now.wall),
             green: Slot::new(now.wall),
             release: None,
+            canary: None,
+            bake: None,
             shutdown: Shutdown::Running,
             ready_sent: false,
             next_task: FIRST_OTHER_TASK,
@@ -265,8 +315,23 @@ impl<P: Process> Core<P> {
                 label,
                 trigger,
                 client,
-            } => self.begin_release(now, source, label, trigger, client),
+                canary,
+                wait_bake,
+            } => {
+                let ask = admit::Ask {
+                    label,
+                    trigger,
+                    client,
+                    canary,
+                    wait_bake,
+                };
+                self.begin_release(now, source, ask)
+            }
             Input::Rollback { client } => self.begin_rollback(now, client),
+            Input::Promote { percent, client } => self.promote(now, percent, client),
+            Input::Abort { client } => self.abort_canary(now, client, None),
+            Input::Checked { color, pid, result } => self.on_checked(now, color, pid, result),
+            Input::Due => self.on_due(now),
             Input::Progress {
                 task,
                 step,
@@ -343,7 +408,10 @@ impl<P: Process> Core<P> {
     pub fn color_status(&self, color: Color) -> ColorStatus {
         let slot = self.slot(color);
         let build = self.state.build(color);
+        let failing = slot.health.failing;
         ColorStatus {
+            failing_checks: (failing > 0).then_some(failing),
+            last_check_failure: slot.health.last.clone(),
             state: slot.phase.name(build.is_some()).into(),
             pid: slot.pid().map(|p| p.as_raw() as u32),
             release: build.map(|b| b.release),
@@ -378,14 +446,53 @@ impl<P: Process> Core<P> {
     /// caller to set its next phase; `None` (and nothing changed) if it is
     /// not live.
     fn take_live(&mut self, color: Color) -> Option<P> {
+        self.take_if(color, |p| matches!(p, ColorPhase::Live { .. }))
+    }
+
+    /// Takes the process out of `color` if it is live, a canary or a
+    /// standby, like [`take_live`](Self::take_live).
+    fn take_running(&mut self, color: Color) -> Option<P> {
+        self.take_if(color, |p| p.process().is_some())
+    }
+
+    fn take_if(&mut self, color: Color, which: fn(&ColorPhase<P>) -> bool) -> Option<P> {
         let slot = self.slot_mut(color);
-        match std::mem::replace(&mut slot.phase, ColorPhase::Stopped) {
-            ColorPhase::Live { process } => Some(process),
+        if !which(&slot.phase) {
+            return None;
+        }
+        let checked = slot.phase.checked();
+        let process = match std::mem::replace(&mut slot.phase, ColorPhase::Stopped) {
+            ColorPhase::Live { process }
+            | ColorPhase::Canary { process }
+            | ColorPhase::Standby { process, .. } => process,
             other => {
                 slot.phase = other;
-                None
+                return None;
+            }
+        };
+        if checked {
+            self.emit(Effect::Unmonitor(color));
+        }
+        Some(process)
+    }
+
+    /// `color` enters `phase` at `at`: its repeated health checks start
+    /// when it begins to get new connections and stop when it no longer
+    /// does. Returns the phase it leaves.
+    fn enter(&mut self, color: Color, phase: ColorPhase<P>, at: SystemTime) -> ColorPhase<P> {
+        let checked = |p: &ColorPhase<P>| p.checked().then(|| p.process().map(P::pid)).flatten();
+        let (before, after) = (checked(&self.slot(color).phase), checked(&phase));
+        let old = self.slot_mut(color).enter(phase, at);
+        if before != after {
+            if before.is_some() {
+                self.emit(Effect::Unmonitor(color));
+            }
+            if let Some(pid) = after {
+                self.slot_mut(color).health = Health::default();
+                self.emit(Effect::Monitor { color, pid });
             }
         }
+        old
     }
 
     fn fresh_task(&mut self) -> TaskId {

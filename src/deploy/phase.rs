@@ -25,8 +25,16 @@ pub enum ColorPhase<P> {
     Stopped,
     /// The release in progress is bringing it up; its task owns the process.
     Starting,
-    /// It serves, and the core owns its process.
+    /// It serves, and the core owns its process. During a canary it gets
+    /// the share of new connections the canary does not.
     Live { process: P },
+    /// A canary: it gets [`Canary::percent`](super::Canary) % of new
+    /// connections, the live color the rest.
+    Canary { process: P },
+    /// The previous live color, kept warm after a swap with no new
+    /// connections until `until` (`traffic.standby`): a rollback switches
+    /// back to it without starting anything.
+    Standby { process: P, until: Instant },
     /// It is the live color by the record, but its process died (or bgd
     /// just started): a restart task runs (`task`) or waits for its backoff
     /// (`None`). `failed` says why the last restart failed.
@@ -47,6 +55,8 @@ impl<P> ColorPhase<P> {
             ColorPhase::Stopped => "empty",
             ColorPhase::Starting => "starting",
             ColorPhase::Live { .. } => "live",
+            ColorPhase::Canary { .. } => "canary",
+            ColorPhase::Standby { .. } => "standby",
             ColorPhase::Restarting { .. } => "restarting",
             ColorPhase::Draining { .. } => "draining",
         }
@@ -59,6 +69,31 @@ impl<P> ColorPhase<P> {
             _ => None,
         }
     }
+
+    /// The process the core owns in this phase (live, canary or standby).
+    pub fn process(&self) -> Option<&P> {
+        match self {
+            ColorPhase::Live { process }
+            | ColorPhase::Canary { process }
+            | ColorPhase::Standby { process, .. } => Some(process),
+            _ => None,
+        }
+    }
+
+    /// Whether its health is checked every `health.interval`: it gets new
+    /// connections.
+    pub fn checked(&self) -> bool {
+        matches!(self, ColorPhase::Live { .. } | ColorPhase::Canary { .. })
+    }
+}
+
+/// What the repeated health checks (`health.interval`) say of a color.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Failed checks in a row.
+    pub failing: u32,
+    /// The last failure, while `failing` > 0.
+    pub last: Option<String>,
 }
 
 /// One color as the core sees it.
@@ -73,6 +108,8 @@ pub struct Slot<P> {
     pub streak: u32,
     /// How its last process ended.
     pub last_exit: Option<Exit>,
+    /// Its current process's repeated health checks.
+    pub health: Health,
 }
 
 impl<P: Process> Slot<P> {
@@ -83,15 +120,15 @@ impl<P: Process> Slot<P> {
             restarts: 0,
             streak: 0,
             last_exit: None,
+            health: Health::default(),
         }
     }
 
-    /// The pid status shows: the live or draining process.
+    /// The pid status shows: the live, canary, standby or draining process.
     pub fn pid(&self) -> Option<Pid> {
         match &self.phase {
-            ColorPhase::Live { process } => Some(process.pid()),
             ColorPhase::Draining { pid } => Some(*pid),
-            _ => None,
+            phase => phase.process().map(P::pid),
         }
     }
 
@@ -109,19 +146,24 @@ pub enum Trigger {
     Client,
     /// The build watcher, for the tree with this fingerprint.
     Watch(String),
+    /// bgd itself: the bake window or a canary's checks failed.
+    Automatic,
 }
 
 impl Trigger {
-    /// As the history records it: `bgctl` or `watch`.
+    /// As the history records it: `bgctl`, `watch` or `automatic`.
     pub fn name(&self) -> &'static str {
         match self {
             Trigger::Client => "bgctl",
             Trigger::Watch(_) => "watch",
+            Trigger::Automatic => "automatic",
         }
     }
 }
 
-/// A release stages a new build; a rollback starts what the dormant color holds.
+/// A release stages a new build; a rollback starts what the dormant color
+/// holds, or switches back to its standby; a promotion makes a canary
+/// live; an abort drains a canary.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Kind {
     Release {
@@ -131,22 +173,32 @@ pub enum Kind {
         /// record; put back if the release ends before staging swaps.
         replaced: Option<Build>,
     },
-    Rollback,
+    /// `automatic` says why bgd rolled back by itself.
+    Rollback { automatic: Option<String> },
+    /// `automatic`: the last of `traffic.steps` ran its time.
+    Promote { automatic: bool },
+    /// `automatic` says why bgd aborted the canary by itself.
+    Abort { automatic: Option<String> },
 }
 
 impl Kind {
-    /// `release` or `rollback`.
+    /// `release`, `rollback`, `promote` or `abort`.
     pub fn name(&self) -> &'static str {
         match self {
             Kind::Release { .. } => "release",
-            Kind::Rollback => "rollback",
+            Kind::Rollback { .. } => "rollback",
+            Kind::Promote { .. } => "promote",
+            Kind::Abort { .. } => "abort",
         }
     }
 
     pub fn trigger(&self) -> Trigger {
         match self {
             Kind::Release { trigger, .. } => trigger.clone(),
-            Kind::Rollback => Trigger::Client,
+            Kind::Rollback { automatic: Some(_) }
+            | Kind::Abort { automatic: Some(_) }
+            | Kind::Promote { automatic: true } => Trigger::Automatic,
+            _ => Trigger::Client,
         }
     }
 }
@@ -156,8 +208,15 @@ impl Kind {
 pub enum ReleasePhase<P> {
     /// A release cleared the dormant color's record and is writing it;
     /// `before` is restored if that fails, and `launch` starts once it is
-    /// written.
-    Admitting { before: State, launch: Launch },
+    /// written (and the standby `evicting`, if any, has drained).
+    Admitting {
+        before: State,
+        launch: Launch,
+        evicting: Option<Pid>,
+    },
+    /// The dormant color still ran as a standby: `launch` starts once its
+    /// process `pid` has drained.
+    Evicting { pid: Pid, launch: Launch },
     /// Its task validates, stages, starts and waits for readiness.
     /// `staged`: the new build was swapped into the color's directory.
     Preparing { staged: bool },
@@ -189,6 +248,12 @@ pub struct Release<P> {
     pub kind: Kind,
     /// Who waits for the outcome.
     pub client: Option<ClientId>,
+    /// `--canary PERCENT`: once ready, the new color gets this share of new
+    /// connections instead of all of them.
+    pub canary: Option<u8>,
+    /// `--wait-bake`: the client's answer waits until the bake window (and
+    /// the canary steps) passed.
+    pub wait_bake: bool,
     pub since: SystemTime,
     pub started: Instant,
     /// Each step reached and when, for status and the history.
@@ -201,7 +266,7 @@ impl<P> Release<P> {
     pub fn step(&self) -> Step {
         match self.steps.last() {
             Some(s) => s.step,
-            None if matches!(self.kind, Kind::Rollback) => Step::Start,
+            None if !matches!(self.kind, Kind::Release { .. }) => Step::Start,
             None => Step::Validate,
         }
     }

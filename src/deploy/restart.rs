@@ -41,11 +41,12 @@ impl<P: Process> Core<P> {
         uptime: Duration,
         tail: Vec<String>,
     ) {
-        if !matches!(&self.slot(color).phase, ColorPhase::Live { process } if process.pid() == pid)
-        {
+        let phase = &self.slot(color).phase;
+        if phase.process().is_none_or(|p| p.pid() != pid) {
             return;
         }
-        let Some(process) = self.take_live(color) else {
+        let what = phase.name(true);
+        let Some(process) = self.take_running(color) else {
             return;
         };
         let slot = self.slot_mut(color);
@@ -55,10 +56,16 @@ impl<P: Process> Core<P> {
         self.emit(Effect::Discard(process));
         self.log(
             Level::Error,
-            format!("the live color died ({exit}) after {uptime:.1?} ({color}, pid {pid}); last output:"),
+            format!("the {what} color died ({exit}) after {uptime:.1?} ({color}, pid {pid}); last output:"),
         );
         self.log_tail(Level::Error, color, &tail, 10);
+        if what != "live" {
+            return self.lost(now, color, what);
+        }
         if self.shutdown != Shutdown::Running {
+            return;
+        }
+        if self.unhealthy(now, color, format!("it exited ({exit})")) {
             return;
         }
         let slot = self.slot_mut(color);
@@ -104,7 +111,7 @@ impl<P: Process> Core<P> {
                 format!("state says {color} is live but records no build for it: release again"),
             );
             self.state.live = None;
-            self.slot_mut(color).enter(ColorPhase::Stopped, now.wall);
+            self.enter(color, ColorPhase::Stopped, now.wall);
             return self.ready();
         };
         let task = self.fresh_task();
@@ -120,21 +127,19 @@ impl<P: Process> Core<P> {
             task: Some(task),
             failed,
         };
-        self.slot_mut(color).enter(phase, now.wall);
+        self.enter(color, phase, now.wall);
     }
 
     pub(super) fn finish_restart(&mut self, now: Now, color: Color, process: P) {
         if self.state.live != Some(color) || self.shutdown != Shutdown::Running {
             let pid = process.pid();
-            self.slot_mut(color)
-                .enter(ColorPhase::Draining { pid }, now.wall);
+            self.enter(color, ColorPhase::Draining { pid }, now.wall);
             return self.emit(Effect::Drain { color, process });
         }
         let pid = process.pid();
         self.log(Level::Info, format!("{color} (pid {pid}) is serving again"));
         self.emit(Effect::Steer(color));
-        self.slot_mut(color)
-            .enter(ColorPhase::Live { process }, now.wall);
+        self.enter(color, ColorPhase::Live { process }, now.wall);
         self.ready();
     }
 
@@ -151,7 +156,7 @@ impl<P: Process> Core<P> {
             slot.last_exit = failed.exit;
         }
         if self.state.live != Some(color) || self.shutdown != Shutdown::Running {
-            self.slot_mut(color).enter(ColorPhase::Stopped, now.wall);
+            self.enter(color, ColorPhase::Stopped, now.wall);
             return;
         }
         let slot = self.slot_mut(color);

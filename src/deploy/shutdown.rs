@@ -18,12 +18,21 @@ impl<P: Process> Core<P> {
             "stopping: draining the app (send the signal again to kill it at once)",
         );
         self.emit(Effect::Stopping);
+        let stopping = "bgd is shutting down";
+        if let Some(b) = self.bake.take() {
+            let m = format!("{stopping} during the bake of release {}", b.release);
+            self.refuse(b.waiter, Failure::new(FailureKind::Busy, None, m));
+        }
+        if let Some(c) = self.canary.take() {
+            let m = format!("{stopping}: the canary of release {} is drained", c.release);
+            self.refuse(c.waiter, Failure::new(FailureKind::Busy, None, m));
+        }
         for color in Color::BOTH {
             if let ColorPhase::Restarting { task, .. } = self.slot(color).phase {
                 if let Some(task) = task {
                     self.emit(Effect::Abort(task));
                 }
-                self.slot_mut(color).enter(ColorPhase::Stopped, now.wall);
+                self.enter(color, ColorPhase::Stopped, now.wall);
             }
         }
         if self
@@ -49,7 +58,10 @@ impl<P: Process> Core<P> {
         if let ReleasePhase::Committing { process, .. } = r.phase {
             self.emit(Effect::Discard(process));
         }
-        self.slot_mut(r.color).enter(ColorPhase::Stopped, now.wall);
+        // A standby being evicted goes on draining.
+        if !matches!(self.slot(r.color).phase, ColorPhase::Draining { .. }) {
+            self.enter(r.color, ColorPhase::Stopped, now.wall);
+        }
         let m = "bgd is shutting down: the release was aborted and the old color stays recorded as live";
         let failure = Failure::new(FailureKind::Busy, Some(step), m);
         self.reply(r.client, Reply::Error(failure));
@@ -58,12 +70,11 @@ impl<P: Process> Core<P> {
     /// Stops every running color with its stop signal and deadline.
     pub(super) fn drain_all(&mut self, now: Now) {
         for color in Color::BOTH {
-            let Some(process) = self.take_live(color) else {
+            let Some(process) = self.take_running(color) else {
                 continue;
             };
             let pid = process.pid();
-            self.slot_mut(color)
-                .enter(ColorPhase::Draining { pid }, now.wall);
+            self.enter(color, ColorPhase::Draining { pid }, now.wall);
             self.log(Level::Info, format!("draining {color} (pid {pid})"));
             self.emit(Effect::Drain { color, process });
         }

@@ -51,6 +51,9 @@ impl<P: Process> Core<P> {
         };
         if let Some(r) = self.release.take_if(ours) {
             return match result {
+                Ok((process, timings)) if self.wants_canary(&r) => {
+                    self.start_canary(now, r, process, timings)
+                }
                 Ok((process, timings)) => self.commit_swap(r, process, timings),
                 Err(failed) => self.fail(now, r, failed.failure, failed.exit),
             };
@@ -72,7 +75,7 @@ impl<P: Process> Core<P> {
     }
 
     /// The new color is ready: write it down as live before anything else.
-    fn commit_swap(&mut self, mut r: Release<P>, process: P, timings: Timings) {
+    pub(super) fn commit_swap(&mut self, mut r: Release<P>, process: P, timings: Timings) {
         let before = self.state.clone();
         self.state.live = Some(r.color);
         if let Some(mut b) = self.state.build(r.color).cloned() {
@@ -94,9 +97,11 @@ impl<P: Process> Core<P> {
             return;
         };
         match std::mem::replace(&mut r.phase, ReleasePhase::Preparing { staged: true }) {
-            ReleasePhase::Admitting { before, launch } => {
-                self.on_admitted(now, r, (before, launch), result)
-            }
+            ReleasePhase::Admitting {
+                before,
+                launch,
+                evicting,
+            } => self.on_admitted(now, r, (before, launch, evicting), result),
             ReleasePhase::Committing {
                 process,
                 timings,
@@ -117,8 +122,7 @@ impl<P: Process> Core<P> {
     fn swap_failed(&mut self, now: Now, r: Release<P>, process: P, before: State, e: String) {
         self.state = before;
         let (color, pid) = (r.color, process.pid());
-        self.slot_mut(color)
-            .enter(ColorPhase::Draining { pid }, now.wall);
+        self.enter(color, ColorPhase::Draining { pid }, now.wall);
         self.emit(Effect::Drain { color, process });
         let m = format!("cannot record the new live color: {e}; the old color stays live");
         let f = Failure::new(FailureKind::Internal, Some(Step::Swap), m);
@@ -136,10 +140,11 @@ impl<P: Process> Core<P> {
         let (id, new) = (r.id, r.color);
         self.emit(Effect::PointLive(new));
         self.emit(Effect::Steer(new));
+        self.end_bake_of_old(new);
         let slot = self.slot_mut(new);
         slot.restarts = 0;
         slot.streak = 0;
-        slot.enter(ColorPhase::Live { process }, now.wall);
+        self.enter(new, ColorPhase::Live { process }, now.wall);
         self.ready();
         self.emit(Effect::AfterLive {
             color: new,
@@ -149,13 +154,17 @@ impl<P: Process> Core<P> {
         self.retire(now, r, timings);
     }
 
-    /// After the swap: drain the old color, or end at once if it ran nothing.
-    fn retire(&mut self, now: Now, mut r: Release<P>, timings: Timings) {
+    /// After the swap: keep the old color as the standby, or drain it, or
+    /// end at once if it ran nothing.
+    fn retire(&mut self, now: Now, r: Release<P>, timings: Timings) {
+        let mut r = match self.keep_standby(now, r) {
+            Ok(r) => return self.finish(now, r, timings, None, None),
+            Err(r) => r,
+        };
         let old = r.color.other();
         if let Some(process) = self.take_live(old) {
             let pid = process.pid();
-            self.slot_mut(old)
-                .enter(ColorPhase::Draining { pid }, now.wall);
+            self.enter(old, ColorPhase::Draining { pid }, now.wall);
             r.phase = ReleasePhase::Draining {
                 timings,
                 swapped: now.mono,
@@ -174,7 +183,7 @@ impl<P: Process> Core<P> {
         // nothing ran there (the first release).
         if let ColorPhase::Restarting {
             task: Some(task), ..
-        } = self.slot_mut(old).enter(ColorPhase::Stopped, now.wall)
+        } = self.enter(old, ColorPhase::Stopped, now.wall)
         {
             self.emit(Effect::Abort(task));
         }
@@ -203,11 +212,11 @@ impl<P: Process> Core<P> {
             slot.enter(ColorPhase::Stopped, now.wall);
             slot.last_exit = Some(exit);
         }
-        let old_color_of = |r: &mut Release<P>| {
-            r.color == color.other()
-                && matches!(r.phase, ReleasePhase::Draining { old_pid, .. } if old_pid == pid)
-        };
-        if let Some(r) = self.release.take_if(old_color_of) {
+        if self.evicted(now, pid) {
+            return;
+        }
+        let drained_by = |r: &mut Release<P>| matches!(r.phase, ReleasePhase::Draining { old_pid, .. } if old_pid == pid);
+        if let Some(r) = self.release.take_if(drained_by) {
             if let ReleasePhase::Draining {
                 timings, swapped, ..
             } = r.phase
@@ -219,7 +228,7 @@ impl<P: Process> Core<P> {
     }
 
     /// Release `r` succeeded: its old color has stopped.
-    fn finish(
+    pub(super) fn finish(
         &mut self,
         now: Now,
         r: Release<P>,
@@ -232,9 +241,24 @@ impl<P: Process> Core<P> {
             now.mono.saturating_duration_since(t).as_millis() as u64
         });
         let forced = drained.as_ref().and_then(|d| d.forced.clone());
-        let msg = match r.kind {
-            Kind::Rollback => format!("rolled back to release {} on {}", r.id, r.color),
-            Kind::Release { .. } => format!("release {} is live on {}", r.id, r.color),
+        let (id, color) = (r.id, r.color);
+        let msg = match &r.kind {
+            Kind::Rollback { automatic: None } => format!("rolled back to release {id} on {color}"),
+            Kind::Rollback {
+                automatic: Some(why),
+            } => {
+                format!("rolled back automatically: {why}; release {id} on {color} serves again")
+            }
+            Kind::Release { .. } => format!("release {id} is live on {color}"),
+            Kind::Promote { .. } => format!("promoted: release {id} is live on {color}"),
+            Kind::Abort { automatic: None } => {
+                format!("aborted the canary of release {id} on {color}")
+            }
+            Kind::Abort {
+                automatic: Some(why),
+            } => {
+                format!("aborted the canary of release {id} on {color} automatically: {why}")
+            }
         } + &format!(" ({total} ms)")
             + &forced
                 .as_ref()
@@ -256,8 +280,18 @@ impl<P: Process> Core<P> {
                 "drain": drain_ms,
             }
         });
-        self.ended(now, &r, msg, None);
-        self.reply(r.client, Reply::Done { result });
+        self.ended(now, &r, msg.clone(), None);
+        if self.waits_for_bake(r.client) {
+            self.reply(
+                r.client,
+                Reply::Progress {
+                    step: Step::Swap,
+                    message: msg,
+                },
+            );
+        } else {
+            self.reply(r.client, Reply::Done { result });
+        }
         self.after_release(now);
     }
 
@@ -310,14 +344,27 @@ impl<P: Process> Core<P> {
 
     /// Records the end of `r` for the history, auto-release and status.
     fn ended(&mut self, now: Now, r: &Release<P>, result: String, failure: Option<Failure>) {
+        self.ended_as(now, r, r.kind.name(), result, failure)
+    }
+
+    /// Like [`ended`](Self::ended), recorded as `kind` (a release that
+    /// became a canary is recorded as `canary`).
+    pub(super) fn ended_as(
+        &mut self,
+        now: Now,
+        r: &Release<P>,
+        kind: &str,
+        result: String,
+        failure: Option<Failure>,
+    ) {
         let build = self.state.build(r.color);
         let source = match &r.kind {
             Kind::Release { source, .. } => Some(source.display().to_string()),
-            Kind::Rollback => build.map(|b| b.source.clone()),
+            _ => build.map(|b| b.source.clone()),
         };
         let record = Record {
             release: r.id,
-            kind: r.kind.name().into(),
+            kind: kind.into(),
             trigger: r.kind.trigger().name().into(),
             label: r.label.clone(),
             source,
@@ -348,7 +395,7 @@ impl<P: Process> Core<P> {
 }
 
 /// How the old color's drain ended.
-struct Drained {
+pub(super) struct Drained {
     exit: Exit,
     /// What to say when it was killed at the drain deadline.
     forced: Option<String>,

@@ -5,6 +5,8 @@
 use super::*;
 use crate::protocol::FailureKind;
 
+mod traffic;
+
 #[derive(Debug, PartialEq)]
 struct Proc(i32);
 
@@ -49,9 +51,14 @@ struct T {
 
 impl T {
     fn new(state: State) -> T {
+        T::with(state, Policy::default())
+    }
+
+    fn with(state: State, policy: Policy) -> T {
         let (t0, wall0) = (Instant::now(), SystemTime::UNIX_EPOCH);
         let core = Core::new(
             state,
+            policy,
             Now {
                 mono: t0,
                 wall: wall0,
@@ -74,11 +81,18 @@ impl T {
 
     /// Blue live (release 1, pid OLD); green holds release 2, which went live once.
     fn blue_live() -> T {
-        let mut t = T::new(state(
-            Some(Color::Blue),
-            Some(build(1, true)),
-            Some(build(2, true)),
-        ));
+        T::blue_live_with(Policy::default())
+    }
+
+    fn blue_live_with(policy: Policy) -> T {
+        let mut t = T::with(
+            state(
+                Some(Color::Blue),
+                Some(build(1, true)),
+                Some(build(2, true)),
+            ),
+            policy,
+        );
         t.send(Input::Boot);
         let task = t.restart_task(Color::Blue);
         t.send(ok(task, OLD));
@@ -149,6 +163,8 @@ fn release(dir: &str) -> Input<Proc> {
         label: Some("new".into()),
         trigger: Trigger::Client,
         client: Some(CLIENT),
+        canary: None,
+        wait_bake: false,
     }
 }
 
@@ -201,7 +217,8 @@ fn exited(color: Color, pid: i32, uptime_s: u64) -> Input<Proc> {
     }
 }
 
-/// One short word (plus what tells it apart) per effect; logs are left out.
+/// One short word (plus what tells it apart) per effect; logs and the
+/// repeated checks' start and stop are left out (see [`monitors`]).
 fn words(effects: &[Effect<Proc>]) -> Vec<String> {
     effects
         .iter()
@@ -237,7 +254,9 @@ fn words(effects: &[Effect<Proc>]) -> Vec<String> {
                 Effect::Unlisten => "unlisten".into(),
                 Effect::Ready => "ready".into(),
                 Effect::Stopping => "stopping".into(),
-                Effect::Log(..) => return None,
+                Effect::Split { canary, percent } => format!("split {canary} {percent}"),
+                Effect::WakeAt(_) => "wake".into(),
+                Effect::Log(..) | Effect::Monitor { .. } | Effect::Unmonitor(_) => return None,
             })
         })
         .collect()
@@ -463,7 +482,7 @@ fn a_rollback_starts_the_dormant_build_without_staging() {
         (2, Some("v2"), None)
     );
     let r = t.core.release().unwrap();
-    assert_eq!(r.kind, Kind::Rollback);
+    assert_eq!(r.kind, Kind::Rollback { automatic: None });
     assert_eq!(r.step(), Step::Start);
     assert!(l.task >= FIRST_OTHER_TASK);
 }
@@ -476,6 +495,8 @@ fn an_auto_release_asks_the_task_to_check_the_fingerprint() {
         label: Some("auto".into()),
         trigger: Trigger::Watch("abc".into()),
         client: None,
+        canary: None,
+        wait_bake: false,
     });
     let effects = t.send(Input::Committed(Ok(())));
     let Some(Effect::Launch(l)) = effects.iter().find(|e| matches!(e, Effect::Launch(_))) else {

@@ -69,6 +69,9 @@ struct Inner {
     /// and the color each must reach (a release's and a restart's can run
     /// at once).
     probes: Vec<(SocketAddr, Color)>,
+    /// Gate, TCP: a canary color and its share of new connections, in
+    /// percent; the receiving color gets the rest.
+    canary: Option<(Color, u8)>,
 }
 
 /// One `[[listen]]` entry.
@@ -418,6 +421,7 @@ impl Inner {
                 .iter()
                 .map(|(from, c)| (*from, index(*c)))
                 .collect(),
+            split: self.canary.map(|(c, percent)| (index(c), percent)),
         }
     }
 
@@ -473,6 +477,7 @@ impl Listeners {
                 receiving: None,
                 first: None,
                 probes: Vec::new(),
+                canary: None,
             }),
             stored: AtomicBool::new(false),
             mode,
@@ -548,12 +553,13 @@ impl Listeners {
 
     /// Steers new public connections to `to`, for good: TCP groups get a
     /// new program (one `setsockopt` each), Unix public paths are linked to
-    /// `to`'s socket. Ends any probe route.
+    /// `to`'s socket. Ends any probe route and any canary split.
     pub(crate) fn steer(&self, to: Color) -> io::Result<()> {
         let mut inner = self.lock();
         inner.receiving = Some(to);
         inner.first = None;
         inner.probes.clear();
+        inner.canary = None;
         inner.steer()?;
         for e in &inner.entries {
             if let Entry::Files { blue, green } = e {
@@ -563,6 +569,32 @@ impl Listeners {
             }
         }
         Ok(())
+    }
+
+    /// Gives `canary` `percent` % of new TCP connections at random and the
+    /// receiving color the rest (one `setsockopt` per group); 0 ends the
+    /// split. Unix sockets cannot be split: the core refuses canaries when
+    /// a Unix listener exists.
+    pub(crate) fn split(&self, canary: Color, percent: u8) -> io::Result<()> {
+        let mut inner = self.lock();
+        inner.canary = (percent > 0).then_some((canary, percent.min(99)));
+        inner.steer()
+    }
+
+    /// Why new connections cannot be split between the colors here, if
+    /// they cannot: shared mode, or a Unix listener.
+    pub(crate) fn no_split(&self) -> Option<String> {
+        if self.mode == TrafficMode::Shared {
+            return Some("traffic.mode is \"shared\" (one socket for both colors)".into());
+        }
+        let inner = self.lock();
+        inner.entries.iter().find_map(|e| match e {
+            Entry::Files { .. } => Some(format!(
+                "[[listen]] {:?} is a Unix socket, which the kernel cannot split",
+                e.config().name
+            )),
+            _ => None,
+        })
     }
 
     /// The color that receives new public connections (gate mode; `None`

@@ -10,6 +10,8 @@
 //!   5 refused: bad request (no such build directory, nothing to roll back to)
 //!   6 staging the build failed (copy error, disk full); the old color still serves
 //!   7 bgd failed internally (could not write its state); see its log
+//!   8 the build went live (or became a canary) and was rolled back or
+//!     aborted before its bake passed (`release --wait-bake`)
 
 mod show;
 
@@ -54,10 +56,26 @@ enum Command {
         #[arg(long)]
         label: Option<String>,
         /// Return once bgd has started the release; `bgctl status` shows how it goes.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "wait_bake")]
         no_wait: bool,
+        /// Once ready, give the new build PERCENT (1-99) of new connections beside the live
+        /// one, until `bgctl promote` or `bgctl abort`.
+        #[arg(long, value_name = "PERCENT", value_parser = canary_percent)]
+        canary: Option<u8>,
+        /// Return only once the new build passed its bake window (and its canary steps):
+        /// exit 8 if bgd rolled it back instead.
+        #[arg(long)]
+        wait_bake: bool,
     },
-    /// Make the previous color live again from its directory.
+    /// Raise the canary's share of new connections to PERCENT, or make it live (no PERCENT, or 100).
+    Promote {
+        #[arg(value_name = "PERCENT", value_parser = promote_percent)]
+        percent: Option<u8>,
+    },
+    /// Give the canary no more new connections and drain it.
+    Abort,
+    /// Make the previous color live again: switch back to it while it is on standby, else start
+    /// it from its directory.
     Rollback {
         /// Return once bgd has started the rollback.
         #[arg(long)]
@@ -175,7 +193,11 @@ fn run(args: Args) -> Result<u8, Fail> {
             dir,
             label,
             no_wait,
-        } => release(&dir, label, no_wait)?,
+            canary,
+            wait_bake,
+        } => release(&dir, label, no_wait, canary, wait_bake)?,
+        Command::Promote { percent } => Ask::answer(Request::Promote { percent }, Print::Release),
+        Command::Abort => Ask::answer(Request::Abort, Print::Release),
         Command::Rollback { no_wait } => Ask {
             request: Request::Rollback,
             print: Print::Release,
@@ -220,6 +242,7 @@ const MAN_SECTIONS: &[Section] = &[
             ("5", "refused: bad request (no such build directory, nothing to roll back to)"),
             ("6", "staging failed (copy error, disk full, or the watched tree changed while it was copied); the old color still serves"),
             ("7", "bgd failed internally (for example it could not write its state), or spoke an unknown protocol; see its log"),
+            ("8", "release --wait-bake: the build went live (or became a canary) and was rolled back or aborted before its bake passed; the previous build serves"),
         ],
     },
     Section {
@@ -251,14 +274,34 @@ fn man_page() -> Result<u8, Fail> {
     Ok(0)
 }
 
+/// `--canary`: 1 to 99 percent.
+fn canary_percent(s: &str) -> Result<u8, String> {
+    bgd::rollout::parse_percent(s, 99).map_err(|e| {
+        format!("{e} (a canary shares with the live color; a plain release gives all)")
+    })
+}
+
+/// `promote PERCENT`: 1 to 100 percent.
+fn promote_percent(s: &str) -> Result<u8, String> {
+    bgd::rollout::parse_percent(s, 100)
+}
+
 /// `release DIR`: bgd needs the directory as an absolute path.
-fn release(dir: &Path, label: Option<String>, no_wait: bool) -> Result<Ask, Fail> {
+fn release(
+    dir: &Path,
+    label: Option<String>,
+    no_wait: bool,
+    canary: Option<u8>,
+    wait_bake: bool,
+) -> Result<Ask, Fail> {
     let abs = std::path::absolute(dir)
         .map_err(|e| (5, format!("cannot resolve {}: {e}", dir.display())))?;
     Ok(Ask {
         request: Request::Release {
             dir: abs.display().to_string(),
             label,
+            canary,
+            wait_bake,
         },
         print: Print::Release,
         no_wait,

@@ -92,6 +92,11 @@ impl Out {
 
     pub fn released(&self, result: &serde_json::Value) {
         let get = |k: &str| result.get(k).filter(|v| !v.is_null());
+        // A canary, a promotion, an abort, a bake: bgd says what happened.
+        if let Some(m) = get("message").and_then(|v| v.as_str()) {
+            println!("{}", escape_controls(m));
+            return;
+        }
         let color = get("color").and_then(|v| v.as_str()).unwrap_or("?");
         let release = get("release")
             .map(|v| v.to_string())
@@ -158,7 +163,14 @@ impl Out {
             let (name, address) = (escape_controls(&l.name), escape_controls(&l.address));
             println!("  listen {name} {address}");
         }
-        match (s.traffic.as_str(), s.receiving) {
+        match (s.mode.as_str(), s.receiving) {
+            ("gate", Some(_)) if s.canary.is_some() => println!(
+                "  new connections: {} {}%, {} {}%",
+                self.color_name(on, "blue"),
+                s.traffic.blue,
+                self.color_name(on, "green"),
+                s.traffic.green
+            ),
             ("gate", Some(c)) => println!(
                 "  new connections go to {}",
                 self.color_name(on, c.as_str())
@@ -168,6 +180,27 @@ impl Out {
                 "  new connections: both colors accept from one socket (traffic.mode = \"shared\")"
             ),
             _ => {}
+        }
+        if let Some(c) = &s.canary {
+            let step = match (c.step, c.steps, &c.next_step_at) {
+                (Some(i), Some(n), Some(at)) => format!("; step {i} of {n}, the next at {at}"),
+                _ => "; `bgctl promote` makes it live, `bgctl abort` drains it".into(),
+            };
+            println!(
+                "  canary: release {} on {} at {}% since {}{step}",
+                c.release,
+                self.color_name(on, c.color.as_str()),
+                c.percent,
+                c.since
+            );
+        }
+        if let Some(t) = &s.bake_until {
+            println!(
+                "  baking until {t}: a crash or failed health checks switch back to the standby"
+            );
+        }
+        if let Some(t) = &s.standby_until {
+            println!("  standby kept until {t}: `bgctl rollback` switches back to it");
         }
         if let Some(w) = &s.watch {
             self.watch_status(w);
@@ -204,6 +237,13 @@ impl Out {
         }
         if let Some(r) = &c.reason {
             line += &format!("; {}", escape_controls(r));
+        }
+        if let (Some(n), Some(why)) = (c.failing_checks, &c.last_check_failure) {
+            let m = format!(
+                "; {n} failed health checks in a row: {}",
+                escape_controls(why)
+            );
+            line += &self.paint(on, RED, &m);
         }
         line
     }
