@@ -1085,7 +1085,7 @@ http = "/healthz"
             e.contains("health.interval repeats health.http or health.exec"),
             "{e}"
         );
-        let unix = GOOD.replace("127.0.0.1:8080", "app.sock");
+        let unix = GOOD.replace("127.0.0.1:8080", "unix:app.sock");
         let e = parse(&format!(
             "{unix}interval = \"5s\"\n[traffic]\nstandby = \"10m\"\nsteps = [\"10%:1m\"]\n"
         ))
