@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use nix::sys::signal::{killpg, Signal};
+use tokio::sync::mpsc::UnboundedSender;
 
 use super::{now, sink, Daemon, Event, Task};
 use crate::auto::Auto;
@@ -222,13 +223,24 @@ impl Daemon {
             tell_auto(a, &record, &trigger, failure.as_ref());
         }
         self.auto_due = true;
-        let root = self.ctx.config.fixed.root.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = history::append(&root, record) {
+        let _ = self.history.send(record);
+    }
+}
+
+/// Writes history records in the order they come, off the loop (each is
+/// a read-modify-write of the file, with fsync).
+pub(super) fn history_writer(root: std::path::PathBuf) -> UnboundedSender<history::Record> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<history::Record>();
+    tokio::spawn(async move {
+        while let Some(record) = rx.recv().await {
+            let root = root.clone();
+            let written = tokio::task::spawn_blocking(move || history::append(&root, record));
+            if let Ok(Err(e)) = written.await {
                 tracing::warn!("cannot write the release history: {e}");
             }
-        });
-    }
+        }
+    });
+    tx
 }
 
 /// What auto-release learns from a release's end: its own release's

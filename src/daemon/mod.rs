@@ -210,6 +210,8 @@ struct Daemon {
     clients: HashMap<ClientId, Responder>,
     next_client: ClientId,
     tasks: HashMap<TaskId, Task>,
+    /// The history's writer, which keeps the records' order.
+    history: UnboundedSender<crate::history::Record>,
     /// The repeated health checks under way, by color.
     monitors: HashMap<Color, tokio::task::AbortHandle>,
     /// Auto-release decisions, when `[watch]` is configured.
@@ -228,6 +230,7 @@ impl Daemon {
     fn new(ctx: Arc<Ctx>, state: State, events: UnboundedSender<Event>) -> Daemon {
         Daemon {
             core: Core::new(state, policy(&ctx), now()),
+            history: effects::history_writer(ctx.config.fixed.root.clone()),
             ctx,
             monitors: HashMap::new(),
             events,

@@ -4,6 +4,7 @@
 mod harness;
 mod load;
 
+mod canary;
 mod deb;
 mod failures;
 mod faults;
