@@ -274,6 +274,7 @@ fn a_canary_that_crashes_is_aborted_by_itself() {
     let bgd = Bgd::start(setup("standby = \"0s\""));
     bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
     let addr = bgd.addr();
+    let load = Load::start(&addr, 2, 16);
     let crash = "import os, threading\nthreading.Timer(1.0, lambda: os._exit(1)).start()";
     let b2 = wrapped_build(bgd.dir.path(), "b2", "v2", crash);
     let out = bgd.bgctl(&["release", b2.to_str().unwrap(), "--canary", "50"]);
