@@ -327,6 +327,9 @@ pub struct ListenStatus {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ReleaseProgress {
+    /// `release`, `rollback`, `promote` or `abort`.
+    #[serde(default)]
+    pub kind: String,
     pub id: u64,
     pub color: Color,
     pub step: Step,

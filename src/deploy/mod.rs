@@ -427,6 +427,7 @@ impl<P: Process> Core<P> {
     /// The release in progress as `bgctl status` shows it.
     pub fn progress(&self) -> Option<ReleaseProgress> {
         self.release.as_ref().map(|r| ReleaseProgress {
+            kind: r.kind.name().into(),
             id: r.id,
             color: r.color,
             step: r.step(),

@@ -18,7 +18,7 @@ fn setup(traffic: &str) -> Setup {
 }
 
 /// The example app, answering 500 to /healthz from `after_s` seconds after
-/// it started.
+/// it started (its `unhealthy-after` file).
 fn sickens_build(
     dir: &std::path::Path,
     name: &str,
@@ -26,22 +26,7 @@ fn sickens_build(
     after_s: f64,
 ) -> std::path::PathBuf {
     let build = example_build(dir, name, version);
-    let path = build.join("server.py");
-    let src = std::fs::read_to_string(&path).unwrap();
-    let sick =
-        format!("self.reply(500 if time.monotonic() - STARTED > {after_s} else 200, \"ok\\n\")");
-    let src = src
-        .replacen(
-            "import urllib.parse\n",
-            "import urllib.parse\nSTARTED = time.monotonic()\n",
-            1,
-        )
-        .replacen("self.reply(200, \"ok\\n\")", &sick, 1);
-    assert!(
-        src.contains("STARTED >"),
-        "the example's health handler moved"
-    );
-    std::fs::write(path, src).unwrap();
+    std::fs::write(build.join("unhealthy-after"), after_s.to_string()).unwrap();
     build
 }
 

@@ -30,6 +30,17 @@ DRAIN_TIMEOUT = 25.0   # hard cap on the whole drain
 IDLE_TIMEOUT = 60.0    # close idle keep-alive connections in normal operation
 READ_TIMEOUT = 30.0    # socket timeout while reading a request or writing a response
 DEBUG = bool(os.environ.get("HELLO_DEBUG"))  # set to log every request to stderr
+STARTED = time.monotonic()
+
+
+def unhealthy_after():
+    """Seconds after its start from which /healthz answers 500: the number in
+    the build's file `unhealthy-after`, if it has one (to show bgd's bake)."""
+    try:
+        with open("unhealthy-after") as f:
+            return float(f.read())
+    except (OSError, ValueError):
+        return None
 
 draining = threading.Event()
 drain_started = 0.0            # time.monotonic() of the first signal
@@ -102,7 +113,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             color = os.environ.get("BG_COLOR") or "-"
             self.reply(200, f"hello from {VERSION} release={release} color={color} pid={os.getpid()}\n")
         elif path == "/healthz":
-            self.reply(200, "ok\n")
+            after = unhealthy_after()
+            if after is not None and time.monotonic() - STARTED > after:
+                self.reply(500, f"unhealthy: {after:g} s after the start, as unhealthy-after says\n")
+            else:
+                self.reply(200, "ok\n")
         elif path == "/slow":
             try:
                 ms = int(urllib.parse.parse_qs(query).get("ms", ["0"])[0])

@@ -145,8 +145,13 @@ impl Out {
             println!("{}", self.color_status(name, c));
         }
         if let Some(r) = &s.release_in_progress {
+            let kind = if r.kind.is_empty() {
+                "release"
+            } else {
+                &r.kind
+            };
             println!(
-                "  release {} to {} in progress: step {} since {}",
+                "  {kind} of release {} on {} in progress: step {} since {}",
                 r.id, r.color, r.step, r.since
             );
         }
