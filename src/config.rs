@@ -96,6 +96,7 @@ impl Fixed {
                     && a.address == b.address
                     && a.mode == b.mode
                     && a.backlog == b.backlog
+                    && a.nonblocking == b.nonblocking
             });
         let control_changed = self.control != new.control
             || self.control_mode != new.control_mode
@@ -132,6 +133,11 @@ pub struct ListenConfig {
     /// File mode of a Unix socket (0666 unless set).
     pub mode: u32,
     pub backlog: i32,
+    /// `nonblocking = true`: bgd sets `O_NONBLOCK` on the socket when it
+    /// binds (or adopts) it, before any app holds it, for servers that
+    /// never set it on inherited sockets themselves (nginx). In gate mode
+    /// each color's socket gets it; in shared mode the one shared socket.
+    pub nonblocking: bool,
     /// `file:line:col` of its address, for errors found when binding.
     pub location: String,
 }
@@ -263,6 +269,8 @@ impl Config {
         let raw_traffic = raw.traffic.unwrap_or_default();
         let traffic = traffic(&src, raw_traffic.mode.as_ref())?;
         let rollout = rollout_policy(&src, &raw_traffic, traffic, &listen, &health)?;
+        let fds = fd_names(&listen, traffic, health.http.is_some());
+        check_templates(&src, &raw.app, &fds)?;
         let mut warnings = Vec::new();
         let app = app(&src, raw.app, identity, &mut warnings);
         Ok(Config {
@@ -427,6 +435,7 @@ fn listen_entry(
         name: name.clone(),
         address,
         mode,
+        nonblocking: l.nonblocking,
         backlog: l
             .backlog
             .unwrap_or(libc::SOMAXCONN as u32)
@@ -437,7 +446,7 @@ fn listen_entry(
 /// `app.command` and `app.env`; the rest of `[app]` is checked later.
 fn check_command(src: &Source, app: &RawApp) -> Result<(), ConfigError> {
     let command = app.command.get_ref();
-    if command.is_empty() || command[0].is_empty() {
+    if command.is_empty() || command[0].get_ref().is_empty() {
         return Err(src.fail(
             app.command.span(),
             "app.command is empty: name the program to run, such as [\"./server\"]".into(),
@@ -452,6 +461,60 @@ fn check_command(src: &Source, app: &RawApp) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// The names of the app's sockets in fd order (the first is fd 3): the
+/// `[[listen]]` entries, then, in shared mode with `health.http`, bgd's
+/// private probe socket.
+pub fn fd_names(listen: &[ListenConfig], traffic: TrafficMode, http_check: bool) -> Vec<&str> {
+    let mut names: Vec<&str> = listen.iter().map(|l| l.name.as_str()).collect();
+    if traffic == TrafficMode::Shared && http_check {
+        names.push(PROBE_FD_NAME);
+    }
+    names
+}
+
+impl Config {
+    /// [`fd_names`] of this config: what `{fd:NAME}` templates expand against.
+    pub fn fd_names(&self) -> Vec<&str> {
+        fd_names(
+            &self.fixed.listen,
+            self.fixed.traffic,
+            self.health.http.is_some(),
+        )
+    }
+}
+
+/// `{fd:NAME}` templates in `app.command` arguments and `app.env` values:
+/// well-formed, and naming one of `fds` ([`crate::template`]).
+fn check_templates(src: &Source, app: &RawApp, fds: &[&str]) -> Result<(), ConfigError> {
+    let values = app
+        .command
+        .get_ref()
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (format!("app.command[{i}]"), a))
+        .chain(app.env.iter().map(|(k, v)| (format!("app.env.{k}"), v)));
+    for (key, value) in values {
+        if let Err(e) = crate::template::expand(value.get_ref(), fds) {
+            let at = value_offset(src.text, value.span(), value.get_ref(), e.offset);
+            return Err(src.fail(at..at, format!("{key}: {}", e.message)));
+        }
+    }
+    Ok(())
+}
+
+/// The offset in the file of byte `offset` of a string value at `span`:
+/// exact for a string written without escapes, else the value's start.
+fn value_offset(text: &str, span: std::ops::Range<usize>, value: &str, offset: usize) -> usize {
+    let written = text.get(span.clone()).unwrap_or_default();
+    let plain =
+        written.len() == value.len() + 2 && written.get(1..written.len() - 1) == Some(value);
+    if plain {
+        span.start + 1 + offset
+    } else {
+        span.start
+    }
 }
 
 /// `app.user` and `app.group`, looked up.
@@ -522,8 +585,17 @@ fn app(
         None => Duration::from_secs(30),
     };
     AppConfig {
-        command: raw.command.into_inner(),
-        env: raw.env,
+        command: raw
+            .command
+            .into_inner()
+            .into_iter()
+            .map(|a| a.into_inner())
+            .collect(),
+        env: raw
+            .env
+            .into_iter()
+            .map(|(k, v)| (k, v.into_inner()))
+            .collect(),
         stop_signal: raw.stop_signal.map(|s| s.0).unwrap_or(Signal::SIGTERM),
         drain_timeout,
         drain_delay: raw.drain_delay.map_or(DEFAULT_DRAIN_DELAY, |d| d.0),
@@ -866,18 +938,20 @@ struct RawListen {
     address: Spanned<String>,
     mode: Option<Spanned<String>>,
     backlog: Option<u32>,
+    #[serde(default)]
+    nonblocking: bool,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawApp {
-    command: Spanned<Vec<String>>,
+    command: Spanned<Vec<Spanned<String>>>,
     user: Option<Spanned<String>>,
     group: Option<Spanned<String>>,
     #[serde(default)]
     allow_root: bool,
     #[serde(default)]
-    env: BTreeMap<String, String>,
+    env: BTreeMap<String, Spanned<String>>,
     stop_signal: Option<SignalName>,
     drain_timeout: Option<Spanned<HumanDuration>>,
     drain_delay: Option<HumanDuration>,
@@ -1266,6 +1340,63 @@ http = "/healthz"
             n += 1;
         }
         assert!(n >= 8, "regression inputs missing from {}", dir.display());
+    }
+
+    /// `{fd:NAME}` is checked against the `[[listen]]` names (and, in
+    /// shared mode with an http check, `probe`), pointing at the brace.
+    #[test]
+    fn fd_templates_are_checked_with_line_and_column() {
+        let with = |command: &str, tail: &str| {
+            parse(&format!(
+                "{}{tail}",
+                GOOD.replace("[\"./server\"]", command)
+            ))
+        };
+        let c = with(r#"["./server", "--fd", "{fd:http}", "{{x}}"]"#, "").unwrap();
+        assert_eq!(c.app.command[2], "{fd:http}", "expanded only at spawn");
+        assert_eq!(c.fd_names(), ["http"]);
+        let e = with(r#"["./server", "--bind=fd://{fd:web}"]"#, "").unwrap_err();
+        assert!(
+            e.starts_with("/etc/bgd/app.toml:10:37: app.command[1]: {fd:web}: no [[listen]] entry is named \"web\""),
+            "{e}"
+        );
+        let e = with(r#"["./server", "${PORT}"]"#, "").unwrap_err();
+        assert!(
+            e.starts_with("/etc/bgd/app.toml:10:26: app.command[1]: unknown template {PORT}"),
+            "{e}"
+        );
+        assert!(e.contains("{{ for a literal brace"), "{e}");
+        // An escape in the TOML string: the error points at the value.
+        let e = with(r#"["./server", "\t{fd:x"]"#, "").unwrap_err();
+        assert!(
+            e.starts_with("/etc/bgd/app.toml:10:24: app.command[1]: an unclosed"),
+            "{e}"
+        );
+        let env = GOOD.replace(
+            "allow_root = true",
+            "allow_root = true\nenv = { NGINX = \"{fd:http};{fd:probe};\" }",
+        );
+        let e = parse(&env).unwrap_err();
+        assert!(
+            e.starts_with("/etc/bgd/app.toml:13:28: app.env.NGINX: {fd:probe}: no [[listen]]"),
+            "{e}"
+        );
+        let shared = parse(&format!("{env}\n[traffic]\nmode = \"shared\"\n")).unwrap();
+        assert_eq!(shared.fd_names(), ["http", "probe"]);
+        assert_eq!(shared.app.env["NGINX"], "{fd:http};{fd:probe};");
+    }
+
+    /// `nonblocking` is off unless set, and a change of it is a change of
+    /// `[[listen]]`, which a reload keeps.
+    #[test]
+    fn listen_nonblocking_is_off_unless_set() {
+        let c = parse(GOOD).unwrap();
+        assert!(!c.fixed.listen[0].nonblocking);
+        let n = parse(&GOOD.replace("8080\"", "8080\"\nnonblocking = true")).unwrap();
+        assert!(n.fixed.listen[0].nonblocking);
+        assert_eq!(c.fixed.changed_keys(&n.fixed), ["[[listen]]"]);
+        let e = parse(&GOOD.replace("8080\"", "8080\"\nnonblocking = \"yes\"")).unwrap_err();
+        assert!(e.starts_with("/etc/bgd/app.toml:8:15: "), "{e}");
     }
 
     #[test]

@@ -64,6 +64,7 @@ mod stage;
 mod state;
 mod steer;
 pub mod systemd;
+pub mod template;
 mod unix_peers;
 mod watch;
 

@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,7 +28,7 @@ use crate::logs::{LogHub, LogLine};
 use crate::notify::NotifySocket;
 use crate::reaper::Exit;
 use crate::Ctx;
-use crate::{spawn, state};
+use crate::{spawn, state, template};
 
 /// Lines of output kept per color for failure reports.
 const TAIL_LINES: usize = 40;
@@ -60,7 +60,6 @@ impl AppProcess {
     /// as the health config asks, a probe socket and a notify socket.
     pub fn start(ctx: &Ctx, color: Color, release: u64, dir: &Path) -> anyhow::Result<AppProcess> {
         let cfg = &ctx.config;
-        check_program(&cfg.app.command[0], dir)?;
         let mut fds = ctx.listeners.fds_for(color);
         let mut env = color_env(ctx, color, release);
 
@@ -86,8 +85,10 @@ impl AppProcess {
             None
         };
 
+        let command = expand_command(&cfg.app.command, &fds)?;
+        check_program(&command[0], dir)?;
         let spawned = spawn::spawn(&spawn::Spec {
-            command: &cfg.app.command,
+            command: &command,
             cwd: dir,
             env,
             fds,
@@ -274,12 +275,44 @@ impl Drop for AppProcess {
     }
 }
 
+/// `app.command` with its `{fd:NAME}` templates expanded against the
+/// sockets the app gets, `fds` (in fd order, from 3).
+fn expand_command(command: &[String], fds: &[(String, RawFd)]) -> anyhow::Result<Vec<String>> {
+    let names: Vec<&str> = fds.iter().map(|(n, _)| n.as_str()).collect();
+    command
+        .iter()
+        .enumerate()
+        .map(|(i, arg)| {
+            template::expand(arg, &names).map_err(|e| {
+                // The config check passed, so only a reload that changed
+                // [[listen]] (kept as it was until bgd restarts) gets here.
+                anyhow::anyhow!(
+                    "app.command[{i}]: {} (a reload does not change [[listen]]: restart bgd)",
+                    e.message
+                )
+            })
+        })
+        .collect()
+}
+
 /// The environment of everything bgd runs for a color (the app, health
-/// checks, hooks): `[app] env`, then `BG_COLOR`, `BG_RELEASE`, `BG_ROOT` and
+/// checks, hooks): `[app] env` (its `{fd:NAME}` templates expanded to the
+/// app's fd numbers), then `BG_COLOR`, `BG_RELEASE`, `BG_ROOT` and
 /// `BG_SHARED`.
 pub fn color_env(ctx: &Ctx, color: Color, release: u64) -> Vec<(String, String)> {
     let cfg = &ctx.config;
-    let mut env: Vec<(String, String)> = cfg.app.env.clone().into_iter().collect();
+    let names = cfg.fd_names();
+    let mut env: Vec<(String, String)> = cfg
+        .app
+        .env
+        .iter()
+        .map(|(k, v)| {
+            // Checked when the config was read; a value that no longer
+            // expands (see expand_command) is passed as written.
+            let v = template::expand(v, &names).unwrap_or_else(|_| v.clone());
+            (k.clone(), v)
+        })
+        .collect();
     env.push(("BG_COLOR".into(), color.to_string()));
     env.push(("BG_RELEASE".into(), release.to_string()));
     env.push(("BG_ROOT".into(), cfg.fixed.root.display().to_string()));

@@ -72,8 +72,19 @@ pub(super) fn placeholder() -> io::Result<OwnedFd> {
     )?)
 }
 
+/// The flags of a new socket for `[[listen]]` with `nonblocking`: never
+/// changed after bind, so no holder ever sees the flag flip.
+fn flags(nonblocking: bool) -> SockFlag {
+    if nonblocking {
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK
+    } else {
+        SockFlag::SOCK_CLOEXEC
+    }
+}
+
 /// Binds `c`'s address without listening. `reuseport`: the socket joins
-/// an `SO_REUSEPORT` group with the other color's (gate mode).
+/// an `SO_REUSEPORT` group with the other color's (gate mode). With
+/// `c.nonblocking` the socket is `O_NONBLOCK` from its creation.
 pub(super) fn bind_one(c: &ListenConfig, reuseport: bool) -> io::Result<OwnedFd> {
     match &c.address {
         ListenAddr::Tcp(addr) => {
@@ -82,7 +93,7 @@ pub(super) fn bind_one(c: &ListenConfig, reuseport: bool) -> io::Result<OwnedFd>
             } else {
                 AddressFamily::Inet6
             };
-            let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+            let fd = socket(family, SockType::Stream, flags(c.nonblocking), None)?;
             setsockopt(&fd, sockopt::ReuseAddr, &true)?;
             if reuseport {
                 setsockopt(&fd, sockopt::ReusePort, &true)?;
@@ -97,23 +108,36 @@ pub(super) fn bind_one(c: &ListenConfig, reuseport: bool) -> io::Result<OwnedFd>
             }
             Ok(fd)
         }
-        ListenAddr::Unix(path) => bind_unix(path, c.mode),
+        ListenAddr::Unix(path) => bind_unix(path, c),
     }
 }
 
 /// Binds a Unix stream socket at `path` (a stale socket file there is
-/// removed first) and gives the file `mode`.
-pub(super) fn bind_unix(path: &Path, mode: u32) -> io::Result<OwnedFd> {
+/// removed first) and gives the file `c.mode`; `O_NONBLOCK` with
+/// `c.nonblocking`.
+pub(super) fn bind_unix(path: &Path, c: &ListenConfig) -> io::Result<OwnedFd> {
     remove_stale_unix_socket(path)?;
     let fd = socket(
         AddressFamily::Unix,
         SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
+        flags(c.nonblocking),
         None,
     )?;
     bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(c.mode))?;
     Ok(fd)
+}
+
+/// `[[listen]] nonblocking = true` on a socket systemd passed: sets
+/// `O_NONBLOCK` before any app of this bgd holds it (what the socket
+/// unit's `NonBlocking=yes` does). `false` leaves the flag as systemd set it.
+pub(super) fn adopt_flags(fd: &OwnedFd, c: &ListenConfig) -> io::Result<()> {
+    if c.nonblocking {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        let now = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
+        fcntl(fd, FcntlArg::F_SETFL(now | OFlag::O_NONBLOCK))?;
+    }
+    Ok(())
 }
 
 /// A socket file left by a dead process is removed; one that still accepts

@@ -2,8 +2,12 @@
 //!
 //! bgd keeps its own copy of every socket open, so an accept queue outlives
 //! any process that accepts from it; bgd never accepts on them, never
-//! `shutdown()`s them and never changes their `O_NONBLOCK` flag (it belongs
-//! to the open file description that every child shares).
+//! `shutdown()`s them and never changes their `O_NONBLOCK` flag once an app
+//! holds them (it belongs to the open file description that every child
+//! shares). `[[listen]] nonblocking = true` sets it when the socket is
+//! created or adopted, before any app runs: in gate mode on both colors'
+//! sockets (each shared only by bgd and one color), in shared mode on the
+//! one socket both colors share.
 //!
 //! In gate mode (`traffic.mode = "gate"`, the default) each color has its
 //! own socket per `[[listen]]` entry, and only the receiving color gets new
@@ -145,6 +149,7 @@ impl Socket {
     }
 
     fn adopted(config: &ListenConfig, a: adopt::Adopted) -> anyhow::Result<Socket> {
+        bind::adopt_flags(&a.fd, config)?;
         Socket {
             config: config.clone(),
             fd: a.fd,
@@ -213,7 +218,7 @@ impl Socket {
 impl UnixSide {
     fn bind(config: &ListenConfig, color: Color) -> anyhow::Result<UnixSide> {
         let private = private_name(config, color);
-        let fd = bind_unix(&private, config.mode).map_err(|e| {
+        let fd = bind_unix(&private, config).map_err(|e| {
             anyhow::anyhow!(
                 "{}: cannot bind [[listen]] {:?} for {color} at {}: {e}{}",
                 config.location,
@@ -541,7 +546,7 @@ impl Listeners {
                 Entry::Files { blue, green } => {
                     for side in [blue, green] {
                         let private = side.private.clone();
-                        side.socket.reset(|c| bind_unix(&private, c.mode));
+                        side.socket.reset(|c| bind_unix(&private, c));
                         if let Ok(id) = file_id(&side.private) {
                             side.file = id;
                         }

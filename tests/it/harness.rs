@@ -100,6 +100,8 @@ pub struct Bgd {
     log: PathBuf,
     uid: Option<u32>,
     root: PathBuf,
+    /// The control socket.
+    socket: PathBuf,
 }
 
 impl Bgd {
@@ -167,7 +169,9 @@ env = {{ PYTHONUNBUFFERED = "1" }}
             config,
             child: None,
             uid: setup.uid,
+            socket: PathBuf::new(),
         };
+        bgd.socket = bgd.dir.path().join("ctl.sock");
         if let Some(uid) = setup.uid {
             // bgd must be able to create its root and log in the temp dir.
             std::os::unix::fs::chown(bgd.dir.path(), Some(uid), None).unwrap();
@@ -175,6 +179,28 @@ env = {{ PYTHONUNBUFFERED = "1" }}
         }
         prepare(bgd.dir.path());
         bgd.spawn(|_| {});
+        bgd
+    }
+
+    /// Starts bgd on a config already in `dir` whose root and control
+    /// socket are the defaults (`root`, `root/bgd.sock`); `tweak` adjusts
+    /// the command.
+    pub fn start_config(
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        root: PathBuf,
+        tweak: impl FnOnce(&mut Command),
+    ) -> Bgd {
+        let mut bgd = Bgd {
+            log: dir.path().join("bgd.log"),
+            socket: root.join("bgd.sock"),
+            dir,
+            config,
+            child: None,
+            uid: None,
+            root,
+        };
+        bgd.spawn(tweak);
         bgd
     }
 
@@ -219,7 +245,7 @@ env = {{ PYTHONUNBUFFERED = "1" }}
     }
 
     pub fn socket(&self) -> PathBuf {
-        self.dir.path().join("ctl.sock")
+        self.socket.clone()
     }
 
     pub fn log(&self) -> String {

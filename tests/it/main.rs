@@ -13,5 +13,6 @@ mod inherit;
 mod lifecycle;
 mod operations;
 mod releases;
+mod servers;
 mod systemd;
 mod watch;

@@ -1,0 +1,16 @@
+"""The WSGI app of examples/servers/waitress: "hello from v2" on every path."""
+import os
+
+VERSION = "v2"
+
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/healthz":
+        body = b"ok\n"
+    else:
+        body = "hello from {} release={} color={} pid={}\n".format(
+            VERSION, os.environ.get("BG_RELEASE"), os.environ.get("BG_COLOR"), os.getpid()
+        ).encode()
+    headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+    start_response("200 OK", headers)
+    return [body]
