@@ -91,8 +91,13 @@ fn fd_template(value: &str, start: usize) -> Result<(&str, usize), TemplateError
     };
     let inner = &value[start + 1..start + len];
     let Some(name) = inner.strip_prefix("fd:") else {
+        let shell = if value[..start].ends_with('$') {
+            format!(" (a shell's ${{{inner}}} is written ${{{{{inner}}}}})")
+        } else {
+            String::new()
+        };
         return Err(fail(format!(
-            "unknown template {{{inner}}}: write {{fd:NAME}} (NAME a [[listen]] name), or {{{{ for a literal brace"
+            "unknown template {{{inner}}}: write {{fd:NAME}} (NAME a [[listen]] name), or {{{{ for a literal brace{shell}"
         )));
     };
     if name.is_empty()
@@ -170,7 +175,7 @@ mod tests {
             ("{fd:a b}", 0, "does not name a [[listen]] entry"),
             ("--fd {fd:http", 5, "an unclosed '{'"),
             ("{", 0, "an unclosed '{'"),
-            ("${PORT}", 1, "unknown template {PORT}"),
+            ("${PORT}", 1, "a shell's ${PORT} is written ${{PORT}}"),
             ("{}", 0, "unknown template {}"),
             ("{fds}", 0, "unknown template {fds}"),
             ("ab}", 2, "a lone '}'"),
