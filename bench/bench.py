@@ -258,9 +258,10 @@ def start_gunicorn(ctx, port, build, tag):
 class Bgd:
     """One bgd, its config in a temp dir, talked to over its control socket."""
 
-    def __init__(self, ctx, name, command, health, port=None, base=None, top="", env=None, app=(), mode=None):
+    def __init__(self, ctx, name, command, health, port=None, base=None, top="", env=None, app=(), mode=None,
+                 extra=""):
         """app: more `[app]` lines (drain_delay, env); mode: `traffic.mode`, None for bgd's default
-        (the gate), or "shared"."""
+        (the gate), or "shared"; extra: appended after `[health]` (more tables)."""
         self.ctx = ctx
         self.mode = mode or "gate"
         self.dir = os.path.join(base or ctx.tmp, name)
@@ -287,6 +288,7 @@ class Bgd:
             "[health]",
             health_line,
             'timeout = "30s"',
+            extra,
         ]
         text = "\n".join(lines) + "\n"
         # Running as root, the current bgd wants app.allow_root; an older one
@@ -1667,7 +1669,7 @@ def report(ctx, r1, r2, r3, r3b, r4, r5=None, r6=None, r3c=None):
 def main():
     ap = argparse.ArgumentParser(description="bgd benchmark")
     ap.add_argument("--quick", action="store_true", help="a ~3 minute version with shorter runs")
-    ap.add_argument("--only", default="1,2,3,4,5,6", help="comma-separated measurements to run (1,2,3,4,5,6)")
+    ap.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated measurements to run (1,2,3,4,5,6,7)")
     ap.add_argument("--gthread", action="store_true", help="2: also bgd with gunicorn's gthread workers (keep-alive)")
     ap.add_argument("--systems", default="bgd,bgd-shared,nginx,naive",
                     help="2: which release methods to load-test (bgd, bgd-shared, nginx, naive, bgd-gthread)")
@@ -1722,10 +1724,10 @@ def main():
     t0 = time.monotonic()
     r1 = r2 = r3 = r3b = r3c = r4 = r5 = r6 = None
     ctx.failures = []
+    results = {}
     try:
         make_builds(ctx)
         ctx.has_traffic = knows(ctx, '[traffic]\nmode = "shared"\n')
-        results = {}
 
         ctx.tw_at = {}
 
@@ -1776,6 +1778,9 @@ def main():
             measure("2", lambda: bench_releases(ctx))
         if "6" in only:
             measure("6", lambda: bench_flip(ctx))
+        if "7" in only:
+            import canary
+            measure("7", lambda: canary.bench_canary(ctx))
         if "3" in only:
             measure("3c", lambda: bench_quiesce_table(ctx))
         r1, r2, r3, r3b, r3c, r4, r5, r6 = (results.get(k) for k in ("1", "2", "3", "3b", "3c", "4", "5", "6"))
@@ -1788,6 +1793,9 @@ def main():
         else:
             log(f"logs and configs kept in {ctx.tmp}")
     md = report(ctx, r1, r2, r3, r3b, r4, r5, r6, r3c)
+    if results.get("7"):
+        import canary
+        md += "\n" + "\n".join(canary.report(ctx, results["7"]))
     md += f"\n(bench/run took {time.monotonic() - t0:.0f} s)\n"
     print(md)
     if ctx.out:
