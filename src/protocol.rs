@@ -345,6 +345,11 @@ pub struct ColorStatus {
     pub release: Option<u64>,
     pub label: Option<String>,
     pub source: Option<String>,
+    /// The fingerprint bgd took of the build's source tree when it copied
+    /// it (the one in `state.json` and the history): a tool can tell
+    /// whether a build it released is the one live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
     /// When this color entered its state (RFC 3339, UTC).
     pub since: Option<String>,
     pub restarts: u32,

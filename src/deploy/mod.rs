@@ -417,6 +417,7 @@ impl<P: Process> Core<P> {
             release: build.map(|b| b.release),
             label: build.and_then(|b| b.label.clone()),
             source: build.map(|b| b.source.clone()),
+            fingerprint: build.and_then(|b| b.fingerprint.clone()),
             since: Some(crate::rfc3339(slot.since)),
             restarts: slot.restarts,
             last_exit: slot.last_exit.map(|e| e.to_string()),
