@@ -8,6 +8,7 @@ mod canary;
 mod deb;
 mod failures;
 mod faults;
+mod fleet;
 mod gate;
 mod inherit;
 mod lifecycle;
