@@ -564,8 +564,10 @@ fn build_like(dir: &Path, name: &str, version: &str, like: Option<&Path>) -> Pat
 fn a_good_release_reaches_every_host_one_then_some_then_all() {
     skip_without_ansible!();
     let fleet = Fleet::start(3, &|d| build_like(d, "v1", "v1", None));
+    fleet.play(&fleet.dir.path().join("v1"), "v1").assert_ok();
     // bgd's fingerprint (paths, sizes, modes, mtimes) is the same for both
-    // builds; the module must still see that v2 is not live.
+    // builds, and the hosts hold v1 where v2 goes: the module must still
+    // see that v2 differs and is not live.
     let v2 = build_like(
         fleet.dir.path(),
         "v2",
