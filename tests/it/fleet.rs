@@ -670,6 +670,29 @@ fn a_failure_on_host_2_stops_the_play_and_later_hosts_keep_their_build() {
 }
 
 #[test]
+fn a_build_that_fails_the_verify_step_is_rolled_back_and_stops_the_play() {
+    skip_without_ansible!();
+    let fleet = Fleet::start(2, &|d| build_like(d, "v1", "v1", None));
+    // Ready (its /healthz answers), but its / answers 404: bgd makes it
+    // live, and the play's HTTP check fails.
+    let v4 = example_build(fleet.dir.path(), "v4", "v4");
+    let server = std::fs::read_to_string(v4.join("server.py")).unwrap();
+    let broken = server.replace("if path == \"/\":", "if path == \"/not-here\":");
+    assert_ne!(server, broken, "the example app's / handler moved");
+    std::fs::write(v4.join("server.py"), broken).unwrap();
+    let play = fleet.play(&v4, "v4");
+    assert_ne!(play.code, Some(0), "the play should fail:\n{}", play.output);
+    let h1 = fleet.host("h1");
+    let kinds: Vec<Value> = h1.history().iter().map(|r| r["kind"].clone()).collect();
+    assert_eq!(kinds, ["release", "release", "rollback"], "h1's history");
+    assert_eq!(h1.live().0, "v1");
+    assert!(fleet.answers()[0].contains("hello from v1"));
+    let h2 = fleet.host("h2");
+    assert_eq!(h2.history().len(), 1, "h2 was released to");
+    assert!(!h2.stage().exists(), "the build was copied to h2");
+}
+
+#[test]
 fn running_the_same_play_again_changes_nothing_and_a_small_change_sends_one_file() {
     skip_without_ansible!();
     let fleet = Fleet::start(3, &|d| build_like(d, "v1", "v1", None));
