@@ -399,6 +399,11 @@ timeout = "20s"
     /// `ansible-playbook examples/fleet/release.yml -e build=BUILD -e label=LABEL`,
     /// from the controller's namespace; `-v` so each result is printed.
     fn play(&self, build: &Path, label: &str) -> Play {
+        self.play_with(build, label, &[])
+    }
+
+    /// [`play`](Self::play) with more `-e` variables.
+    fn play_with(&self, build: &Path, label: &str, vars: &[&str]) -> Play {
         let d = self.dir.path();
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ctl])
@@ -410,8 +415,11 @@ timeout = "20s"
             .arg("-e")
             .arg(format!("build={}", build.display()))
             .arg("-e")
-            .arg(format!("label={label}"))
-            .env("ANSIBLE_CONFIG", d.join("ansible.cfg"))
+            .arg(format!("label={label}"));
+        for v in vars {
+            cmd.arg("-e").arg(v);
+        }
+        cmd.env("ANSIBLE_CONFIG", d.join("ansible.cfg"))
             .env("ANSIBLE_HOME", d.join("ansible-home"))
             .env("ANSIBLE_NOCOLOR", "1")
             .env("ANSIBLE_FORCE_COLOR", "0");
@@ -690,6 +698,105 @@ fn a_build_that_fails_the_verify_step_is_rolled_back_and_stops_the_play() {
     let h2 = fleet.host("h2");
     assert_eq!(h2.history().len(), 1, "h2 was released to");
     assert!(!h2.stage().exists(), "the build was copied to h2");
+}
+
+/// A bgctl in front of the real one that takes `--wait-bake` and `--canary N`
+/// (issue 12's flags, which this bgctl does not have yet), notes every call
+/// in `bgctl-calls`, answers `promote`, and fails a `--wait-bake` release
+/// labelled `bake-fails` as a bake would: exit 8.
+fn bake_and_canary_bgctl(dir: &Path) -> PathBuf {
+    let stub = dir.join("bgctl-stub");
+    std::fs::write(
+        &stub,
+        format!(
+            r#"#!{python}
+import os, sys
+args = sys.argv[1:]
+with open("{calls}", "a") as f:
+    f.write(" ".join(args) + "\n")
+if "promote" in args:
+    print("canary promoted to 100%")
+    sys.exit(0)
+if "--wait-bake" in args and "bake-fails" in args:
+    print("bgctl: the bake failed: 3 failed health checks: GET /healthz answered 500", file=sys.stderr)
+    sys.exit(8)
+real, skip = [], False
+for a in args:
+    if skip:
+        skip = False
+    elif a == "--canary":
+        skip = True
+    elif a != "--wait-bake":
+        real.append(a)
+os.execv("{bgctl}", ["{bgctl}"] + real)
+"#,
+            python = python(),
+            calls = dir.join("bgctl-calls").display(),
+            bgctl = BGCTL,
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    stub
+}
+
+#[test]
+fn the_bake_wait_and_the_canary_reach_bgctl_and_a_failed_bake_stops_the_play() {
+    skip_without_ansible!();
+    let fleet = Fleet::start(2, &|d| build_like(d, "v1", "v1", None));
+    let d = fleet.dir.path();
+    let stub = bake_and_canary_bgctl(d);
+    let vars = [
+        "canary=10".to_string(),
+        "bgd_wait_bake=true".to_string(),
+        format!("bgd_bgctl={}", stub.display()),
+    ];
+    let vars: Vec<&str> = vars.iter().map(String::as_str).collect();
+    let v2 = example_build(d, "v2", "v2");
+    fleet.play_with(&v2, "v2", &vars).assert_ok();
+    let calls = std::fs::read_to_string(d.join("bgctl-calls")).unwrap();
+    let on = |host: &str, what: &str| -> Vec<String> {
+        calls
+            .lines()
+            .filter(|l| l.contains(&format!("/{host}/bgd.sock {what}")))
+            .map(str::to_string)
+            .collect()
+    };
+    // The first host is the canary, released with the bake wait, then
+    // promoted; the others get the bake wait alone.
+    let h1 = on("h1", "release");
+    assert!(
+        h1.len() == 1 && h1[0].contains("--wait-bake") && h1[0].contains("--canary 10"),
+        "{calls}"
+    );
+    assert_eq!(on("h1", "promote").len(), 1, "{calls}");
+    let h2 = on("h2", "release");
+    assert!(
+        h2.len() == 1 && h2[0].contains("--wait-bake") && !h2[0].contains("--canary"),
+        "{calls}"
+    );
+    assert!(on("h2", "promote").is_empty(), "{calls}");
+
+    // A bake that fails (exit 8): the host fails with bgctl's message, and
+    // the play stops before h2.
+    let v3 = example_build(d, "v3", "v3");
+    let play = fleet.play_with(&v3, "bake-fails", &vars);
+    assert_ne!(play.code, Some(0), "the play should fail:\n{}", play.output);
+    assert!(
+        play.output
+            .contains("rolled back automatically during the bake")
+            && play.output.contains("\"rc\": 8"),
+        "{}",
+        play.output
+    );
+    let calls = std::fs::read_to_string(d.join("bgctl-calls")).unwrap();
+    let tried_h2 = calls
+        .lines()
+        .any(|l| l.contains("/h2/bgd.sock release") && l.contains("bake-fails"));
+    assert!(
+        !tried_h2,
+        "h2 was released to after h1's bake failed:\n{calls}"
+    );
 }
 
 #[test]
