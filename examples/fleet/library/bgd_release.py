@@ -338,6 +338,14 @@ def empty_sync():
     return {"sent": 0, "bytes": 0, "removed": 0, "updated": 0}
 
 
+def writable(directory):
+    """Lets the owner write into `directory` (a build may have read-only
+    directories); the final pass puts its mode back."""
+    st = os.stat(directory)
+    if not st.st_mode & stat.S_IWUSR:
+        os.chmod(directory, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+
+
 def sync(stage_dir, manifest, tar):
     """Makes stage_dir hold exactly the tree `manifest` describes, taking file
     contents from the open tar file `tar` (members files/PATH). Returns counts."""
@@ -353,17 +361,19 @@ def sync(stage_dir, manifest, tar):
         if w is not None and w[1] == h[1]:
             continue
         full = os.path.join(stage_dir, path)
-        if not os.path.lexists(full):
-            pass  # went with a directory removed before it
-        elif h[1] == "d":
-            shutil.rmtree(full)
-        else:
-            os.unlink(full)
+        if os.path.lexists(full):  # else it went with a directory removed before it
+            writable(os.path.dirname(full))
+            if h[1] == "d":
+                shutil.rmtree(full)
+            else:
+                os.unlink(full)
         del have[path]
         done["removed"] += 1
     for path in sorted(want):
         w, h = want[path], have.get(path)
         full = os.path.join(stage_dir, path)
+        if h is None or h[1] != "d":
+            writable(os.path.dirname(full))
         if w[1] == "d":
             if h is None:
                 os.mkdir(full, 0o700)  # its mode is set once its contents are in place
