@@ -166,6 +166,12 @@ static FLEETS: AtomicU32 = AtomicU32::new(0);
 impl Fleet {
     /// `n` hosts, each running `first` (released with bgctl, label "v1").
     fn start(n: usize, first: &dyn Fn(&Path) -> PathBuf) -> Fleet {
+        Self::start_with(n, first, "")
+    }
+
+    /// [`start`](Self::start), with `tail` appended to each bgd's config
+    /// (after its `[health]` keys).
+    fn start_with(n: usize, first: &dyn Fn(&Path) -> PathBuf, tail: &str) -> Fleet {
         let dir = tempfile::Builder::new()
             .prefix("bgd-fleet-")
             .tempdir()
@@ -195,7 +201,7 @@ impl Fleet {
         // sshd's privilege separation directory.
         std::fs::create_dir_all("/run/sshd").unwrap();
         for i in 1..=n {
-            let host = fleet.add_host(&tag, i);
+            let host = fleet.add_host(&tag, i, tail);
             fleet.hosts.push(host);
         }
         fleet.check_isolation();
@@ -220,7 +226,7 @@ impl Fleet {
         must("ip", &["-n", ns, "link", "set", "lo", "up"]);
     }
 
-    fn add_host(&mut self, tag: &str, i: usize) -> Host {
+    fn add_host(&mut self, tag: &str, i: usize, tail: &str) -> Host {
         let name = format!("h{i}");
         let ns = format!("{tag}-{name}");
         self.add_namespace(&ns);
@@ -317,6 +323,7 @@ allow_root = true
 [health]
 http = "/healthz"
 timeout = "20s"
+{tail}
 "#,
                 python = python(),
             ),
@@ -700,103 +707,81 @@ fn a_build_that_fails_the_verify_step_is_rolled_back_and_stops_the_play() {
     assert!(!h2.stage().exists(), "the build was copied to h2");
 }
 
-/// A bgctl in front of the real one that takes `--wait-bake` and `--canary N`
-/// (issue 12's flags, which this bgctl does not have yet), notes every call
-/// in `bgctl-calls`, answers `promote`, and fails a `--wait-bake` release
-/// labelled `bake-fails` as a bake would: exit 8.
-fn bake_and_canary_bgctl(dir: &Path) -> PathBuf {
-    let stub = dir.join("bgctl-stub");
-    std::fs::write(
-        &stub,
-        format!(
-            r#"#!{python}
-import os, sys
-args = sys.argv[1:]
-with open("{calls}", "a") as f:
-    f.write(" ".join(args) + "\n")
-if "promote" in args:
-    print("canary promoted to 100%")
-    sys.exit(0)
-if "--wait-bake" in args and "bake-fails" in args:
-    print("bgctl: the bake failed: 3 failed health checks: GET /healthz answered 500", file=sys.stderr)
-    sys.exit(8)
-real, skip = [], False
-for a in args:
-    if skip:
-        skip = False
-    elif a == "--canary":
-        skip = True
-    elif a != "--wait-bake":
-        real.append(a)
-os.execv("{bgctl}", ["{bgctl}"] + real)
-"#,
-            python = python(),
-            calls = dir.join("bgctl-calls").display(),
-            bgctl = BGCTL,
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    stub
+/// Checks every 300 ms once ready, 2 failures in a row are unhealthy, a
+/// bake of 3 s after each swap, the old color kept warm meanwhile.
+const BAKE: &str =
+    "interval = \"300ms\"\nfailures = 2\n\n[traffic]\nstandby = \"30s\"\nbake = \"3s\"\n";
+
+/// The kinds of a host's history records, oldest first.
+fn kinds(h: &Host) -> Vec<String> {
+    h.history()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap_or_default().to_string())
+        .collect()
 }
 
 #[test]
-fn the_bake_wait_and_the_canary_reach_bgctl_and_a_failed_bake_stops_the_play() {
+fn a_canary_on_the_first_host_then_the_bake_on_every_host() {
     skip_without_ansible!();
-    let fleet = Fleet::start(2, &|d| build_like(d, "v1", "v1", None));
-    let d = fleet.dir.path();
-    let stub = bake_and_canary_bgctl(d);
-    let vars = [
-        "canary=10".to_string(),
-        "bgd_wait_bake=true".to_string(),
-        format!("bgd_bgctl={}", stub.display()),
-    ];
-    let vars: Vec<&str> = vars.iter().map(String::as_str).collect();
-    let v2 = example_build(d, "v2", "v2");
-    fleet.play_with(&v2, "v2", &vars).assert_ok();
-    let calls = std::fs::read_to_string(d.join("bgctl-calls")).unwrap();
-    let on = |host: &str, what: &str| -> Vec<String> {
-        calls
-            .lines()
-            .filter(|l| l.contains(&format!("/{host}/bgd.sock {what}")))
-            .map(str::to_string)
-            .collect()
-    };
-    // The first host is the canary, released with the bake wait, then
-    // promoted; the others get the bake wait alone.
-    let h1 = on("h1", "release");
-    assert!(
-        h1.len() == 1 && h1[0].contains("--wait-bake") && h1[0].contains("--canary 10"),
-        "{calls}"
+    let fleet = Fleet::start_with(2, &|d| build_like(d, "v1", "v1", None), BAKE);
+    let v2 = example_build(fleet.dir.path(), "v2", "v2");
+    let play = fleet.play_with(
+        &v2,
+        "v2",
+        &["canary=10", "bgd_wait_bake=true", "bgd_bake_poll=1"],
     );
-    assert_eq!(on("h1", "promote").len(), 1, "{calls}");
-    let h2 = on("h2", "release");
+    play.assert_ok();
+    // h1: a 10% canary, verified, promoted, baked; h2: a release that
+    // waited for its bake (bgctl release --wait-bake).
+    let (h1, h2) = (fleet.host("h1"), fleet.host("h2"));
+    assert_eq!(kinds(h1)[1..], ["canary", "promote"], "{:?}", h1.history());
+    assert_eq!(kinds(h2)[1..], ["release"], "{:?}", h2.history());
     assert!(
-        h2.len() == 1 && h2[0].contains("--wait-bake") && !h2[0].contains("--canary"),
-        "{calls}"
-    );
-    assert!(on("h2", "promote").is_empty(), "{calls}");
-
-    // A bake that fails (exit 8): the host fails with bgctl's message, and
-    // the play stops before h2.
-    let v3 = example_build(d, "v3", "v3");
-    let play = fleet.play_with(&v3, "bake-fails", &vars);
-    assert_ne!(play.code, Some(0), "the play should fail:\n{}", play.output);
-    assert!(
-        play.output
-            .contains("rolled back automatically during the bake")
-            && play.output.contains("\"rc\": 8"),
+        play.output.contains("--canary\", \"10\""),
         "{}",
         play.output
     );
-    let calls = std::fs::read_to_string(d.join("bgctl-calls")).unwrap();
-    let tried_h2 = calls
-        .lines()
-        .any(|l| l.contains("/h2/bgd.sock release") && l.contains("bake-fails"));
-    assert!(
-        !tried_h2,
-        "h2 was released to after h1's bake failed:\n{calls}"
+    assert!(play.output.contains("--wait-bake"), "{}", play.output);
+    for h in [h1, h2] {
+        assert_eq!(h.live().0, "v2", "{}", h.name);
+        assert!(
+            h.status()["bake_until"].is_null(),
+            "{}'s bake is over",
+            h.name
+        );
+    }
+    assert_eq!(
+        play.count("h1", "changed"),
+        2,
+        "release and promote:\n{}",
+        play.output
     );
+}
+
+#[test]
+fn a_build_rolled_back_during_its_bake_fails_its_host_and_stops_the_play() {
+    skip_without_ansible!();
+    let fleet = Fleet::start_with(2, &|d| build_like(d, "v1", "v1", None), BAKE);
+    // Ready, live, and unhealthy 1 s after its start (the example app's
+    // unhealthy-after file): bgd switches back to v1 during the bake.
+    let v3 = example_build(fleet.dir.path(), "v3", "v3");
+    std::fs::write(v3.join("unhealthy-after"), "1\n").unwrap();
+    let play = fleet.play_with(&v3, "v3", &["bgd_wait_bake=true"]);
+    assert_ne!(play.code, Some(0), "the play should fail:\n{}", play.output);
+    assert!(
+        play.output.contains("\"rc\": 8") && play.output.contains("during the bake"),
+        "bgctl's exit code 8 and message:\n{}",
+        play.output
+    );
+    let h1 = fleet.host("h1");
+    assert_eq!(h1.live().0, "v1", "h1 serves v1 again");
+    assert!(fleet.answers()[0].contains("hello from v1"));
+    // bgd rolled back by itself, and the play did not roll back again.
+    let history = h1.history();
+    assert_eq!(kinds(h1), ["release", "release", "rollback"], "{history:?}");
+    assert_eq!(history[2]["trigger"], "automatic", "{history:?}");
+    let h2 = fleet.host("h2");
+    assert_eq!(h2.history().len(), 1, "h2 was released to");
 }
 
 #[test]

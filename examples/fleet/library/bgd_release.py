@@ -67,14 +67,18 @@ options:
       - Pass C(--wait-bake) to C(bgctl release), so that the task ends only when bgd's bake window has
         passed. If bgd rolls the build back during the bake (bgctl exits 8), the task fails and the
         previous build serves again.
-      - Needs a bgctl that has C(--wait-bake) and a bgd configured with C([traffic] bake).
+      - Meant for a bgd configured with C([traffic] bake); without a bake window the task ends at once.
     type: bool
     default: false
   canary:
     description:
-      - Release as a canary with C(bgctl release --canary PERCENT) (1 to 100); the new build gets this
-        share of new connections once it is ready. Raise it to 100 with C(bgctl promote).
-      - Needs a bgctl that has C(--canary).
+      - Release as a canary with C(bgctl release --canary PERCENT) (1 to 99); once it is ready, the new
+        build gets this share of new connections beside the live one, and the task ends. C(bgctl promote)
+        makes it live, C(bgctl abort) drains it.
+      - With O(wait_bake) too, the task ends only once the canary has been promoted and has passed its
+        bake, so it needs C([traffic] steps) in bgd's config (which promote the canary by themselves), or a
+        C(bgctl promote) from elsewhere. The playbook instead promotes the canary after its verify step and
+        then waits for the bake through C(bgctl status).
     type: int
 notes:
   - Check mode reports whether the build would be synced or released, and changes nothing.
@@ -170,7 +174,6 @@ cmd:
 import hashlib
 import json
 import os
-import re
 import shutil
 import stat
 import tarfile
@@ -429,11 +432,6 @@ def sync(stage_dir, manifest, tar):
     return done
 
 
-def release_id(stdout):
-    m = re.search(r"release (\d+) is live", stdout)
-    return int(m.group(1)) if m else None
-
-
 def run_module():
     module = AnsibleModule(
         argument_spec=dict(
@@ -456,8 +454,8 @@ def run_module():
             msg="bgd_release reads the build on the controller through its action plugin: put "
             "action_plugins/bgd_release.py beside the library/ directory that holds this module"
         )
-    if p["canary"] is not None and not 1 <= p["canary"] <= 100:
-        module.fail_json(msg="canary is a percentage of new connections: 1 to 100, not %d" % p["canary"])
+    if p["canary"] is not None and not 1 <= p["canary"] <= 99:
+        module.fail_json(msg="canary is a share of new connections in percent: 1 to 99, not %d" % p["canary"])
     stage_dir = os.path.abspath(p["stage_dir"])
     bgctl = Bgctl(module, p["bgctl"], p["socket"])
     try:
@@ -522,11 +520,16 @@ def apply(module, bgctl, stage_dir):
         if rc == EXIT_ROLLED_BACK:
             msg = "rolled back automatically during the bake: " + msg
         module.fail_json(msg=msg, released=False, synced=synced, **ran)
-    new_id = release_id(out)
+    # The build just released: the color staged from stage_dir with the
+    # highest release id (live, or a canary).
     status = bgctl.status()
-    built = [status.get(c) or {} for c in ("blue", "green")]
-    mine = [c for c in built if new_id is not None and c.get("release") == new_id]
-    fingerprint = (mine[0] if mine else (status.get(status.get("live") or "") or {})).get("fingerprint")
+    mine = [
+        status.get(c) or {}
+        for c in ("blue", "green")
+        if (status.get(c) or {}).get("source") == stage_dir and (status.get(c) or {}).get("release") is not None
+    ]
+    mine = max(mine, key=lambda c: c["release"]) if mine else {}
+    new_id, fingerprint = mine.get("release"), mine.get("fingerprint")
     if not fingerprint:
         module.warn(
             "bgctl status shows no fingerprint for the new build (a bgd older than this module?): "
