@@ -176,6 +176,13 @@ pub struct AppConfig {
     pub drain_delay: Duration,
     /// Run the app as this user (`app.user`, `app.group`); `None` keeps bgd's.
     pub identity: Option<Identity>,
+    /// `app.memory_max`: each color's `memory.max` (bytes, or with a K, M,
+    /// G or T suffix as the kernel's memparse takes it), where the memory
+    /// controller is available (issue 13).
+    pub memory_max: Option<String>,
+    /// `app.cpu_weight`: each color's `cpu.weight`, 1 to 10000 (100 is the
+    /// kernel's default), where the cpu controller is available.
+    pub cpu_weight: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -600,6 +607,8 @@ fn app(
         drain_timeout,
         drain_delay: raw.drain_delay.map_or(DEFAULT_DRAIN_DELAY, |d| d.0),
         identity,
+        memory_max: raw.memory_max.map(|m| m.0),
+        cpu_weight: raw.cpu_weight.map(|w| w.0),
     }
 }
 
@@ -955,6 +964,41 @@ struct RawApp {
     stop_signal: Option<SignalName>,
     drain_timeout: Option<Spanned<HumanDuration>>,
     drain_delay: Option<HumanDuration>,
+    memory_max: Option<MemorySize>,
+    cpu_weight: Option<CpuWeight>,
+}
+
+/// `app.memory_max`: "512M", "2G", or a number of bytes.
+struct MemorySize(String);
+
+impl<'de> Deserialize<'de> for MemorySize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let t = s.trim();
+        let digits = t.trim_end_matches(['K', 'M', 'G', 'T', 'k', 'm', 'g', 't']);
+        let suffixes = t.len() - digits.len();
+        if digits.is_empty() || suffixes > 1 || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.parse::<u64>().map_or(true, |n| n == 0) {
+            return Err(serde::de::Error::custom(format!(
+                "app.memory_max {s:?} is not a size: write bytes with an optional K, M, G or T, such as \"512M\""
+            )));
+        }
+        Ok(MemorySize(t.to_string()))
+    }
+}
+
+/// `app.cpu_weight`: 1 to 10000.
+struct CpuWeight(u32);
+
+impl<'de> Deserialize<'de> for CpuWeight {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w = u32::deserialize(d)?;
+        if !(1..=10_000).contains(&w) {
+            return Err(serde::de::Error::custom(format!(
+                "app.cpu_weight {w} is out of range: write 1 to 10000 (100 is the default share)"
+            )));
+        }
+        Ok(CpuWeight(w))
+    }
 }
 
 #[derive(Deserialize)]

@@ -187,6 +187,7 @@ async fn exec_once(
         env,
         fds: vec![],
         identity: ctx.config.app.identity.as_ref(),
+        cgroup: None,
     })
     .with_context(|| format!("cannot run health.exec {:?} in {}", cmd[0], dir.display()))?;
     let exited = ctx.reaper.watch(check.pid);

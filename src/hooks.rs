@@ -69,6 +69,7 @@ async fn run_one(
         env: env.to_vec(),
         fds: vec![],
         identity: ctx.config.app.identity.as_ref(),
+        cgroup: None,
     })
     .with_context(|| format!("could not start in {}", dir.display()))?;
     let exited = ctx.reaper.watch(child.pid);

@@ -40,6 +40,7 @@ mod auto;
 pub mod color;
 pub mod config;
 mod conns;
+mod contain;
 mod control;
 pub mod daemon;
 mod deploy;
@@ -95,6 +96,8 @@ pub(crate) struct Ctx {
     pub(crate) listeners: Arc<listen::Listeners>,
     pub(crate) reaper: Arc<reaper::Reaper>,
     pub(crate) logs: Arc<logs::LogHub>,
+    /// How the processes of a color are found and signalled.
+    pub(crate) contain: Arc<contain::Containment>,
 }
 
 /// `t` as RFC 3339 in UTC, to the second.

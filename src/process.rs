@@ -15,8 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
-use nix::errno::Errno;
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
@@ -53,6 +52,9 @@ pub struct AppProcess {
     pub notify: Option<NotifySocket>,
     /// bgd's root, where the group is recorded while it may run.
     root: PathBuf,
+    /// Finds every process of the color: its cgroup, or its group and
+    /// environment.
+    contain: Arc<crate::contain::Containment>,
 }
 
 impl AppProcess {
@@ -87,12 +89,17 @@ impl AppProcess {
 
         let command = expand_command(&cfg.app.command, &fds)?;
         check_program(&command[0], dir)?;
+        let cgroup = ctx
+            .contain
+            .join_fd(color)
+            .with_context(|| format!("cannot open {color}'s cgroup ({})", ctx.contain.describe()))?;
         let spawned = spawn::spawn(&spawn::Spec {
             command: &command,
             cwd: dir,
             env,
             fds,
             identity: cfg.app.identity.as_ref(),
+            cgroup: cgroup.as_ref().map(|fd| fd.as_raw_fd()),
         })
         .with_context(|| format!("cannot start {:?} in {}", cfg.app.command[0], dir.display()))?;
         // No .await may come between spawn and watch: see reaper.rs.
@@ -128,6 +135,7 @@ impl AppProcess {
             probe_addr,
             notify,
             root: cfg.fixed.root.clone(),
+            contain: ctx.contain.clone(),
         })
     }
 
@@ -168,32 +176,27 @@ impl AppProcess {
         }
     }
 
-    /// Sends `sig` to the whole group. Errors other than "no such group" are logged.
+    /// Sends `sig` to every process of the color: its cgroup, or its
+    /// process group and the processes that carry its environment.
     pub fn signal(&self, sig: Signal) {
         if self.group_gone.load(Ordering::Relaxed) {
             return;
         }
-        match killpg(self.pid, sig) {
-            Ok(()) => {}
-            Err(Errno::ESRCH) => self.group_gone.store(true, Ordering::Relaxed),
-            Err(e) => {
-                tracing::warn!(color = %self.color, "cannot send {sig} to process group {}: {e}", self.pid)
-            }
-        }
+        self.contain.signal(self.color, self.pid, sig);
     }
 
+    /// Whether any process of the color still runs; once none does, it is
+    /// never signalled again (its numbers may be reused).
     fn group_alive(&self) -> bool {
         if self.group_gone.load(Ordering::Relaxed) {
             return false;
         }
-        match killpg(self.pid, None) {
-            Err(Errno::ESRCH) => {
-                self.group_gone.store(true, Ordering::Relaxed);
-                state::record_pgid(&self.root, self.color, None);
-                false
-            }
-            _ => true,
+        if self.contain.alive(self.color, self.pid) {
+            return true;
         }
+        self.group_gone.store(true, Ordering::Relaxed);
+        state::record_pgid(&self.root, self.color, None);
+        false
     }
 
     /// Graceful stop: `sig` to the group, then SIGKILL to the group if any

@@ -241,6 +241,10 @@ pub struct Status {
     /// `gate` or `shared` (`traffic.mode`).
     #[serde(default)]
     pub mode: String,
+    /// How bgd contains the colors' processes: `cgroup PATH`, or the
+    /// process-group fallback and why.
+    #[serde(default)]
+    pub containment: String,
     /// Gate mode: the color new connections go to (`None` before any); the
     /// live color during a canary.
     #[serde(default)]
@@ -364,6 +368,18 @@ pub struct ColorStatus {
     pub failing_checks: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_check_failure: Option<String>,
+    /// Processes of the color running now (its cgroup, or its process
+    /// group and environment).
+    #[serde(default)]
+    pub processes: u32,
+    /// The color's `memory.current` in bytes, where the memory controller
+    /// is enabled for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// CPU time the color used, in microseconds (`cpu.stat` usage_usec),
+    /// with a cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_usec: Option<u64>,
 }
 
 #[cfg(test)]

@@ -42,6 +42,9 @@ pub(crate) struct Spec<'a> {
     pub fds: Vec<(String, RawFd)>,
     /// Run as this user instead of bgd's.
     pub identity: Option<&'a Identity>,
+    /// The color's `cgroup.procs`, open for writing: the child joins that
+    /// cgroup before it execs (see `contain.rs`).
+    pub cgroup: Option<RawFd>,
 }
 
 /// A started child: the leader of its own process group (pgid == pid).
@@ -91,16 +94,21 @@ pub(crate) fn spawn(spec: &Spec) -> io::Result<Spawned> {
         *slot = *fd;
     }
     let count = spec.fds.len();
+    let cgroup = spec.cgroup;
     let ids = spec.identity.map(|i| {
         let groups: Vec<libc::gid_t> = i.groups.iter().map(|g| g.as_raw()).collect();
         (i.uid.as_raw(), i.gid.as_raw(), groups)
     });
     // SAFETY: the closure runs between fork and exec in the child of a
     // threaded process. It allocates nothing, takes no locks, and calls only
-    // async-signal-safe functions (setgroups, setgid, setuid, prctl, getppid,
-    // fcntl, dup2, sigaction) on data built before the fork.
+    // async-signal-safe functions (write, setgroups, setgid, setuid, prctl,
+    // getppid, fcntl, dup2, sigaction) on data built before the fork.
     unsafe {
         cmd.pre_exec(move || {
+            // First, while still privileged: the cgroup file is bgd's.
+            if let Some(fd) = cgroup {
+                crate::contain::join_self(fd)?;
+            }
             if let Some((uid, gid, groups)) = &ids {
                 drop_privileges(*uid, *gid, groups)?;
             }

@@ -56,13 +56,15 @@ pub(crate) enum Event {
         exit: Exit,
         forced: Option<Duration>,
     },
-    /// A color's leader exited; `tail` is its last output.
+    /// A color's leader exited; `tail` is its last output, `strays` the
+    /// other processes of the color still running then.
     Exited {
         color: Color,
         pid: Pid,
         exit: Exit,
         uptime: Duration,
         tail: Vec<String>,
+        strays: usize,
     },
     /// The backoff before restarting a dead live color has passed.
     RestartDue(Color),
@@ -90,6 +92,11 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
         .with_context(|| format!("cannot create root {}", root.display()))?;
     let _lock = lock_root(&root)?;
     state::kill_leftover_groups(&root);
+    let contain = Arc::new(crate::contain::Containment::setup(&root));
+    contain.kill_leftovers();
+    if let Err(e) = contain.limit(config.app.memory_max.as_deref(), config.app.cpu_weight) {
+        tracing::warn!("{e}");
+    }
     stage::remove_leftovers(&root).with_context(|| format!("cannot clean {}", root.display()))?;
     let state = State::load(&root)?;
     let fixed = &config.fixed;
@@ -112,6 +119,7 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
         listeners,
         reaper,
         logs,
+        contain,
     });
     tokio::spawn(control::serve(control, access, sink(&tx, Event::Control)));
     if systemd::under_systemd() {
@@ -263,12 +271,14 @@ impl Daemon {
                     exit,
                     uptime,
                     tail,
+                    strays,
                 } => self.feed(Input::Exited {
                     color,
                     pid,
                     exit,
                     uptime,
                     tail,
+                    strays,
                 }),
                 Event::RestartDue(color) => self.feed(Input::RestartDue { color }),
                 Event::Due => self.feed(Input::Due),
@@ -380,14 +390,21 @@ impl Daemon {
         let (color, pid) = (app.color, app.pid);
         let exit = app.wait_exit_with_tail();
         let events = self.events.clone();
+        let contain = self.ctx.contain.clone();
         tokio::spawn(async move {
             let (exit, uptime, tail) = exit.await;
+            let strays = contain
+                .members(color, pid)
+                .into_iter()
+                .filter(|p| *p != pid)
+                .count();
             let _ = events.send(Event::Exited {
                 color,
                 pid,
                 exit,
                 uptime,
                 tail,
+                strays,
             });
         });
     }

@@ -77,6 +77,17 @@ impl Daemon {
         let _ = reply.send(Reply::Done { result: status });
     }
 
+    /// A color as the core sees it, with its processes, memory and CPU.
+    fn color_status(&self, color: Color) -> crate::protocol::ColorStatus {
+        let mut s = self.core.color_status(color);
+        let leader = self.core.slot(color).pid();
+        let u = self.ctx.contain.usage(color, leader);
+        s.processes = u.processes;
+        s.memory_bytes = u.memory_bytes;
+        s.cpu_usec = u.cpu_usec;
+        s
+    }
+
     pub(super) fn status(&self) -> Status {
         let core = &self.core;
         let now = super::now();
@@ -86,8 +97,9 @@ impl Daemon {
             pid: std::process::id(),
             live: core.state().live,
             release_in_progress: core.progress(),
-            blue: core.color_status(Color::Blue),
-            green: core.color_status(Color::Green),
+            blue: self.color_status(Color::Blue),
+            green: self.color_status(Color::Green),
+            containment: self.ctx.contain.describe(),
             last_result: self.last_result.clone(),
             listen: self.ctx.listeners.addresses(),
             mode: match self.ctx.config.fixed.traffic {

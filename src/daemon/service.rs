@@ -107,12 +107,16 @@ impl Daemon {
             ..new
         };
         let policy = super::policy_of(&config, &self.ctx.listeners);
+        if let Err(e) = self.ctx.contain.limit(config.app.memory_max.as_deref(), config.app.cpu_weight) {
+            tracing::warn!("{e}");
+        }
         self.core.set_policy(policy);
         self.ctx = Arc::new(Ctx {
             config,
             listeners: self.ctx.listeners.clone(),
             reaper: self.ctx.reaper.clone(),
             logs: self.ctx.logs.clone(),
+            contain: self.ctx.contain.clone(),
         });
         if watch_changed {
             if let Err(e) = self.start_watching() {

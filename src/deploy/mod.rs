@@ -166,13 +166,16 @@ pub enum Input<P> {
         exit: Exit,
         forced: Option<Duration>,
     },
-    /// A process bgd did not ask to stop exited; `tail` is its last output.
+    /// A process bgd did not ask to stop exited; `tail` is its last output,
+    /// `strays` how many other processes of its color still ran (it
+    /// daemonized, or left workers behind).
     Exited {
         color: Color,
         pid: Pid,
         exit: Exit,
         uptime: Duration,
         tail: Vec<String>,
+        strays: usize,
     },
     /// The wait asked for by [`Effect::RestartAfter`] has passed.
     RestartDue { color: Color },
@@ -352,7 +355,8 @@ impl<P: Process> Core<P> {
                 exit,
                 uptime,
                 tail,
-            } => self.on_exited(now, color, pid, exit, uptime, tail),
+                strays,
+            } => self.on_exited(now, color, pid, (exit, uptime), tail, strays),
             Input::RestartDue { color } => self.on_restart_due(now, color),
             Input::Stop => self.on_stop(now),
         }
@@ -420,6 +424,9 @@ impl<P: Process> Core<P> {
             fingerprint: build.and_then(|b| b.fingerprint.clone()),
             since: Some(crate::rfc3339(slot.since)),
             restarts: slot.restarts,
+            processes: 0,
+            memory_bytes: None,
+            cpu_usec: None,
             last_exit: slot.last_exit.map(|e| e.to_string()),
             reason: slot.phase.reason().map(str::to_string),
         }

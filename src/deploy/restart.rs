@@ -37,9 +37,9 @@ impl<P: Process> Core<P> {
         now: Now,
         color: Color,
         pid: Pid,
-        exit: Exit,
-        uptime: Duration,
+        (exit, uptime): (Exit, Duration),
         tail: Vec<String>,
+        strays: usize,
     ) {
         let phase = &self.slot(color).phase;
         if phase.process().is_none_or(|p| p.pid() != pid) {
@@ -59,6 +59,12 @@ impl<P: Process> Core<P> {
             format!("the {what} color died ({exit}) after {uptime:.1?} ({color}, pid {pid}); last output:"),
         );
         self.log_tail(Level::Error, color, &tail, 10);
+        if strays > 0 {
+            self.log(
+                Level::Error,
+                format!("{strays} other processes of {color} still ran when its main process exited: they are stopped with it. Did the app daemonize? It must stay in the foreground (bgd supervises the process it started)"),
+            );
+        }
         if what != "live" {
             return self.lost(now, color, what);
         }

@@ -214,6 +214,7 @@ fn exited(color: Color, pid: i32, uptime_s: u64) -> Input<Proc> {
         exit: Exit::Code(3),
         uptime: Duration::from_secs(uptime_s),
         tail: vec!["boom".into()],
+        strays: 0,
     }
 }
 

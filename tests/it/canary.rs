@@ -281,6 +281,7 @@ fn a_canary_that_crashes_is_aborted_by_itself() {
             .contains("it exited (exit code 1)"),
         "{last}"
     );
+    load.finish_clean();
 }
 
 /// Bad input gets a message that names the fix, and changes nothing.

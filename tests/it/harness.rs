@@ -71,6 +71,8 @@ pub struct Setup {
     pub root: Option<PathBuf>,
     /// Appended to the config (a `[watch]` section, say).
     pub tail: String,
+    /// Environment for bgd itself (`BGD_NO_CGROUP`, say).
+    pub bgd_env: Vec<(String, String)>,
 }
 
 impl Default for Setup {
@@ -89,6 +91,7 @@ impl Default for Setup {
             uid: None,
             root: None,
             tail: String::new(),
+            bgd_env: Vec::new(),
         }
     }
 }
@@ -102,6 +105,8 @@ pub struct Bgd {
     root: PathBuf,
     /// The control socket.
     socket: PathBuf,
+    /// bgd's own environment additions.
+    env: Vec<(String, String)>,
 }
 
 impl Bgd {
@@ -170,6 +175,7 @@ env = {{ PYTHONUNBUFFERED = "1" }}
             child: None,
             uid: setup.uid,
             socket: PathBuf::new(),
+            env: setup.bgd_env,
         };
         bgd.socket = bgd.dir.path().join("ctl.sock");
         if let Some(uid) = setup.uid {
@@ -199,6 +205,7 @@ env = {{ PYTHONUNBUFFERED = "1" }}
             child: None,
             uid: None,
             root,
+            env: Vec::new(),
         };
         bgd.spawn(tweak);
         bgd
@@ -226,6 +233,7 @@ env = {{ PYTHONUNBUFFERED = "1" }}
         cmd.arg("--config")
             .arg(&self.config)
             .env("BGD_LOG", "debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -439,4 +447,30 @@ pub fn script_build(dir: &Path, name: &str, code: &str) -> PathBuf {
 /// Whether a process exists (zombies count: they are not reaped yet).
 pub fn exists(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Pids of processes whose environment has `BG_ROOT=root` (and
+/// `BG_COLOR=color`, if given): the app's, however they forked.
+pub fn app_processes(root: &Path, color: Option<&str>) -> Vec<i32> {
+    let want_root = format!("BG_ROOT={}", root.display());
+    let want_color = color.map(|c| format!("BG_COLOR={c}"));
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        if stat.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')) {
+            continue;
+        }
+        let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+        let has = |v: &str| vars.iter().any(|x| *x == v.as_bytes());
+        if has(&want_root) && want_color.as_deref().is_none_or(has) {
+            pids.push(pid);
+        }
+    }
+    pids
 }

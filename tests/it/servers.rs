@@ -9,6 +9,7 @@
 //! (default `/opt/bgd-servers/bin`, the virtualenv `.ci/servers` makes)
 //! before `PATH`.
 
+use crate::harness::app_processes;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -171,28 +172,6 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     files
-}
-
-/// Pids of processes whose environment has `BG_ROOT=root` (and
-/// `BG_COLOR=color`, if given): the app's, however they forked.
-fn app_processes(root: &Path, color: Option<&str>) -> Vec<i32> {
-    let want_root = format!("BG_ROOT={}", root.display());
-    let want_color = color.map(|c| format!("BG_COLOR={c}"));
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(env) = std::fs::read(e.path().join("environ")) else {
-            continue;
-        };
-        let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
-        let has = |v: &str| vars.iter().any(|x| *x == v.as_bytes());
-        if has(&want_root) && want_color.as_deref().is_none_or(has) {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 /// Runs one example: release v1, then [`RELEASES`] releases under 4

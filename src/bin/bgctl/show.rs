@@ -234,6 +234,15 @@ impl Out {
         if let Some(since) = &c.since {
             line += &format!(" since {since}");
         }
+        if c.processes > 1 {
+            line += &format!(" ({} processes)", c.processes);
+        }
+        if let Some(m) = c.memory_bytes {
+            line += &format!(" memory {:.1} MB", m as f64 / 1_048_576.0);
+        }
+        if let Some(u) = c.cpu_usec.filter(|_| c.processes > 0) {
+            line += &format!(" cpu {:.1} s", u as f64 / 1e6);
+        }
         if c.restarts > 0 {
             line += &format!(" restarts {}", c.restarts);
         }

@@ -1,0 +1,389 @@
+//! Containment: every process of a color, found, counted and signalled as
+//! one, however it forked, `setsid()`ed or daemonized (issue 13).
+//!
+//! With a writable cgroup v2 hierarchy each color runs in its own cgroup
+//! (cgroups(7), the kernel's cgroup-v2.rst):
+//! - under systemd with `Delegate=yes`, the unit's cgroup is bgd's to
+//!   manage: bgd moves itself into a leaf (`supervisor`, for the "no
+//!   internal processes" rule) and the colors are `blue` and `green` beside
+//!   it, with the memory, cpu and pids controllers enabled where the unit
+//!   has them;
+//! - otherwise the colors are `bgd-HASH/blue` and `bgd-HASH/green` below
+//!   bgd's own cgroup (HASH from the root, so a restarted bgd finds them),
+//!   with no controllers (bgd's own cgroup holds processes).
+//!
+//! A child joins its color's cgroup between fork and exec (`spawn.rs`
+//! writes "0" to the pre-opened `cgroup.procs`). A color is gone when its
+//! `cgroup.events` says `populated 0`; SIGKILL to all of it is one write to
+//! `cgroup.kill` (Linux 5.14).
+//!
+//! Without one, bgd falls back to the process group plus its subreaper
+//! role: a process of the color is one in the leader's process group, or
+//! one whose environment carries this root's `BG_ROOT` and the color's
+//! `BG_COLOR` (what `setsid()` cannot shed).
+
+use std::fs;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::color::Color;
+
+/// How bgd finds the processes of a color.
+#[derive(Debug)]
+pub(crate) struct Containment {
+    mode: Mode,
+    /// bgd's root, whose path the app's `BG_ROOT` carries.
+    root: PathBuf,
+}
+
+#[derive(Debug)]
+enum Mode {
+    /// Each color in `base/blue` and `base/green`.
+    Cgroup { base: PathBuf },
+    /// No writable cgroup v2: why not.
+    ProcessGroup { why: String },
+}
+
+/// What status shows of a color's processes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Usage {
+    pub processes: u32,
+    /// `memory.current`, where the memory controller is enabled.
+    pub memory_bytes: Option<u64>,
+    /// `usage_usec` of `cpu.stat`.
+    pub cpu_usec: Option<u64>,
+}
+
+impl Containment {
+    /// Sets up a cgroup per color if a cgroup v2 hierarchy is writable here,
+    /// else the process-group fallback. Never fails; says which in the log.
+    pub(crate) fn setup(root: &Path) -> Containment {
+        let off = std::env::var_os("BGD_NO_CGROUP").is_some_and(|v| !v.is_empty());
+        let mode = match if off { Err("BGD_NO_CGROUP is set".into()) } else { cgroup_base(root) } {
+            Ok(base) => Mode::Cgroup { base },
+            Err(why) => Mode::ProcessGroup { why },
+        };
+        let c = Containment {
+            mode,
+            root: root.to_path_buf(),
+        };
+        tracing::info!("containment: {}", c.describe());
+        c
+    }
+
+    /// Process-group containment only (tests, and `traffic.mode` checks).
+    #[cfg(test)]
+    pub(crate) fn process_group(root: &Path) -> Containment {
+        Containment {
+            mode: Mode::ProcessGroup { why: "asked for".into() },
+            root: root.to_path_buf(),
+        }
+    }
+
+    /// `cgroup PATH`, or `process group (why)`: for status and the log.
+    pub(crate) fn describe(&self) -> String {
+        match &self.mode {
+            Mode::Cgroup { base } => format!("cgroup {}", base.display()),
+            Mode::ProcessGroup { why } => format!(
+                "process group and BG_ROOT/BG_COLOR (no cgroup: {why})"
+            ),
+        }
+    }
+
+    fn dir(&self, color: Color) -> Option<PathBuf> {
+        match &self.mode {
+            Mode::Cgroup { base } => Some(base.join(color.as_str())),
+            Mode::ProcessGroup { .. } => None,
+        }
+    }
+
+    /// The color's `cgroup.procs`, open for a child to join it (`None` in
+    /// the fallback).
+    pub(crate) fn join_fd(&self, color: Color) -> io::Result<Option<OwnedFd>> {
+        let Some(dir) = self.dir(color) else {
+            return Ok(None);
+        };
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(dir.join("cgroup.procs"))?;
+        Ok(Some(f.into()))
+    }
+
+    /// Every live process of `color` (`leader`'s group in the fallback).
+    pub(crate) fn members(&self, color: Color, leader: Pid) -> Vec<Pid> {
+        match self.dir(color) {
+            Some(dir) => read_procs(&dir),
+            None => self.fallback_members(color, leader),
+        }
+    }
+
+    /// Whether any process of `color` still runs (zombies do not count).
+    pub(crate) fn alive(&self, color: Color, leader: Pid) -> bool {
+        match self.dir(color) {
+            Some(dir) => populated(&dir),
+            None => !self.fallback_members(color, leader).is_empty(),
+        }
+    }
+
+    /// Kills what a previous bgd left in the colors' cgroups (nothing to do
+    /// in the fallback: see `state::kill_leftover_groups`), and waits up to
+    /// 5 s for it to be gone, so that the sockets it held are closed.
+    pub(crate) fn kill_leftovers(&self) {
+        for color in Color::BOTH {
+            let Some(dir) = self.dir(color) else { return };
+            let left = read_procs(&dir);
+            if left.is_empty() {
+                continue;
+            }
+            tracing::warn!(%color, "killing {} processes a previous bgd left in {}", left.len(), dir.display());
+            self.signal(color, left[0], Signal::SIGKILL);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !read_procs(&dir).is_empty() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+
+    /// Sends `sig` to every process of `color`.
+    pub(crate) fn signal(&self, color: Color, leader: Pid, sig: Signal) {
+        if sig == Signal::SIGKILL {
+            if let Some(dir) = self.dir(color) {
+                if fs::write(dir.join("cgroup.kill"), "1").is_ok() {
+                    return;
+                }
+            }
+        }
+        if self.dir(color).is_none() {
+            let _ = killpg(leader, sig);
+        }
+        for pid in self.members(color, leader) {
+            let _ = kill(pid, sig);
+        }
+    }
+
+    /// The processes, memory and CPU of `color`.
+    pub(crate) fn usage(&self, color: Color, leader: Option<Pid>) -> Usage {
+        match self.dir(color) {
+            Some(dir) => Usage {
+                processes: read_procs(&dir).len() as u32,
+                memory_bytes: fs::read_to_string(dir.join("memory.current"))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok()),
+                cpu_usec: fs::read_to_string(dir.join("cpu.stat"))
+                    .ok()
+                    .and_then(|s| stat_field(&s, "usage_usec")),
+            },
+            None => Usage {
+                processes: leader.map_or(0, |l| self.fallback_members(color, l).len() as u32),
+                ..Usage::default()
+            },
+        }
+    }
+
+    /// `[app] memory_max` and `cpu_weight` on both colors, where the
+    /// controllers are enabled; `Err` says why not.
+    pub(crate) fn limit(&self, memory_max: Option<&str>, cpu_weight: Option<u32>) -> Result<(), String> {
+        if memory_max.is_none() && cpu_weight.is_none() {
+            return Ok(());
+        }
+        let Mode::Cgroup { base } = &self.mode else {
+            return Err("no cgroup: app.memory_max and app.cpu_weight need a writable cgroup v2 (run bgd under systemd with Delegate=yes)".into());
+        };
+        for color in Color::BOTH {
+            let dir = base.join(color.as_str());
+            let set = |file: &str, value: String, key: &str| {
+                fs::write(dir.join(file), &value).map_err(|e| {
+                    format!("cannot set {key} ({}): {e}; its controller is not enabled for bgd's cgroup {} (run bgd under systemd with Delegate=yes)", dir.join(file).display(), base.display())
+                })
+            };
+            if let Some(m) = memory_max {
+                set("memory.max", m.to_string(), "app.memory_max")?;
+            }
+            if let Some(w) = cpu_weight {
+                set("cpu.weight", w.to_string(), "app.cpu_weight")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Processes of `color` by their process group or their environment.
+    fn fallback_members(&self, color: Color, leader: Pid) -> Vec<Pid> {
+        let root = format!("BG_ROOT={}", self.root.display()).into_bytes();
+        let col = format!("BG_COLOR={color}").into_bytes();
+        let Ok(proc) = fs::read_dir("/proc") else {
+            return vec![];
+        };
+        proc.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let Some((pgrp, state)) = pgrp_and_state(*pid) else {
+                    return false;
+                };
+                if state == 'Z' || state == 'X' {
+                    return false;
+                }
+                pgrp == leader.as_raw() || {
+                    let env = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                    let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+                    vars.contains(&root.as_slice()) && vars.contains(&col.as_slice())
+                }
+            })
+            .map(Pid::from_raw)
+            .collect()
+    }
+}
+
+/// The cgroup under which the colors go, created; `Err` says why there is
+/// none.
+fn cgroup_base(root: &Path) -> Result<PathBuf, String> {
+    let mount = cgroup2_mount().ok_or("no cgroup v2 hierarchy is mounted")?;
+    let own = own_cgroup().ok_or("bgd's cgroup v2 path is not in /proc/self/cgroup")?;
+    let own_dir = mount.join(own.trim_start_matches('/'));
+    let base = if delegated(&own_dir) {
+        own_dir.clone()
+    } else {
+        own_dir.join(format!("bgd-{:016x}", fnv1a(root.as_os_str().as_encoded_bytes())))
+    };
+    for dir in [base.join("blue"), base.join("green")] {
+        fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("cgroup.procs"))
+            .map_err(|e| format!("cannot write {}: {e}", dir.join("cgroup.procs").display()))?;
+    }
+    Ok(base)
+}
+
+/// Under systemd with `Delegate=yes` the unit's cgroup is bgd's: bgd moves
+/// itself into `supervisor` and enables what controllers it can for the
+/// colors. Anywhere else, no.
+fn delegated(own: &Path) -> bool {
+    let unit = std::env::var_os("INVOCATION_ID").is_some()
+        && own
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().ends_with(".service"));
+    if !unit {
+        return false;
+    }
+    let leaf = own.join("supervisor");
+    let moved = fs::create_dir_all(&leaf)
+        .and_then(|()| fs::write(leaf.join("cgroup.procs"), std::process::id().to_string()));
+    if let Err(e) = moved {
+        tracing::debug!("not a delegated cgroup ({}): {e}", own.display());
+        return false;
+    }
+    let available = fs::read_to_string(own.join("cgroup.controllers")).unwrap_or_default();
+    for c in ["memory", "cpu", "pids"] {
+        if available.split_whitespace().any(|a| a == c) {
+            if let Err(e) = fs::write(own.join("cgroup.subtree_control"), format!("+{c}")) {
+                tracing::debug!("cannot enable the {c} controller for the colors: {e}");
+            }
+        }
+    }
+    true
+}
+
+/// Where the cgroup v2 hierarchy is mounted (/proc/self/mountinfo,
+/// proc(5)): `/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a hybrid host.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup2")
+            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+    })
+}
+
+/// bgd's own cgroup v2 path, the `0::PATH` line of /proc/self/cgroup.
+fn own_cgroup() -> Option<String> {
+    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+}
+
+fn read_procs(dir: &Path) -> Vec<Pid> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .filter(|pid| pgrp_and_state(*pid).is_some_and(|(_, s)| s != 'Z' && s != 'X'))
+        .map(Pid::from_raw)
+        .collect()
+}
+
+fn populated(dir: &Path) -> bool {
+    let events = fs::read_to_string(dir.join("cgroup.events")).unwrap_or_default();
+    // A cgroup whose last process is a zombie still counts as populated
+    // until it is reaped; bgd reaps promptly, and a zombie serves nothing.
+    stat_field(&events, "populated") != Some(0) && !read_procs(dir).is_empty()
+}
+
+/// `key N` from a flat-keyed cgroup file.
+fn stat_field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok())?
+    })
+}
+
+/// Fields 5 (process group) and 3 (state) of /proc/PID/stat.
+fn pgrp_and_state(pid: i32) -> Option<(i32, char)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let pgrp = rest.nth(1)?.parse().ok()?;
+    Some((pgrp, state))
+}
+
+/// FNV-1a, 64 bits: a stable short name for a root.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Writes "0" to a `cgroup.procs` fd: the calling process joins that
+/// cgroup. Async-signal-safe: for the child between fork and exec.
+pub(crate) fn join_self(fd: std::os::fd::RawFd) -> io::Result<()> {
+    // SAFETY: write(2) of a 1-byte static buffer to an fd opened before fork.
+    let n = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flat_keyed_files_are_read_by_key() {
+        let events = "populated 1\nfrozen 0\n";
+        assert_eq!(stat_field(events, "populated"), Some(1));
+        assert_eq!(stat_field(events, "frozen"), Some(0));
+        assert_eq!(stat_field("usage_usec 1234\nuser_usec 1000\n", "usage_usec"), Some(1234));
+        assert_eq!(stat_field(events, "nothing"), None);
+    }
+
+    #[test]
+    fn a_root_names_the_same_cgroup_each_time() {
+        assert_eq!(fnv1a(b"/srv/app/state"), fnv1a(b"/srv/app/state"));
+        assert_ne!(fnv1a(b"/srv/app/state"), fnv1a(b"/srv/other/state"));
+    }
+
+    #[test]
+    fn the_fallback_finds_this_process_by_its_group() {
+        let me = nix::unistd::getpid();
+        let c = Containment::process_group(Path::new("/nonexistent-root"));
+        let pgrp = nix::unistd::getpgrp();
+        assert!(c.members(Color::Blue, pgrp).contains(&me));
+        assert!(c.alive(Color::Blue, pgrp));
+    }
+}
