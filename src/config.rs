@@ -977,7 +977,11 @@ impl<'de> Deserialize<'de> for MemorySize {
         let t = s.trim();
         let digits = t.trim_end_matches(['K', 'M', 'G', 'T', 'k', 'm', 'g', 't']);
         let suffixes = t.len() - digits.len();
-        if digits.is_empty() || suffixes > 1 || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.parse::<u64>().map_or(true, |n| n == 0) {
+        if digits.is_empty()
+            || suffixes > 1
+            || !digits.bytes().all(|b| b.is_ascii_digit())
+            || digits.parse::<u64>().map_or(true, |n| n == 0)
+        {
             return Err(serde::de::Error::custom(format!(
                 "app.memory_max {s:?} is not a size: write bytes with an optional K, M, G or T, such as \"512M\""
             )));

@@ -64,7 +64,11 @@ impl Containment {
     /// else the process-group fallback. Never fails; says which in the log.
     pub(crate) fn setup(root: &Path) -> Containment {
         let off = std::env::var_os("BGD_NO_CGROUP").is_some_and(|v| !v.is_empty());
-        let mode = match if off { Err("BGD_NO_CGROUP is set".into()) } else { cgroup_base(root) } {
+        let mode = match if off {
+            Err("BGD_NO_CGROUP is set".into())
+        } else {
+            cgroup_base(root)
+        } {
             Ok(base) => Mode::Cgroup { base },
             Err(why) => Mode::ProcessGroup { why },
         };
@@ -80,7 +84,9 @@ impl Containment {
     #[cfg(test)]
     pub(crate) fn process_group(root: &Path) -> Containment {
         Containment {
-            mode: Mode::ProcessGroup { why: "asked for".into() },
+            mode: Mode::ProcessGroup {
+                why: "asked for".into(),
+            },
             root: root.to_path_buf(),
         }
     }
@@ -89,9 +95,9 @@ impl Containment {
     pub(crate) fn describe(&self) -> String {
         match &self.mode {
             Mode::Cgroup { base } => format!("cgroup {}", base.display()),
-            Mode::ProcessGroup { why } => format!(
-                "process group and BG_ROOT/BG_COLOR (no cgroup: {why})"
-            ),
+            Mode::ProcessGroup { why } => {
+                format!("process group and BG_ROOT/BG_COLOR (no cgroup: {why})")
+            }
         }
     }
 
@@ -188,7 +194,11 @@ impl Containment {
 
     /// `[app] memory_max` and `cpu_weight` on both colors, where the
     /// controllers are enabled; `Err` says why not.
-    pub(crate) fn limit(&self, memory_max: Option<&str>, cpu_weight: Option<u32>) -> Result<(), String> {
+    pub(crate) fn limit(
+        &self,
+        memory_max: Option<&str>,
+        cpu_weight: Option<u32>,
+    ) -> Result<(), String> {
         if memory_max.is_none() && cpu_weight.is_none() {
             return Ok(());
         }
@@ -247,7 +257,10 @@ fn cgroup_base(root: &Path) -> Result<PathBuf, String> {
     let base = if delegated(&own_dir) {
         own_dir.clone()
     } else {
-        own_dir.join(format!("bgd-{:016x}", fnv1a(root.as_os_str().as_encoded_bytes())))
+        own_dir.join(format!(
+            "bgd-{:016x}",
+            fnv1a(root.as_os_str().as_encoded_bytes())
+        ))
     };
     for dir in [base.join("blue"), base.join("green")] {
         fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -368,7 +381,10 @@ mod tests {
         let events = "populated 1\nfrozen 0\n";
         assert_eq!(stat_field(events, "populated"), Some(1));
         assert_eq!(stat_field(events, "frozen"), Some(0));
-        assert_eq!(stat_field("usage_usec 1234\nuser_usec 1000\n", "usage_usec"), Some(1234));
+        assert_eq!(
+            stat_field("usage_usec 1234\nuser_usec 1000\n", "usage_usec"),
+            Some(1234)
+        );
         assert_eq!(stat_field(events, "nothing"), None);
     }
 

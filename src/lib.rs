@@ -59,6 +59,7 @@ mod prepare;
 mod process;
 pub mod protocol;
 mod reaper;
+mod rescue;
 pub mod rollout;
 pub mod spawn;
 mod stage;

@@ -89,10 +89,9 @@ impl AppProcess {
 
         let command = expand_command(&cfg.app.command, &fds)?;
         check_program(&command[0], dir)?;
-        let cgroup = ctx
-            .contain
-            .join_fd(color)
-            .with_context(|| format!("cannot open {color}'s cgroup ({})", ctx.contain.describe()))?;
+        let cgroup = ctx.contain.join_fd(color).with_context(|| {
+            format!("cannot open {color}'s cgroup ({})", ctx.contain.describe())
+        })?;
         let spawned = spawn::spawn(&spawn::Spec {
             command: &command,
             cwd: dir,

@@ -56,6 +56,9 @@ impl Daemon {
             Effect::WakeAt(at) => self.wake_at(at),
             Effect::Monitor { color, pid } => self.monitor(color, pid),
             Effect::Unmonitor(color) => self.unmonitor(color),
+            Effect::Rescue(color) => {
+                tokio::spawn(crate::rescue::rescue(self.ctx.listeners.clone(), color));
+            }
             Effect::Launch(launch) => self.launch(launch),
             Effect::Abort(task) => self.abort(task),
             Effect::Drain { color, process } => self.drain(color, process),

@@ -107,7 +107,11 @@ impl Daemon {
             ..new
         };
         let policy = super::policy_of(&config, &self.ctx.listeners);
-        if let Err(e) = self.ctx.contain.limit(config.app.memory_max.as_deref(), config.app.cpu_weight) {
+        if let Err(e) = self
+            .ctx
+            .contain
+            .limit(config.app.memory_max.as_deref(), config.app.cpu_weight)
+        {
             tracing::warn!("{e}");
         }
         self.core.set_policy(policy);

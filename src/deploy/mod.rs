@@ -229,6 +229,10 @@ pub enum Effect<P> {
     },
     /// Stop checking `color`.
     Unmonitor(Color),
+    /// `color` died and will not be started again, and no longer receives
+    /// connections: relay what is still queued on its sockets to the live
+    /// color (see `rescue.rs`).
+    Rescue(Color),
     /// Start a task that stages (if asked), starts and waits for readiness.
     Launch(Launch),
     /// Stop a task: staging stops before it swaps anything in, and the

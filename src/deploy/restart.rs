@@ -72,7 +72,8 @@ impl<P: Process> Core<P> {
             return;
         }
         if self.unhealthy(now, color, format!("it exited ({exit})")) {
-            return;
+            // Switched back to the standby: nothing starts here again.
+            return self.emit(Effect::Rescue(color));
         }
         let slot = self.slot_mut(color);
         slot.restarts += 1;

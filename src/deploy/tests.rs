@@ -257,6 +257,7 @@ fn words(effects: &[Effect<Proc>]) -> Vec<String> {
                 Effect::Stopping => "stopping".into(),
                 Effect::Split { canary, percent } => format!("split {canary} {percent}"),
                 Effect::WakeAt(_) => "wake".into(),
+                Effect::Rescue(c) => format!("rescue {c}"),
                 Effect::Log(..) | Effect::Monitor { .. } | Effect::Unmonitor(_) => return None,
             })
         })

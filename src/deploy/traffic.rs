@@ -588,7 +588,9 @@ impl<P: Process> Core<P> {
                 Level::Error,
                 format!("the canary {color} died: aborting it"),
             );
-            return self.abort_canary(now, None, Some(why));
+            self.abort_canary(now, None, Some(why));
+            // After the split ended: what was queued for it goes to the live color.
+            return self.emit(Effect::Rescue(color));
         }
         self.log(
             Level::Warn,

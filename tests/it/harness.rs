@@ -463,7 +463,10 @@ pub fn app_processes(root: &Path, color: Option<&str>) -> Vec<i32> {
             continue;
         };
         let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        if stat.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')) {
+        if stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        {
             continue;
         }
         let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();

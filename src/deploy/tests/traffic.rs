@@ -222,7 +222,9 @@ fn failed_checks_during_the_bake_switch_back_by_themselves() {
 fn a_crash_during_the_bake_switches_back_instead_of_restarting() {
     let mut t = swapped_with_standby();
     let said = t.says(exited(Color::Green, NEW, 5));
-    assert_eq!(said, ["discard 200", "commit"]);
+    // The daemon carries out what follows the commit (the steer back)
+    // before the rescue of green's queue.
+    assert_eq!(said, ["discard 200", "commit", "rescue green"]);
     let said = t.says(Input::Committed(Ok(())));
     assert!(said.contains(&"steer blue".to_string()), "{said:?}");
     // Nothing to drain: the rollback ends at once.
@@ -359,7 +361,7 @@ fn a_canary_that_crashes_or_fails_its_checks_is_aborted_by_itself() {
     let effects = t.send(exited(Color::Green, NEW, 1));
     assert_eq!(
         words(&effects),
-        ["discard 200", "split green 0", "ended ok"]
+        ["discard 200", "split green 0", "ended ok", "rescue green"]
     );
     let r = record_of(&effects);
     assert_eq!(
