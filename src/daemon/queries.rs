@@ -103,6 +103,7 @@ impl Daemon {
                 );
                 a.status(running || due)
             }),
+            metrics: self.telemetry.metrics_addr.map(|a| a.to_string()),
         }
     }
 }

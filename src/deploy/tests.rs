@@ -229,6 +229,7 @@ fn words(effects: &[Effect<Proc>]) -> Vec<String> {
                     Reply::Done { .. } => "reply done".into(),
                     Reply::Error(f) => format!("reply error {:?}", f.kind),
                     Reply::Log(_) => "reply log".into(),
+                    Reply::Lifecycle(e) => format!("reply event {}", e.kind.name()),
                 },
                 Effect::Ended(e) => format!(
                     "ended {}",
@@ -238,6 +239,7 @@ fn words(effects: &[Effect<Proc>]) -> Vec<String> {
                 Effect::Ready => "ready".into(),
                 Effect::Stopping => "stopping".into(),
                 Effect::Log(..) => return None,
+                Effect::Notify(k) => format!("notify {}", k.name()),
             })
         })
         .collect()
