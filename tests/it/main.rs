@@ -10,6 +10,7 @@ mod faults;
 mod gate;
 mod inherit;
 mod lifecycle;
+mod metrics;
 mod operations;
 mod releases;
 mod systemd;
