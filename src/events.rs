@@ -45,7 +45,11 @@ impl Kind {
                     .as_ref()
                     .map(|l| format!(" ({l})"))
                     .unwrap_or_default();
-                format!("{kind} of release {release}{label} began on {color} ({trigger})")
+                let what = match kind.as_str() {
+                    "rollback" => "rollback to release",
+                    _ => "release",
+                };
+                format!("{what} {release}{label} began on {color} ({trigger})")
             }
             Kind::Step { release, step } => format!("release {release}: {step}"),
             Kind::Ready { release, color, ms } => {

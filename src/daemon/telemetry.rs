@@ -44,6 +44,8 @@ pub(super) struct Telemetry {
 
 struct Followed {
     task: TaskId,
+    /// Its release id.
+    id: u64,
     started: Instant,
     /// Steps of the release already published.
     steps: usize,
@@ -106,7 +108,7 @@ impl Telemetry {
         self.began(core);
         for effect in effects {
             match effect {
-                Effect::PointLive(color) => self.swapped(core, *color),
+                Effect::PointLive(color) => self.swapped(*color),
                 Effect::Steer(color) => self.steered(core, *color),
                 Effect::RestartAfter { color, delay } => {
                     self.restarting[idx(*color)] = true;
@@ -143,6 +145,7 @@ impl Telemetry {
         }
         self.followed = Some(Followed {
             task: r.task,
+            id: r.id,
             started: r.started,
             steps: 0,
             ready: false,
@@ -184,11 +187,12 @@ impl Telemetry {
         }
     }
 
-    fn swapped(&mut self, core: &Core<AppProcess>, to: Color) {
+    fn swapped(&mut self, to: Color) {
         let from = self.live.filter(|c| *c != to);
         self.live = Some(to);
         self.restarting = [false; 2];
-        let release = core.release().map_or(0, |r| r.id);
+        // The release may have ended in the same decision (nothing to drain).
+        let release = self.followed.as_ref().map_or(0, |f| f.id);
         self.publish(Kind::Swapped { release, from, to });
     }
 

@@ -52,6 +52,24 @@ fn scrape(addr: &str) -> BTreeMap<String, f64> {
         "the Prometheus parser refused /metrics: {}\n{body}",
         text(&out.stderr)
     );
+    // promtool's lint too, where it is installed (CI installs it).
+    if let Ok(mut promtool) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        promtool
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        let lint = promtool.wait_with_output().unwrap();
+        let said = text(&lint.stdout) + &text(&lint.stderr);
+        assert!(lint.status.success() && said.is_empty(), "promtool: {said}");
+    }
     let samples: Vec<(String, BTreeMap<String, String>, f64, String)> =
         serde_json::from_slice(&out.stdout).unwrap();
     samples
@@ -159,6 +177,12 @@ fn metrics_and_events_tell_the_same_exact_history() {
         "restarted:blue",
     ];
     assert_eq!(course(&kept), want, "{kept:#?}");
+    let swapped: Vec<&Value> = kept.iter().filter(|e| e["type"] == "swapped").collect();
+    let swaps: Vec<_> = swapped
+        .iter()
+        .map(|e| (e["release"].as_u64().unwrap(), e["from"].as_str()))
+        .collect();
+    assert_eq!(swaps, [(1, None), (2, Some("blue")), (1, Some("green"))]);
     let steps = |release: u64, kind: &str| -> Vec<String> {
         let begin = kept
             .iter()
