@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import socket
+import urllib.request
 import statistics
 import subprocess
 import sys
@@ -1664,10 +1665,64 @@ def report(ctx, r1, r2, r3, r3b, r4, r5=None, r6=None, r3c=None):
     return "\n".join(md)
 
 
+def bench_metrics(ctx):
+    """7. What `[metrics] listen` costs: two bgds side by side, the same app, one with metrics
+    (scraped once, so the endpoint's code is paged in) and one without; RSS and wake-ups idle."""
+    log(f"7. metrics: RSS and idle wake-ups with [metrics] on and off, {ctx.reps4} x {ctx.idle_seconds}s idle")
+    mport = free_port()
+    off = Bgd(ctx, f"m7-off-{free_port()}", [PY, "-S", "fastapp.py"], "notify")
+    on = Bgd(ctx, f"m7-on-{free_port()}", [PY, "-S", "fastapp.py"], "notify",
+             top=f'[metrics]\nlisten = "127.0.0.1:{mport}"')
+    off.release(ctx.build_fast)
+    on.release(ctx.build_fast)
+    with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10) as r:
+        scraped = r.read().decode()
+    if "bgd_releases_total" not in scraped:
+        raise RuntimeError("the metrics endpoint answered without bgd_releases_total")
+    # Let tokio's blocking-pool threads (the staging copy, the scrape) exit first.
+    time.sleep(ctx.settle_seconds)
+    rows = {k: [] for k in ("rss_off", "rss_on", "delta", "ratio", "wake_off", "wake_on", "threads_off", "threads_on")}
+    for rep in range(ctx.reps4):
+        wait_for_quiet(ctx, f"metrics idle {rep + 1}")
+        st_off, st_on = proc_status(off.pid), proc_status(on.pid)
+        rows["rss_off"].append(kb(st_off, "VmRSS"))
+        rows["rss_on"].append(kb(st_on, "VmRSS"))
+        rows["delta"].append(rows["rss_on"][-1] - rows["rss_off"][-1])
+        rows["ratio"].append(rows["rss_on"][-1] / rows["rss_off"][-1])
+        rows["threads_off"].append(int(st_off.get("Threads", 0)))
+        rows["threads_on"].append(int(st_on.get("Threads", 0)))
+        c0 = task_counters([off.pid]), task_counters([on.pid])
+        time.sleep(ctx.idle_seconds)
+        c1 = task_counters([off.pid]), task_counters([on.pid])
+        per_min = 60.0 / ctx.idle_seconds
+        rows["wake_off"].append((c1[0][1] - c0[0][1]) * per_min)
+        rows["wake_on"].append((c1[1][1] - c0[1][1]) * per_min)
+        log(f"  idle {rep + 1}: RSS off {rows['rss_off'][-1]} kB, on {rows['rss_on'][-1]} kB "
+            f"(+{rows['delta'][-1]} kB), wake-ups/min off {rows['wake_off'][-1]:.0f}, on {rows['wake_on'][-1]:.0f}")
+    off.stop()
+    on.stop()
+    return rows
+
+
+def report_metrics(r7):
+    if not r7:
+        return ""
+    md = [f"## 7. Metrics cost (`[metrics] listen` on vs off, side by side, {len(r7['delta'])} x idle)", "",
+          "| | metrics off | metrics on | on - off | on / off |", "|---|---|---|---|---|",
+          f"| RSS idle, MB | {summary([v / 1024 for v in r7['rss_off']])} | {summary([v / 1024 for v in r7['rss_on']])} "
+          f"| {summary([v / 1024 for v in r7['delta']])} | {summary(r7['ratio'], 3)} |",
+          f"| wake-ups per minute, idle and unscraped | {summary(r7['wake_off'], 0)} | {summary(r7['wake_on'], 0)} | | |",
+          f"| threads | {summary(r7['threads_off'], 0)} | {summary(r7['threads_on'], 0)} | | |", "",
+          "Both bgds run the same one-thread app after one release; the one with metrics was scraped once "
+          "before the idle period (so hyper's and the encoder's code is in its RSS). Goal: at most 1 MB more, "
+          "and no wake-ups that the one without metrics does not have.", ""]
+    return "\n".join(md)
+
+
 def main():
     ap = argparse.ArgumentParser(description="bgd benchmark")
     ap.add_argument("--quick", action="store_true", help="a ~3 minute version with shorter runs")
-    ap.add_argument("--only", default="1,2,3,4,5,6", help="comma-separated measurements to run (1,2,3,4,5,6)")
+    ap.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated measurements to run (1,2,3,4,5,6,7)")
     ap.add_argument("--gthread", action="store_true", help="2: also bgd with gunicorn's gthread workers (keep-alive)")
     ap.add_argument("--systems", default="bgd,bgd-shared,nginx,naive",
                     help="2: which release methods to load-test (bgd, bgd-shared, nginx, naive, bgd-gthread)")
@@ -1721,11 +1776,11 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     t0 = time.monotonic()
     r1 = r2 = r3 = r3b = r3c = r4 = r5 = r6 = None
+    results = {}
     ctx.failures = []
     try:
         make_builds(ctx)
         ctx.has_traffic = knows(ctx, '[traffic]\nmode = "shared"\n')
-        results = {}
 
         ctx.tw_at = {}
 
@@ -1770,6 +1825,8 @@ def main():
             measure("4", lambda: bench_footprint(ctx))
         if "5" in only:
             measure("5", lambda: bench_auto_release(ctx))
+        if "7" in only:
+            measure("7", lambda: bench_metrics(ctx))
         if "1" in only:
             measure("1", lambda: bench_request_path(ctx))
         if "2" in only:
@@ -1788,6 +1845,7 @@ def main():
         else:
             log(f"logs and configs kept in {ctx.tmp}")
     md = report(ctx, r1, r2, r3, r3b, r4, r5, r6, r3c)
+    md += report_metrics(results.get("7"))
     md += f"\n(bench/run took {time.monotonic() - t0:.0f} s)\n"
     print(md)
     if ctx.out:
