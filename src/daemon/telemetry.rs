@@ -22,8 +22,9 @@ use crate::events::{EventHub, Kind, RollbackKind, StepTook};
 use crate::history::StepTime;
 use crate::metrics::Metrics;
 use crate::process::AppProcess;
-use crate::protocol::Reply;
+use crate::protocol::{Failure, FailureKind, Reply};
 
+use super::queries::{stream, Next};
 use super::{now, Daemon};
 
 /// The event hub, the metrics (with `[metrics]`), and what the core looked
@@ -293,45 +294,22 @@ impl Daemon {
     /// `bgctl events`: the events kept, then (with `follow`) new ones until
     /// the client goes away. Runs beside the loop.
     pub(super) fn stream_events(&self, follow: bool, reply: Responder) {
-        let (recent, mut live) = self.telemetry.hub.recent();
-        tokio::spawn(async move {
-            let mut last = 0;
-            for e in recent {
+        let (recent, live) = self.telemetry.hub.recent();
+        let mut last = 0;
+        stream(recent, live, follow, reply, move |next| match next {
+            // Kept and broadcast both: already sent.
+            Ok(e) if e.seq <= last => Next::Skip,
+            Ok(e) => {
                 last = e.seq;
-                if reply.send(Reply::Lifecycle(e)).is_err() {
-                    return;
-                }
+                Next::Send(Reply::Lifecycle(e))
             }
-            if !follow {
-                let _ = reply.send(Reply::Done {
-                    result: serde_json::Value::Null,
-                });
-                return;
-            }
-            loop {
-                let next = tokio::select! {
-                    e = live.recv() => e,
-                    _ = reply.closed() => return,
-                };
-                let e = match next {
-                    Ok(e) if e.seq <= last => continue,
-                    Ok(e) => e,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        let f = crate::protocol::Failure::new(
-                            crate::protocol::FailureKind::Busy,
-                            None,
-                            format!("this client read too slowly and missed {n} events: run bgctl events -f again"),
-                        );
-                        let _ = reply.send(Reply::Error(f));
-                        return;
-                    }
-                    Err(_) => return,
-                };
-                last = e.seq;
-                if reply.send(Reply::Lifecycle(e)).is_err() {
-                    return;
-                }
-            }
+            Err(n) => Next::End(Reply::Error(Failure::new(
+                FailureKind::Busy,
+                None,
+                format!(
+                    "this client read too slowly and missed {n} events: run bgctl events -f again"
+                ),
+            ))),
         });
     }
 }
