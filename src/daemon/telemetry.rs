@@ -244,7 +244,12 @@ impl Telemetry {
             None if r.kind == ReleaseKind::Rollback.name() => Kind::RolledBack {
                 release: r.release,
                 color: r.color,
-                kind: RollbackKind::Manual,
+                // A rollback a client asked for is manual; one that bgd
+                // started itself (a failed bake) has another trigger.
+                kind: match r.trigger.as_str() {
+                    "bgctl" => RollbackKind::Manual,
+                    _ => RollbackKind::Automatic,
+                },
                 ms,
                 steps,
             },
