@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import socket
+import urllib.request
 import statistics
 import subprocess
 import sys
@@ -1666,10 +1667,70 @@ def report(ctx, r1, r2, r3, r3b, r4, r5=None, r6=None, r3c=None):
     return "\n".join(md)
 
 
+def bench_metrics(ctx):
+    """9. What `[metrics] listen` costs: per repetition, a fresh pair of bgds side by side (started in
+    alternating order), the same app, one with metrics (scraped once, so the endpoint's code is paged
+    in) and one without; RSS and wake-ups while idle."""
+    log(f"9. metrics: RSS and idle wake-ups with [metrics] on and off, {ctx.reps7} fresh pairs x "
+        f"{ctx.idle_seconds}s idle")
+    rows = {k: [] for k in ("rss_off", "rss_on", "delta", "ratio", "anon_delta", "wake_off", "wake_on",
+                            "threads_off", "threads_on")}
+    for rep in range(ctx.reps7):
+        mport = free_port()
+        pair = {}
+        for which in (("off", "on") if rep % 2 == 0 else ("on", "off")):
+            top = f'[metrics]\nlisten = "127.0.0.1:{mport}"' if which == "on" else ""
+            pair[which] = Bgd(ctx, f"m7-{which}-{free_port()}", [PY, "-S", "fastapp.py"], "notify", top=top)
+            pair[which].release(ctx.build_fast)
+        off, on = pair["off"], pair["on"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10) as r:
+            if "bgd_releases_total" not in r.read().decode():
+                raise RuntimeError("the metrics endpoint answered without bgd_releases_total")
+        # Let tokio's blocking-pool threads (the staging copy, the scrape) exit first.
+        time.sleep(ctx.settle_seconds)
+        wait_for_quiet(ctx, f"metrics idle {rep + 1}")
+        st_off, st_on = proc_status(off.pid), proc_status(on.pid)
+        rows["rss_off"].append(kb(st_off, "VmRSS"))
+        rows["rss_on"].append(kb(st_on, "VmRSS"))
+        rows["delta"].append(rows["rss_on"][-1] - rows["rss_off"][-1])
+        rows["ratio"].append(rows["rss_on"][-1] / rows["rss_off"][-1])
+        rows["anon_delta"].append(kb(st_on, "RssAnon") - kb(st_off, "RssAnon"))
+        rows["threads_off"].append(int(st_off.get("Threads", 0)))
+        rows["threads_on"].append(int(st_on.get("Threads", 0)))
+        c0 = task_counters([off.pid]), task_counters([on.pid])
+        time.sleep(ctx.idle_seconds)
+        c1 = task_counters([off.pid]), task_counters([on.pid])
+        per_min = 60.0 / ctx.idle_seconds
+        rows["wake_off"].append((c1[0][1] - c0[0][1]) * per_min)
+        rows["wake_on"].append((c1[1][1] - c0[1][1]) * per_min)
+        log(f"  pair {rep + 1}: RSS off {rows['rss_off'][-1]} kB, on {rows['rss_on'][-1]} kB "
+            f"({rows['delta'][-1]:+d} kB, anon {rows['anon_delta'][-1]:+d} kB), wake-ups/min off "
+            f"{rows['wake_off'][-1]:.0f}, on {rows['wake_on'][-1]:.0f}")
+        off.stop()
+        on.stop()
+    return rows
+
+
+def report_metrics(r7):
+    if not r7:
+        return ""
+    md = [f"## 9. Metrics cost (`[metrics] listen` on vs off, side by side, {len(r7['delta'])} fresh pairs, idle)", "",
+          "| | metrics off | metrics on | on - off | on / off |", "|---|---|---|---|---|",
+          f"| RSS idle, MB | {summary([v / 1024 for v in r7['rss_off']])} | {summary([v / 1024 for v in r7['rss_on']])} "
+          f"| {summary([v / 1024 for v in r7['delta']])} | {summary(r7['ratio'], 3)} |",
+          f"| of which anonymous (heap, stacks), MB | | | {summary([v / 1024 for v in r7['anon_delta']])} | |",
+          f"| wake-ups per minute, idle and unscraped | {summary(r7['wake_off'], 0)} | {summary(r7['wake_on'], 0)} | | |",
+          f"| threads | {summary(r7['threads_off'], 0)} | {summary(r7['threads_on'], 0)} | | |", "",
+          "Both bgds of a pair run the same binary and the same one-thread app after one release; the one with "
+          "metrics was scraped once before the idle period (so hyper's and the encoder's code is in its RSS). Goal: at most 1 MB more, "
+          "and no wake-ups that the one without metrics does not have.", ""]
+    return "\n".join(md)
+
+
 def main():
     ap = argparse.ArgumentParser(description="bgd benchmark")
     ap.add_argument("--quick", action="store_true", help="a ~3 minute version with shorter runs")
-    ap.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated measurements to run (1,2,3,4,5,6,7)")
+    ap.add_argument("--only", default="1,2,3,4,5,6,7,9", help="comma-separated measurements to run (1,2,3,4,5,6,7,9)")
     ap.add_argument("--gthread", action="store_true", help="2: also bgd with gunicorn's gthread workers (keep-alive)")
     ap.add_argument("--systems", default="bgd,bgd-shared,nginx,naive",
                     help="2: which release methods to load-test (bgd, bgd-shared, nginx, naive, bgd-gthread)")
@@ -1701,6 +1762,7 @@ def main():
         ctx.reps3, ctx.releases3, ctx.reps3b = 3, 5, 3
         ctx.big_files, ctx.big_bytes = 2_500, 50 * 1024 * 1024
         ctx.reps4, ctx.idle_seconds, ctx.settle_seconds = 3, 5, 11
+        ctx.reps7 = 3
         ctx.reps5, ctx.releases5, ctx.releases5_many, ctx.many_files = 3, 5, 2, 2_500
         ctx.reps6, ctx.releases6 = 1, 5
     else:
@@ -1709,6 +1771,7 @@ def main():
         ctx.reps3, ctx.releases3, ctx.reps3b = 3, 10, 3
         ctx.big_files, ctx.big_bytes = 10_000, 200 * 1024 * 1024
         ctx.reps4, ctx.idle_seconds, ctx.settle_seconds = 3, 20, 11
+        ctx.reps7 = 6
         ctx.reps5, ctx.releases5, ctx.releases5_many, ctx.many_files = 3, 10, 3, 10_000
         ctx.reps6, ctx.releases6 = 2, 10
     ctx.settle5 = 0.3
@@ -1772,6 +1835,8 @@ def main():
             measure("4", lambda: bench_footprint(ctx))
         if "5" in only:
             measure("5", lambda: bench_auto_release(ctx))
+        if "9" in only:
+            measure("9", lambda: bench_metrics(ctx))
         if "1" in only:
             measure("1", lambda: bench_request_path(ctx))
         if "2" in only:
@@ -1796,6 +1861,7 @@ def main():
     if results.get("7"):
         import canary
         md += "\n" + "\n".join(canary.report(ctx, results["7"]))
+    md += report_metrics(results.get("9"))
     md += f"\n(bench/run took {time.monotonic() - t0:.0f} s)\n"
     print(md)
     if ctx.out:

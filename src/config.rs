@@ -65,6 +65,8 @@ pub struct Fixed {
     pub listen: Vec<ListenConfig>,
     /// `traffic.mode`: how new connections reach the colors.
     pub traffic: TrafficMode,
+    /// `metrics.listen`: where `GET /metrics` is served; `None`: nowhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// `[traffic] mode`: how new connections reach the colors.
@@ -86,7 +88,8 @@ pub enum TrafficMode {
 impl Fixed {
     /// The keys that differ in `new`, named as in the config file:
     /// `"[[listen]]"`, `"root"`, `"control"` (which covers `control_mode`
-    /// and `control_group` too) and `"name"`, in that order. Empty when
+    /// and `control_group` too), `"name"`, `"traffic.mode"` and
+    /// `"metrics.listen"`, in that order. Empty when
     /// `new` is the same. A `[[listen]]` that only moved in the file (its
     /// `location`) is the same.
     pub fn changed_keys(&self, new: &Fixed) -> Vec<&'static str> {
@@ -107,6 +110,7 @@ impl Fixed {
             (control_changed, "control"),
             (self.name != new.name, "name"),
             (self.traffic != new.traffic, "traffic.mode"),
+            (self.metrics != new.metrics, "metrics.listen"),
         ]
         .into_iter()
         .filter_map(|(changed, key)| changed.then_some(key))
@@ -278,6 +282,7 @@ impl Config {
         let rollout = rollout_policy(&src, &raw_traffic, traffic, &listen, &health)?;
         let fds = fd_names(&listen, traffic, health.http.is_some());
         check_templates(&src, &raw.app, &fds)?;
+        let metrics = metrics(&src, raw.metrics)?;
         let mut warnings = Vec::new();
         let app = app(&src, raw.app, identity, &mut warnings);
         Ok(Config {
@@ -290,6 +295,7 @@ impl Config {
                 control_group,
                 listen,
                 traffic,
+                metrics,
             },
             app,
             health,
@@ -698,6 +704,22 @@ fn rollout_policy(
     Ok(r)
 }
 
+/// `[metrics]`: `listen` must be an IP address and a port (bound at start-up).
+fn metrics(src: &Source, m: Option<RawMetrics>) -> Result<Option<SocketAddr>, ConfigError> {
+    let Some(listen) = m.and_then(|m| m.listen) else {
+        return Ok(None);
+    };
+    listen.get_ref().parse::<SocketAddr>().map(Some).map_err(|_| {
+        src.fail(
+            listen.span(),
+            format!(
+                "metrics.listen {:?} is not an IP address and port: write one such as \"127.0.0.1:9187\" (or remove [metrics])",
+                listen.get_ref()
+            ),
+        )
+    })
+}
+
 /// `[health]`: at least one check, each well-formed.
 fn health(src: &Source, h: RawHealth) -> Result<HealthConfig, ConfigError> {
     if h.http.is_none() && !h.notify && h.exec.is_none() {
@@ -910,6 +932,13 @@ struct Raw {
     stage: Option<Spanned<String>>,
     hooks: Option<RawHooks>,
     traffic: Option<RawTraffic>,
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1451,5 +1480,37 @@ http = "/healthz"
     fn signal_names_in_any_case() {
         assert_eq!(parse_signal("term").unwrap(), Signal::SIGTERM);
         assert_eq!(parse_signal("SIGQUIT").unwrap(), Signal::SIGQUIT);
+    }
+}
+
+#[cfg(test)]
+mod metrics_tests {
+    use super::*;
+
+    const BASE: &str = "name = \"hello\"\nroot = \"/tmp/bgd-hello\"\n[[listen]]\nname = \"http\"\naddress = \"127.0.0.1:8080\"\n[app]\ncommand = [\"./server\"]\nallow_root = true\n[health]\nhttp = \"/healthz\"\n";
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(Path::new("/etc/bgd/hello.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn metrics_are_off_unless_listen_is_set() {
+        assert_eq!(parse(BASE).unwrap().fixed.metrics, None);
+        let on = parse(&format!("{BASE}[metrics]\nlisten = \"127.0.0.1:9187\"\n")).unwrap();
+        assert_eq!(on.fixed.metrics, Some("127.0.0.1:9187".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_bad_metrics_address_names_the_key_and_its_place() {
+        let e = parse(&format!("{BASE}[metrics]\nlisten = \"localhost:9187\"\n")).unwrap_err();
+        assert!(
+            e.starts_with("/etc/bgd/hello.toml:12:10: metrics.listen \"localhost:9187\""),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{BASE}[metrics]\nlisten = \"127.0.0.1:9187\"\nport = 1\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("unknown field `port`"), "{e}");
     }
 }

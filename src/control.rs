@@ -139,7 +139,7 @@ async fn handle(stream: UnixStream, access: Access, commands: Sink<Command>) {
     };
     // A follower may wait long between lines: watch for it to hang up, or
     // its connection would stay open until the next line.
-    let follow = matches!(request, Request::Logs { follow: true, .. });
+    let follow = request.follows();
     let (tx, mut rx) = mpsc::unbounded_channel();
     if !commands(Command { request, reply: tx }) {
         return;
@@ -154,7 +154,7 @@ async fn handle(stream: UnixStream, access: Access, commands: Sink<Command>) {
             },
         };
         let Some(reply) = reply else { return };
-        let last = !matches!(reply, Reply::Progress { .. } | Reply::Log(_));
+        let last = reply.is_last();
         if write.write_all(&protocol::encode(&reply)).await.is_err() {
             return; // the client left; the daemon carries on
         }

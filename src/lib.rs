@@ -19,6 +19,8 @@
 //! - `reaper`         the only place that waits for children (bgd is a subreaper)
 //! - [`history`]      the last 50 releases, in root/history.json
 //! - [`logs`]         the apps' recent output for `bgctl logs`, and its live feed
+//! - [`events`]       lifecycle events (release began, step, swapped, failed, ...) for `bgctl events`
+//! - [`metrics`]      the Prometheus registry and the `[metrics] listen` endpoint
 //! - `listen`         binding and holding the app's listening sockets
 //! - `hooks`          `[hooks]` prepare and after_live commands
 //! - `health`         readiness checks that reach the new color alone
@@ -45,6 +47,7 @@ mod control;
 pub mod daemon;
 mod deploy;
 mod drain;
+pub mod events;
 mod fingerprint;
 mod health;
 pub mod history;
@@ -54,6 +57,7 @@ mod layout;
 mod listen;
 pub mod logs;
 pub mod manpage;
+pub mod metrics;
 mod notify;
 mod prepare;
 mod process;

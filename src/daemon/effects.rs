@@ -8,7 +8,7 @@ use std::sync::Arc;
 use nix::sys::signal::{killpg, Signal};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::{now, sink, Daemon, Event, Task};
+use super::{sink, Daemon, Event, Task};
 use crate::auto::Auto;
 use crate::color::Color;
 use crate::config::TrafficMode;
@@ -23,12 +23,12 @@ impl Daemon {
     /// Hands `input` to the core and carries out what it decides, including
     /// what it decides about the outcomes of its own effects (a commit).
     pub(super) fn feed(&mut self, input: Input<AppProcess>) {
-        let mut queue = VecDeque::from(self.core.handle(now(), input));
+        let mut queue = VecDeque::from(self.handle(input));
         while let Some(effect) = queue.pop_front() {
             if let Some(input) = self.carry_out(effect) {
                 // What follows from a commit's outcome comes before
                 // anything else still queued.
-                for e in self.core.handle(now(), input).into_iter().rev() {
+                for e in self.handle(input).into_iter().rev() {
                     queue.push_front(e);
                 }
             }
@@ -85,6 +85,8 @@ impl Daemon {
                 Level::Warn => tracing::warn!("{message}"),
                 Level::Error => tracing::error!("{message}"),
             },
+            // Published by `handle` as the core returned it, in order.
+            Effect::Notify(_) => {}
         }
         None
     }

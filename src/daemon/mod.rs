@@ -38,6 +38,7 @@ mod effects;
 mod monitor;
 mod queries;
 mod service;
+mod telemetry;
 mod watching;
 
 /// Everything the daemon reacts to.
@@ -113,6 +114,7 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
         group: config.fixed.control_group,
     };
     let control = control::bind(&config.fixed.control, config.fixed.control_mode, access)?;
+    let telemetry = telemetry::Telemetry::start(config.fixed.metrics, state.live)?;
     let logs = Arc::new(crate::logs::LogHub::default());
     let ctx = Arc::new(Ctx {
         config,
@@ -127,7 +129,7 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
     }
     tracing::info!(name = %ctx.config.fixed.name, control = %ctx.config.fixed.control.display(), "bgd is up");
 
-    let mut daemon = Daemon::new(ctx, state, tx);
+    let mut daemon = Daemon::new(ctx, state, tx, telemetry);
     daemon.start_watching()?;
     daemon.feed(Input::Boot);
     daemon.run(rx).await;
@@ -232,10 +234,17 @@ struct Daemon {
     auto_due: bool,
     /// The last STATUS= line sent to systemd.
     status_line: String,
+    /// Lifecycle events (`bgctl events`) and the metrics.
+    telemetry: telemetry::Telemetry,
 }
 
 impl Daemon {
-    fn new(ctx: Arc<Ctx>, state: State, events: UnboundedSender<Event>) -> Daemon {
+    fn new(
+        ctx: Arc<Ctx>,
+        state: State,
+        events: UnboundedSender<Event>,
+        telemetry: telemetry::Telemetry,
+    ) -> Daemon {
         Daemon {
             core: Core::new(state, policy(&ctx), now()),
             history: effects::history_writer(ctx.config.fixed.root.clone()),
@@ -250,6 +259,7 @@ impl Daemon {
             last_result: None,
             auto_due: false,
             status_line: String::new(),
+            telemetry,
         }
     }
 
@@ -337,6 +347,7 @@ impl Daemon {
                 lines,
                 follow,
             } => self.stream_logs(color, lines, follow, reply),
+            Request::Events { follow } => self.stream_events(follow, reply),
         }
     }
 

@@ -7,6 +7,7 @@ use crate::control::Responder;
 use crate::deploy::Trigger;
 use crate::history;
 use crate::protocol::{Reply, Status};
+use tokio::sync::broadcast;
 
 use super::Daemon;
 
@@ -31,44 +32,17 @@ impl Daemon {
         follow: bool,
         reply: Responder,
     ) {
-        let (recent, mut live) = self.ctx.logs.tail(color, lines);
-        tokio::spawn(async move {
-            for l in recent {
-                if reply.send(Reply::Log(l)).is_err() {
-                    return;
-                }
-            }
-            if !follow {
-                let _ = reply.send(Reply::Done {
-                    result: serde_json::Value::Null,
-                });
-                return;
-            }
-            loop {
-                let next = tokio::select! {
-                    l = live.recv() => l,
-                    _ = reply.closed() => return,
-                };
-                let line = match next {
-                    Ok(l) => l,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        crate::logs::LogLine {
-                            at: crate::now_rfc3339(),
-                            color: color.unwrap_or(Color::Blue),
-                            pid: 0,
-                            stream: "bgd".into(),
-                            line: format!("[{n} lines skipped: this client read too slowly]"),
-                        }
-                    }
-                    Err(_) => return,
-                };
-                if color.is_some_and(|c| c != line.color) {
-                    continue;
-                }
-                if reply.send(Reply::Log(line)).is_err() {
-                    return;
-                }
-            }
+        let (recent, live) = self.ctx.logs.tail(color, lines);
+        stream(recent, live, follow, reply, move |next| match next {
+            Ok(line) if color.is_some_and(|c| c != line.color) => Next::Skip,
+            Ok(line) => Next::Send(Reply::Log(line)),
+            Err(n) => Next::Send(Reply::Log(crate::logs::LogLine {
+                at: crate::now_rfc3339(),
+                color: color.unwrap_or(Color::Blue),
+                pid: 0,
+                stream: "bgd".into(),
+                line: format!("[{n} lines skipped: this client read too slowly]"),
+            })),
         });
     }
 
@@ -121,6 +95,65 @@ impl Daemon {
                 );
                 a.status(running || due)
             }),
+            metrics: self.telemetry.metrics_addr.map(|a| a.to_string()),
         }
     }
+}
+
+/// What a follower sends for one item of a feed.
+pub(super) enum Next {
+    Send(Reply),
+    Skip,
+    /// Send this and end the answer.
+    End(Reply),
+}
+
+/// Sends `recent`, then (with `follow`) what `live` brings, each as `pick`
+/// says (`Err(n)`: the client fell `n` items behind), until the client goes
+/// away. Without `follow`, a null `done` ends the answer. Runs beside the loop.
+pub(super) fn stream<T: Clone + Send + 'static>(
+    recent: Vec<T>,
+    mut live: broadcast::Receiver<T>,
+    follow: bool,
+    reply: Responder,
+    mut pick: impl FnMut(Result<T, u64>) -> Next + Send + 'static,
+) {
+    tokio::spawn(async move {
+        for item in recent {
+            if let Next::Send(r) = pick(Ok(item)) {
+                if reply.send(r).is_err() {
+                    return;
+                }
+            }
+        }
+        if !follow {
+            let _ = reply.send(Reply::Done {
+                result: serde_json::Value::Null,
+            });
+            return;
+        }
+        loop {
+            let next = tokio::select! {
+                item = live.recv() => item,
+                _ = reply.closed() => return,
+            };
+            let item = match next {
+                Ok(item) => Ok(item),
+                Err(broadcast::error::RecvError::Lagged(n)) => Err(n),
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            match pick(item) {
+                Next::Send(r) => {
+                    if reply.send(r).is_err() {
+                        return;
+                    }
+                }
+                Next::Skip => {}
+                Next::End(r) => {
+                    let _ = reply.send(r);
+                    return;
+                }
+            }
+        }
+    });
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::deploy::Shutdown;
+use crate::events::Kind;
 use crate::{systemd, Ctx};
 
 use super::{Daemon, TICK};
@@ -83,6 +84,9 @@ impl Daemon {
             Err(e) => {
                 tracing::error!("reload failed, the running config stays: {e}");
                 self.last_result = Some(format!("{} reload failed: {e}", crate::now_rfc3339()));
+                let message = format!("the running config stays: {e}");
+                self.telemetry
+                    .publish(Kind::Reloaded { ok: false, message });
             }
             Ok(new) => {
                 new.warnings.iter().for_each(|w| tracing::warn!("{w}"));
@@ -136,6 +140,8 @@ impl Daemon {
             )
         };
         tracing::info!("config reloaded: the next start of a color uses it{note}");
+        let message = format!("the next start of a color uses it{note}");
+        self.telemetry.publish(Kind::Reloaded { ok: true, message });
         self.last_result = Some(format!("{} config reloaded{note}", crate::now_rfc3339()));
         self.auto_check();
     }

@@ -272,6 +272,10 @@ pub enum Effect<P> {
     /// Tell systemd STOPPING=1.
     Stopping,
     Log(Level, String),
+    /// Publish a lifecycle event (`bgctl events`, the metrics). For what the
+    /// daemon cannot read off the other effects: a canary's share, a bake
+    /// that passed, an automatic rollback.
+    Notify(crate::events::Kind),
 }
 
 /// The deployment state and its rules. One owner: the daemon's loop.

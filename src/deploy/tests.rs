@@ -247,6 +247,7 @@ fn words(effects: &[Effect<Proc>]) -> Vec<String> {
                     Reply::Done { .. } => "reply done".into(),
                     Reply::Error(f) => format!("reply error {:?}", f.kind),
                     Reply::Log(_) => "reply log".into(),
+                    Reply::Lifecycle(e) => format!("reply event {}", e.kind.name()),
                 },
                 Effect::Ended(e) => format!(
                     "ended {}",
@@ -258,6 +259,7 @@ fn words(effects: &[Effect<Proc>]) -> Vec<String> {
                 Effect::Split { canary, percent } => format!("split {canary} {percent}"),
                 Effect::WakeAt(_) => "wake".into(),
                 Effect::Rescue(c) => format!("rescue {c}"),
+                Effect::Notify(k) => format!("notify {}", k.name()),
                 Effect::Log(..) | Effect::Monitor { .. } | Effect::Unmonitor(_) => return None,
             })
         })

@@ -529,6 +529,10 @@ impl<P: Process> Core<P> {
     /// gives way to the next.
     pub(super) fn on_due(&mut self, now: Now) {
         if let Some(b) = self.bake.take_if(|b| b.until <= now.mono) {
+            self.emit(Effect::Notify(crate::events::Kind::BakePassed {
+                release: b.release,
+                color: b.color,
+            }));
             let m = format!("release {} on {} passed its bake", b.release, b.color);
             self.log(Level::Info, m.clone());
             let result = serde_json::json!({"release": b.release, "color": b.color, "message": m});

@@ -689,7 +689,7 @@ impl Listeners {
     /// Gate mode: a copy of each of `color`'s listening sockets (sharing
     /// its open file description: its flags must not be changed), with the
     /// public address that now reaches the receiving color, for
-    /// [`crate::rescue`]. Empty in shared mode.
+    /// `rescue.rs`. Empty in shared mode.
     pub(crate) fn orphans(&self, color: Color) -> Vec<(OwnedFd, Public)> {
         if self.mode == TrafficMode::Shared {
             return Vec::new();

@@ -12,6 +12,7 @@ mod fleet;
 mod gate;
 mod inherit;
 mod lifecycle;
+mod metrics;
 mod operations;
 mod releases;
 mod servers;

@@ -30,8 +30,8 @@ use bgd::protocol::{self, Reply, Request, Status};
 #[command(
     name = "bgctl",
     version = bgd::VERSION,
-    about = "Control a running bgd: release, rollback, status, history, logs",
-    long_about = "Control a running bgd: release, rollback, status, history, logs.\n\n\
+    about = "Control a running bgd: release, rollback, status, history, logs, events",
+    long_about = "Control a running bgd: release, rollback, status, history, logs, events.\n\n\
         bgctl sends one request to bgd over its control socket, prints the progress and the answer, and exits with a \
         code that says what happened (see EXIT STATUS)."
 )]
@@ -108,6 +108,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show lifecycle events: releases, steps, swaps, drains, failures,
+    /// rollbacks, restarts, reloads (the last 256, oldest first).
+    Events {
+        /// Keep printing new events as they happen, until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+        /// Print one JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Pause or resume auto-release of the watched build directory.
     Watch {
         #[arg(value_enum)]
@@ -162,6 +172,7 @@ enum Print {
     Json,
     History,
     Logs { json: bool },
+    Events { json: bool },
     Watch,
 }
 
@@ -211,6 +222,9 @@ fn run(args: Args) -> Result<u8, Fail> {
             follow,
             json,
         } => logs(color, lines, follow, json),
+        Command::Events { follow, json } => {
+            Ask::answer(Request::Events { follow }, Print::Events { json })
+        }
         Command::Watch { action } => Ask::answer(
             Request::Watch {
                 pause: matches!(action, WatchAction::Pause),
@@ -358,6 +372,7 @@ fn converse(mut stream: UnixStream, ask: Ask) -> Result<u8, Fail> {
                 }
             }
             Reply::Log(l) => out.log_line(&l, matches!(ask.print, Print::Logs { json: true })),
+            Reply::Lifecycle(e) => out.event(&e, matches!(ask.print, Print::Events { json: true })),
             Reply::Done { result } => return done(&out, ask.print, result),
             Reply::Error(f) => return Err((f.kind.exit_code(), out.failure(&f))),
         }
@@ -383,7 +398,7 @@ fn done(out: &show::Out, print: Print, result: serde_json::Value) -> Result<u8, 
         Print::History => {
             out.history(&serde_json::from_value::<Vec<bgd::history::Record>>(result).map_err(bad)?)
         }
-        Print::Logs { .. } => {}
+        Print::Logs { .. } | Print::Events { .. } => {}
     }
     Ok(0)
 }

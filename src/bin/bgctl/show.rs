@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::io::IsTerminal;
 
+use bgd::events::{Event, Kind};
 use bgd::history::Record;
 use bgd::logs::LogLine;
 use bgd::protocol::{ColorStatus, Failure, Status, Step, WatchStatus};
@@ -130,6 +131,25 @@ impl Out {
             let pad = " ".repeat(5 - l.color.as_str().len());
             println!("{name}{pad} | {}", l.line);
         }
+    }
+
+    /// One lifecycle event: its time, its type and what happened, on one line.
+    pub fn event(&self, e: &Event, json: bool) {
+        if json {
+            println!("{}", serde_json::to_string(e).expect("an event serializes"));
+            return;
+        }
+        let bad = matches!(
+            e.kind,
+            Kind::Failed { .. } | Kind::Restarting { .. } | Kind::Aborted { .. }
+        );
+        let name = format!("{:<13}", e.kind.name());
+        let name = if bad {
+            self.paint(self.color_out, RED, &name)
+        } else {
+            name
+        };
+        println!("{}  {name} {}", e.at, escape_controls(&e.kind.describe()));
     }
 
     pub fn status(&self, s: &Status) {
