@@ -114,7 +114,7 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
         group: config.fixed.control_group,
     };
     let control = control::bind(&config.fixed.control, config.fixed.control_mode, access)?;
-    let telemetry = telemetry::Telemetry::start(config.fixed.metrics, state.live)?;
+    let telemetry = telemetry::Telemetry::start(config.fixed.metrics, state.live, &contain)?;
     let logs = Arc::new(crate::logs::LogHub::default());
     let ctx = Arc::new(Ctx {
         config,

@@ -57,6 +57,7 @@ impl Telemetry {
     pub(super) fn start(
         listen: Option<SocketAddr>,
         live: Option<Color>,
+        contain: &Arc<crate::contain::Containment>,
     ) -> anyhow::Result<Telemetry> {
         let (metrics, metrics_addr) = match listen {
             None => (None, None),
@@ -64,6 +65,7 @@ impl Telemetry {
                 let listener = crate::metrics::bind(addr)?;
                 let bound = listener.local_addr().unwrap_or(addr);
                 let metrics = Arc::new(Metrics::new(crate::VERSION));
+                metrics.contain_with(contain.clone());
                 tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
                 tracing::info!("metrics on http://{bound}/metrics");
                 (Some(metrics), Some(bound))

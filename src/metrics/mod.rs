@@ -252,6 +252,11 @@ impl Metrics {
             .set(1.0 - share);
     }
 
+    /// Reads the colors' processes through `c` (their cgroups) from now on.
+    pub(crate) fn contain_with(&self, c: Arc<crate::contain::Containment>) {
+        self.groups.contain_with(c);
+    }
+
     /// What the deployment looks like now: the color recorded live, and the
     /// process group (leader pid) each color runs, if it runs one that bgd
     /// holds (live or draining).

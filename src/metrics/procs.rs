@@ -2,10 +2,10 @@
 //! `bgd_color_processes`, `bgd_color_memory_bytes` and
 //! `bgd_color_cpu_seconds_total`.
 //!
-//! A color is its process group (bgd starts each color as a group leader).
-//! Until the containment issue puts each color in its own cgroup, a process
-//! that leaves the group (`setsid`, `setpgid`) is not counted; the HELP
-//! texts say so.
+//! A color's processes are those its containment finds (`contain.rs`): its
+//! cgroup, whose `memory.current` and `cpu.stat` are used where the
+//! controllers are enabled, or else its process group and the processes
+//! carrying its `BG_ROOT`/`BG_COLOR`, whose /proc figures are added up.
 
 use std::sync::Mutex;
 
@@ -22,9 +22,48 @@ use crate::color::Color;
 #[derive(Debug, Default)]
 pub struct ColorGroups {
     groups: Mutex<[Option<i32>; 2]>,
+    contain: Mutex<Option<std::sync::Arc<crate::contain::Containment>>>,
 }
 
 impl ColorGroups {
+    /// How the colors' processes are found; until set, by process group.
+    pub(crate) fn contain_with(&self, c: std::sync::Arc<crate::contain::Containment>) {
+        *self.contain.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+    }
+
+    /// Each color's figures: its members' /proc figures, with the cgroup's
+    /// own memory and CPU where it has them.
+    fn usage(&self) -> [Usage; 2] {
+        let groups = self.get();
+        let contain = self
+            .contain
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(contain) = contain else {
+            return usage(groups);
+        };
+        let mut out = [Usage::default(); 2];
+        for (i, color) in Color::BOTH.into_iter().enumerate() {
+            let Some(leader) = groups[i] else { continue };
+            let leader = nix::unistd::Pid::from_raw(leader);
+            let members: Vec<i32> = contain
+                .members(color, leader)
+                .iter()
+                .map(|p| p.as_raw())
+                .collect();
+            out[i] = sum_of(&members);
+            let cg = contain.usage(color, Some(leader));
+            if let Some(m) = cg.memory_bytes {
+                out[i].memory_bytes = m as i64;
+            }
+            if let Some(u) = cg.cpu_usec {
+                out[i].cpu_seconds = u as f64 / 1e6;
+            }
+        }
+        out
+    }
+
     pub fn set(&self, groups: [Option<i32>; 2]) {
         *self.groups.lock().unwrap_or_else(|e| e.into_inner()) = groups;
     }
@@ -105,25 +144,47 @@ fn parse_stat(stat: &str) -> Option<Stat> {
     })
 }
 
+/// The /proc figures of `pids` added up.
+fn sum_of(pids: &[i32]) -> Usage {
+    // SAFETY: sysconf reads a constant of the system; no memory is passed.
+    let (tick, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK).max(1) as f64,
+            libc::sysconf(libc::_SC_PAGESIZE).max(1),
+        )
+    };
+    let mut u = Usage::default();
+    for pid in pids {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(s) = parse_stat(&stat) else { continue };
+        u.processes += 1;
+        u.memory_bytes += s.rss_pages * page;
+        u.cpu_seconds += s.ticks as f64 / tick;
+    }
+    u
+}
+
 impl Collector for ColorGroups {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let [blue, green] = usage(self.get());
+        let [blue, green] = self.usage();
         family(
             &mut encoder,
             "bgd_color_processes",
-            "Processes in the color's process group, read from /proc at scrape time (0 while it is stopped or starting; a process that left the group with setsid is not counted)",
+            "Processes of the color at scrape time: its cgroup, or else its process group and the processes that carry its BG_ROOT and BG_COLOR (0 while it is stopped or starting)",
             [blue.processes, green.processes].map(ConstGauge::new),
         )?;
         family(
             &mut encoder,
             "bgd_color_memory_bytes",
-            "Sum of the resident set sizes (bytes) of the color's processes, from /proc at scrape time; pages shared between forked workers count once per process",
+            "Memory of the color in bytes at scrape time: its cgroup's memory.current where the memory controller is enabled, else the sum of its processes' resident sets from /proc (pages shared between forked workers count once per process)",
             [blue.memory_bytes, green.memory_bytes].map(ConstGauge::new),
         )?;
         family(
             &mut encoder,
             "bgd_color_cpu_seconds",
-            "CPU seconds (user and system) of the color's current processes and the children they reaped, from /proc at scrape time; starts again from 0 when the color's process is replaced",
+            "CPU seconds of the color: its cgroup's cpu.stat usage_usec (every process it ever held) where it has one, else user and system time of its current processes and the children they reaped, from /proc; starts again from 0 when the color's processes are replaced (/proc) and counts on across them (cgroup)",
             [blue.cpu_seconds, green.cpu_seconds].map(ConstCounter::new),
         )
     }

@@ -132,7 +132,11 @@ fn without_a_standby_the_old_color_drains_as_before() {
 fn the_standby_drains_when_its_time_is_up_and_not_before() {
     let mut t = swapped_with_standby();
     t.wait(2 * MIN);
-    assert_eq!(t.says(Input::Due), ["notify bake_passed"], "the bake (2 min) passed");
+    assert_eq!(
+        t.says(Input::Due),
+        ["notify bake_passed"],
+        "the bake (2 min) passed"
+    );
     t.wait(8 * MIN - 1);
     assert!(t.says(Input::Due).is_empty());
     t.wait(1);
