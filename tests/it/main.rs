@@ -5,6 +5,7 @@ mod harness;
 mod load;
 
 mod canary;
+mod contain;
 mod deb;
 mod failures;
 mod faults;
