@@ -76,7 +76,7 @@ impl Containment {
             mode,
             root: root.to_path_buf(),
         };
-        tracing::info!("containment: {}", c.describe());
+        tracing::debug!("containment: {}", c.describe());
         c
     }
 
@@ -137,22 +137,40 @@ impl Containment {
         }
     }
 
-    /// Kills what a previous bgd left in the colors' cgroups (nothing to do
-    /// in the fallback: see `state::kill_leftover_groups`), and waits up to
-    /// 5 s for it to be gone, so that the sockets it held are closed.
-    pub(crate) fn kill_leftovers(&self) {
-        for color in Color::BOTH {
-            let Some(dir) = self.dir(color) else { return };
-            let left = read_procs(&dir);
-            if left.is_empty() {
-                continue;
-            }
-            tracing::warn!(%color, "killing {} processes a previous bgd left in {}", left.len(), dir.display());
-            self.signal(color, left[0], Signal::SIGKILL);
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-            while !read_procs(&dir).is_empty() && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
+    /// Kills what a previous bgd left of `color` that is not being adopted:
+    /// everything in its cgroup, or (fallback) every process carrying this
+    /// root's `BG_ROOT` and the color's `BG_COLOR`. Waits up to 5 s for it
+    /// to be gone, so that the sockets it held are closed.
+    pub(crate) fn kill_leftovers(&self, color: Color) {
+        let left = match self.dir(color) {
+            Some(dir) => read_procs(&dir),
+            // No group is known: the environment alone says.
+            None => self.fallback_members(color, Pid::from_raw(i32::MAX)),
+        };
+        if left.is_empty() {
+            return;
+        }
+        tracing::warn!(%color, "killing {} processes of {color} a previous bgd left running", left.len());
+        self.signal(color, left[0], Signal::SIGKILL);
+        for pid in &left {
+            let _ = kill(*pid, Signal::SIGKILL);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline
+            && left
+                .iter()
+                .any(|p| pgrp_and_state(p.as_raw()).is_some_and(|(_, s)| s != 'Z' && s != 'X'))
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// Whether `pid` is a process of `color` (always, in the fallback: the
+    /// caller checked its start time).
+    pub(crate) fn holds(&self, color: Color, pid: Pid) -> bool {
+        match self.dir(color) {
+            Some(dir) => read_procs(&dir).contains(&pid),
+            None => true,
         }
     }
 

@@ -188,6 +188,7 @@ async fn exec_once(
         fds: vec![],
         identity: ctx.config.app.identity.as_ref(),
         cgroup: None,
+        die_with_bgd: true,
     })
     .with_context(|| format!("cannot run health.exec {:?} in {}", cmd[0], dir.display()))?;
     let exited = ctx.reaper.watch(check.pid);

@@ -70,6 +70,7 @@ async fn run_one(
         fds: vec![],
         identity: ctx.config.app.identity.as_ref(),
         cgroup: None,
+        die_with_bgd: true,
     })
     .with_context(|| format!("could not start in {}", dir.display()))?;
     let exited = ctx.reaper.watch(child.pid);

@@ -64,16 +64,23 @@ pub fn shared_dir(root: &Path) -> PathBuf {
     root.join(SHARED)
 }
 
-/// `root/run`: per-color runtime records, [`pgid_file`] and
-/// [`notify_socket`].
+/// `root/run`: per-color runtime records ([`run_record`]), the relays'
+/// sockets ([`relay_socket`]) and [`notify_socket`].
 pub fn run_dir(root: &Path) -> PathBuf {
     root.join("run")
 }
 
-/// `root/run/<color>.pgid`: the process group id of the running color, so a
-/// bgd started after a crash can stop what the old one left behind.
-pub fn pgid_file(root: &Path, color: Color) -> PathBuf {
-    run_dir(root).join(format!("{color}.pgid"))
+/// `root/run/<color>.json`: the running color's main process (pid, start
+/// time, release), so that a bgd started after a crash or a reexec can
+/// adopt it (`adoption.rs`).
+pub fn run_record(root: &Path, color: Color) -> PathBuf {
+    run_dir(root).join(format!("{color}.json"))
+}
+
+/// `root/run/<color>.relay`: the Unix socket of the color's relay
+/// (`relay.rs`), which holds its output pipes and the listening sockets.
+pub fn relay_socket(root: &Path, color: Color) -> PathBuf {
+    run_dir(root).join(format!("{color}.relay"))
 }
 
 /// `root/run/<color>.notify`: the datagram socket given to the color as
@@ -142,13 +149,17 @@ mod tests {
     #[test]
     fn per_color_runtime_files_live_in_run() {
         let root = Path::new(ROOT);
-        assert_eq!(pgid_file(root, Color::Blue), p("/srv/app/run/blue.pgid"));
+        assert_eq!(run_record(root, Color::Blue), p("/srv/app/run/blue.json"));
+        assert_eq!(
+            relay_socket(root, Color::Green),
+            p("/srv/app/run/green.relay")
+        );
         assert_eq!(
             notify_socket(root, Color::Green),
             p("/srv/app/run/green.notify")
         );
         for c in Color::BOTH {
-            assert_eq!(pgid_file(root, c).parent(), Some(run_dir(root).as_path()));
+            assert_eq!(run_record(root, c).parent(), Some(run_dir(root).as_path()));
             assert_eq!(
                 notify_socket(root, c).parent(),
                 Some(run_dir(root).as_path())

@@ -38,6 +38,7 @@
 //! - [`color`]        blue and green
 //! - [`manpage`]      the binaries' man pages: clap's sections plus exit codes, files, ...
 
+mod adoption;
 mod auto;
 pub mod color;
 pub mod config;
@@ -63,6 +64,7 @@ mod prepare;
 mod process;
 pub mod protocol;
 mod reaper;
+pub mod relay;
 mod rescue;
 pub mod rollout;
 pub mod spawn;

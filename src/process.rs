@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,6 +20,7 @@ use nix::unistd::Pid;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 
+use crate::adoption::{self, RunRecord};
 use crate::color::Color;
 use crate::config::PROBE_FD_NAME;
 use crate::layout;
@@ -27,7 +28,7 @@ use crate::logs::{LogHub, LogLine};
 use crate::notify::NotifySocket;
 use crate::reaper::Exit;
 use crate::Ctx;
-use crate::{spawn, state, template};
+use crate::{relay, spawn, template};
 
 /// Lines of output kept per color for failure reports.
 const TAIL_LINES: usize = 40;
@@ -99,11 +100,20 @@ impl AppProcess {
             fds,
             identity: cfg.app.identity.as_ref(),
             cgroup: cgroup.as_ref().map(|fd| fd.as_raw_fd()),
+            die_with_bgd: false,
         })
         .with_context(|| format!("cannot start {:?} in {}", cfg.app.command[0], dir.display()))?;
         // No .await may come between spawn and watch: see reaper.rs.
         let exited = ctx.reaper.watch(spawned.pid);
-        state::record_pgid(&cfg.fixed.root, color, Some(spawned.pid));
+        let (probe, probe_addr) = probe.map_or((None, None), |(l, a)| (Some(l), Some(a)));
+        let pid = spawned.pid.as_raw();
+        let record = RunRecord {
+            pid,
+            start_time: adoption::start_time(pid).unwrap_or(0),
+            release,
+            probe_addr,
+        };
+        adoption::record(&cfg.fixed.root, color, &record);
         let (exit_tx, exit) = watch::channel(None);
         tokio::spawn(async move {
             if let Ok(status) = exited.await {
@@ -111,18 +121,14 @@ impl AppProcess {
             }
         });
         let output = Arc::new(Output::default());
-        for (fd, stream) in [(spawned.stdout, "stdout"), (spawned.stderr, "stderr")] {
-            tokio::spawn(capture(
-                fd,
-                stream,
-                color,
-                spawned.pid,
-                output.clone(),
-                ctx.logs.clone(),
-            ));
-        }
-        tracing::info!(%color, pid = spawned.pid.as_raw(), release, "started {}", dir.display());
-        let (probe, probe_addr) = probe.map_or((None, None), |(l, a)| (Some(l), Some(a)));
+        capture_through_relay(
+            ctx,
+            color,
+            spawned.pid,
+            (spawned.stdout, spawned.stderr),
+            &output,
+        );
+        tracing::info!(%color, pid, release, "started {}", dir.display());
         Ok(AppProcess {
             color,
             pid: spawned.pid,
@@ -136,6 +142,58 @@ impl AppProcess {
             root: cfg.fixed.root.clone(),
             contain: ctx.contain.clone(),
         })
+    }
+
+    /// Takes over `found`, a color a previous bgd left running: its exit is
+    /// watched through the reaper if it is bgd's child (after a reexec),
+    /// else through a pidfd (its status is then unknown); its output comes
+    /// from its relay.
+    pub fn adopt(ctx: &Ctx, found: adoption::Found) -> AppProcess {
+        let color = found.color;
+        let pid = Pid::from_raw(found.record.pid);
+        let (exit_tx, exit) = watch::channel(None);
+        let ours = parent_of(pid) == Some(nix::unistd::getpid().as_raw());
+        let reaped = ours.then(|| ctx.reaper.watch(pid));
+        tokio::spawn(async move {
+            let status = match reaped {
+                Some(r) => r.await.unwrap_or(Exit::Unknown),
+                None => {
+                    wait_pidfd(pid).await;
+                    Exit::Unknown
+                }
+            };
+            let _ = exit_tx.send(Some(status));
+        });
+        let output = Arc::new(Output::default());
+        let (o, hub) = (output.clone(), ctx.logs.clone());
+        match found
+            .relay
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(found.relay))
+        {
+            Ok(conn) => {
+                tokio::spawn(relay_lines(conn, found.rest, color, pid, o, hub));
+            }
+            Err(e) => {
+                tracing::warn!(%color, "cannot read the relay of {color}: {e}");
+                output.eof.send_modify(|n| *n = 2);
+            }
+        }
+        let record = found.record;
+        let started = SystemTime::now();
+        AppProcess {
+            color,
+            pid,
+            started,
+            exit,
+            output,
+            group_gone: AtomicBool::new(false),
+            _probe: None,
+            probe_addr: record.probe_addr,
+            notify: None,
+            root: ctx.config.fixed.root.clone(),
+            contain: ctx.contain.clone(),
+        }
     }
 
     /// The leader's exit status once it has exited.
@@ -194,7 +252,7 @@ impl AppProcess {
             return true;
         }
         self.group_gone.store(true, Ordering::Relaxed);
-        state::record_pgid(&self.root, self.color, None);
+        adoption::forget(&self.root, self.color);
         false
     }
 
@@ -273,7 +331,7 @@ impl Drop for AppProcess {
             tracing::warn!(color = %self.color, pid = self.pid.as_raw(), "abandoned while running: killing its process group");
             self.signal(Signal::SIGKILL);
         }
-        state::record_pgid(&self.root, self.color, None);
+        adoption::forget(&self.root, self.color);
     }
 }
 
@@ -364,6 +422,101 @@ impl Output {
 }
 
 /// Logs each line of one output stream and keeps the last ones.
+/// Hands the app's output pipes to a relay of the color (so that they
+/// outlive bgd) and reads the lines back from it; if no relay can start,
+/// reads the pipes directly (the app then gets SIGPIPE once bgd is gone).
+fn capture_through_relay(
+    ctx: &Ctx,
+    color: Color,
+    pid: Pid,
+    (stdout, stderr): (OwnedFd, OwnedFd),
+    output: &Arc<Output>,
+) {
+    let path = layout::relay_socket(&ctx.config.fixed.root, color);
+    let hub = ctx.logs.clone();
+    if let Err(e) = relay::start(&path, &stdout, &stderr, ctx.listeners.named()) {
+        tracing::warn!(%color, "cannot start the relay of {color} ({e}): its output is read directly, and the app will not outlive bgd");
+        for (fd, stream) in [(stdout, "stdout"), (stderr, "stderr")] {
+            tokio::spawn(capture(fd, stream, color, pid, output.clone(), hub.clone()));
+        }
+        return;
+    }
+    drop((stdout, stderr));
+    let output = output.clone();
+    tokio::spawn(async move {
+        match relay::connect(&path).await {
+            Ok((conn, rest)) => relay_lines(conn, rest, color, pid, output, hub).await,
+            Err(e) => {
+                tracing::warn!(%color, "cannot reach the relay of {color} at {}: {e}", path.display());
+                output.eof.send_modify(|n| *n = 2);
+            }
+        }
+    });
+}
+
+/// The app's lines as its relay sends them, into its tail and the log hub.
+async fn relay_lines(
+    conn: tokio::net::UnixStream,
+    rest: Vec<u8>,
+    color: Color,
+    pid: Pid,
+    output: Arc<Output>,
+    hub: Arc<LogHub>,
+) {
+    relay::read_frames(conn, rest, |frame| match frame {
+        relay::Frame::Line { stdout, text } => {
+            let stream = if stdout { "stdout" } else { "stderr" };
+            take_line(text, stream, color, pid, &output, &hub)
+        }
+        relay::Frame::End => output.eof.send_modify(|n| *n += 1),
+    })
+    .await;
+}
+
+/// One line of the app's output: logged, kept for failure reports, and
+/// sent to `bgctl logs`.
+fn take_line(text: String, stream: &str, color: Color, pid: Pid, output: &Output, hub: &LogHub) {
+    tracing::info!(target: "app", %color, pid = pid.as_raw(), stream, "{text}");
+    output.push(text.clone());
+    hub.push(LogLine {
+        at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        color,
+        pid: pid.as_raw() as u32,
+        stream: stream.to_string(),
+        line: text,
+    });
+}
+
+/// Field 4 of /proc/PID/stat: the parent's pid.
+fn parent_of(pid: Pid) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Waits until `pid` exits, through a pidfd (pidfd_open(2), Linux 5.3): it
+/// becomes readable then. Returns at once if it cannot be opened (the
+/// process is gone).
+async fn wait_pidfd(pid: Pid) {
+    // SAFETY: pidfd_open with a pid and no flags returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: the fd was just created and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    // SAFETY: the AsyncFd owns `fd`, an open pidfd, for its whole life.
+    if let Ok(a) = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    } {
+        let _ = a.readable().await;
+    }
+}
+
 async fn capture(
     fd: OwnedFd,
     stream: &'static str,
@@ -373,15 +526,7 @@ async fn capture(
     hub: Arc<LogHub>,
 ) {
     read_lines(fd, |text| {
-        tracing::info!(target: "app", %color, pid = pid.as_raw(), stream, "{text}");
-        output.push(text.clone());
-        hub.push(LogLine {
-            at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            color,
-            pid: pid.as_raw() as u32,
-            stream: stream.to_string(),
-            line: text,
-        });
+        take_line(text, stream, color, pid, &output, &hub)
     })
     .await;
     output.eof.send_modify(|n| *n += 1);

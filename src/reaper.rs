@@ -27,6 +27,9 @@ use tokio::sync::oneshot;
 pub enum Exit {
     Code(i32),
     Signal(i32),
+    /// It exited, but bgd was not its parent (it was adopted after bgd
+    /// restarted), so its status is not known (pidfd_open(2)).
+    Unknown,
 }
 
 impl Exit {
@@ -39,6 +42,7 @@ impl fmt::Display for Exit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Exit::Code(c) => write!(f, "exit code {c}"),
+            Exit::Unknown => write!(f, "exited, status unknown (adopted by a restarted bgd)"),
             Exit::Signal(s) => match nix::sys::signal::Signal::try_from(*s) {
                 Ok(sig) => write!(f, "killed by {sig}"),
                 Err(_) => write!(f, "killed by signal {s}"),

@@ -45,6 +45,10 @@ pub(crate) struct Spec<'a> {
     /// The color's `cgroup.procs`, open for writing: the child joins that
     /// cgroup before it execs (see `contain.rs`).
     pub cgroup: Option<RawFd>,
+    /// SIGKILL it when bgd dies (`PR_SET_PDEATHSIG`): for hooks and
+    /// checks. The app and its relay outlive bgd, so that a new bgd can
+    /// adopt them (issue 13).
+    pub die_with_bgd: bool,
 }
 
 /// A started child: the leader of its own process group (pgid == pid).
@@ -95,6 +99,7 @@ pub(crate) fn spawn(spec: &Spec) -> io::Result<Spawned> {
     }
     let count = spec.fds.len();
     let cgroup = spec.cgroup;
+    let die_with_bgd = spec.die_with_bgd;
     let ids = spec.identity.map(|i| {
         let groups: Vec<libc::gid_t> = i.groups.iter().map(|g| g.as_raw()).collect();
         (i.uid.as_raw(), i.gid.as_raw(), groups)
@@ -112,7 +117,7 @@ pub(crate) fn spawn(spec: &Spec) -> io::Result<Spawned> {
             if let Some((uid, gid, groups)) = &ids {
                 drop_privileges(*uid, *gid, groups)?;
             }
-            child_setup(parent, &sources[..count])
+            child_setup(parent, &sources[..count], die_with_bgd)
         });
     }
     let mut child = cmd.spawn()?;
@@ -153,23 +158,24 @@ fn drop_privileges(uid: libc::uid_t, gid: libc::gid_t, groups: &[libc::gid_t]) -
 }
 
 /// Runs in the child between fork and exec; see the SAFETY note in [`spawn`].
-fn child_setup(parent: libc::pid_t, sources: &[RawFd]) -> io::Result<()> {
+fn child_setup(parent: libc::pid_t, sources: &[RawFd], die_with_bgd: bool) -> io::Result<()> {
     // SAFETY (whole function): plain syscalls on integers; nothing allocates.
     unsafe {
-        // The app must not outlive bgd unsupervised. bgd spawns only from its
+        // A hook or check must not outlive bgd. bgd spawns only from its
         // one runtime thread, which lives as long as the process, so the
         // "parent thread exited" rule of PDEATHSIG matches bgd's exit.
-        if libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        ) != 0
+        if die_with_bgd
+            && libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
         {
             return Err(io::Error::last_os_error());
         }
-        if libc::getppid() != parent {
+        if die_with_bgd && libc::getppid() != parent {
             // bgd died between fork and prctl.
             libc::_exit(1);
         }

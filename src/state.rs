@@ -10,8 +10,6 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use anyhow::Context as _;
-use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::color::Color;
@@ -117,87 +115,6 @@ pub fn point_live_symlink(root: &Path, color: Color) -> io::Result<()> {
 }
 
 /// Records (or, with `None`, forgets) the process group of the running
-/// `color` in [`layout::pgid_file`], for [`kill_leftover_groups`].
-pub fn record_pgid(root: &Path, color: Color, pgid: Option<Pid>) {
-    let path = layout::pgid_file(root, color);
-    let result = match pgid {
-        Some(p) => fs::create_dir_all(path.parent().expect("has a parent"))
-            .and_then(|()| write_atomically(&path, p.as_raw().to_string().as_bytes())),
-        None => fs::remove_file(&path).or_else(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        }),
-    };
-    if let Err(e) = result {
-        tracing::warn!("cannot update {}: {e}", path.display());
-    }
-}
-
-/// Kills processes a previous bgd left running: the app's leader dies with
-/// bgd (PDEATHSIG), but workers it forked may not. Only processes that are
-/// in a recorded group *and* carry this root in their `BG_ROOT` are killed,
-/// so a group number reused by an unrelated process (after a reboot, say)
-/// is left alone.
-pub fn kill_leftover_groups(root: &Path) {
-    let marker = format!("BG_ROOT={}", root.display()).into_bytes();
-    for color in Color::BOTH {
-        let path = layout::pgid_file(root, color);
-        let Ok(text) = fs::read_to_string(&path) else {
-            continue;
-        };
-        if let Ok(pgid) = text.trim().parse::<i32>() {
-            for pid in members_with_env(pgid, &marker) {
-                if nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
-                    tracing::warn!(%color, pid, "killed a process left running by a previous bgd");
-                    wait_dead(pid);
-                }
-            }
-        }
-        let _ = fs::remove_file(&path);
-    }
-}
-
-/// Waits (up to 5 s) until `pid` has exited, so that the sockets it held are
-/// closed before bgd binds them again. It stays a zombie until its parent
-/// reaps it, but a zombie holds no files.
-fn wait_dead(pid: i32) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while std::time::Instant::now() < deadline {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next());
-        if matches!(state, None | Some("Z" | "X")) {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    tracing::warn!(pid, "still running 5 s after SIGKILL");
-}
-
-/// Pids in process group `pgid` whose environment holds `var` (`NAME=value`).
-fn members_with_env(pgid: i32, var: &[u8]) -> Vec<i32> {
-    let Ok(proc) = fs::read_dir("/proc") else {
-        return vec![];
-    };
-    proc.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            // Field 5 of /proc/PID/stat, after the parenthesised command name.
-            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let pgrp = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<i32>().ok());
-            pgrp == Some(pgid)
-        })
-        .filter(|pid| {
-            let env = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            env.split(|b| *b == 0).any(|kv| kv == var)
-        })
-        .collect()
-}
 
 #[cfg(test)]
 mod tests {

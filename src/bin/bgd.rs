@@ -91,8 +91,13 @@ const MAN_SECTIONS: &[Section] = &[
 fn main() -> ExitCode {
     // The exec trampoline must run before anything starts a thread.
     let mut argv = std::env::args_os();
-    if argv.nth(1).is_some_and(|a| a == spawn::TRAMPOLINE_ARG) {
-        return ExitCode::from(spawn::trampoline(argv) as u8);
+    match argv.nth(1) {
+        Some(a) if a == spawn::TRAMPOLINE_ARG => {
+            return ExitCode::from(spawn::trampoline(argv) as u8)
+        }
+        // A color's relay (see relay.rs): it keeps its fds 3.. as they came.
+        Some(a) if a == bgd::relay::RELAY_ARG => return ExitCode::from(bgd::relay::main() as u8),
+        _ => {}
     }
     // SAFETY: no other thread exists yet.
     let inherited = unsafe { bgd::systemd::take_listen_fds() };

@@ -32,7 +32,7 @@ use crate::process::AppProcess;
 use crate::protocol::Request;
 use crate::reaper::{Exit, Reaper};
 use crate::state::State;
-use crate::{layout, prepare, stage, state, systemd, watch, Ctx, Sink};
+use crate::{layout, prepare, stage, systemd, watch, Ctx, Sink};
 
 mod effects;
 mod monitor;
@@ -92,9 +92,14 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
     std::fs::create_dir_all(&root)
         .with_context(|| format!("cannot create root {}", root.display()))?;
     let _lock = lock_root(&root)?;
-    state::kill_leftover_groups(&root);
     let contain = Arc::new(crate::contain::Containment::setup(&root));
-    contain.kill_leftovers();
+    // What a previous bgd left running is adopted, or killed.
+    let (found, held) = crate::adoption::find(&root, &contain);
+    let inherited = if inherited.is_empty() {
+        held
+    } else {
+        inherited
+    };
     if let Err(e) = contain.limit(config.app.memory_max.as_deref(), config.app.cpu_weight) {
         tracing::warn!("{e}");
     }
@@ -127,10 +132,16 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
     if systemd::under_systemd() {
         tokio::spawn(tick(tx.clone()));
     }
-    tracing::info!(name = %ctx.config.fixed.name, control = %ctx.config.fixed.control.display(), "bgd is up");
+    tracing::info!(name = %ctx.config.fixed.name, control = %ctx.config.fixed.control.display(), containment = %ctx.contain.describe(), "bgd is up");
 
     let mut daemon = Daemon::new(ctx, state, tx, telemetry);
     daemon.start_watching()?;
+    for f in found {
+        let color = f.color;
+        let process = AppProcess::adopt(&daemon.ctx, f);
+        daemon.watch_exit(&process);
+        daemon.feed(Input::Adopt { color, process });
+    }
     daemon.feed(Input::Boot);
     daemon.run(rx).await;
 

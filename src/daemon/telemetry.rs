@@ -92,6 +92,12 @@ impl Telemetry {
 
     /// What only the input tells.
     fn before(&mut self, input: &Input<AppProcess>) {
+        if let Input::Adopt { color, process } = input {
+            self.publish(Kind::Adopted {
+                color: *color,
+                pid: process.pid.as_raw() as u32,
+            });
+        }
         if let Input::Drained {
             color, pid, forced, ..
         } = input

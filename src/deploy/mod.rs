@@ -110,8 +110,13 @@ pub struct Failed {
 
 /// Everything the core reacts to.
 pub enum Input<P> {
-    /// bgd started: bring up the color the state says was live.
+    /// bgd started: bring up the color the state says was live (unless it
+    /// was adopted).
     Boot,
+    /// At start-up, before `Boot`: `color` was still running, left by a
+    /// previous bgd (killed, or replaced by `bgctl reexec`), and bgd took
+    /// it over (issue 13).
+    Adopt { color: Color, process: P },
     /// `bgctl release DIR`, or the build watcher (`Trigger::Watch`).
     Release {
         source: PathBuf,
@@ -321,6 +326,7 @@ impl<P: Process> Core<P> {
     pub fn handle(&mut self, now: Now, input: Input<P>) -> Vec<Effect<P>> {
         match input {
             Input::Boot => self.boot(now),
+            Input::Adopt { color, process } => self.adopt(now, color, process),
             Input::Release {
                 source,
                 label,

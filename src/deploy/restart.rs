@@ -13,8 +13,37 @@ use crate::color::Color;
 use crate::reaper::Exit;
 
 impl<P: Process> Core<P> {
+    /// A color a previous bgd left running: the live one serves on, any
+    /// other drains (a standby or canary is not kept across bgd's restart).
+    pub(super) fn adopt(&mut self, now: Now, color: Color, process: P) {
+        let pid = process.pid();
+        if self.state.live == Some(color) && self.shutdown == Shutdown::Running {
+            self.log(
+                Level::Info,
+                format!("adopted the live color {color} (pid {pid}): it serves on"),
+            );
+            self.emit(Effect::Steer(color));
+            self.enter(color, ColorPhase::Live { process }, now.wall);
+        } else {
+            self.log(
+                Level::Info,
+                format!("adopted {color} (pid {pid}), which is not the live color: draining it"),
+            );
+            self.enter(color, ColorPhase::Draining { pid }, now.wall);
+            self.emit(Effect::Drain { color, process });
+        }
+    }
+
     /// bgd started: bring up the color the state says was live.
     pub(super) fn boot(&mut self, now: Now) {
+        if let Some(live) = self
+            .state
+            .live
+            .filter(|c| matches!(self.slot(*c).phase, ColorPhase::Live { .. }))
+        {
+            self.log(Level::Info, format!("{live} was adopted: nothing to start"));
+            return self.ready();
+        }
         match self.state.live {
             Some(color) => {
                 self.log(

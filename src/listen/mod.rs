@@ -834,19 +834,36 @@ impl Listeners {
     /// Pushes every socket into systemd's fd store (a no-op outside
     /// systemd): a shared socket under its name, a color's as `NAME@COLOR`.
     pub(crate) fn store_in_systemd(&self) {
+        let all = self.named();
+        let stored = all.iter().all(|(name, fd)| {
+            crate::systemd::store_fd(
+                // SAFETY: `fd` is one of bgd's sockets, open while `self` lives.
+                unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) },
+                name,
+            )
+        });
+        self.stored
+            .store(stored && !all.is_empty(), Ordering::Relaxed);
+    }
+
+    /// Every socket, named as in systemd's fd store and as a relay hands
+    /// them back: `NAME@blue` and `NAME@green` in gate mode, `NAME` in
+    /// shared mode. The fds stay valid while `self` lives.
+    pub(crate) fn named(&self) -> Vec<(String, RawFd)> {
         let inner = self.lock();
-        let mut all = true;
+        let mut out = Vec::new();
         for e in &inner.entries {
             let name = &e.config().name;
-            all &= match e {
-                Entry::Shared(s) => crate::systemd::store_fd(&s.fd, name),
-                _ => Color::BOTH
-                    .iter()
-                    .all(|c| crate::systemd::store_fd(&e.socket(*c).fd, &format!("{name}@{c}"))),
-            };
+            match e {
+                Entry::Shared(s) => out.push((name.clone(), s.fd.as_raw_fd())),
+                _ => out.extend(
+                    Color::BOTH
+                        .iter()
+                        .map(|c| (format!("{name}@{c}"), e.socket(*c).fd.as_raw_fd())),
+                ),
+            }
         }
-        self.stored
-            .store(all && !inner.entries.is_empty(), Ordering::Relaxed);
+        out
     }
 
     /// Removes the Unix socket files bgd created, unless systemd's fd store

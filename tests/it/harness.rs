@@ -477,3 +477,15 @@ pub fn app_processes(root: &Path, color: Option<&str>) -> Vec<i32> {
     }
     pids
 }
+
+/// Whether a process runs: it exists and is not a zombie (an adopted
+/// process's zombie waits for whoever inherited it, maybe forever).
+pub fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.trim_start().chars().next())
+        })
+        .is_some_and(|state| state != 'Z' && state != 'X')
+}

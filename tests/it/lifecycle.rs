@@ -89,15 +89,55 @@ fn restarting_bgd_brings_the_live_color_back() {
     assert_eq!(st["live"], "green");
 }
 
+/// SIGKILL of bgd under load (issue 13): the app keeps serving (not one
+/// request fails), a new bgd adopts it (same pids, nothing started twice),
+/// `bgctl logs` still gets its output, and a release afterwards works.
 #[test]
-fn sigkill_of_bgd_leaves_no_app_process() {
-    let mut bgd = Bgd::start(Setup::default());
-    bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
-    let app = bgd.status()["blue"]["pid"].as_u64().unwrap() as i32;
-    bgd.stop(libc::SIGKILL);
-    wait_until("the app to die with bgd", Duration::from_secs(10), || {
-        (!exists(app)).then_some(())
-    });
+fn sigkill_of_bgd_leaves_the_app_serving_and_a_new_bgd_adopts_it() {
+    for env in [vec![], vec![("BGD_NO_CGROUP".to_string(), "1".to_string())]] {
+        let mut bgd = Bgd::start(Setup {
+            bgd_env: env.clone(),
+            ..Setup::default()
+        });
+        bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
+        let addr = bgd.addr();
+        let app = bgd.status()["blue"]["pid"].as_u64().unwrap();
+        let load = crate::load::Load::start(&addr, 4, 4);
+        wait_until("requests", Duration::from_secs(10), || {
+            (load.count() > 50).then_some(())
+        });
+        bgd.stop(libc::SIGKILL);
+        let before = load.count();
+        wait_until(
+            "requests while bgd is gone",
+            Duration::from_secs(10),
+            || (load.count() > before + 100).then_some(()),
+        );
+        assert!(running(app as i32), "{env:?}: the app died with bgd");
+        bgd.respawn_on(&addr);
+        let st = bgd.status();
+        assert_eq!(
+            st["blue"]["pid"].as_u64(),
+            Some(app),
+            "{env:?}: not adopted: {st}"
+        );
+        assert_eq!(st["blue"]["state"], "live", "{env:?}: {st}");
+        assert!(bgd.log().contains("adopted the live color blue"), "{env:?}");
+        assert_eq!(
+            bgd.log().matches("started ").count(),
+            1,
+            "{env:?}: started twice:\n{}",
+            bgd.log()
+        );
+        let (code, body) = get(&addr, "/").unwrap();
+        assert!(code == 200 && body.contains("release=1"), "{body}");
+        bgd.release(&example_build(bgd.dir.path(), "b2", "v2"));
+        assert!(
+            !running(app as i32),
+            "{env:?}: the adopted color was not drained"
+        );
+        load.finish_clean();
+    }
 }
 
 /// `--check` refuses `health.timeout = "0s"` (no release could pass), and

@@ -1,0 +1,148 @@
+//! Adoption: a bgd that starts while the app still runs (the old bgd was
+//! killed, or `bgctl reexec` replaced it in place) takes the running colors
+//! over instead of starting them again (issue 13).
+//!
+//! While a color runs, `root/run/COLOR.json` records its main process: pid,
+//! start time (field 22 of /proc/PID/stat, proc(5), in clock ticks since
+//! boot) and release. A new bgd adopts a recorded process only if that pid
+//! still runs *and* started at the recorded time (and, with cgroups, is in
+//! the color's cgroup), so a pid the kernel has since given to another
+//! process is never adopted. It then connects to the color's relay
+//! (`relay.rs`), which gives back the listening sockets and the output
+//! lines it kept meanwhile.
+
+use std::fs;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::color::Color;
+use crate::contain::Containment;
+use crate::layout;
+
+/// What `root/run/COLOR.json` records of a running color.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RunRecord {
+    pub pid: i32,
+    /// Field 22 of /proc/PID/stat: clock ticks after boot.
+    pub start_time: u64,
+    pub release: u64,
+    /// Shared mode: the color's private probe socket.
+    #[serde(default)]
+    pub probe_addr: Option<SocketAddr>,
+}
+
+/// Writes the record of `color` (temp file, fsync, rename).
+pub(crate) fn record(root: &Path, color: Color, r: &RunRecord) {
+    let path = layout::run_record(root, color);
+    let data = serde_json::to_vec(r).expect("a run record serializes");
+    let written = fs::create_dir_all(layout::run_dir(root))
+        .and_then(|()| crate::state::write_atomically(&path, &data));
+    if let Err(e) = written {
+        tracing::warn!("cannot write {}: {e}", path.display());
+    }
+}
+
+/// Forgets `color`'s record: nothing of it runs.
+pub(crate) fn forget(root: &Path, color: Color) {
+    let path = layout::run_record(root, color);
+    if let Err(e) = fs::remove_file(&path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::warn!("cannot remove {}: {e}", path.display());
+        }
+    }
+}
+
+/// Field 22 of /proc/PID/stat, or `None` if `pid` does not run (a zombie
+/// does not count).
+pub(crate) fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // rest[0] is field 3 (state): field N is rest[N - 3].
+    if matches!(rest.first(), Some(&"Z") | Some(&"X")) {
+        return None;
+    }
+    rest.get(22 - 3)?.parse().ok()
+}
+
+/// A running color a new bgd can take over.
+pub(crate) struct Found {
+    pub color: Color,
+    pub record: RunRecord,
+    /// The connection to its relay, and what was read after the header.
+    pub relay: std::os::unix::net::UnixStream,
+    pub rest: Vec<u8>,
+}
+
+/// The colors left running by a previous bgd that can be adopted, and the
+/// listening sockets their relays hold (from the first one). A record that
+/// names another process now, or whose relay is gone, is dropped, and what
+/// is left of that color is killed.
+pub(crate) fn find(root: &Path, contain: &Containment) -> (Vec<Found>, Vec<(OwnedFd, String)>) {
+    let mut found = Vec::new();
+    let mut sockets = Vec::new();
+    for color in Color::BOTH {
+        let path = layout::run_record(root, color);
+        let Ok(text) = fs::read_to_string(&path) else {
+            contain.kill_leftovers(color);
+            continue;
+        };
+        match adoptable(root, color, &text, contain) {
+            Ok((record, relay, fds, rest)) => {
+                tracing::info!(%color, pid = record.pid, "adopting {color} (pid {}, release {}), left running by a previous bgd", record.pid, record.release);
+                if sockets.is_empty() {
+                    sockets = fds;
+                }
+                found.push(Found {
+                    color,
+                    record,
+                    relay,
+                    rest,
+                });
+            }
+            Err(why) => {
+                tracing::warn!(%color, "not adopting {color}: {why}");
+                forget(root, color);
+                contain.kill_leftovers(color);
+            }
+        }
+    }
+    (found, sockets)
+}
+
+type Adoptable = (
+    RunRecord,
+    std::os::unix::net::UnixStream,
+    Vec<(OwnedFd, String)>,
+    Vec<u8>,
+);
+
+fn adoptable(
+    root: &Path,
+    color: Color,
+    text: &str,
+    contain: &Containment,
+) -> Result<Adoptable, String> {
+    let record: RunRecord =
+        serde_json::from_str(text).map_err(|e| format!("its record is unreadable ({e})"))?;
+    match start_time(record.pid) {
+        None => return Err(format!("pid {} no longer runs", record.pid)),
+        Some(t) if t != record.start_time => {
+            return Err(format!(
+                "pid {} is another process now (it started at tick {t}, the recorded one at {})",
+                record.pid, record.start_time
+            ))
+        }
+        Some(_) => {}
+    }
+    if !contain.holds(color, Pid::from_raw(record.pid)) {
+        return Err(format!("pid {} is not in {color}'s cgroup", record.pid));
+    }
+    let (relay, fds, rest) = crate::relay::reconnect(&layout::relay_socket(root, color))
+        .map_err(|e| format!("its relay does not answer ({e})"))?;
+    Ok((record, relay, fds, rest))
+}
