@@ -46,6 +46,8 @@ pub enum Request {
     },
     /// Give the canary no more connections and drain it.
     Abort,
+    /// Re-execute bgd's binary in place (an upgrade); the app keeps running.
+    Reexec,
     Status,
     /// Pause or resume auto-release.
     Watch {
@@ -255,6 +257,10 @@ pub fn decode_reply(line: &[u8]) -> Result<Reply, String> {
 pub struct Status {
     pub name: String,
     pub pid: u32,
+    /// Differs each time bgd's program starts, a reexec included (the pid
+    /// stays): `bgctl reexec` waits for a new one.
+    #[serde(default)]
+    pub instance: u64,
     pub live: Option<Color>,
     pub release_in_progress: Option<ReleaseProgress>,
     pub blue: ColorStatus,

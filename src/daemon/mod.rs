@@ -37,6 +37,7 @@ use crate::{layout, prepare, stage, systemd, watch, Ctx, Sink};
 mod effects;
 mod monitor;
 mod queries;
+mod reexec;
 mod service;
 mod telemetry;
 mod watching;
@@ -83,6 +84,12 @@ pub(crate) enum Event {
     Reload,
     /// Under systemd, every few seconds.
     Tick,
+    /// SIGUSR2: re-execute bgd's binary in place.
+    Reexec,
+    /// The new binary passed its check: refuse requests until the exec.
+    ExecPending,
+    /// Exec the new binary now.
+    Exec,
 }
 
 /// Runs the daemon until it is stopped. `inherited` holds the sockets
@@ -189,10 +196,12 @@ fn lock_root(root: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
 fn forward_signals(tx: UnboundedSender<Event>) -> std::io::Result<()> {
     let stop: fn() -> Event = || Event::Stop;
     let reload: fn() -> Event = || Event::Reload;
+    let reexec: fn() -> Event = || Event::Reexec;
     for (kind, event) in [
         (SignalKind::terminate(), stop),
         (SignalKind::interrupt(), stop),
         (SignalKind::hangup(), reload),
+        (SignalKind::user_defined2(), reexec),
     ] {
         let mut s = signal(kind)?;
         let tx = tx.clone();
@@ -231,6 +240,13 @@ struct Daemon {
     clients: HashMap<ClientId, Responder>,
     next_client: ClientId,
     tasks: HashMap<TaskId, Task>,
+    /// bgd's own binary, as it was started: `bgctl reexec` runs what is
+    /// at this path now.
+    exe: std::path::PathBuf,
+    /// This start of bgd's program (status `instance`).
+    instance: u64,
+    /// A reexec was decided: requests are refused until it happens.
+    exec_pending: bool,
     /// The history's writer, which keeps the records' order.
     history: UnboundedSender<crate::history::Record>,
     /// The repeated health checks under way, by color.
@@ -259,6 +275,11 @@ impl Daemon {
         Daemon {
             core: Core::new(state, policy(&ctx), now()),
             history: effects::history_writer(ctx.config.fixed.root.clone()),
+            exe: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
+            instance: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+            exec_pending: false,
             ctx,
             monitors: HashMap::new(),
             events,
@@ -309,6 +330,9 @@ impl Daemon {
                 Event::Stop => self.feed(Input::Stop),
                 Event::Reload => self.on_reload(),
                 Event::Tick => self.on_tick(),
+                Event::Reexec => self.reexec(None),
+                Event::ExecPending => self.exec_pending = true,
+                Event::Exec => self.exec_now(),
             }
             if std::mem::take(&mut self.auto_due) {
                 self.auto_check();
@@ -321,6 +345,12 @@ impl Daemon {
     }
 
     fn on_command(&mut self, Command { request, reply }: Command) {
+        if self.exec_pending && request != Request::Status {
+            let m = "bgd is re-executing itself: try again in a moment";
+            let f = crate::protocol::Failure::new(crate::protocol::FailureKind::Busy, None, m);
+            let _ = reply.send(crate::protocol::Reply::Error(f));
+            return;
+        }
         match request {
             Request::Status => self.reply_status(reply),
             Request::Release {
@@ -351,6 +381,7 @@ impl Daemon {
                 let client = Some(self.client(reply));
                 self.feed(Input::Abort { client })
             }
+            Request::Reexec => self.reexec(Some(reply)),
             Request::Watch { pause } => self.on_watch_request(pause, reply),
             Request::History => self.reply_history(reply),
             Request::Logs {

@@ -69,6 +69,7 @@ impl Daemon {
         Status {
             name: self.ctx.config.fixed.name.clone(),
             pid: std::process::id(),
+            instance: self.instance,
             live: core.state().live,
             release_in_progress: core.progress(),
             blue: self.color_status(Color::Blue),

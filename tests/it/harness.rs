@@ -73,6 +73,8 @@ pub struct Setup {
     pub tail: String,
     /// Environment for bgd itself (`BGD_NO_CGROUP`, say).
     pub bgd_env: Vec<(String, String)>,
+    /// Run this bgd binary instead of the one built (a copy, to replace).
+    pub bgd_bin: Option<PathBuf>,
 }
 
 impl Default for Setup {
@@ -92,6 +94,7 @@ impl Default for Setup {
             root: None,
             tail: String::new(),
             bgd_env: Vec::new(),
+            bgd_bin: None,
         }
     }
 }
@@ -107,6 +110,7 @@ pub struct Bgd {
     socket: PathBuf,
     /// bgd's own environment additions.
     env: Vec<(String, String)>,
+    bin: Option<PathBuf>,
 }
 
 impl Bgd {
@@ -176,6 +180,7 @@ env = {{ PYTHONUNBUFFERED = "1" }}
             uid: setup.uid,
             socket: PathBuf::new(),
             env: setup.bgd_env,
+            bin: setup.bgd_bin,
         };
         bgd.socket = bgd.dir.path().join("ctl.sock");
         if let Some(uid) = setup.uid {
@@ -206,6 +211,7 @@ env = {{ PYTHONUNBUFFERED = "1" }}
             uid: None,
             root,
             env: Vec::new(),
+            bin: None,
         };
         bgd.spawn(tweak);
         bgd
@@ -228,7 +234,7 @@ env = {{ PYTHONUNBUFFERED = "1" }}
                     .arg(BGD);
                 c
             }
-            None => Command::new(BGD),
+            None => Command::new(self.bin.as_deref().unwrap_or(Path::new(BGD))),
         };
         cmd.arg("--config")
             .arg(&self.config)
@@ -325,6 +331,11 @@ env = {{ PYTHONUNBUFFERED = "1" }}
     }
 
     /// Sends `sig` to bgd and waits for it to exit; returns its exit code.
+    /// bgd's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("bgd runs").id()
+    }
+
     pub fn stop(&mut self, sig: i32) -> Option<i32> {
         let mut child = self.child.take().expect("bgd runs");
         // SAFETY: kill(2) with a pid we spawned and have not reaped.

@@ -140,6 +140,70 @@ fn sigkill_of_bgd_leaves_the_app_serving_and_a_new_bgd_adopts_it() {
     }
 }
 
+/// `bgctl reexec` under load: bgd runs the binary now on disk in place;
+/// its pid and the app's stay, not one request fails, and a release
+/// afterwards works. A binary that cannot start is refused first, and the
+/// old bgd runs on and says why.
+#[test]
+fn reexec_replaces_bgd_in_place_and_refuses_a_broken_binary() {
+    let bin_dir = tempfile::tempdir().unwrap();
+    let bin = bin_dir.path().join("bgd");
+    std::fs::copy(BGD, &bin).unwrap();
+    let mut bgd = Bgd::start(Setup {
+        bgd_bin: Some(bin.clone()),
+        ..Setup::default()
+    });
+    bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
+    let addr = bgd.addr();
+    let (pid, app) = (bgd.pid(), bgd.status()["blue"]["pid"].as_u64());
+    let load = crate::load::Load::start(&addr, 4, 4);
+
+    // A broken upgrade: refused, and nothing changes.
+    std::fs::remove_file(&bin).unwrap();
+    std::fs::write(
+        &bin,
+        "#!/bin/sh\necho 'cannot load libfoo.so' >&2\nexit 127\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = bgd.bgctl(&["reexec"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("failed its check")
+            && text(&out.stderr).contains("cannot load libfoo.so"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(bgd.status()["pid"].as_u64(), Some(pid as u64));
+
+    // The real upgrade.
+    std::fs::remove_file(&bin).unwrap();
+    std::fs::copy(BGD, &bin).unwrap();
+    let out = bgd.bgctl(&["reexec"]);
+    assert!(out.status.success(), "{}\n{}", text(&out.stderr), bgd.log());
+    assert!(
+        text(&out.stdout).contains(&format!("bgd answers again (pid {pid})")),
+        "{}",
+        text(&out.stdout)
+    );
+    let st = bgd.status();
+    assert_eq!(st["pid"].as_u64(), Some(pid as u64), "{st}");
+    assert_eq!(
+        st["blue"]["pid"].as_u64(),
+        app,
+        "the app was restarted: {st}"
+    );
+    assert_eq!(st["blue"]["state"], "live", "{st}");
+    let before = load.count();
+    wait_until("requests after the reexec", Duration::from_secs(10), || {
+        (load.count() > before + 50).then_some(())
+    });
+    bgd.release(&example_build(bgd.dir.path(), "b2", "v2"));
+    load.finish_clean();
+    assert_eq!(bgd.stop(libc::SIGTERM), Some(0));
+    assert!(app_processes(&bgd.root(), None).is_empty());
+}
+
 /// `--check` refuses `health.timeout = "0s"` (no release could pass), and
 /// accepts `drain_timeout = "0s"` with a warning on stderr; neither creates
 /// anything.

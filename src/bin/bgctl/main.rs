@@ -74,6 +74,8 @@ enum Command {
     },
     /// Give the canary no more new connections and drain it.
     Abort,
+    /// Re-execute bgd's binary from disk in place (an upgrade): same pid, the app keeps running.
+    Reexec,
     /// Make the previous color live again: switch back to it while it is on standby, else start
     /// it from its directory.
     Rollback {
@@ -209,6 +211,15 @@ fn run(args: Args) -> Result<u8, Fail> {
         } => release(&dir, label, no_wait, canary, wait_bake)?,
         Command::Promote { percent } => Ask::answer(Request::Promote { percent }, Print::Release),
         Command::Abort => Ask::answer(Request::Abort, Print::Release),
+        Command::Reexec => {
+            let socket = socket_path(&args.socket, args.config.as_deref())?;
+            let before = instance(&socket);
+            let code = converse(
+                connect(&socket)?,
+                Ask::answer(Request::Reexec, Print::Release),
+            )?;
+            return wait_for_bgd(&socket, before).map(|()| code);
+        }
         Command::Rollback { no_wait } => Ask {
             request: Request::Rollback,
             print: Print::Release,
@@ -234,6 +245,44 @@ fn run(args: Args) -> Result<u8, Fail> {
     };
     let socket = socket_path(&args.socket, args.config.as_deref())?;
     converse(connect(&socket)?, ask)
+}
+
+/// bgd's status `instance` and pid, if it answers.
+fn instance(socket: &Path) -> Option<(u64, u64)> {
+    let mut s = UnixStream::connect(socket).ok()?;
+    s.write_all(&protocol::encode(&Request::Status)).ok()?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).ok()?;
+    match protocol::decode_reply(line.as_bytes()).ok()? {
+        Reply::Done { result } => Some((
+            result.get("instance")?.as_u64()?,
+            result.get("pid")?.as_u64()?,
+        )),
+        _ => None,
+    }
+}
+
+/// After `reexec`: waits (up to 30 s) until the new program answers (a
+/// status `instance` other than `before`'s).
+fn wait_for_bgd(socket: &Path, before: Option<(u64, u64)>) -> Result<(), Fail> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut wait = std::time::Duration::from_millis(10);
+    loop {
+        if let Some((now, pid)) = instance(socket) {
+            if before.is_none_or(|(b, _)| b != now) {
+                println!("bgd answers again (pid {pid})");
+                return Ok(());
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return Err((
+                EXIT_UNREACHABLE,
+                "bgd did not answer within 30 s of its reexec: see its log".into(),
+            ));
+        }
+        std::thread::sleep(wait); // polling a restarting daemon, bounded above
+        wait = (wait * 2).min(std::time::Duration::from_millis(200));
+    }
 }
 
 fn completions(shell: clap_complete::Shell) -> Result<u8, Fail> {
