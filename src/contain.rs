@@ -183,11 +183,21 @@ impl Containment {
                 }
             }
         }
-        if self.dir(color).is_none() {
-            let _ = killpg(leader, sig);
-        }
-        for pid in self.members(color, leader) {
-            let _ = kill(pid, sig);
+        match self.dir(color) {
+            Some(dir) => {
+                for pid in read_procs(&dir) {
+                    let _ = kill(pid, sig);
+                }
+            }
+            None => {
+                // Once each: a second stop signal means "now" to many apps.
+                let _ = killpg(leader, sig);
+                for pid in self.fallback_members(color, leader) {
+                    if pgrp_and_state(pid.as_raw()).is_some_and(|(g, _)| g != leader.as_raw()) {
+                        let _ = kill(pid, sig);
+                    }
+                }
+            }
         }
     }
 

@@ -251,19 +251,18 @@ time.sleep(3600)
     let blue_pid = bgd.status()["blue"]["pid"].as_u64().unwrap() as i32;
     bgd.stop(libc::SIGKILL);
     assert!(!client.join().unwrap().status.success());
-    // The apps' leaders die with bgd; the orphaned worker waits for the next bgd.
-    wait_until(
-        "the old live color to die with bgd",
-        Duration::from_secs(10),
-        || (!exists(blue_pid)).then_some(()),
-    );
+    // The apps outlive bgd (issue 13): the live one serves on.
+    assert!(running(blue_pid), "the live color died with bgd");
 
     bgd.respawn_on(&addr);
+    // The new bgd adopts blue, and drains the half-started green with
+    // its worker.
     wait_until(
-        "the leftover worker to be killed",
-        Duration::from_secs(10),
-        || (!exists(worker)).then_some(()),
+        "the leftover worker to be stopped",
+        Duration::from_secs(20),
+        || (!running(worker)).then_some(()),
     );
+    assert_eq!(bgd.status()["blue"]["pid"].as_u64(), Some(blue_pid as u64));
     let body = wait_until("blue to serve again", Duration::from_secs(20), || {
         get(&addr, "/").ok().map(|r| r.1)
     });
