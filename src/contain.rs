@@ -4,10 +4,9 @@
 //! With a writable cgroup v2 hierarchy each color runs in its own cgroup
 //! (cgroups(7), the kernel's cgroup-v2.rst):
 //! - under systemd with `Delegate=yes`, the unit's cgroup is bgd's to
-//!   manage: bgd moves itself into a leaf (`supervisor`, for the "no
-//!   internal processes" rule) and the colors are `blue` and `green` beside
-//!   it, with the memory, cpu and pids controllers enabled where the unit
-//!   has them;
+//!   manage: bgd moves itself into a leaf (`supervisor`) and the colors are
+//!   `blue` and `green` beside it (no controllers are enabled: see
+//!   `delegated`);
 //! - otherwise the colors are `bgd-HASH/blue` and `bgd-HASH/green` below
 //!   bgd's own cgroup (HASH from the root, so a restarted bgd finds them),
 //!   with no controllers (bgd's own cgroup holds processes).
@@ -318,14 +317,9 @@ fn delegated(own: &Path) -> bool {
         tracing::debug!("not a delegated cgroup ({}): {e}", own.display());
         return false;
     }
-    let available = fs::read_to_string(own.join("cgroup.controllers")).unwrap_or_default();
-    for c in ["memory", "cpu", "pids"] {
-        if available.split_whitespace().any(|a| a == c) {
-            if let Err(e) = fs::write(own.join("cgroup.subtree_control"), format!("+{c}")) {
-                tracing::debug!("cannot enable the {c} controller for the colors: {e}");
-            }
-        }
-    }
+    // No controllers are enabled here: with them, the unit's own cgroup
+    // could hold no process, and systemd (before DelegateSubgroup=, v254)
+    // puts a restarted bgd there. Memory and CPU limits need them.
     true
 }
 

@@ -407,6 +407,65 @@ fn the_fd_store_keeps_the_port_across_restarts() {
     assert_eq!(status(&root)["listen"][0]["address"], addr.as_str());
 }
 
+/// `kill -9` of bgd's main pid under the real user manager, under load:
+/// the app keeps serving, the unit restarts bgd, bgd adopts the app (same
+/// pid, nothing started twice), and not one request fails; a release
+/// afterwards works, and `systemctl stop` leaves no process of either color.
+#[test]
+fn kill_9_of_bgd_under_systemd_loses_no_request() {
+    let m = manager_or_skip!();
+    let (cfg, root) = config(
+        m.dir.path(),
+        "127.0.0.1:0",
+        &format!("[\"{}\", \"server.py\"]", python()),
+    );
+    m.install(&cfg, &root, None, "");
+    m.ok(&["start", "bgd@test.service"]);
+    release(&m, &root, &example_build(m.dir.path(), "b1", "v1"));
+    let addr = status(&root)["listen"][0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let app = status(&root)["blue"]["pid"].as_u64().unwrap();
+    let load = Load::start(&addr, 2, 2);
+    wait_until("load", Duration::from_secs(10), || {
+        (load.count() > 20).then_some(())
+    });
+    let pid: i32 = m.show("bgd@test.service", "MainPID").parse().unwrap();
+    // SAFETY: kill(2) on bgd's pid.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_until("systemd to restart bgd", Duration::from_secs(60), || {
+        let p: i32 = m.show("bgd@test.service", "MainPID").parse().unwrap_or(0);
+        (p != 0 && p != pid && m.show("bgd@test.service", "ActiveState") == "active").then_some(p)
+    });
+    let st = wait_until("the adopted color", Duration::from_secs(20), || {
+        let st = status(&root);
+        (st["blue"]["state"] == "live").then_some(st)
+    });
+    assert_eq!(
+        st["blue"]["pid"].as_u64(),
+        Some(app),
+        "not adopted: {st}\n{}",
+        m.log()
+    );
+    assert!(
+        m.log().contains("adopted the live color blue"),
+        "{}",
+        m.log()
+    );
+    let before = load.count();
+    wait_until(
+        "requests after the restart",
+        Duration::from_secs(10),
+        || (load.count() > before + 20).then_some(()),
+    );
+    release(&m, &root, &example_build(m.dir.path(), "b2", "v2"));
+    load.finish_clean();
+    m.ok(&["stop", "bgd@test.service"]);
+    let left = crate::harness::app_processes(&root, None);
+    assert!(left.is_empty(), "left after systemctl stop: {left:?}");
+}
+
 /// A wedged bgd (SIGSTOP) stops pinging; the watchdog restarts it and the
 /// app comes back.
 #[test]
