@@ -140,6 +140,65 @@ fn sigkill_of_bgd_leaves_the_app_serving_and_a_new_bgd_adopts_it() {
     }
 }
 
+/// A recorded pid that now belongs to another process is never adopted
+/// (nor killed): bgd checks the start time, starts the live color afresh,
+/// and says why.
+#[test]
+fn a_recycled_pid_is_not_adopted() {
+    // A worker keeps the output pipes open, so the relay stays up after the
+    // main process dies: only the start time tells the pid was reused.
+    let worker = "import os, time\nif os.fork() == 0:\n    time.sleep(3600)";
+    for env in [vec![("BGD_NO_CGROUP".to_string(), "1".to_string())], vec![]] {
+        let mut bgd = Bgd::start(Setup {
+            bgd_env: env.clone(),
+            ..Setup::default()
+        });
+        bgd.release(&wrapped_build(bgd.dir.path(), "b1", "v1", worker));
+        let addr = bgd.addr();
+        let app = bgd.status()["blue"]["pid"].as_u64().unwrap() as i32;
+        bgd.stop(libc::SIGKILL);
+        // The app's main process dies, and its pid is "reused" by an
+        // unrelated process.
+        // SAFETY: kill(2) on the app's pid, which this test started through bgd.
+        unsafe { libc::kill(app, libc::SIGKILL) };
+        let mut other = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let record = bgd.root().join("run/blue.json");
+        let mut r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
+        r["pid"] = other.id().into();
+        std::fs::write(&record, r.to_string()).unwrap();
+        bgd.respawn_on(&addr);
+        let st = wait_until("blue to serve again", Duration::from_secs(20), || {
+            let st = bgd.status();
+            (st["blue"]["state"] == "live").then_some(st)
+        });
+        assert_ne!(
+            st["blue"]["pid"].as_u64(),
+            Some(other.id() as u64),
+            "{env:?}: {st}"
+        );
+        let why = format!(
+            "not adopting blue: pid {} is another process now",
+            other.id()
+        );
+        assert!(bgd.log().contains(&why), "{env:?}: {}", bgd.log());
+        assert!(
+            running(other.id() as i32),
+            "{env:?}: bgd killed an unrelated process"
+        );
+        other.kill().unwrap();
+        other.wait().unwrap();
+        bgd.stop(libc::SIGTERM);
+        assert!(
+            app_processes(&bgd.root(), None).is_empty(),
+            "{env:?}: the old worker was left"
+        );
+    }
+}
+
 /// `bgctl reexec` under load: bgd runs the binary now on disk in place;
 /// its pid and the app's stay, not one request fails, and a release
 /// afterwards works. A binary that cannot start is refused first, and the

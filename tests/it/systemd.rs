@@ -453,6 +453,14 @@ fn kill_9_of_bgd_under_systemd_loses_no_request() {
         "{}",
         m.log()
     );
+    // As root, the unit's delegated cgroup holds the colors.
+    if nix::unistd::geteuid().is_root() {
+        let c = st["containment"].as_str().unwrap();
+        assert!(
+            c.starts_with("cgroup ") && c.contains("bgd@test.service"),
+            "{c}"
+        );
+    }
     let before = load.count();
     wait_until(
         "requests after the restart",
