@@ -61,6 +61,7 @@ const MAN_SECTIONS: &[Section] = &[
         intro: "",
         items: &[
             ("SIGTERM, SIGINT", "drain the live color (its stop_signal, then SIGKILL at drain_timeout) and exit 0; a second signal kills the app's process groups at once"),
+            ("SIGUSR2", "re-execute the bgd binary now on disk in place (as `bgctl reexec`): it is checked with --check first; the pid and the app stay"),
             ("SIGHUP", "reload the config: the app's command, env, stop signal, drain, health checks and [watch] apply to the next start of a color; changes to [[listen]], root, control and name need a restart"),
         ],
     },
