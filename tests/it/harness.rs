@@ -354,6 +354,12 @@ impl Drop for Bgd {
             unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
             let _ = child.wait();
         }
+        // The app outlives bgd (issue 13), and so does its relay once the
+        // app holds its pipes: stop both, so no test leaves them running.
+        for pid in app_processes(&self.root, None) {
+            // SAFETY: kill(2) on a process that carries this test's root.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
         if std::thread::panicking() {
             eprintln!("--- bgd log ({}) ---\n{}", self.log.display(), self.log());
         }
