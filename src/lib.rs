@@ -58,6 +58,7 @@ mod prepare;
 mod process;
 pub mod protocol;
 mod reaper;
+mod releases;
 pub mod rollout;
 pub mod spawn;
 mod stage;

@@ -91,7 +91,8 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
     let _lock = lock_root(&root)?;
     state::kill_leftover_groups(&root);
     stage::remove_leftovers(&root).with_context(|| format!("cannot clean {}", root.display()))?;
-    let state = State::load(&root)?;
+    let mut state = State::load(&root)?;
+    crate::releases::at_start(&root, &mut state)?;
     let fixed = &config.fixed;
     let listeners = Arc::new(Listeners::adopt_or_bind(
         &fixed.listen,
@@ -308,10 +309,11 @@ impl Daemon {
                     wait_bake,
                 })
             }
-            Request::Rollback => {
+            Request::Rollback { to } => {
                 let client = Some(self.client(reply));
-                self.feed(Input::Rollback { client })
+                self.feed(Input::Rollback { client, to })
             }
+            Request::Releases => self.reply_releases(reply),
             Request::Promote { percent } => {
                 let client = Some(self.client(reply));
                 self.feed(Input::Promote { percent, client })
@@ -404,6 +406,7 @@ fn policy_of(config: &Config, listeners: &Listeners) -> crate::deploy::Policy {
         rollout: config.rollout.clone(),
         failures: config.health.failures,
         no_split: listeners.no_split(),
+        keep: config.keep,
     }
 }
 
