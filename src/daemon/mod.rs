@@ -225,10 +225,13 @@ struct Daemon {
     auto_due: bool,
     /// The last STATUS= line sent to systemd.
     status_line: String,
+    /// The operator's decisions as last written to `root/operator.json`.
+    saved_operator: crate::auto::Operator,
 }
 
 impl Daemon {
     fn new(ctx: Arc<Ctx>, state: State, events: UnboundedSender<Event>) -> Daemon {
+        let ctx_root = ctx.config.fixed.root.clone();
         Daemon {
             core: Core::new(state, policy(&ctx), now()),
             history: effects::history_writer(ctx.config.fixed.root.clone()),
@@ -243,6 +246,7 @@ impl Daemon {
             last_result: None,
             auto_due: false,
             status_line: String::new(),
+            saved_operator: watching::load_operator(&ctx_root),
         }
     }
 

@@ -10,6 +10,7 @@ mod failures;
 mod faults;
 mod gate;
 mod inherit;
+mod kept;
 mod lifecycle;
 mod operations;
 mod releases;

@@ -40,6 +40,7 @@ fn prepare_hooks_run_in_the_staged_directory_with_the_release_env() {
         "BG_RELEASE=1".into(),
         format!("BG_ROOT={root}"),
         format!("BG_SHARED={root}/shared"),
+        format!("BG_DIR={root}/blue"),
     ] {
         assert!(
             env.lines().any(|l| l == want),
