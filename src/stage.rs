@@ -220,8 +220,10 @@ fn copy_tree(root: &Path, dirs: copy::Dirs<'_>, opts: &Options) -> Result<Copied
             return Err(StageError::Changed);
         }
     }
-    link_shared(root, dirs.color, opts)?;
     durable::flush(&copy.files, &copy.dirs)?;
+    // After the flush: a shared entry replaces what the build held there.
+    let parents = link_shared(root, dirs.color, opts)?;
+    durable::flush(&[], &parents)?;
     if opts.cancel.load(Ordering::Relaxed) {
         return Err(StageError::Aborted);
     }
@@ -322,7 +324,9 @@ pub fn remove_trash(root: &Path, id: u64) {
 /// (created if missing) with a relative symlink, so both colors see the same
 /// files and they survive releases. A build that holds such a path itself
 /// has it replaced, with a warning: the shared data wins.
-fn link_shared(root: &Path, staging: &Path, opts: &Options) -> io::Result<()> {
+/// Returns the directories that got a link, to be made durable.
+fn link_shared(root: &Path, staging: &Path, opts: &Options) -> io::Result<Vec<PathBuf>> {
+    let mut parents = Vec::new();
     for entry in &opts.shared {
         let target = shared_dir(root).join(entry);
         if !target.is_dir() {
@@ -349,8 +353,9 @@ fn link_shared(root: &Path, staging: &Path, opts: &Options) -> io::Result<()> {
         let relative = up.join(layout::SHARED).join(entry);
         std::os::unix::fs::symlink(&relative, &link).map_err(|e| at(&link, e))?;
         let _ = std::os::unix::fs::lchown(&link, opts.owner.map(|o| o.0), opts.owner.map(|o| o.1));
+        parents.push(parent.to_path_buf());
     }
-    Ok(())
+    Ok(parents)
 }
 
 /// Removes staging directories and half-made or half-removed kept copies
