@@ -1669,7 +1669,8 @@ def report(ctx, r1, r2, r3, r3b, r4, r5=None, r6=None, r3c=None):
 def main():
     ap = argparse.ArgumentParser(description="bgd benchmark")
     ap.add_argument("--quick", action="store_true", help="a ~3 minute version with shorter runs")
-    ap.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated measurements to run (1,2,3,4,5,6,7)")
+    ap.add_argument("--only", default="1,2,3,4,5,6,7,8",
+                    help="comma-separated measurements to run (1,2,3,4,5,6,7,8)")
     ap.add_argument("--gthread", action="store_true", help="2: also bgd with gunicorn's gthread workers (keep-alive)")
     ap.add_argument("--systems", default="bgd,bgd-shared,nginx,naive",
                     help="2: which release methods to load-test (bgd, bgd-shared, nginx, naive, bgd-gthread)")
@@ -1781,6 +1782,9 @@ def main():
         if "7" in only:
             import canary
             measure("7", lambda: canary.bench_canary(ctx))
+        if "8" in only:
+            import kept
+            measure("8", lambda: kept.bench_kept(ctx))
         if "3" in only:
             measure("3c", lambda: bench_quiesce_table(ctx))
         r1, r2, r3, r3b, r3c, r4, r5, r6 = (results.get(k) for k in ("1", "2", "3", "3b", "3c", "4", "5", "6"))
@@ -1796,6 +1800,9 @@ def main():
     if results.get("7"):
         import canary
         md += "\n" + "\n".join(canary.report(ctx, results["7"]))
+    if results.get("8"):
+        import kept
+        md += "\n" + "\n".join(kept.report(ctx, results["8"]))
     md += f"\n(bench/run took {time.monotonic() - t0:.0f} s)\n"
     print(md)
     if ctx.out:
