@@ -78,6 +78,9 @@ async fn prepare(
         run_prepare_hooks(ctx, plan, &dir, &progress).await?;
     } else if let Some(build) = &plan.kept {
         timings.stage_ms = stage_kept(ctx, plan, build, cancel, events).await?;
+        // The kept copy is the build as released, before its hooks ran: a
+        // fresh directory needs them again.
+        run_prepare_hooks(ctx, plan, &dir, &progress).await?;
     } else if !dir.is_dir() {
         let m = format!(
             "{} does not exist: nothing to start for {}",
