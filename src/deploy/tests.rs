@@ -5,6 +5,7 @@
 use super::*;
 use crate::protocol::FailureKind;
 
+mod kept;
 mod traffic;
 
 #[derive(Debug, PartialEq)]
