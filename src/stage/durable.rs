@@ -5,10 +5,11 @@
 //! measured, a 1-file build took 957 ms to stage after another process had
 //! written 1.5 GB without syncing. Instead each file written is flushed
 //! (`fdatasync`) and each new directory (`fsync`), from a few threads at
-//! once: the copy already started each file's writeback
-//! (`sync_file_range`), and on a journalling filesystem the first flush
-//! commits the metadata of all of them, so the others find theirs on disk.
-//! Unrelated dirty data is not written. See bench measurement 8.
+//! once, so that a journalling filesystem commits many of them together.
+//! Unrelated dirty data is not written. Measured here (ext4): 10,000 small
+//! files flush in about 450 ms this way against 75 ms for one `syncfs` on a
+//! quiet filesystem, but `syncfs` grows with other programs' dirty data and
+//! this does not. See bench measurement 8.
 
 use std::fs;
 use std::io;
