@@ -122,10 +122,11 @@ def report(ctx, r):
     md = ["", "## 8. Kept releases", "",
           b.table(["build", "keep + stage ms", "cp -a ms", "cp -a + sync ms", "ratio to cp -a + sync"], [
               [kind, f"{m(k[key]):.0f}", f"{m(k['cp']):.0f}", f"{m(k['cp_sync']):.0f}",
-               f"{m(k[key]) / m(k['cp_sync']):.2f}x"]
+               f"{m([x / c for x, c in zip(k[key], k['cp_sync'])]):.2f}x"]
               for kind, key in (("every file new", "new"), ("one file changed", "one"))]), ""]
     md += [b.table(["build", "stage ms, quiet", "stage ms, 1.5 GB dirty", "ratio (goal <= 1.2)"], [
-        [name, f"{m(v['quiet']):.0f}", f"{m(v['dirty']):.0f}", f"{m(v['dirty']) / max(m(v['quiet']), 1):.2f}x"]
+        [name, f"{m(v['quiet']):.0f}", f"{m(v['dirty']):.0f}",
+         f"{m([d / max(q, 1) for q, d in zip(v['quiet'], v['dirty'])]):.2f}x"]
         for name, v in r["dirty"].items()]), ""]
     rb = r["rollback"]
     md += [f"rollback --to a kept release (fastapp, notify): live after {m(rb['live']):.0f} ms, bgd's own "
