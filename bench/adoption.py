@@ -38,8 +38,8 @@ def restart(bgd):
     return (time.monotonic() - t0) * 1000, st
 
 
-def relay_rss_kb():
-    """RSS of every bgd relay process on the machine, in KiB."""
+def relay_rss_kb(ctx):
+    """RSS of the relays of the bgd under test, in KiB."""
     out = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -48,6 +48,8 @@ def relay_rss_kb():
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 if b"__bgd_relay" not in f.read():
                     continue
+            if os.path.realpath(f"/proc/{pid}/exe") != os.path.realpath(ctx.bgd):
+                continue
             out.append(b.kb(b.proc_status(int(pid)), "VmRSS"))
         except OSError:
             pass
@@ -68,7 +70,7 @@ def bench_adoption(ctx):
         fresh = b.Bgd(ctx, f"m10-f-{b.free_port()}", cmd, "http")
         for x in (adopt, fresh):
             x.release(build)
-        relays += relay_rss_kb()
+        relays += relay_rss_kb(ctx)
         r = {"adopt": [], "fresh": [], "ratio": []}
         for rep in range(reps):
             b.wait_for_quiet(ctx, f"rep {rep + 1} {name} adoption")

@@ -1730,7 +1730,7 @@ def report_metrics(r7):
 def main():
     ap = argparse.ArgumentParser(description="bgd benchmark")
     ap.add_argument("--quick", action="store_true", help="a ~3 minute version with shorter runs")
-    ap.add_argument("--only", default="1,2,3,4,5,6,7,9,10", help="comma-separated measurements to run (1,2,3,4,5,6,7,9,10)")
+    ap.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10", help="comma-separated measurements to run (1,2,3,4,5,6,7,8,9,10)")
     ap.add_argument("--gthread", action="store_true", help="2: also bgd with gunicorn's gthread workers (keep-alive)")
     ap.add_argument("--systems", default="bgd,bgd-shared,nginx,naive",
                     help="2: which release methods to load-test (bgd, bgd-shared, nginx, naive, bgd-gthread)")
@@ -1846,6 +1846,9 @@ def main():
         if "7" in only:
             import canary
             measure("7", lambda: canary.bench_canary(ctx))
+        if "8" in only:
+            import kept
+            measure("8", lambda: kept.bench_kept(ctx))
         if "10" in only:
             import adoption
             measure("10", lambda: adoption.bench_adoption(ctx))
@@ -1864,6 +1867,9 @@ def main():
     if results.get("7"):
         import canary
         md += "\n" + "\n".join(canary.report(ctx, results["7"]))
+    if results.get("8"):
+        import kept
+        md += "\n" + "\n".join(kept.report(ctx, results["8"]))
     md += report_metrics(results.get("9"))
     if results.get("10"):
         import adoption

@@ -39,6 +39,16 @@ pub struct Auto {
     last: Option<AutoRelease>,
 }
 
+/// What the operator decided about auto-release, which must survive a
+/// restart of bgd (`root/operator.json`): the pause, and the tree held
+/// back after a failure or a rollback.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Operator {
+    pub paused: bool,
+    /// The held tree's fingerprint and why it is held.
+    pub hold: Option<(String, String)>,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decision {
     Nothing,
@@ -120,6 +130,20 @@ impl Auto {
             step: f.step,
             message: f.message.clone(),
         });
+    }
+
+    /// What must survive a restart of bgd.
+    pub fn operator(&self) -> Operator {
+        Operator {
+            paused: self.paused,
+            hold: self.hold.clone(),
+        }
+    }
+
+    /// Takes back what a previous bgd saved ([`operator`](Self::operator)).
+    pub fn restore(&mut self, op: Operator) {
+        self.paused = op.paused;
+        self.hold = op.hold;
     }
 
     /// Keeps what a reload must not forget from the `Auto` it replaces: the
@@ -259,6 +283,26 @@ mod tests {
             a.decide(Some("good"), false),
             Decision::Release("fixed-2".into())
         );
+    }
+
+    #[test]
+    fn the_pause_and_the_hold_come_back_after_a_restart() {
+        let mut a = auto();
+        settle(&mut a, "new", 1);
+        a.hold_current("a rollback made an older build live");
+        a.paused = true;
+        let saved = serde_json::to_string(&a.operator()).unwrap();
+        let mut b = auto();
+        b.restore(serde_json::from_str(&saved).unwrap());
+        settle(&mut b, "new", 1);
+        assert_eq!(b.decide(Some("old"), false), Decision::Nothing);
+        b.paused = false;
+        assert_eq!(
+            b.decide(Some("old"), false),
+            Decision::Nothing,
+            "still held"
+        );
+        assert!(b.status(false).holding.unwrap().contains("rollback"));
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub struct Config {
     /// `stage = "hardlink"`: link the build's files into the color instead
     /// of copying them (same filesystem, builds that replace files).
     pub hardlink: bool,
+    /// `keep`: how many releases that went live keep their copy in
+    /// `root/releases`, besides the live one and the standby. Default 5.
+    pub keep: usize,
     pub hooks: HooksConfig,
     /// What is allowed but likely a mistake, each already formatted as
     /// `file:line:col: message`, like a [`ConfigError`]. bgd logs them at
@@ -271,6 +274,7 @@ impl Config {
         let control_group = control_group(&src, raw.control_group.as_ref())?;
         let identity = identity(&src, &raw.app)?;
         let hardlink = stage(&src, raw.stage.as_ref(), identity.is_some())?;
+        let keep = keep(&src, raw.keep.as_ref())?;
         check_runs_as(&src, &raw.app, identity.as_ref())?;
         let control_mode = match raw.control_mode {
             Some(m) => parse_mode(m.get_ref()).map_err(|e| src.fail(m.span(), e))?,
@@ -303,6 +307,7 @@ impl Config {
             watch,
             shared,
             hardlink,
+            keep,
             hooks,
             warnings,
         })
@@ -889,6 +894,26 @@ fn stage(
     }
 }
 
+/// How many good releases [`Config::keep`] keeps when the config does not say.
+pub const DEFAULT_KEEP: usize = 5;
+
+/// `keep`: 0 to 1000 releases that went live, besides the live one and the
+/// standby.
+fn keep(src: &Source, keep: Option<&Spanned<i64>>) -> Result<usize, ConfigError> {
+    match keep {
+        None => Ok(DEFAULT_KEEP),
+        Some(k) => usize::try_from(*k.get_ref())
+            .ok()
+            .filter(|n| *n <= 1000)
+            .ok_or_else(|| {
+                src.fail(
+                    k.span(),
+                    format!("keep = {}: write how many releases that went live to keep besides the live one and the standby, 0 to 1000 (default {DEFAULT_KEEP})", k.get_ref()),
+                )
+            }),
+    }
+}
+
 /// Only where `file`'s bgd listens for bgctl (`control`, else `root/bgd.sock`),
 /// without the checks that concern running the app: bgctl may run as
 /// another user than bgd.
@@ -930,6 +955,7 @@ struct Raw {
     watch: Option<RawWatch>,
     shared: Option<Spanned<Vec<String>>>,
     stage: Option<Spanned<String>>,
+    keep: Option<Spanned<i64>>,
     hooks: Option<RawHooks>,
     traffic: Option<RawTraffic>,
     metrics: Option<RawMetrics>,
@@ -1194,6 +1220,14 @@ http = "/healthz"
 
     fn parse(text: &str) -> Result<Config, String> {
         Config::parse(Path::new("/etc/bgd/app.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn keep_is_five_unless_said_and_never_negative() {
+        assert_eq!(parse(GOOD).unwrap().keep, DEFAULT_KEEP);
+        assert_eq!(parse(&format!("keep = 2\n{GOOD}")).unwrap().keep, 2);
+        let e = parse(&format!("keep = -1\n{GOOD}")).unwrap_err();
+        assert!(e.contains("app.toml:1:8: keep = -1: write how many"), "{e}");
     }
 
     /// `[traffic] standby/bake/steps` and `health.interval/failures`

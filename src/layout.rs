@@ -10,6 +10,10 @@
 //!   shared/                 `shared` entries, the same for both colors
 //!   run/<color>.pgid        the process group of a running color
 //!   run/<color>.notify      the color's NOTIFY_SOCKET (`health.notify`)
+//!   releases/<id>/          the kept copy of release <id>, never run from
+//!   releases/.new-<id>/     release <id>'s kept copy being made
+//!   releases/.trash-<id>/   a kept copy set aside to be removed
+//!   operator.json           what the operator decided (watch pause, holds)
 //!   .staging-<id>/          a build being copied for release <id>
 //!   .trash-<id>/            a color's previous build, waiting to be removed
 //! ```
@@ -89,6 +93,45 @@ pub fn notify_socket(root: &Path, color: Color) -> PathBuf {
     run_dir(root).join(format!("{color}.notify"))
 }
 
+/// The name of the directory of kept releases, relative to the root.
+pub const RELEASES: &str = "releases";
+
+/// `root/releases`: one pristine copy per kept release (see `stage`): a
+/// color is staged from it and never runs in it.
+pub fn releases_dir(root: &Path) -> PathBuf {
+    root.join(RELEASES)
+}
+
+/// `root/releases/<id>`: release `id`'s kept copy.
+pub fn release_dir(root: &Path, id: u64) -> PathBuf {
+    releases_dir(root).join(id.to_string())
+}
+
+/// `root/releases/.new-<id>`: release `id`'s kept copy while it is made;
+/// renamed to [`release_dir`] once it is whole and on disk.
+pub fn release_new_dir(root: &Path, id: u64) -> PathBuf {
+    releases_dir(root).join(format!("{NEW_PREFIX}{id}"))
+}
+
+/// `root/releases/.trash-<id>`: a kept copy that is no longer kept, set
+/// aside (one rename) to be removed off the release's path.
+pub fn release_trash_dir(root: &Path, id: u64) -> PathBuf {
+    releases_dir(root).join(format!("{TRASH_PREFIX}{id}"))
+}
+
+/// The release id an entry of [`releases_dir`] names, if it is a whole
+/// kept copy (not one being made or removed).
+pub fn kept_release_id(name: &str) -> Option<u64> {
+    name.parse().ok()
+}
+
+/// `root/operator.json`: what the operator decided and bgd must not
+/// forget when it restarts: auto-release paused, trees held back.
+pub fn operator_file(root: &Path) -> PathBuf {
+    root.join("operator.json")
+}
+
+const NEW_PREFIX: &str = ".new-";
 const STAGING_PREFIX: &str = ".staging-";
 const TRASH_PREFIX: &str = ".trash-";
 
@@ -108,6 +151,12 @@ pub fn trash_dir(root: &Path, id: u64) -> PathBuf {
 /// [`trash_dir`]: left behind by a bgd that died, and safe to remove at start.
 pub fn is_leftover(name: &str) -> bool {
     name.starts_with(STAGING_PREFIX) || name.starts_with(TRASH_PREFIX)
+}
+
+/// Whether `name`, an entry of [`releases_dir`], is a kept copy being made
+/// or removed: left behind by a bgd that died, and safe to remove at start.
+pub fn is_release_leftover(name: &str) -> bool {
+    name.starts_with(NEW_PREFIX) || name.starts_with(TRASH_PREFIX)
 }
 
 #[cfg(test)]
@@ -181,6 +230,23 @@ mod tests {
             let name = dir.file_name().unwrap().to_str().unwrap();
             assert!(is_leftover(name), "{name}");
         }
+    }
+
+    #[test]
+    fn kept_releases_live_in_releases_by_id() {
+        let root = Path::new(ROOT);
+        assert_eq!(release_dir(root, 7), p("/srv/app/releases/7"));
+        assert_eq!(release_new_dir(root, 7), p("/srv/app/releases/.new-7"));
+        assert_eq!(release_trash_dir(root, 7), p("/srv/app/releases/.trash-7"));
+        assert_eq!(kept_release_id("7"), Some(7));
+        for dir in [release_new_dir(root, 7), release_trash_dir(root, 7)] {
+            let name = dir.file_name().unwrap().to_str().unwrap();
+            assert!(is_release_leftover(name), "{name}");
+            assert_eq!(kept_release_id(name), None, "{name}");
+        }
+        assert!(!is_release_leftover("7"));
+        assert!(!is_leftover(RELEASES));
+        assert_eq!(operator_file(root), p("/srv/app/operator.json"));
     }
 
     #[test]

@@ -25,7 +25,8 @@
 //! - `hooks`          `[hooks]` prepare and after_live commands
 //! - `health`         readiness checks that reach the new color alone
 //! - `notify`         the per-color NOTIFY_SOCKET for `health.notify`
-//! - `stage`          copying a build into a color directory atomically
+//! - `stage`          keeping a build and copying it into a color directory atomically
+//! - `releases`       kept releases: which stay, rollback targets, listing, taking over an old root
 //! - `state`          what survives a restart: live color, builds, the `live` symlink
 //! - [`systemd`]      socket activation, fd store, sd_notify messages
 //! - `watch`          auto-release: notify events coalesced into settled-tree events
@@ -65,6 +66,7 @@ mod process;
 pub mod protocol;
 mod reaper;
 pub mod relay;
+mod releases;
 mod rescue;
 pub mod rollout;
 pub mod spawn;

@@ -76,6 +76,11 @@ async fn prepare(
     if let Some(source) = &plan.source {
         timings.stage_ms = stage_build(ctx, plan, source, cancel, events).await?;
         run_prepare_hooks(ctx, plan, &dir, &progress).await?;
+    } else if let Some(build) = &plan.kept {
+        timings.stage_ms = stage_kept(ctx, plan, build, cancel, events).await?;
+        // The kept copy is the build as released, before its hooks ran: a
+        // fresh directory needs them again.
+        run_prepare_hooks(ctx, plan, &dir, &progress).await?;
     } else if !dir.is_dir() {
         let m = format!(
             "{} does not exist: nothing to start for {}",
@@ -165,11 +170,19 @@ async fn stage_build(
             message,
         });
     };
-    let source =
-        stage::validate(source).map_err(|m| failed(FailureKind::BadRequest, Step::Validate, m))?;
-    progress(format!("copying {} into {}", source.display(), plan.color));
+    let root = &ctx.config.fixed.root;
+    let source = stage::validate(source, root)
+        .map_err(|m| failed(FailureKind::BadRequest, Step::Validate, m))?;
+    let need = check_space(ctx, &source).await?;
+    progress(format!(
+        "copying {} into {} and keeping it as release {} (needs up to {})",
+        source.display(),
+        plan.color,
+        plan.release,
+        stage::mb(need.kept + need.color)
+    ));
     let t = Instant::now();
-    let copied = copy(ctx, plan, &source, cancel, events).await?;
+    let copied = copy(ctx, plan, Some(&source), cancel, events).await?;
     let ms = t.elapsed().as_millis() as u64;
     events(Message::Staged {
         task: plan.task,
@@ -183,11 +196,61 @@ async fn stage_build(
         },
     });
     progress(format!(
-        "copied {} files, {:.1} MB in {ms} ms",
+        "copied {} files, {:.1} MB in {ms} ms ({:.1} MB of it new to the kept releases)",
         copied.files,
         copied.bytes as f64 / 1e6,
+        copied.kept_bytes as f64 / 1e6,
     ));
     Ok(ms)
+}
+
+/// Refuses a build the root's filesystem cannot hold, before anything is
+/// copied (step validate); says what it needs.
+async fn check_space(ctx: &Ctx, source: &std::path::Path) -> Result<stage::Need, Failed> {
+    let (root, src, hardlink) = (
+        ctx.config.fixed.root.clone(),
+        source.to_path_buf(),
+        ctx.config.hardlink,
+    );
+    tokio::task::spawn_blocking(move || stage::check_space(&root, &src, hardlink))
+        .await
+        .map_err(|e| {
+            failed(
+                FailureKind::Internal,
+                Step::Validate,
+                format!("sizing task failed: {e}"),
+            )
+        })?
+        .map_err(|m| failed(FailureKind::Stage, Step::Validate, m))
+}
+
+/// Stages a copy of the kept release `build` (a rollback to it); returns
+/// how long it took, in milliseconds.
+async fn stage_kept(
+    ctx: &Ctx,
+    plan: &Launch,
+    build: &Build,
+    cancel: &Arc<AtomicBool>,
+    events: &Sink<Message>,
+) -> Result<u64, Failed> {
+    events(Message::Progress {
+        task: plan.task,
+        step: Step::Stage,
+        message: format!(
+            "copying the kept release {} into {}",
+            build.release, plan.color
+        ),
+    });
+    let t = Instant::now();
+    copy(ctx, plan, None, cancel, events).await?;
+    events(Message::Staged {
+        task: plan.task,
+        build: Build {
+            staged_at: crate::now_rfc3339(),
+            ..build.clone()
+        },
+    });
+    Ok(t.elapsed().as_millis() as u64)
 }
 
 /// `hooks.prepare`, in the staged directory, before the app starts.
@@ -266,11 +329,12 @@ fn not_ready(plan: &Launch, timeout: Duration, last: &str, last_line: Option<&St
     m
 }
 
-/// Stages `source` on a blocking thread.
+/// Stages `source` (or, with `None`, the kept release `plan.release`) on a
+/// blocking thread.
 async fn copy(
     ctx: &Ctx,
     plan: &Launch,
-    source: &std::path::Path,
+    source: Option<&std::path::Path>,
     cancel: &Arc<AtomicBool>,
     events: &Sink<Message>,
 ) -> Result<stage::Copied, Failed> {
@@ -300,14 +364,18 @@ async fn copy(
             });
         })),
     };
-    let (root, src, color, id) = (
+    let (root, src, color, id, release) = (
         ctx.config.fixed.root.clone(),
-        source.to_path_buf(),
+        source.map(|s| s.to_path_buf()),
         plan.color,
         plan.task,
+        plan.release,
     );
     let staged = tokio::task::spawn_blocking(move || {
-        let staged = stage::stage(&root, &src, color, id, &opts);
+        let staged = match &src {
+            Some(src) => stage::stage(&root, src, color, id, &opts),
+            None => stage::stage_kept(&root, release, color, id, &opts),
+        };
         if staged.is_ok() {
             // The color's previous tree goes away off the release's path.
             std::thread::spawn(move || stage::remove_trash(&root, id));

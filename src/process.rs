@@ -375,6 +375,14 @@ pub fn color_env(ctx: &Ctx, color: Color, release: u64) -> Vec<(String, String)>
         .collect();
     env.push(("BG_COLOR".into(), color.to_string()));
     env.push(("BG_RELEASE".into(), release.to_string()));
+    // The color's own directory: where its code is (root/live flips only
+    // at the swap, after the new color is ready).
+    env.push((
+        "BG_DIR".into(),
+        layout::color_dir(&cfg.fixed.root, color)
+            .display()
+            .to_string(),
+    ));
     env.push(("BG_ROOT".into(), cfg.fixed.root.display().to_string()));
     env.push((
         "BG_SHARED".into(),

@@ -36,9 +36,15 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         wait_bake: bool,
     },
-    /// Make the previous color live again: a switch to its standby, or a
-    /// start from its directory.
-    Rollback,
+    /// Make an earlier build live again: kept release `to` (an id or a
+    /// label), else the standby (a switch), else the previous good release
+    /// (staged from its kept copy).
+    Rollback {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+    },
+    /// The kept releases and the space they use.
+    Releases,
     /// Raise the canary's share to `percent`, or make it live (`None`).
     Promote {
         #[serde(default)]

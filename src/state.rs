@@ -25,10 +25,66 @@ pub struct State {
     pub next_release: u64,
     pub blue: Option<Build>,
     pub green: Option<Build>,
+    /// The releases bgd keeps a copy of in `root/releases/<id>` (see
+    /// `stage`), and the failed ones it remembers, oldest first. Missing
+    /// in a state written before releases were kept: `releases::take_over`
+    /// fills it at start.
+    #[serde(default)]
+    pub releases: Vec<Kept>,
+}
+
+/// A release as `root/releases` keeps it: a pristine copy made when it was
+/// staged, which no app ever runs in or writes to (a color runs from its own
+/// copy of it), or only this record, if it failed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Kept {
+    pub release: u64,
+    pub label: Option<String>,
+    /// The directory it was copied from.
+    pub source: String,
+    pub fingerprint: Option<String>,
+    /// When its kept copy was made (or, if it failed, when it failed);
+    /// RFC 3339, UTC.
+    pub made: String,
+    /// It passed its readiness check and went live once: it can be rolled
+    /// back to.
+    pub went_live: bool,
+    /// Its release failed: its copy is removed, this record stays so that
+    /// `bgctl releases` lists it.
+    #[serde(default)]
+    pub failed: bool,
+}
+
+impl Kept {
+    /// The record of `build`'s kept copy, made now.
+    pub fn of(build: &Build) -> Kept {
+        Kept {
+            release: build.release,
+            label: build.label.clone(),
+            source: build.source.clone(),
+            fingerprint: build.fingerprint.clone(),
+            made: build.staged_at.clone(),
+            went_live: build.went_live,
+            failed: false,
+        }
+    }
+
+    /// The record a color gets when this kept copy is staged into it at
+    /// `staged_at`.
+    pub fn build(&self, staged_at: String) -> Build {
+        Build {
+            release: self.release,
+            label: self.label.clone(),
+            source: self.source.clone(),
+            staged_at,
+            went_live: self.went_live,
+            fingerprint: self.fingerprint.clone(),
+        }
+    }
 }
 
 /// The build a color directory holds.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Build {
     pub release: u64,
     pub label: Option<String>,
@@ -83,6 +139,16 @@ impl State {
             Color::Blue => self.blue.as_ref(),
             Color::Green => self.green.as_ref(),
         }
+    }
+
+    /// The kept release `id`, if any.
+    pub fn kept(&self, id: u64) -> Option<&Kept> {
+        self.releases.iter().find(|k| k.release == id)
+    }
+
+    /// The kept release `id`, to change it.
+    pub fn kept_mut(&mut self, id: u64) -> Option<&mut Kept> {
+        self.releases.iter_mut().find(|k| k.release == id)
     }
 
     /// `None` records that the color's directory holds no usable build.

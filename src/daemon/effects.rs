@@ -62,6 +62,7 @@ impl Daemon {
             Effect::Launch(launch) => self.launch(launch),
             Effect::Abort(task) => self.abort(task),
             Effect::Drain { color, process } => self.drain(color, process),
+            Effect::Forget(ids) => self.forget(ids),
             // Dropping a process whose group may still run kills the group.
             Effect::Discard(process) => drop(process),
             Effect::Kill(pid) => {
@@ -137,6 +138,16 @@ impl Daemon {
             }
         });
         self.tasks.insert(task, Task { abort, cancel });
+    }
+
+    /// Removes kept copies the state no longer names, off the loop.
+    fn forget(&self, ids: Vec<u64>) {
+        let root = self.ctx.config.fixed.root.clone();
+        tokio::task::spawn_blocking(move || {
+            for id in ids {
+                crate::stage::remove_kept(&root, id);
+            }
+        });
     }
 
     fn abort(&mut self, task: u64) {

@@ -111,7 +111,8 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
         tracing::warn!("{e}");
     }
     stage::remove_leftovers(&root).with_context(|| format!("cannot clean {}", root.display()))?;
-    let state = State::load(&root)?;
+    let mut state = State::load(&root)?;
+    crate::releases::at_start(&root, &mut state)?;
     let fixed = &config.fixed;
     let listeners = Arc::new(Listeners::adopt_or_bind(
         &fixed.listen,
@@ -263,6 +264,8 @@ struct Daemon {
     status_line: String,
     /// Lifecycle events (`bgctl events`) and the metrics.
     telemetry: telemetry::Telemetry,
+    /// The operator's decisions as last written to `root/operator.json`.
+    saved_operator: crate::auto::Operator,
 }
 
 impl Daemon {
@@ -272,6 +275,7 @@ impl Daemon {
         events: UnboundedSender<Event>,
         telemetry: telemetry::Telemetry,
     ) -> Daemon {
+        let ctx_root = ctx.config.fixed.root.clone();
         Daemon {
             core: Core::new(state, policy(&ctx), now()),
             history: effects::history_writer(ctx.config.fixed.root.clone()),
@@ -292,6 +296,7 @@ impl Daemon {
             auto_due: false,
             status_line: String::new(),
             telemetry,
+            saved_operator: watching::load_operator(&ctx_root),
         }
     }
 
@@ -369,10 +374,11 @@ impl Daemon {
                     wait_bake,
                 })
             }
-            Request::Rollback => {
+            Request::Rollback { to } => {
                 let client = Some(self.client(reply));
-                self.feed(Input::Rollback { client })
+                self.feed(Input::Rollback { client, to })
             }
+            Request::Releases => self.reply_releases(reply),
             Request::Promote { percent } => {
                 let client = Some(self.client(reply));
                 self.feed(Input::Promote { percent, client })
@@ -474,6 +480,7 @@ fn policy_of(config: &Config, listeners: &Listeners) -> crate::deploy::Policy {
         rollout: config.rollout.clone(),
         failures: config.health.failures,
         no_split: listeners.no_split(),
+        keep: config.keep,
     }
 }
 

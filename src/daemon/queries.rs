@@ -23,6 +23,32 @@ impl Daemon {
         });
     }
 
+    /// `bgctl releases`: the kept releases with their sizes, measured off
+    /// the loop.
+    pub(super) fn reply_releases(&self, reply: Responder) {
+        let root = self.ctx.config.fixed.root.clone();
+        let state = self.core.state().clone();
+        let keep = self.ctx.config.keep;
+        let standby = self.core.standby_release();
+        tokio::spawn(async move {
+            let listing = tokio::task::spawn_blocking(move || {
+                crate::releases::listing(&root, &state, standby, keep)
+            })
+            .await;
+            let reply_to = match listing {
+                Ok(l) => Reply::Done {
+                    result: serde_json::to_value(l).expect("a listing serializes infallibly"),
+                },
+                Err(e) => Reply::Error(crate::protocol::Failure::new(
+                    crate::protocol::FailureKind::Internal,
+                    None,
+                    format!("cannot list the releases: {e}"),
+                )),
+            };
+            let _ = reply.send(reply_to);
+        });
+    }
+
     /// The last `lines` lines of output, then (with `follow`) new ones until
     /// the client goes away. Runs beside the loop.
     pub(super) fn stream_logs(

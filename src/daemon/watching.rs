@@ -20,8 +20,9 @@ impl Daemon {
             let events = sink(&self.events, Event::Watch);
             let (state, task) = watch::spawn(w.clone(), events)?;
             let mut auto = Auto::new(w.path.clone(), state);
-            if let Some(old) = old {
-                auto.carry_over(old);
+            match old {
+                Some(old) => auto.carry_over(old),
+                None => auto.restore(self.saved_operator.clone()),
             }
             self.auto = Some(auto);
             self.watcher = Some(task);
@@ -30,6 +31,7 @@ impl Daemon {
     }
 
     pub(super) fn on_watch_settled(&mut self, settled: watch::Settled) {
+        tracing::debug!(generation = settled.generation, "the watched tree settled");
         if let Some(a) = &mut self.auto {
             a.settled(settled.fingerprint, settled.generation);
         }
@@ -48,8 +50,46 @@ impl Daemon {
         };
         a.paused = pause;
         tracing::info!("auto-release {}", if pause { "paused" } else { "resumed" });
+        // Written before the answer, so a restart right after it keeps it.
+        self.save_operator_now();
         self.auto_check();
         self.reply_status(reply);
+    }
+
+    /// Writes `root/operator.json` when the pause or the hold changed since
+    /// it was last written, off the loop, so that they survive a restart.
+    fn save_operator(&mut self) {
+        let Some(op) = self.auto.as_ref().map(Auto::operator) else {
+            return;
+        };
+        if op == self.saved_operator {
+            return;
+        }
+        self.saved_operator = op.clone();
+        let path = crate::layout::operator_file(&self.ctx.config.fixed.root);
+        let data = serde_json::to_vec_pretty(&op).expect("operator decisions serialize");
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = crate::state::write_atomically(&path, &data) {
+                tracing::error!("cannot write {}: {e}; the watch pause or hold would be forgotten if bgd restarted", path.display());
+            }
+        });
+    }
+
+    /// Like [`save_operator`](Self::save_operator), but waits for the
+    /// write (an operator's explicit request).
+    fn save_operator_now(&mut self) {
+        let Some(op) = self.auto.as_ref().map(Auto::operator) else {
+            return;
+        };
+        let path = crate::layout::operator_file(&self.ctx.config.fixed.root);
+        let data = serde_json::to_vec_pretty(&op).expect("operator decisions serialize");
+        match crate::state::write_atomically(&path, &data) {
+            Ok(()) => self.saved_operator = op,
+            Err(e) => tracing::error!(
+                "cannot write {}: {e}; the watch pause would be forgotten if bgd restarted",
+                path.display()
+            ),
+        }
     }
 
     /// The live build's fingerprint, if it came from a watched tree.
@@ -65,6 +105,7 @@ impl Daemon {
     /// neither live already nor held back. Runs when the tree settles, when
     /// a release ends, on reload and when auto-release is resumed.
     pub(super) fn auto_check(&mut self) {
+        self.save_operator();
         let live_fp = self.live_fingerprint();
         let busy = self.core.busy();
         let Some(a) = &mut self.auto else { return };
@@ -83,5 +124,17 @@ impl Daemon {
                 });
             }
         }
+    }
+}
+
+/// Reads `root/operator.json`; a missing or unreadable file decided nothing.
+pub(super) fn load_operator(root: &std::path::Path) -> crate::auto::Operator {
+    let path = crate::layout::operator_file(root);
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            tracing::warn!("ignoring {}: {e}", path.display());
+            crate::auto::Operator::default()
+        }),
+        Err(_) => crate::auto::Operator::default(),
     }
 }

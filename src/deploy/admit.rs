@@ -6,8 +6,11 @@
 //! 3. the dormant color must have stopped (a drain still running there
 //!    refuses it);
 //! 4. a release needs an absolute build path;
-//! 5. a rollback needs a live color, and a dormant color whose build went
-//!    live once; with the dormant color on standby it is a switch;
+//! 5. a rollback needs a live color and a target: with `--to ID|LABEL` a
+//!    kept release that went live (a switch if it is the standby's), else
+//!    the standby (a switch), else the previous good kept release (its
+//!    kept copy is staged into the dormant color), else a dormant color
+//!    whose build went live once (started from its directory);
 //! 6. a canary runs alone: a release or rollback waits for its promote or
 //!    abort, and `--canary` needs a live color and TCP listeners in gate
 //!    mode.
@@ -22,7 +25,8 @@ use super::{ClientId, ColorPhase, Core, Effect, Kind, Launch, Level, Now, Proces
 use super::{Release, ReleasePhase, Shutdown, Trigger};
 use crate::color::Color;
 use crate::protocol::{Failure, FailureKind};
-use crate::state::State;
+use crate::releases;
+use crate::state::{Build, Kept, State};
 
 impl<P: Process> Core<P> {
     /// The color a release or rollback starts: the one that is not live.
@@ -79,23 +83,16 @@ impl<P: Process> Core<P> {
             return self.refuse(client, Failure::new(FailureKind::BadRequest, None, m));
         }
         let color = self.dormant();
-        // A standby in the dormant color drains before anything starts there.
-        let evicting = self.take_running(color).map(|process| {
-            let pid = process.pid();
-            self.enter(color, ColorPhase::Draining { pid }, now.wall);
-            self.emit(Effect::Drain { color, process });
-            pid
-        });
         let before = self.state.clone();
-        let replaced = self.state.build(color).cloned();
+        let (evicting, replaced) = self.clear_dormant(now, color);
         let id = self.state.next_release;
         self.state.next_release += 1;
-        self.state.set_build(color, None);
         self.emit(Effect::Commit(self.state.clone()));
         let launch = Launch {
             task: id,
             color,
             source: Some(source.clone()),
+            kept: None,
             label: label.clone(),
             release: id,
             expect: match &trigger {
@@ -125,6 +122,22 @@ impl<P: Process> Core<P> {
                 evicting,
             },
         });
+    }
+
+    /// Makes the dormant `color` ready to be staged into: a standby there
+    /// drains first (returns its pid), and its record is cleared (returns
+    /// it), so that a crash mid-copy never leaves a record that lies. The
+    /// caller commits the state.
+    fn clear_dormant(&mut self, now: Now, color: Color) -> (Option<Pid>, Option<Build>) {
+        let evicting = self.take_running(color).map(|process| {
+            let pid = process.pid();
+            self.enter(color, ColorPhase::Draining { pid }, now.wall);
+            self.emit(Effect::Drain { color, process });
+            pid
+        });
+        let replaced = self.state.build(color).cloned();
+        self.state.set_build(color, None);
+        (evicting, replaced)
     }
 
     /// Whether a canary of `percent` % can run now; `Err` says why not.
@@ -190,10 +203,14 @@ impl<P: Process> Core<P> {
         true
     }
 
-    /// Begins a rollback: switches back to the dormant color if it is a
-    /// warm standby, or starts it from its directory, if the build there
-    /// went live once.
-    pub(super) fn begin_rollback(&mut self, now: Now, client: Option<ClientId>) {
+    /// Begins a rollback (rule 5): to kept release `to`, else to the
+    /// standby, else to the previous good release.
+    pub(super) fn begin_rollback(
+        &mut self,
+        now: Now,
+        client: Option<ClientId>,
+        to: Option<String>,
+    ) {
         if let Err(f) = self.admissible() {
             return self.refuse(client, f);
         }
@@ -204,17 +221,95 @@ impl<P: Process> Core<P> {
                 "nothing is live, so there is nothing to roll back from: use `bgctl release DIR`";
             return self.refuse(client, refuse(m.into()));
         };
-        if matches!(self.slot(color).phase, ColorPhase::Standby { .. }) {
+        let live_id = self.state.build(live).map(|b| b.release);
+        let standby = matches!(self.slot(color).phase, ColorPhase::Standby { .. });
+        let standby_id = standby
+            .then(|| self.state.build(color).map(|b| b.release))
+            .flatten();
+        let target = match &to {
+            Some(to) => match releases::find(&self.state.releases, to) {
+                Ok(k) => k.clone(),
+                Err(m) => return self.refuse(client, refuse(m)),
+            },
+            None if standby => return self.switch_back(now, client, None),
+            None => match releases::previous(&self.state.releases, live_id) {
+                Some(k) => k.clone(),
+                None => return self.rollback_in_place(now, client),
+            },
+        };
+        let id = target.release;
+        if Some(id) == live_id {
+            let m = format!(
+                "release {id} is already live on {live}; {}",
+                releases::kept_list(&self.state.releases)
+            );
+            return self.refuse(client, refuse(m));
+        }
+        if Some(id) == standby_id {
             return self.switch_back(now, client, None);
         }
+        if !releases::is_good(&target) {
+            let m = format!("release {id} never went live (its release failed), so bgd does not roll back to it; {}", releases::kept_list(&self.state.releases));
+            return self.refuse(client, refuse(m));
+        }
+        self.rollback_to_kept(now, client, target);
+    }
+
+    /// Stages a copy of kept release `k` into the dormant color (draining
+    /// a standby there first), then start, wait_ready, swap, drain.
+    fn rollback_to_kept(&mut self, now: Now, client: Option<ClientId>, k: Kept) {
+        let color = self.dormant();
+        let before = self.state.clone();
+        let (evicting, replaced) = self.clear_dormant(now, color);
+        self.emit(Effect::Commit(self.state.clone()));
+        let task = self.fresh_task();
+        let launch = Launch {
+            task,
+            color,
+            source: None,
+            kept: Some(k.build(String::new())),
+            label: k.label.clone(),
+            release: k.release,
+            expect: None,
+        };
+        let kind = Kind::Rollback {
+            automatic: None,
+            replaced,
+        };
+        let phase = ReleasePhase::Admitting {
+            before,
+            launch,
+            evicting,
+        };
+        self.release = Some(Release::begun(
+            now,
+            task,
+            (k.release, k.label),
+            color,
+            kind,
+            client,
+            phase,
+        ));
+    }
+
+    /// No kept release to go to: starts the dormant color from its
+    /// directory, if the build there went live once (a root whose kept
+    /// copies are gone).
+    fn rollback_in_place(&mut self, now: Now, client: Option<ClientId>) {
+        let refuse = |m: String| Failure::new(FailureKind::BadRequest, None, m);
+        let color = self.dormant();
+        let live = self.state.live.unwrap_or(color.other());
+        let kept = releases::kept_list(&self.state.releases);
         let build = match self.state.build(color) {
             Some(b) if b.went_live => b.clone(),
             Some(b) => {
-                let m = format!("nothing to roll back to: {color} holds release {} which never went live (its release failed); {live} stays live", b.release);
+                let m = format!("nothing to roll back to: {color} holds release {} which never went live (its release failed), and {kept}; {live} stays live", b.release);
                 return self.refuse(client, refuse(m));
             }
             None => {
-                let m = format!("nothing to roll back to: {color} holds no build that went live");
+                let m = format!(
+                    "nothing to roll back to: {color} holds no build that went live, and {kept}"
+                );
                 return self.refuse(client, refuse(m));
             }
         };
@@ -223,25 +318,26 @@ impl<P: Process> Core<P> {
             task,
             color,
             source: None,
+            kept: None,
             label: build.label.clone(),
             release: build.release,
             expect: None,
         };
         self.launch(now, launch, "rollback");
-        self.release = Some(Release {
+        let kind = Kind::Rollback {
+            automatic: None,
+            replaced: None,
+        };
+        let phase = ReleasePhase::Preparing { staged: false };
+        self.release = Some(Release::begun(
+            now,
             task,
-            id: build.release,
+            (build.release, build.label),
             color,
-            label: build.label,
-            kind: Kind::Rollback { automatic: None },
+            kind,
             client,
-            canary: None,
-            wait_bake: false,
-            since: now.wall,
-            started: now.mono,
-            steps: Vec::new(),
-            phase: ReleasePhase::Preparing { staged: false },
-        });
+            phase,
+        ));
     }
 }
 

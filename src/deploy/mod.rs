@@ -83,8 +83,12 @@ pub struct Launch {
     pub task: TaskId,
     /// The color to start: the dormant one, or the live one for a restart.
     pub color: Color,
-    /// The build to stage first; `None` starts what the color holds.
+    /// The build to stage first; `None` starts what the color holds (or
+    /// stages `kept`).
     pub source: Option<PathBuf>,
+    /// A kept release to stage a copy of first (a rollback to it): the
+    /// record the color gets once it is staged.
+    pub kept: Option<Build>,
     pub label: Option<String>,
     /// The release id the color's directory holds (for `BG_RELEASE`).
     pub release: u64,
@@ -128,8 +132,13 @@ pub enum Input<P> {
         /// `--wait-bake`.
         wait_bake: bool,
     },
-    /// `bgctl rollback`.
-    Rollback { client: Option<ClientId> },
+    /// `bgctl rollback [--to ID|LABEL]`.
+    Rollback {
+        client: Option<ClientId>,
+        /// The kept release to go to; `None`: the standby, else the
+        /// previous good release.
+        to: Option<String>,
+    },
     /// `bgctl promote [PERCENT]`: the canary's share becomes `percent`
     /// (1 to 100), or it becomes live (`None`, or 100).
     Promote {
@@ -249,6 +258,9 @@ pub enum Effect<P> {
         color: Color,
         process: P,
     },
+    /// Remove the kept copies of these releases (`root/releases/<id>`),
+    /// off the release's path: the state no longer names them.
+    Forget(Vec<u64>),
     /// Kill a process nobody needs any more (its whole group, SIGKILL).
     Discard(P),
     /// SIGKILL this process group now.
@@ -344,7 +356,7 @@ impl<P: Process> Core<P> {
                 };
                 self.begin_release(now, source, ask)
             }
-            Input::Rollback { client } => self.begin_rollback(now, client),
+            Input::Rollback { client, to } => self.begin_rollback(now, client, to),
             Input::Promote { percent, client } => self.promote(now, percent, client),
             Input::Abort { client } => self.abort_canary(now, client, None),
             Input::Checked { color, pid, result } => self.on_checked(now, color, pid, result),
@@ -415,6 +427,15 @@ impl<P: Process> Core<P> {
             && Color::BOTH
                 .iter()
                 .all(|c| matches!(self.slot(*c).phase, ColorPhase::Stopped))
+    }
+
+    /// The release id of the standby's build, while one is kept warm.
+    pub fn standby_release(&self) -> Option<u64> {
+        Color::BOTH
+            .into_iter()
+            .find(|c| matches!(self.slot(*c).phase, ColorPhase::Standby { .. }))
+            .and_then(|c| self.state.build(c))
+            .map(|b| b.release)
     }
 
     /// The pid of the live color's process, if it runs.

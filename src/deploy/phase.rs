@@ -173,8 +173,13 @@ pub enum Kind {
         /// record; put back if the release ends before staging swaps.
         replaced: Option<Build>,
     },
-    /// `automatic` says why bgd rolled back by itself.
-    Rollback { automatic: Option<String> },
+    /// `automatic` says why bgd rolled back by itself. `replaced`: a
+    /// rollback that stages a kept copy cleared what the dormant color held
+    /// (put back if it ends before staging swaps).
+    Rollback {
+        automatic: Option<String>,
+        replaced: Option<Build>,
+    },
     /// `automatic`: the last of `traffic.steps` ran its time.
     Promote { automatic: bool },
     /// `automatic` says why bgd aborted the canary by itself.
@@ -182,6 +187,15 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// What the dormant color held before this release or rollback
+    /// cleared its record to stage into it.
+    pub fn replaced(&self) -> Option<&Build> {
+        match self {
+            Kind::Release { replaced, .. } | Kind::Rollback { replaced, .. } => replaced.as_ref(),
+            _ => None,
+        }
+    }
+
     /// `release`, `rollback`, `promote` or `abort`.
     pub fn name(&self) -> &'static str {
         match self {
@@ -195,7 +209,9 @@ impl Kind {
     pub fn trigger(&self) -> Trigger {
         match self {
             Kind::Release { trigger, .. } => trigger.clone(),
-            Kind::Rollback { automatic: Some(_) }
+            Kind::Rollback {
+                automatic: Some(_), ..
+            }
             | Kind::Abort { automatic: Some(_) }
             | Kind::Promote { automatic: true } => Trigger::Automatic,
             _ => Trigger::Client,
@@ -262,6 +278,34 @@ pub struct Release<P> {
 }
 
 impl<P> Release<P> {
+    /// What task `task` does to release `id` (with its label) on `color`,
+    /// begun at `now` in `phase`, with no canary and no client waiting for
+    /// the bake: a rollback, a switch back, an abort.
+    pub(super) fn begun(
+        now: super::Now,
+        task: TaskId,
+        (id, label): (u64, Option<String>),
+        color: Color,
+        kind: Kind,
+        client: Option<ClientId>,
+        phase: ReleasePhase<P>,
+    ) -> Release<P> {
+        Release {
+            task,
+            id,
+            color,
+            label,
+            kind,
+            client,
+            canary: None,
+            wait_bake: false,
+            since: now.wall,
+            started: now.mono,
+            steps: Vec::new(),
+            phase,
+        }
+    }
+
     /// The step it is at.
     pub fn step(&self) -> Step {
         match self.steps.last() {

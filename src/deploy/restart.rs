@@ -155,6 +155,7 @@ impl<P: Process> Core<P> {
             task,
             color,
             source: None,
+            kept: None,
             label: build.label,
             release: build.release,
             expect: None,

@@ -34,7 +34,12 @@ impl<P: Process> Core<P> {
             return;
         };
         *staged = true;
-        let color = r.color;
+        let (color, new) = (r.color, matches!(r.kind, Kind::Release { .. }));
+        if new {
+            // Its kept copy is in root/releases now, beside the color's.
+            self.state.releases.retain(|k| k.release != build.release);
+            self.state.releases.push(crate::state::Kept::of(&build));
+        }
         self.state.set_build(color, Some(build));
         self.save();
     }
@@ -80,6 +85,9 @@ impl<P: Process> Core<P> {
         self.state.live = Some(r.color);
         if let Some(mut b) = self.state.build(r.color).cloned() {
             b.went_live = true;
+            if let Some(k) = self.state.kept_mut(b.release) {
+                k.went_live = true;
+            }
             self.state.set_build(r.color, Some(b));
         }
         r.phase = ReleasePhase::Committing {
@@ -243,9 +251,12 @@ impl<P: Process> Core<P> {
         let forced = drained.as_ref().and_then(|d| d.forced.clone());
         let (id, color) = (r.id, r.color);
         let msg = match &r.kind {
-            Kind::Rollback { automatic: None } => format!("rolled back to release {id} on {color}"),
+            Kind::Rollback {
+                automatic: None, ..
+            } => format!("rolled back to release {id} on {color}"),
             Kind::Rollback {
                 automatic: Some(why),
+                ..
             } => {
                 format!("rolled back automatically: {why}; release {id} on {color} serves again")
             }
@@ -281,6 +292,7 @@ impl<P: Process> Core<P> {
             }
         });
         self.ended(now, &r, msg.clone(), None);
+        self.prune_releases(self.state.clone());
         if self.waits_for_bake(r.client) {
             self.reply(
                 r.client,
@@ -311,18 +323,17 @@ impl<P: Process> Core<P> {
         );
         self.log_tail(Level::Error, r.color, &failure.log_tail, usize::MAX);
         self.ended(now, &r, failure.message.clone(), Some(failure.clone()));
-        if let (
-            Kind::Release {
-                replaced: Some(b), ..
-            },
-            ReleasePhase::Preparing { staged: false },
-        ) = (&r.kind, &r.phase)
+        let before = self.state.clone();
+        if let (Some(b), ReleasePhase::Preparing { staged: false }) = (r.kind.replaced(), &r.phase)
         {
             // Nothing was swapped into the color's directory: it still
             // holds what the record said before this release cleared it.
             self.state.set_build(r.color, Some(b.clone()));
-            self.save();
         }
+        if let Kind::Release { source, .. } = &r.kind {
+            self.remember_failed(now, &r, source.display().to_string());
+        }
+        self.prune_releases(before);
         let slot = self.slot_mut(r.color);
         if matches!(slot.phase, ColorPhase::Starting) {
             slot.enter(ColorPhase::Stopped, now.wall);
@@ -385,6 +396,44 @@ impl<P: Process> Core<P> {
             trigger,
             failure,
         })));
+    }
+
+    /// Release `r` failed: its record says so (its kept copy, if it was
+    /// made, goes with the next prune); it never replaced a kept good build.
+    fn remember_failed(&mut self, now: Now, r: &Release<P>, source: String) {
+        match self.state.kept_mut(r.id) {
+            Some(k) => k.failed = true,
+            None => self.state.releases.push(crate::state::Kept {
+                release: r.id,
+                label: r.label.clone(),
+                source,
+                fingerprint: None,
+                made: crate::rfc3339(now.wall),
+                went_live: false,
+                failed: true,
+            }),
+        }
+    }
+
+    /// Keeps the newest `keep` good releases plus those in use (a color
+    /// that runs or is being started, the release in progress), saves the
+    /// state if it differs from `before`, and removes the other copies.
+    pub(super) fn prune_releases(&mut self, before: State) {
+        let mut protect: Vec<u64> = self.release.iter().map(|r| r.id).collect();
+        for c in Color::BOTH {
+            let in_use =
+                !matches!(self.slot(c).phase, ColorPhase::Stopped) || self.state.live == Some(c);
+            if let Some(b) = self.state.build(c).filter(|_| in_use) {
+                protect.push(b.release);
+            }
+        }
+        let gone = crate::releases::prune(&mut self.state.releases, self.policy.keep, &protect);
+        if self.state != before {
+            self.save();
+        }
+        if !gone.is_empty() {
+            self.emit(Effect::Forget(gone));
+        }
     }
 
     fn after_release(&mut self, now: Now) {

@@ -5,6 +5,7 @@
 use super::*;
 use crate::protocol::FailureKind;
 
+mod kept;
 mod traffic;
 
 #[derive(Debug, PartialEq)]
@@ -38,6 +39,7 @@ fn state(live: Option<Color>, blue: Option<Build>, green: Option<Build>) -> Stat
         next_release: 3,
         blue,
         green,
+        releases: vec![],
     }
 }
 
@@ -171,6 +173,7 @@ fn release(dir: &str) -> Input<Proc> {
 fn rollback() -> Input<Proc> {
     Input::Rollback {
         client: Some(CLIENT),
+        to: None,
     }
 }
 
@@ -235,6 +238,7 @@ fn words(effects: &[Effect<Proc>]) -> Vec<String> {
                     if l.source.is_some() { "stage" } else { "start" }
                 ),
                 Effect::Abort(_) => "abort".into(),
+                Effect::Forget(ids) => format!("forget {ids:?}"),
                 Effect::Drain { color, process } => format!("drain {color} {}", process.0),
                 Effect::Discard(p) => format!("discard {}", p.0),
                 Effect::Kill(pid) => format!("kill {pid}"),
@@ -486,7 +490,13 @@ fn a_rollback_starts_the_dormant_build_without_staging() {
         (2, Some("v2"), None)
     );
     let r = t.core.release().unwrap();
-    assert_eq!(r.kind, Kind::Rollback { automatic: None });
+    assert_eq!(
+        r.kind,
+        Kind::Rollback {
+            automatic: None,
+            replaced: None
+        }
+    );
     assert_eq!(r.step(), Step::Start);
     assert!(l.task >= FIRST_OTHER_TASK);
 }
@@ -564,9 +574,10 @@ fn a_failure_before_staging_swapped_puts_the_old_record_back() {
         let effects = t.send(failed(task, step, None));
         assert_eq!(
             words(&effects),
-            ["ended failed", "save", "reply error App"],
+            ["ended failed", "save", "forget [3]", "reply error App"],
             "{step}"
         );
+        assert!(t.core.state().kept(3).unwrap().failed, "{step}");
         assert_eq!(
             t.core.state().green,
             Some(build(2, true)),
@@ -586,9 +597,10 @@ fn a_failure_after_staging_keeps_the_new_record_which_never_went_live() {
         let effects = t.send(failed(task, step, Some(Exit::Code(1))));
         assert_eq!(
             words(&effects),
-            ["ended failed", "reply error App"],
-            "{step}"
+            ["ended failed", "save", "forget [3]", "reply error App"],
+            "{step}: its kept copy goes, its record says it failed"
         );
+        assert!(t.core.state().kept(3).unwrap().failed, "{step}");
         let green = t.core.state().green.clone().unwrap();
         assert_eq!((green.release, green.went_live), (3, false), "{step}");
         assert!(matches!(
@@ -624,7 +636,16 @@ fn a_failed_first_release_stops_listening() {
     let mut t = T::empty();
     let task = t.admit();
     let said = t.says(failed(task, Step::Start, None));
-    assert_eq!(said, ["ended failed", "reply error App", "unlisten"]);
+    assert_eq!(
+        said,
+        [
+            "ended failed",
+            "save",
+            "forget [3]",
+            "reply error App",
+            "unlisten"
+        ]
+    );
 }
 
 #[test]
@@ -657,7 +678,13 @@ fn a_swap_that_cannot_be_written_drains_the_new_color_and_keeps_the_old() {
     let effects = t.send(Input::Committed(Err("disk full".into())));
     assert_eq!(
         words(&effects),
-        ["drain green 200", "ended failed", "reply error Internal"]
+        [
+            "drain green 200",
+            "ended failed",
+            "save",
+            "forget [3]",
+            "reply error Internal"
+        ]
     );
     assert!(error_message(&effects)
         .contains("cannot record the new live color: disk full; the old color stays live"));

@@ -38,6 +38,8 @@ pub struct Policy {
     /// Why new connections cannot be split between the colors here (a Unix
     /// listener, or shared mode), so `--canary` is refused; `None` if they can.
     pub no_split: Option<String>,
+    /// `keep`: good releases whose copies stay, besides the ones in use.
+    pub keep: usize,
 }
 
 impl Default for Policy {
@@ -46,6 +48,7 @@ impl Default for Policy {
             rollout: Rollout::default(),
             failures: 3,
             no_split: None,
+            keep: crate::config::DEFAULT_KEEP,
         }
     }
 }
@@ -300,20 +303,18 @@ impl<P: Process> Core<P> {
             let f = Failure::new(FailureKind::RolledBack, Some(Step::Swap), m);
             self.refuse(Some(w), f);
         }
-        let mut r = Release {
-            task: self.fresh_task(),
-            id: c.release,
-            color: c.color,
-            label: c.label,
-            kind: Kind::Abort { automatic },
+        let task = self.fresh_task();
+        let kind = Kind::Abort { automatic };
+        let phase = ReleasePhase::Preparing { staged: true };
+        let mut r = Release::begun(
+            now,
+            task,
+            (c.release, c.label),
+            c.color,
+            kind,
             client,
-            canary: None,
-            wait_bake: false,
-            since: now.wall,
-            started: now.mono,
-            steps: Vec::new(),
-            phase: ReleasePhase::Preparing { staged: true },
-        };
+            phase,
+        );
         let Some(process) = self.take_running(c.color) else {
             // It died: nothing to drain.
             return self.finish(now, r, Timings::default(), None, None);
@@ -363,20 +364,14 @@ impl<P: Process> Core<P> {
             );
             self.refuse(b.waiter, Failure::new(FailureKind::RolledBack, None, m));
         }
-        let r = Release {
-            task: self.fresh_task(),
-            id: build.as_ref().map_or(0, |b| b.release),
-            color,
-            label: build.and_then(|b| b.label),
-            kind: Kind::Rollback { automatic },
-            client,
-            canary: None,
-            wait_bake: false,
-            since: now.wall,
-            started: now.mono,
-            steps: Vec::new(),
-            phase: ReleasePhase::Preparing { staged: true },
+        let kind = Kind::Rollback {
+            automatic,
+            replaced: None,
         };
+        let (id, label) = build.map_or((0, None), |b| (b.release, b.label));
+        let task = self.fresh_task();
+        let phase = ReleasePhase::Preparing { staged: true };
+        let r = Release::begun(now, task, (id, label), color, kind, client, phase);
         self.log(
             Level::Info,
             format!("rollback to release {} on {color}: its standby takes new connections again, nothing is started", r.id),

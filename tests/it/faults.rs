@@ -168,9 +168,9 @@ fn unreadable_entries_fail_staging_by_name() {
     assert_eq!(bgd.status()["blue"]["state"], "empty");
 }
 
-/// Staging into a full filesystem fails with "no space", removes the
-/// staging directory and leaves both colors as they were. Needs root to
-/// mount a small tmpfs as bgd's root.
+/// A build larger than the filesystem's free space is refused before
+/// staging (the estimate), with no staging directory left and both colors
+/// as they were. Needs root to mount a small tmpfs as bgd's root.
 #[test]
 fn disk_full_during_staging_loses_nothing() {
     if !is_root() {
@@ -209,7 +209,7 @@ fn disk_full_during_staging_loses_nothing() {
     let out = bgd.bgctl(&["release", big.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(6), "{}", text(&out.stderr));
     assert!(
-        text(&out.stderr).contains("no space left on the device that holds bgd's root"),
+        text(&out.stderr).contains("not enough space for this build"),
         "{}",
         text(&out.stderr)
     );

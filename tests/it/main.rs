@@ -12,6 +12,7 @@ mod faults;
 mod fleet;
 mod gate;
 mod inherit;
+mod kept;
 mod lifecycle;
 mod metrics;
 mod operations;

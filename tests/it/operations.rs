@@ -40,6 +40,7 @@ fn prepare_hooks_run_in_the_staged_directory_with_the_release_env() {
         "BG_RELEASE=1".into(),
         format!("BG_ROOT={root}"),
         format!("BG_SHARED={root}/shared"),
+        format!("BG_DIR={root}/blue"),
     ] {
         assert!(
             env.lines().any(|l| l == want),
@@ -485,8 +486,9 @@ fn log_followers_that_leave_are_dropped() {
     });
 }
 
-/// `stage = "hardlink"`: the color's files are the build's files (same
-/// inode), so staging copies no data.
+/// `stage = "hardlink"`: the color's files are its kept copy's files (same
+/// inode), so staging copies the data once (into the kept copy), and the
+/// build's own files are never shared with the running app.
 #[test]
 fn hardlink_staging_links_the_builds_files() {
     use std::os::unix::fs::MetadataExt;
@@ -497,7 +499,9 @@ fn hardlink_staging_links_the_builds_files() {
     let build = example_build(bgd.dir.path(), "b1", "v1");
     bgd.release(&build);
     let src = std::fs::metadata(build.join("server.py")).unwrap();
+    let kept = std::fs::metadata(bgd.root().join("releases/1/server.py")).unwrap();
     let live = std::fs::metadata(bgd.root().join("blue/server.py")).unwrap();
-    assert_eq!((src.dev(), src.ino()), (live.dev(), live.ino()));
+    assert_eq!((kept.dev(), kept.ino()), (live.dev(), live.ino()));
+    assert_ne!(src.ino(), live.ino());
     assert_eq!(release_of(&get(&bgd.addr(), "/").unwrap().1), Some(1));
 }

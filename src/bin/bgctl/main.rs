@@ -76,12 +76,22 @@ enum Command {
     Abort,
     /// Re-execute bgd's binary from disk in place (an upgrade): same pid, the app keeps running.
     Reexec,
-    /// Make the previous color live again: switch back to it while it is on standby, else start
-    /// it from its directory.
+    /// Make an earlier build live again: the standby (a switch), else the previous good release,
+    /// staged from its kept copy; `--to` names a kept release.
     Rollback {
+        /// The kept release to go to, by id or label (`bgctl releases` lists them).
+        #[arg(long, value_name = "ID|LABEL")]
+        to: Option<String>,
         /// Return once bgd has started the rollback.
         #[arg(long)]
         no_wait: bool,
+    },
+    /// List the kept releases (id, label, source, fingerprint, size, when made, state) and the
+    /// space they use.
+    Releases {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Show the live color, each color's process and any release in progress.
     Status {
@@ -173,6 +183,7 @@ enum Print {
     Status,
     Json,
     History,
+    Releases,
     Logs { json: bool },
     Events { json: bool },
     Watch,
@@ -220,11 +231,14 @@ fn run(args: Args) -> Result<u8, Fail> {
             )?;
             return wait_for_bgd(&socket, before).map(|()| code);
         }
-        Command::Rollback { no_wait } => Ask {
-            request: Request::Rollback,
+        Command::Rollback { to, no_wait } => Ask {
+            request: Request::Rollback { to },
             print: Print::Release,
             no_wait,
         },
+        Command::Releases { json } => {
+            Ask::answer(Request::Releases, json_or(json, Print::Releases))
+        }
         Command::Status { json } => Ask::answer(Request::Status, json_or(json, Print::Status)),
         Command::History { json } => Ask::answer(Request::History, json_or(json, Print::History)),
         Command::Logs {
@@ -447,6 +461,7 @@ fn done(out: &show::Out, print: Print, result: serde_json::Value) -> Result<u8, 
         Print::History => {
             out.history(&serde_json::from_value::<Vec<bgd::history::Record>>(result).map_err(bad)?)
         }
+        Print::Releases => out.releases(&result),
         Print::Logs { .. } | Print::Events { .. } => {}
     }
     Ok(0)

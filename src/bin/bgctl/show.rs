@@ -316,6 +316,44 @@ impl Out {
         }
     }
 
+    /// `bgctl releases`: one line per release, oldest first, then the space.
+    pub fn releases(&self, listing: &serde_json::Value) {
+        let on = self.color_out;
+        let mb = |v: &serde_json::Value| format!("{:.1} MB", v.as_f64().unwrap_or(0.0) / 1e6);
+        let text = |v: &serde_json::Value| escape_controls(v.as_str().unwrap_or("-")).into_owned();
+        let list = listing["releases"].as_array().cloned().unwrap_or_default();
+        if list.is_empty() {
+            println!("no releases kept yet");
+        }
+        for r in &list {
+            let state = r["state"].as_str().unwrap_or("?");
+            let painted = match state {
+                "live" => self.paint(on, GREEN, "live   "),
+                "failed" => self.paint(on, RED, "failed "),
+                other => format!("{other:<7}"),
+            };
+            let label = r["label"]
+                .as_str()
+                .map(|l| format!(" ({})", escape_controls(l)))
+                .unwrap_or_default();
+            println!(
+                "{:>4} {painted} {:>9} {} {}{label} {}",
+                r["id"],
+                mb(&r["size"]),
+                text(&r["made"]),
+                text(&r["source"]),
+                self.paint(on, DIM, &text(&r["fingerprint"])),
+            );
+        }
+        println!(
+            "kept releases use {}, the colors {}; {} free; keep = {}",
+            mb(&listing["kept_bytes"]),
+            mb(&listing["colors_bytes"]),
+            mb(&listing["free_bytes"]),
+            listing["keep"]
+        );
+    }
+
     pub fn history(&self, records: &[Record]) {
         let on = self.color_out;
         if records.is_empty() {

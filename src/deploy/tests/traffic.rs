@@ -20,6 +20,7 @@ fn policy(standby_min: u64, bake_min: u64, steps: &[(u8, u64)]) -> Policy {
         },
         failures: 3,
         no_split: None,
+        keep: crate::config::DEFAULT_KEEP,
     }
 }
 
@@ -356,7 +357,11 @@ fn abort_ends_the_split_and_drains_the_canary() {
         }
     );
     let effects = t.send(drained(Color::Green, NEW));
-    assert_eq!(words(&effects), ["ended ok", "reply done"]);
+    assert_eq!(
+        words(&effects),
+        ["ended ok", "save", "forget [3]", "reply done"],
+        "the aborted canary's kept copy goes"
+    );
     assert_eq!(record_of(&effects).kind, "abort");
 }
 
@@ -366,7 +371,14 @@ fn a_canary_that_crashes_or_fails_its_checks_is_aborted_by_itself() {
     let effects = t.send(exited(Color::Green, NEW, 1));
     assert_eq!(
         words(&effects),
-        ["discard 200", "split green 0", "ended ok", "rescue green"]
+        [
+            "discard 200",
+            "split green 0",
+            "ended ok",
+            "save",
+            "forget [3]",
+            "rescue green"
+        ]
     );
     let r = record_of(&effects);
     assert_eq!(

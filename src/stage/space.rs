@@ -1,0 +1,103 @@
+//! Whether the filesystem of bgd's root can hold a build, asked before
+//! anything is copied.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use super::copy::same_file;
+
+/// What staging a build will write, in bytes (each file rounded up to
+/// whole 4 KiB blocks, each directory one block).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Need {
+    /// Into the kept copy: the files the newest kept release does not hold
+    /// unchanged.
+    pub kept: u64,
+    /// Into the color's own copy (nothing with `stage = "hardlink"`).
+    pub color: u64,
+}
+
+const BLOCK: u64 = 4096;
+
+/// Refuses, with what to do, a build at `src` that the filesystem of
+/// `root` cannot hold, before anything is copied: its kept copy (besides
+/// what it can link to the newest kept release) and the color's copy,
+/// against the space free for bgd. `Ok` says what it needs.
+pub fn check_space(root: &Path, src: &Path, hardlink: bool) -> Result<Need, String> {
+    let prev = super::newest_kept(root);
+    let mut need = Need::default();
+    estimate(src, prev.as_deref(), hardlink, &mut need)
+        .map_err(|e| format!("cannot size the build {}: {e}", src.display()))?;
+    let free = free_bytes(root)
+        .map_err(|e| format!("cannot ask how much space {} has: {e}", root.display()))?;
+    let total = need.kept + need.color;
+    if total > free {
+        return Err(format!(
+            "not enough space for this build: it needs {} on the filesystem of bgd's root {} ({} for its kept copy, {} for the color's copy) and {} are free; nothing was copied. Free space there, or lower `keep` (`bgctl releases` shows what kept releases take)",
+            mb(total),
+            root.display(),
+            mb(need.kept),
+            mb(need.color),
+            mb(free)
+        ));
+    }
+    Ok(need)
+}
+
+/// Bytes free for an unprivileged user on the filesystem that holds `path`.
+pub fn free_bytes(path: &Path) -> io::Result<u64> {
+    let st = nix::sys::statvfs::statvfs(path).map_err(io::Error::from)?;
+    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+}
+
+/// `bytes` as megabytes with one decimal, for messages.
+pub fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+fn estimate(dir: &Path, prev: Option<&Path>, hardlink: bool, need: &mut Need) -> io::Result<()> {
+    need.kept += BLOCK;
+    need.color += BLOCK;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = fs::symlink_metadata(entry.path())?;
+        let prev = prev.map(|p| p.join(entry.file_name()));
+        if meta.is_dir() {
+            estimate(&entry.path(), prev.as_deref(), hardlink, need)?;
+        } else if meta.is_file() {
+            let size = meta.size().div_ceil(BLOCK) * BLOCK;
+            if !prev.is_some_and(|p| same_file(&p, &meta)) {
+                need.kept += size;
+            }
+            if !hardlink {
+                need.color += size;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_build_larger_than_the_free_space_is_refused_with_figures() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("b");
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("f"), vec![0u8; 5000]).unwrap();
+        let need = check_space(dir.path(), &src, false).unwrap();
+        assert_eq!(
+            need,
+            Need {
+                kept: 4096 + 8192,
+                color: 4096 + 8192
+            }
+        );
+        let hard = check_space(dir.path(), &src, true).unwrap();
+        assert_eq!(hard.color, 4096);
+    }
+}
