@@ -65,29 +65,7 @@ impl AppProcess {
         let cfg = &ctx.config;
         let mut fds = ctx.listeners.fds_for(color);
         let mut env = color_env(ctx, color, release);
-
-        // Shared mode only: in gate mode the probe reaches the color
-        // through the public address (see `Listeners::probe_target`).
-        let shared = cfg.fixed.traffic == crate::config::TrafficMode::Shared;
-        let probe = if cfg.health.http.is_some() && shared {
-            let (l, addr) = probe_socket()?;
-            env.push(("BG_PROBE_ADDR".into(), addr.to_string()));
-            fds.push((PROBE_FD_NAME.to_string(), l.as_raw_fd()));
-            Some((l, addr))
-        } else {
-            None
-        };
-        let notify = if cfg.health.notify {
-            let n = NotifySocket::bind(
-                &layout::notify_socket(&cfg.fixed.root, color),
-                cfg.app.identity.as_ref(),
-            )?;
-            env.push(("NOTIFY_SOCKET".into(), n.path().display().to_string()));
-            Some(n)
-        } else {
-            None
-        };
-
+        let (probe, notify) = health_sockets(ctx, color, &mut fds, &mut env)?;
         let command = expand_command(&cfg.app.command, &fds)?;
         check_program(&command[0], dir)?;
         let cgroup = ctx.contain.join_fd(color).with_context(|| {
@@ -303,6 +281,43 @@ impl AppProcess {
             self.output.tail()
         }
     }
+}
+
+/// What the health config asks the app to be given: shared mode's probe
+/// socket (in gate mode the probe reaches the color through the public
+/// address, see `Listeners::probe_target`) and a notify socket.
+type HealthSockets = (
+    Option<(std::net::TcpListener, SocketAddr)>,
+    Option<NotifySocket>,
+);
+
+fn health_sockets(
+    ctx: &Ctx,
+    color: Color,
+    fds: &mut Vec<(String, RawFd)>,
+    env: &mut Vec<(String, String)>,
+) -> anyhow::Result<HealthSockets> {
+    let cfg = &ctx.config;
+    let shared = cfg.fixed.traffic == crate::config::TrafficMode::Shared;
+    let probe = if cfg.health.http.is_some() && shared {
+        let (l, addr) = probe_socket()?;
+        env.push(("BG_PROBE_ADDR".into(), addr.to_string()));
+        fds.push((PROBE_FD_NAME.to_string(), l.as_raw_fd()));
+        Some((l, addr))
+    } else {
+        None
+    };
+    let notify = if cfg.health.notify {
+        let n = NotifySocket::bind(
+            &layout::notify_socket(&cfg.fixed.root, color),
+            cfg.app.identity.as_ref(),
+        )?;
+        env.push(("NOTIFY_SOCKET".into(), n.path().display().to_string()));
+        Some(n)
+    } else {
+        None
+    };
+    Ok((probe, notify))
 }
 
 /// A program named with a `/` must be a file in the build.
