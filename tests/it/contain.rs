@@ -9,7 +9,7 @@ use crate::harness::*;
 use crate::load::Load;
 
 /// A build that daemonizes: fork, setsid, fork again, the parent exits;
-/// the grandchild writes its pid to `daemon.pid` and serves fd 3 after 1 s.
+/// the grandchild writes its pid to PIDFILE and serves fd 3 after 1 s.
 const DAEMONIZES: &str = r#"
 import os, socket, time
 if os.fork() > 0:
@@ -17,7 +17,7 @@ if os.fork() > 0:
 os.setsid()
 if os.fork() > 0:
     os._exit(0)
-open("daemon.pid", "w").write(str(os.getpid()))
+open("PIDFILE", "w").write(str(os.getpid()))
 time.sleep(1)
 s = socket.socket(fileno=3)
 while True:
@@ -64,11 +64,14 @@ fn a_daemonizing_build_is_refused_and_its_grandchild_killed() {
             ..Setup::default()
         });
         bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
-        let bad = script_build(bgd.dir.path(), "daemon", DAEMONIZES);
+        // Outside the build: a failed release's copy does not stay.
+        let pidfile = bgd.dir.path().join("daemon.pid");
+        let code = DAEMONIZES.replace("PIDFILE", pidfile.to_str().unwrap());
+        let bad = script_build(bgd.dir.path(), "daemon", &code);
         let out = bgd.bgctl(&["release", bad.to_str().unwrap()]);
         let refused = Instant::now();
         assert_eq!(out.status.code(), Some(1), "{mode}: {}", text(&out.stderr));
-        let pid = read_pid(&bgd.root().join("green/daemon.pid"));
+        let pid = read_pid(&pidfile);
         wait_until(
             &format!("{mode}: the grandchild {pid} to be gone"),
             Duration::from_secs(5),
