@@ -567,6 +567,32 @@ mod tests {
         ));
     }
 
+    /// Two builds whose file has the same size, mtime and mode but other
+    /// bytes (two checkouts do that) are kept apart, not linked as one.
+    #[test]
+    fn a_file_that_only_looks_unchanged_is_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, root) = (dir.path().join("src"), dir.path().join("root"));
+        fs::create_dir_all(&src).unwrap();
+        fs::create_dir(&root).unwrap();
+        let file = src.join("server.py");
+        fs::write(&file, "VERSION = 1").unwrap();
+        let when = fs::metadata(&file).unwrap().modified().unwrap();
+        stage(&root, &src, Color::Blue, 1, &Options::default()).unwrap();
+        fs::write(&file, "VERSION = 2").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+        stage(&root, &src, Color::Green, 2, &Options::default()).unwrap();
+        let k2 = layout::release_dir(&root, 2).join("server.py");
+        assert_eq!(fs::read_to_string(&k2).unwrap(), "VERSION = 2");
+        let green = color_dir(&root, Color::Green).join("server.py");
+        assert_eq!(fs::read_to_string(green).unwrap(), "VERSION = 2");
+    }
+
     #[test]
     fn a_build_that_holds_the_root_or_lies_inside_it_is_refused() {
         let dir = tempfile::tempdir().unwrap();

@@ -153,7 +153,9 @@ impl<'a> Copy<'a> {
     ) -> io::Result<()> {
         let source = match kept {
             Some(k) => {
-                let linked = prev.is_some_and(|p| same_file(p, meta) && link(p, k).is_ok());
+                let linked = prev.is_some_and(|p| {
+                    same_file(p, meta) && same_content(p, from) && link(p, k).is_ok()
+                });
                 if !linked {
                     copy_file(from, k, meta)?;
                     self.files.push(k.to_path_buf());
@@ -179,9 +181,10 @@ impl<'a> Copy<'a> {
     }
 }
 
-/// Whether the kept file at `prev` holds what the build's file with `meta`
-/// holds: same size, mtime and mode (as rsync's `--link-dest` decides; a
-/// kept copy has its source's mtime).
+/// Whether the kept file at `prev` looks like the build's file with `meta`:
+/// same size, mtime and mode (as rsync's `--link-dest` decides; a kept copy
+/// has its source's mtime). Enough for an estimate; a link also needs
+/// [`same_content`].
 pub(super) fn same_file(prev: &Path, meta: &fs::Metadata) -> bool {
     fs::symlink_metadata(prev).is_ok_and(|p| {
         p.is_file()
@@ -190,6 +193,30 @@ pub(super) fn same_file(prev: &Path, meta: &fs::Metadata) -> bool {
             && p.mtime_nsec() == meta.mtime_nsec()
             && p.mode() == meta.mode()
     })
+}
+
+/// Whether the files at `a` and `b` hold the same bytes. Size, mtime and
+/// mode can agree while the contents differ: two checkouts of a repository
+/// give files of equal size the same mtime (found by the fleet test, whose
+/// v1 and v2 were linked as one). Reading both costs no write.
+fn same_content(a: &Path, b: &Path) -> bool {
+    use std::io::Read;
+    let (Ok(mut a), Ok(mut b)) = (fs::File::open(a), fs::File::open(b)) else {
+        return false;
+    };
+    let (mut x, mut y) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    loop {
+        let n = match a.read(&mut x) {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        if n == 0 {
+            return b.read(&mut y[..1]).is_ok_and(|m| m == 0);
+        }
+        if b.read_exact(&mut y[..n]).is_err() || x[..n] != y[..n] {
+            return false;
+        }
+    }
 }
 
 fn link(from: &Path, to: &Path) -> io::Result<()> {
