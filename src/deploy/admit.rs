@@ -232,9 +232,24 @@ impl<P: Process> Core<P> {
                 Err(m) => return self.refuse(client, refuse(m)),
             },
             None if standby => return self.switch_back(now, client, None),
-            None => match releases::previous(&self.state.releases, live_id) {
+            // What was live before: the dormant color's build, if it went
+            // live (a failed release replaced it otherwise), from its kept
+            // copy; else the newest good release before the live one.
+            None => match self
+                .state
+                .build(color)
+                .filter(|b| b.went_live)
+                .and_then(|b| {
+                    self.state
+                        .releases
+                        .iter()
+                        .find(|k| k.release == b.release && releases::is_good(k))
+                }) {
                 Some(k) => k.clone(),
-                None => return self.rollback_in_place(now, client),
+                None => match releases::previous(&self.state.releases, live_id) {
+                    Some(k) => k.clone(),
+                    None => return self.rollback_in_place(now, client),
+                },
             },
         };
         let id = target.release;

@@ -121,3 +121,29 @@ fn rollback_to_names_a_kept_release_by_id_or_label_and_refuses_the_rest() {
     let l = launch_of(&t.send(Input::Committed(Ok(()))));
     assert_eq!((l.release, l.label.as_deref()), (1, Some("v1")));
 }
+
+/// A plain rollback goes to what was live before the live build, the
+/// dormant color's build, even when a newer release id was live earlier
+/// (here: 3 is live after a rollback to 1 and then a release; 1 was live
+/// just before 3, not 2).
+#[test]
+fn a_rollback_goes_to_what_was_live_before_not_the_next_lower_id() {
+    let mut s = state(
+        Some(Color::Green),
+        Some(build(1, true)),
+        Some(build(3, true)),
+    );
+    s.next_release = 4;
+    s.releases = vec![
+        kept(1, true, false),
+        kept(2, true, false),
+        kept(3, true, false),
+    ];
+    let mut t = T::new(s);
+    t.send(Input::Boot);
+    let task = t.restart_task(Color::Green);
+    t.send(ok(task, OLD));
+    t.send(rollback());
+    let l = launch_of(&t.send(Input::Committed(Ok(()))));
+    assert_eq!((l.color, l.release), (Color::Blue, 1));
+}
