@@ -416,13 +416,17 @@ impl<P: Process> Core<P> {
     }
 
     /// Keeps the newest `keep` good releases plus those in use (a color
-    /// that runs or is being started, the release in progress), saves the
-    /// state if it differs from `before`, and removes the other copies.
+    /// that runs or is being started, the release in progress) and what a
+    /// plain rollback goes to (the dormant color's build, if it went live),
+    /// saves the state if it differs from `before`, and removes the other
+    /// copies.
     pub(super) fn prune_releases(&mut self, before: State) {
         let mut protect: Vec<u64> = self.release.iter().map(|r| r.id).collect();
         for c in Color::BOTH {
-            let in_use =
-                !matches!(self.slot(c).phase, ColorPhase::Stopped) || self.state.live == Some(c);
+            let went_live = self.state.build(c).is_some_and(|b| b.went_live);
+            let in_use = went_live
+                || !matches!(self.slot(c).phase, ColorPhase::Stopped)
+                || self.state.live == Some(c);
             if let Some(b) = self.state.build(c).filter(|_| in_use) {
                 protect.push(b.release);
             }
