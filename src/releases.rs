@@ -23,15 +23,25 @@ use crate::state::{Kept, State};
 /// The releases whose copies go, given `keep` and the ones in use
 /// (`protect`); their records are dropped from `list`, except failed ones,
 /// which keep a record (without a copy) until `keep` newer ones failed.
-/// Returns the ids whose copies to remove.
-pub fn prune(list: &mut Vec<Kept>, keep: usize, protect: &[u64]) -> Vec<u64> {
-    let newest_first = |pred: &dyn Fn(&Kept) -> bool| -> HashSet<u64> {
+/// `prefer` (what a plain rollback goes to: the build live before the live
+/// one) is one of the `keep` good ones, however old. Returns the ids whose
+/// copies to remove.
+pub fn prune(list: &mut Vec<Kept>, keep: usize, protect: &[u64], prefer: Option<u64>) -> Vec<u64> {
+    let newest_first = |pred: &dyn Fn(&Kept) -> bool, n: usize| -> HashSet<u64> {
         let mut ids: Vec<u64> = list.iter().filter(|k| pred(k)).map(|k| k.release).collect();
         ids.sort_unstable_by(|a, b| b.cmp(a));
-        ids.into_iter().take(keep).collect()
+        ids.into_iter().take(n).collect()
     };
-    let good = newest_first(&|k: &Kept| is_good(k) && !protect.contains(&k.release));
-    let failed = newest_first(&|k: &Kept| k.failed);
+    let prefer = prefer.filter(|p| {
+        keep > 0 && !protect.contains(p) && list.iter().any(|k| k.release == *p && is_good(k))
+    });
+    let others = keep - usize::from(prefer.is_some());
+    let mut good = newest_first(
+        &|k: &Kept| is_good(k) && !protect.contains(&k.release) && Some(k.release) != prefer,
+        others,
+    );
+    good.extend(prefer);
+    let failed = newest_first(&|k: &Kept| k.failed, keep);
     let stays = |k: &Kept| {
         protect.contains(&k.release) || good.contains(&k.release) || failed.contains(&k.release)
     };

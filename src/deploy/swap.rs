@@ -422,16 +422,18 @@ impl<P: Process> Core<P> {
     /// copies.
     pub(super) fn prune_releases(&mut self, before: State) {
         let mut protect: Vec<u64> = self.release.iter().map(|r| r.id).collect();
+        let mut prefer = None;
         for c in Color::BOTH {
-            let went_live = self.state.build(c).is_some_and(|b| b.went_live);
-            let in_use = went_live
-                || !matches!(self.slot(c).phase, ColorPhase::Stopped)
-                || self.state.live == Some(c);
-            if let Some(b) = self.state.build(c).filter(|_| in_use) {
-                protect.push(b.release);
+            let in_use =
+                !matches!(self.slot(c).phase, ColorPhase::Stopped) || self.state.live == Some(c);
+            match self.state.build(c) {
+                Some(b) if in_use => protect.push(b.release),
+                Some(b) if b.went_live => prefer = Some(b.release),
+                _ => {}
             }
         }
-        let gone = crate::releases::prune(&mut self.state.releases, self.policy.keep, &protect);
+        let keep = self.policy.keep;
+        let gone = crate::releases::prune(&mut self.state.releases, keep, &protect, prefer);
         if self.state != before {
             self.save();
         }

@@ -20,9 +20,20 @@ fn ids(list: &[Kept]) -> Vec<u64> {
 fn prune_keeps_the_newest_good_ones_plus_those_in_use() {
     let mut list: Vec<Kept> = (1..=8).map(|i| kept(i, true, false)).collect();
     // 1 is live (after a rollback), 8 is being released.
-    let gone = prune(&mut list, 3, &[1, 8]);
+    let gone = prune(&mut list, 3, &[1, 8], None);
     assert_eq!(ids(&list), [1, 5, 6, 7, 8]);
     assert_eq!(gone, [2, 3, 4]);
+}
+
+/// What a plain rollback goes to (the build live before the live one) is
+/// one of the `keep`, however old.
+#[test]
+fn prune_keeps_the_rollback_target_within_keep() {
+    let mut list: Vec<Kept> = (1..=8).map(|i| kept(i, true, false)).collect();
+    // 8 is live; 2 was live before it (rolled back to, then 8 released).
+    let gone = prune(&mut list, 3, &[8], Some(2));
+    assert_eq!(ids(&list), [2, 6, 7, 8]);
+    assert_eq!(gone, [1, 3, 4, 5]);
 }
 
 #[test]
@@ -32,7 +43,7 @@ fn a_failed_release_keeps_its_record_but_not_its_copy() {
         kept(2, false, true),
         kept(3, false, false),
     ];
-    let gone = prune(&mut list, 5, &[]);
+    let gone = prune(&mut list, 5, &[], None);
     assert_eq!(
         ids(&list),
         [1, 2],
@@ -44,7 +55,7 @@ fn a_failed_release_keeps_its_record_but_not_its_copy() {
         "the failed one's copy is removed, its record stays"
     );
     let mut many: Vec<Kept> = (1..=4).map(|i| kept(i, false, true)).collect();
-    prune(&mut many, 2, &[]);
+    prune(&mut many, 2, &[], None);
     assert_eq!(ids(&many), [3, 4]);
 }
 
