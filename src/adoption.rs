@@ -142,7 +142,8 @@ fn adoptable(
     if !contain.holds(color, Pid::from_raw(record.pid)) {
         return Err(format!("pid {} is not in {color}'s cgroup", record.pid));
     }
-    let (relay, fds, rest) = crate::relay::reconnect(&layout::relay_socket(root, color))
-        .map_err(|e| format!("its relay does not answer ({e})"))?;
+    let (relay, fds, rest) =
+        crate::relay::reconnect(&layout::relay_socket(root, color), record.pid)
+            .map_err(|e| format!("its relay does not answer ({e})"))?;
     Ok((record, relay, fds, rest))
 }

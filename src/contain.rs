@@ -230,13 +230,13 @@ impl Containment {
             return Ok(());
         }
         let Mode::Cgroup { base } = &self.mode else {
-            return Err("no cgroup: app.memory_max and app.cpu_weight need a writable cgroup v2 (run bgd under systemd with Delegate=yes)".into());
+            return Err("no cgroup: app.memory_max and app.cpu_weight need each color in a cgroup v2 (bgd as root, or under systemd with Delegate=yes) and the controllers enabled for them".into());
         };
         for color in Color::BOTH {
             let dir = base.join(color.as_str());
             let set = |file: &str, value: String, key: &str| {
                 fs::write(dir.join(file), &value).map_err(|e| {
-                    format!("cannot set {key} ({}): {e}; its controller is not enabled for bgd's cgroup {} (run bgd under systemd with Delegate=yes)", dir.join(file).display(), base.display())
+                    format!("cannot set {key} ({}): {e}; its controller is not enabled for the colors' cgroups below {}: bgd enables none itself (under systemd 252 a restarted bgd must be able to join its unit's cgroup), so enable it in the parent's cgroup.subtree_control, or remove {key}", dir.join(file).display(), base.display())
                 })
             };
             if let Some(m) = memory_max {
@@ -281,8 +281,8 @@ fn cgroup_base(root: &Path) -> Result<PathBuf, String> {
     let mount = cgroup2_mount().ok_or("no cgroup v2 hierarchy is mounted")?;
     let own = own_cgroup().ok_or("bgd's cgroup v2 path is not in /proc/self/cgroup")?;
     let own_dir = mount.join(own.trim_start_matches('/'));
-    let base = if delegated(&own_dir) {
-        own_dir.clone()
+    let base = if let Some(unit) = delegated(&own_dir) {
+        unit
     } else {
         own_dir.join(format!(
             "bgd-{:016x}",
@@ -300,27 +300,34 @@ fn cgroup_base(root: &Path) -> Result<PathBuf, String> {
 }
 
 /// Under systemd with `Delegate=yes` the unit's cgroup is bgd's: bgd moves
-/// itself into `supervisor` and enables what controllers it can for the
-/// colors. Anywhere else, no.
-fn delegated(own: &Path) -> bool {
-    let unit = std::env::var_os("INVOCATION_ID").is_some()
-        && own
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().ends_with(".service"));
-    if !unit {
-        return false;
+/// itself into `supervisor` (where a reexec finds it) and returns the
+/// unit's cgroup. Anywhere else, `None`.
+fn delegated(own: &Path) -> Option<PathBuf> {
+    let is_unit = |p: &Path| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().ends_with(".service"))
+    };
+    if std::env::var_os("INVOCATION_ID").is_none() {
+        return None;
+    }
+    // After a reexec bgd is already in its leaf.
+    if own.file_name().is_some_and(|n| n == "supervisor") {
+        return own.parent().filter(|u| is_unit(u)).map(Path::to_path_buf);
+    }
+    if !is_unit(own) {
+        return None;
     }
     let leaf = own.join("supervisor");
     let moved = fs::create_dir_all(&leaf)
         .and_then(|()| fs::write(leaf.join("cgroup.procs"), std::process::id().to_string()));
     if let Err(e) = moved {
         tracing::debug!("not a delegated cgroup ({}): {e}", own.display());
-        return false;
+        return None;
     }
     // No controllers are enabled here: with them, the unit's own cgroup
     // could hold no process, and systemd (before DelegateSubgroup=, v254)
     // puts a restarted bgd there. Memory and CPU limits need them.
-    true
+    Some(own.to_path_buf())
 }
 
 /// Where the cgroup v2 hierarchy is mounted (/proc/self/mountinfo,

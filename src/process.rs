@@ -136,7 +136,7 @@ impl AppProcess {
             let status = match reaped {
                 Some(r) => r.await.unwrap_or(Exit::Unknown),
                 None => {
-                    wait_pidfd(pid).await;
+                    wait_pidfd(pid, found.record.start_time).await;
                     Exit::Unknown
                 }
             };
@@ -446,8 +446,9 @@ impl Output {
 
 /// Logs each line of one output stream and keeps the last ones.
 /// Hands the app's output pipes to a relay of the color (so that they
-/// outlive bgd) and reads the lines back from it; if no relay can start,
-/// reads the pipes directly (the app then gets SIGPIPE once bgd is gone).
+/// outlive bgd) and reads the lines back from it. bgd keeps its own copies
+/// of the pipes until the relay answers: if none does, it reads them
+/// directly (the app then gets SIGPIPE once bgd is gone).
 fn capture_through_relay(
     ctx: &Ctx,
     color: Color,
@@ -457,21 +458,29 @@ fn capture_through_relay(
 ) {
     let path = layout::relay_socket(&ctx.config.fixed.root, color);
     let hub = ctx.logs.clone();
-    if let Err(e) = relay::start(&path, &stdout, &stderr, ctx.listeners.named()) {
-        tracing::warn!(%color, "cannot start the relay of {color} ({e}): its output is read directly, and the app will not outlive bgd");
-        for (fd, stream) in [(stdout, "stdout"), (stderr, "stderr")] {
-            tokio::spawn(capture(fd, stream, color, pid, output.clone(), hub.clone()));
-        }
-        return;
-    }
-    drop((stdout, stderr));
+    let started = relay::start(
+        &path,
+        pid.as_raw(),
+        (&stdout, &stderr),
+        ctx.listeners.named(),
+    );
     let output = output.clone();
     tokio::spawn(async move {
-        match relay::connect(&path).await {
-            Ok((conn, rest)) => relay_lines(conn, rest, color, pid, output, hub).await,
+        let reached = match started {
+            Ok(()) => relay::connect(&path, pid.as_raw()).await,
+            Err(e) => Err(e),
+        };
+        match reached {
+            Ok((conn, rest)) => {
+                // The relay reads the pipes now.
+                drop((stdout, stderr));
+                relay_lines(conn, rest, color, pid, output, hub).await
+            }
             Err(e) => {
-                tracing::warn!(%color, "cannot reach the relay of {color} at {}: {e}", path.display());
-                output.eof.send_modify(|n| *n = 2);
+                tracing::warn!(%color, "no relay for {color} ({e}): its output is read directly, and the app will not outlive bgd");
+                for (fd, stream) in [(stdout, "stdout"), (stderr, "stderr")] {
+                    tokio::spawn(capture(fd, stream, color, pid, output.clone(), hub.clone()));
+                }
             }
         }
     });
@@ -521,13 +530,22 @@ fn parent_of(pid: Pid) -> Option<i32> {
         .ok()
 }
 
-/// Waits until `pid` exits, through a pidfd (pidfd_open(2), Linux 5.3): it
-/// becomes readable then. Returns at once if it cannot be opened (the
-/// process is gone).
-async fn wait_pidfd(pid: Pid) {
+/// Waits until `pid` (started at `start_time`, field 22 of its stat)
+/// exits, through a pidfd (pidfd_open(2), Linux 5.3): it becomes readable
+/// then. Where no pidfd can be had (an older kernel, a seccomp filter), it
+/// looks at the start time once a second instead.
+async fn wait_pidfd(pid: Pid, start_time: u64) {
     // SAFETY: pidfd_open with a pid and no flags returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    if fd < 0 {
+    // The pidfd names the process only if it is still the recorded one.
+    if fd < 0 || adoption::start_time(pid.as_raw()) != Some(start_time) {
+        if fd >= 0 {
+            // SAFETY: closing the fd just opened, which nothing else owns.
+            drop(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+        }
+        while adoption::start_time(pid.as_raw()) == Some(start_time) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
         return;
     }
     // SAFETY: the fd was just created and nothing else owns it.

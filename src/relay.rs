@@ -88,6 +88,11 @@ pub fn main() -> i32 {
             return 1;
         }
     };
+    // Its own socket file: the one to remove at the end, unless a newer
+    // relay of the color has put its own there meanwhile.
+    let own = std::fs::metadata(&path)
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .ok();
     let shared = Arc::new(Mutex::new(Shared {
         client: None,
         pending: VecDeque::new(),
@@ -99,14 +104,21 @@ pub fn main() -> i32 {
         // else in this process owns them.
         let pipe = unsafe { OwnedFd::from_raw_fd(fd) };
         let (shared, path) = (shared.clone(), path.clone());
-        std::thread::spawn(move || pump(pipe, tag, &shared, &path));
+        std::thread::spawn(move || pump(pipe, tag, &shared, &path, own));
     }
     let sockets: Vec<RawFd> = (0..names.len() as RawFd)
         .map(|i| FIRST_FD + 2 + i)
         .collect();
-    let header = format!("{}\n", names.join(":"));
+    // Which app this relay is for: bgd checks it, so a relay of an earlier
+    // process of the color, still draining its pipes, is never taken.
+    let app = std::env::var("BGD_RELAY_APP").unwrap_or_default();
+    let header = format!("{app} {}\n", names.join(":"));
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
+        // A bgd that stops reading (stopped, wedged) must not stall the
+        // pipes: a write that cannot finish in 1 s drops the connection,
+        // and lines are kept until the next one.
+        let _ = conn.set_write_timeout(Some(std::time::Duration::from_secs(1)));
         if hand_over(&conn, header.as_bytes(), &sockets).is_err() {
             continue;
         }
@@ -137,7 +149,7 @@ fn hand_over(conn: &UnixStream, header: &[u8], fds: &[RawFd]) -> io::Result<()> 
 }
 
 /// Reads one pipe to its end, sending each line to bgd as `tag text`.
-fn pump(pipe: OwnedFd, tag: u8, shared: &Mutex<Shared>, path: &std::path::Path) {
+fn pump(pipe: OwnedFd, tag: u8, shared: &Mutex<Shared>, path: &std::path::Path, own: Option<u64>) {
     let mut reader = BufReader::new(std::fs::File::from(pipe));
     let mut line = Vec::new();
     loop {
@@ -165,7 +177,12 @@ fn pump(pipe: OwnedFd, tag: u8, shared: &Mutex<Shared>, path: &std::path::Path) 
     s.send(vec![tag.to_ascii_lowercase(), b'\n']);
     s.ended += 1;
     if s.ended == 2 {
-        let _ = std::fs::remove_file(path);
+        let ino = std::fs::metadata(path)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .ok();
+        if ino.is_some() && ino == own {
+            let _ = std::fs::remove_file(path);
+        }
         std::process::exit(0);
     }
 }
@@ -178,8 +195,8 @@ fn pump(pipe: OwnedFd, tag: u8, shared: &Mutex<Shared>, path: &std::path::Path) 
 /// dropped once this returns.
 pub(crate) fn start(
     path: &std::path::Path,
-    stdout: &OwnedFd,
-    stderr: &OwnedFd,
+    app: i32,
+    (stdout, stderr): (&OwnedFd, &OwnedFd),
     sockets: Vec<(String, RawFd)>,
 ) -> io::Result<()> {
     let names: Vec<&str> = sockets.iter().map(|(n, _)| n.as_str()).collect();
@@ -190,6 +207,7 @@ pub(crate) fn start(
     let env = vec![
         ("BGD_RELAY_SOCKET".to_string(), path.display().to_string()),
         ("BGD_RELAY_FDNAMES".to_string(), names.join(":")),
+        ("BGD_RELAY_APP".to_string(), app.to_string()),
     ];
     fds.extend(sockets.iter().cloned());
     let command = ["/proc/self/exe".to_string(), RELAY_ARG.to_string()];
@@ -209,7 +227,7 @@ pub(crate) fn start(
 
 /// Receives the sockets a relay hands over on `conn`: their fds, named,
 /// and whatever bytes came after the naming line.
-fn receive(conn: RawFd) -> io::Result<(Vec<(OwnedFd, String)>, Vec<u8>)> {
+fn receive(conn: RawFd) -> io::Result<(i32, Vec<(OwnedFd, String)>, Vec<u8>)> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned};
     let mut buf = vec![0u8; 8192];
     let mut space = nix::cmsg_space!([RawFd; 128]);
@@ -230,7 +248,10 @@ fn receive(conn: RawFd) -> io::Result<(Vec<(OwnedFd, String)>, Vec<u8>)> {
         .iter()
         .position(|b| *b == b'\n')
         .ok_or_else(|| io::Error::other("the relay's first message names no sockets"))?;
-    let names: Vec<String> = String::from_utf8_lossy(&buf[..end])
+    let header = String::from_utf8_lossy(&buf[..end]).to_string();
+    let (app, names) = header.split_once(' ').unwrap_or(("", &header));
+    let app: i32 = app.parse().unwrap_or(0);
+    let names: Vec<String> = names
         .split(':')
         .filter(|n| !n.is_empty())
         .map(str::to_string)
@@ -243,6 +264,7 @@ fn receive(conn: RawFd) -> io::Result<(Vec<(OwnedFd, String)>, Vec<u8>)> {
         )));
     }
     Ok((
+        app,
         fds.into_iter().zip(names).collect(),
         buf[end + 1..].to_vec(),
     ))
@@ -253,28 +275,38 @@ fn receive(conn: RawFd) -> io::Result<(Vec<(OwnedFd, String)>, Vec<u8>)> {
 /// connection and the first bytes of output are kept.
 pub(crate) async fn connect(
     path: &std::path::Path,
+    app: i32,
 ) -> io::Result<(tokio::net::UnixStream, Vec<u8>)> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     let mut wait = std::time::Duration::from_millis(1);
-    let conn = loop {
-        match tokio::net::UnixStream::connect(path).await {
-            Ok(c) => break c,
-            Err(e) if tokio::time::Instant::now() > deadline => return Err(e),
-            Err(_) => {
+    loop {
+        let attempt = async {
+            let conn = tokio::net::UnixStream::connect(path).await?;
+            loop {
+                conn.readable().await?;
+                match conn.try_io(tokio::io::Interest::READABLE, || receive(conn.as_raw_fd())) {
+                    Ok((of, _sockets, rest)) => return Ok((of, conn, rest)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        match attempt.await {
+            // The relay of this app, not one of an earlier process of the
+            // color that still drains its pipes under the same path.
+            Ok((of, conn, rest)) if of == app => return Ok((conn, rest)),
+            Ok(_) | Err(_) if tokio::time::Instant::now() > deadline => {
+                return Err(io::Error::other(format!(
+                    "no relay for pid {app} answers at {}",
+                    path.display()
+                )))
+            }
+            _ => {
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(std::time::Duration::from_millis(50));
             }
         }
-    };
-    let (_sockets, rest) = loop {
-        conn.readable().await?;
-        match conn.try_io(tokio::io::Interest::READABLE, || receive(conn.as_raw_fd())) {
-            Ok(r) => break r,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    };
-    Ok((conn, rest))
+    }
 }
 
 /// Connects to the relay at `path` left by a previous bgd, at start-up
@@ -282,10 +314,16 @@ pub(crate) async fn connect(
 /// the first bytes of output.
 pub(crate) fn reconnect(
     path: &std::path::Path,
+    app: i32,
 ) -> io::Result<(UnixStream, Vec<(OwnedFd, String)>, Vec<u8>)> {
     let conn = UnixStream::connect(path)?;
     conn.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
-    let (fds, rest) = receive(conn.as_raw_fd())?;
+    let (of, fds, rest) = receive(conn.as_raw_fd())?;
+    if of != app {
+        return Err(io::Error::other(format!(
+            "the relay there is pid {of}'s, not pid {app}'s"
+        )));
+    }
     conn.set_read_timeout(None)?;
     Ok((conn, fds, rest))
 }

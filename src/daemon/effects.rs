@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::Signal;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::{sink, Daemon, Event, Task};
@@ -65,9 +65,8 @@ impl Daemon {
             Effect::Forget(ids) => self.forget(ids),
             // Dropping a process whose group may still run kills the group.
             Effect::Discard(process) => drop(process),
-            Effect::Kill(pid) => {
-                let _ = killpg(pid, Signal::SIGKILL);
-            }
+            // Every process of the color, setsid()ed workers too.
+            Effect::Kill { color, pid } => self.ctx.contain.signal(color, pid, Signal::SIGKILL),
             Effect::RestartAfter { color, delay } => {
                 let events = self.events.clone();
                 tokio::spawn(async move {

@@ -86,8 +86,8 @@ pub(crate) enum Event {
     Tick,
     /// SIGUSR2: re-execute bgd's binary in place.
     Reexec,
-    /// The new binary passed its check: refuse requests until the exec.
-    ExecPending,
+    /// The new binary failed its check: requests are taken again.
+    ExecAbandoned,
     /// Exec the new binary now.
     Exec,
 }
@@ -336,7 +336,7 @@ impl Daemon {
                 Event::Reload => self.on_reload(),
                 Event::Tick => self.on_tick(),
                 Event::Reexec => self.reexec(None),
-                Event::ExecPending => self.exec_pending = true,
+                Event::ExecAbandoned => self.exec_pending = false,
                 Event::Exec => self.exec_now(),
             }
             if std::mem::take(&mut self.auto_due) {

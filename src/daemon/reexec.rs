@@ -45,9 +45,19 @@ impl Daemon {
                     .into(),
             );
         }
+        let (standby, bake) = self.core.deadlines(super::now());
+        if standby.is_some() || bake.is_some() {
+            return refuse(&reply, "a standby is kept or a bake runs, and a reexec keeps only the live color: run it once they are over, or after a rollback".into());
+        }
         if self.exec_pending {
             return refuse(&reply, "a reexec is already under way".into());
         }
+        if let Err(m) = self.listen_unchanged() {
+            return refuse(&reply, m);
+        }
+        // From now on requests are refused, so nothing begins that the
+        // exec would cut.
+        self.exec_pending = true;
         let exe = self.exe.clone();
         let config = self.ctx.config.file.clone();
         let ctx = self.ctx.clone();
@@ -62,7 +72,6 @@ impl Daemon {
             let checked = check(&ctx, &command).await;
             match checked {
                 Ok(()) => {
-                    let _ = events.send(Event::ExecPending);
                     tracing::info!(
                         "re-executing {} in place (pid {})",
                         exe.display(),
@@ -84,13 +93,43 @@ impl Daemon {
                         exe.display()
                     );
                     refuse(&reply, m);
+                    let _ = events.send(Event::ExecAbandoned);
                 }
             }
         });
     }
 
+    /// The config on disk listens as bgd does: the new program takes the
+    /// sockets from the relays, and cannot bind others while they run.
+    fn listen_unchanged(&self) -> Result<(), String> {
+        let new = crate::config::Config::load(&self.ctx.config.file)
+            .map_err(|e| format!("the config does not load: {e}"))?;
+        let changed = self.ctx.config.fixed.changed_keys(&new.fixed);
+        if changed
+            .iter()
+            .any(|k| k.starts_with("[[listen]]") || k.starts_with("traffic.mode"))
+        {
+            return Err(format!("the config changes {}: a reexec keeps the sockets it has; restart bgd to apply that", changed.join(", ")));
+        }
+        Ok(())
+    }
+
     /// Replaces this process's program; returns only if that failed.
     pub(super) fn exec_now(&mut self) {
+        // Something began after all (an automatic rollback): not now.
+        let draining = crate::color::Color::BOTH.iter().any(|c| {
+            matches!(
+                self.core.slot(*c).phase,
+                crate::deploy::ColorPhase::Draining { .. }
+            )
+        });
+        if self.core.release().is_some() || self.core.canary().is_some() || draining {
+            tracing::error!(
+                "reexec abandoned: a release, canary or drain runs; ask again when it is over"
+            );
+            self.exec_pending = false;
+            return;
+        }
         crate::systemd::reloading();
         let path = CString::new(self.exe.as_os_str().as_bytes());
         let args: Result<Vec<CString>, _> = std::env::args_os()

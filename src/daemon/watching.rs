@@ -107,7 +107,7 @@ impl Daemon {
     pub(super) fn auto_check(&mut self) {
         self.save_operator();
         let live_fp = self.live_fingerprint();
-        let busy = self.core.busy();
+        let busy = self.core.busy() || self.exec_pending;
         let Some(a) = &mut self.auto else { return };
         match a.decide(live_fp.as_deref(), busy) {
             Decision::Nothing => {}

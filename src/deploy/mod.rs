@@ -264,7 +264,10 @@ pub enum Effect<P> {
     /// Kill a process nobody needs any more (its whole group, SIGKILL).
     Discard(P),
     /// SIGKILL this process group now.
-    Kill(Pid),
+    Kill {
+        color: Color,
+        pid: Pid,
+    },
     /// Send [`Input::RestartDue`] after this long.
     RestartAfter {
         color: Color,

@@ -101,8 +101,9 @@ impl<P: Process> Core<P> {
             return;
         }
         if self.unhealthy(now, color, format!("it exited ({exit})")) {
-            // Switched back to the standby: nothing starts here again.
-            return self.emit(Effect::Rescue(color));
+            // Switching back to the standby (the rescue of what was queued
+            // for this color follows the recorded switch, in `retire`).
+            return;
         }
         let slot = self.slot_mut(color);
         slot.restarts += 1;
@@ -121,7 +122,7 @@ impl<P: Process> Core<P> {
         self.schedule_restart(color);
     }
 
-    fn schedule_restart(&mut self, color: Color) {
+    pub(super) fn schedule_restart(&mut self, color: Color) {
         let slot = self.slot_mut(color);
         let delay = backoff(slot.streak);
         slot.streak += 1;
@@ -176,6 +177,11 @@ impl<P: Process> Core<P> {
         let pid = process.pid();
         self.log(Level::Info, format!("{color} (pid {pid}) is serving again"));
         self.emit(Effect::Steer(color));
+        // A steer ends any split: a canary beside it gets its share back.
+        if let Some(c) = &self.canary {
+            let (canary, percent) = (c.color, c.percent);
+            self.emit(Effect::Split { canary, percent });
+        }
         self.enter(color, ColorPhase::Live { process }, now.wall);
         self.ready();
     }

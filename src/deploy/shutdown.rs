@@ -86,7 +86,7 @@ impl<P: Process> Core<P> {
         self.log(Level::Warn, "second stop signal: killing every color now");
         for color in Color::BOTH {
             if let Some(pid) = self.slot(color).pid() {
-                self.emit(Effect::Kill(pid));
+                self.emit(Effect::Kill { color, pid });
             }
         }
     }

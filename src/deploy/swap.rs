@@ -132,6 +132,36 @@ impl<P: Process> Core<P> {
         let (color, pid) = (r.color, process.pid());
         self.enter(color, ColorPhase::Draining { pid }, now.wall);
         self.emit(Effect::Drain { color, process });
+        if matches!(r.kind, Kind::Promote { .. }) {
+            // The canary drains: it gets no more connections.
+            self.emit(Effect::Split {
+                canary: color,
+                percent: 0,
+            });
+        }
+        let old = color.other();
+        if matches!(
+            r.kind,
+            Kind::Rollback {
+                automatic: Some(_),
+                ..
+            }
+        ) && self.state.live == Some(old)
+            && matches!(self.slot(old).phase, ColorPhase::Stopped)
+            && self.shutdown == super::Shutdown::Running
+        {
+            // It crashed and the switch away could not be recorded: it is
+            // still the live color, so it starts again.
+            self.enter(
+                old,
+                ColorPhase::Restarting {
+                    task: None,
+                    failed: None,
+                },
+                now.wall,
+            );
+            self.schedule_restart(old);
+        }
         let m = format!("cannot record the new live color: {e}; the old color stays live");
         let f = Failure::new(FailureKind::Internal, Some(Step::Swap), m);
         // The new build is in the color's directory: `fail` must keep its
@@ -148,7 +178,7 @@ impl<P: Process> Core<P> {
         let (id, new) = (r.id, r.color);
         self.emit(Effect::PointLive(new));
         self.emit(Effect::Steer(new));
-        self.end_bake_of_old(new);
+        self.end_bake_of_old(new, &r.kind);
         let slot = self.slot_mut(new);
         slot.restarts = 0;
         slot.streak = 0;
@@ -188,12 +218,23 @@ impl<P: Process> Core<P> {
             });
         }
         // The old color was dead and restarting (that restart is moot), or
-        // nothing ran there (the first release).
+        // nothing ran there (the first release), or it crashed and bgd
+        // switched away from it: what the kernel queued for it in that
+        // instant goes to the live color.
         if let ColorPhase::Restarting {
             task: Some(task), ..
         } = self.enter(old, ColorPhase::Stopped, now.wall)
         {
             self.emit(Effect::Abort(task));
+        }
+        if matches!(
+            r.kind,
+            Kind::Rollback {
+                automatic: Some(_),
+                ..
+            }
+        ) {
+            self.emit(Effect::Rescue(old));
         }
         self.finish(now, r, timings, None, None);
     }

@@ -241,7 +241,7 @@ fn words(effects: &[Effect<Proc>]) -> Vec<String> {
                 Effect::Forget(ids) => format!("forget {ids:?}"),
                 Effect::Drain { color, process } => format!("drain {color} {}", process.0),
                 Effect::Discard(p) => format!("discard {}", p.0),
-                Effect::Kill(pid) => format!("kill {pid}"),
+                Effect::Kill { pid, .. } => format!("kill {pid}"),
                 Effect::RestartAfter { color, delay } => {
                     format!("restart {color} after {}ms", delay.as_millis())
                 }

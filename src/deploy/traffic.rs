@@ -427,9 +427,15 @@ impl<P: Process> Core<P> {
         Ok(r)
     }
 
-    /// A swap made another color live: a bake of the one before ends.
-    pub(super) fn end_bake_of_old(&mut self, new: Color) {
+    /// A swap made another color live: a bake of the one before ends. Its
+    /// `--wait-bake` client hears that its release was rolled back (by a
+    /// rollback) or superseded (by a newer release).
+    pub(super) fn end_bake_of_old(&mut self, new: Color, by: &Kind) {
         if let Some(b) = self.bake.take_if(|b| b.color != new) {
+            if matches!(by, Kind::Rollback { .. }) {
+                let m = format!("release {} was rolled back during its bake", b.release);
+                return self.refuse(b.waiter, Failure::new(FailureKind::RolledBack, None, m));
+            }
             let m = format!(
                 "release {} was superseded during its bake: another release is live",
                 b.release

@@ -228,14 +228,55 @@ fn failed_checks_during_the_bake_switch_back_by_themselves() {
 fn a_crash_during_the_bake_switches_back_instead_of_restarting() {
     let mut t = swapped_with_standby();
     let said = t.says(exited(Color::Green, NEW, 5));
-    // The daemon carries out what follows the commit (the steer back)
-    // before the rescue of green's queue.
-    assert_eq!(said, ["discard 200", "commit", "rescue green"]);
+    assert_eq!(said, ["discard 200", "commit"]);
     let said = t.says(Input::Committed(Ok(())));
-    assert!(said.contains(&"steer blue".to_string()), "{said:?}");
+    // Green's queue is rescued once the switch is recorded and steered.
+    let steer = said.iter().position(|w| w == "steer blue");
+    let rescue = said.iter().position(|w| w == "rescue green");
+    assert!(steer.is_some() && steer < rescue, "{said:?}");
     // Nothing to drain: the rollback ends at once.
     assert!(said.ends_with(&["ended ok".to_string()]), "{said:?}");
     assert_eq!(t.core.state().live, Some(Color::Blue));
+}
+
+/// If that switch cannot be recorded, the crashed color is still the live
+/// one: it starts again (nothing is rescued into its own queue).
+#[test]
+fn a_crash_during_the_bake_whose_switch_cannot_be_recorded_restarts() {
+    let mut t = swapped_with_standby();
+    t.send(exited(Color::Green, NEW, 5));
+    let said = t.says(Input::Committed(Err("disk full".into())));
+    assert!(
+        said.iter().any(|w| w.starts_with("restart green after")),
+        "{said:?}"
+    );
+    assert!(!said.iter().any(|w| w.starts_with("rescue")), "{said:?}");
+    assert_eq!(t.core.state().live, Some(Color::Green));
+}
+
+/// A `--wait-bake` client whose release an operator rolls back during its
+/// bake hears that it was rolled back, not that it was superseded.
+#[test]
+fn a_rollback_during_the_bake_fails_its_waiter() {
+    let mut t = T::blue_live_with(policy(10, 2, &[]));
+    t.send(Input::Release {
+        source: "/builds/new".into(),
+        label: None,
+        trigger: Trigger::Client,
+        client: Some(CLIENT),
+        canary: None,
+        wait_bake: true,
+    });
+    t.send(Input::Committed(Ok(())));
+    let task = t.task();
+    t.send(staged(task, 3));
+    t.send(ok(task, NEW));
+    t.send(Input::Committed(Ok(())));
+    let said = t.says(rollback());
+    assert!(
+        said.contains(&"reply error RolledBack".to_string()),
+        "{said:?}"
+    );
 }
 
 #[test]
