@@ -74,6 +74,24 @@ fn canary(percent: u8) -> T {
     t
 }
 
+/// A `--wait-bake` release of green (pid NEW) through its swap; returns
+/// what the swap's commit said.
+fn swap_waiting_for_the_bake(t: &mut T) -> Vec<String> {
+    t.send(Input::Release {
+        source: "/builds/new".into(),
+        label: None,
+        trigger: Trigger::Client,
+        client: Some(CLIENT),
+        canary: None,
+        wait_bake: true,
+    });
+    t.send(Input::Committed(Ok(())));
+    let task = t.task();
+    t.send(staged(task, 3));
+    t.send(ok(task, NEW));
+    t.says(Input::Committed(Ok(())))
+}
+
 fn record_of(effects: &[Effect<Proc>]) -> crate::history::Record {
     effects
         .iter()
@@ -259,19 +277,8 @@ fn a_crash_during_the_bake_whose_switch_cannot_be_recorded_restarts() {
 #[test]
 fn a_rollback_during_the_bake_fails_its_waiter() {
     let mut t = T::blue_live_with(policy(10, 2, &[]));
-    t.send(Input::Release {
-        source: "/builds/new".into(),
-        label: None,
-        trigger: Trigger::Client,
-        client: Some(CLIENT),
-        canary: None,
-        wait_bake: true,
-    });
-    t.send(Input::Committed(Ok(())));
-    let task = t.task();
-    t.send(staged(task, 3));
-    t.send(ok(task, NEW));
-    t.send(Input::Committed(Ok(())));
+    let said = swap_waiting_for_the_bake(&mut t);
+    assert!(!said.contains(&"reply done".to_string()), "{said:?}");
     let said = t.says(rollback());
     assert!(
         said.contains(&"reply error RolledBack".to_string()),
@@ -295,19 +302,7 @@ fn after_the_bake_failed_checks_are_reported_not_acted_on() {
 fn a_wait_bake_client_hears_once_the_bake_passed_or_failed() {
     for fails in [false, true] {
         let mut t = T::blue_live_with(policy(10, 2, &[]));
-        t.send(Input::Release {
-            source: "/builds/new".into(),
-            label: None,
-            trigger: Trigger::Client,
-            client: Some(CLIENT),
-            canary: None,
-            wait_bake: true,
-        });
-        t.send(Input::Committed(Ok(())));
-        let task = t.task();
-        t.send(staged(task, 3));
-        t.send(ok(task, NEW));
-        let said = t.says(Input::Committed(Ok(())));
+        let said = swap_waiting_for_the_bake(&mut t);
         assert!(!said.contains(&"reply done".to_string()), "{said:?}");
         let said = if fails {
             t.send(check(Color::Green, NEW, false));
