@@ -214,20 +214,6 @@ fn a_build_that_turns_unhealthy_is_rolled_back_by_the_bake() {
             .starts_with("rolled back automatically: 3 failed health checks"),
         "{last}"
     );
-    std::thread::sleep(Duration::from_secs(2));
-    let port = addr.rsplit(':').next().unwrap();
-    let ss = std::process::Command::new("ss")
-        .args(["-tanp"])
-        .output()
-        .unwrap();
-    for l in text(&ss.stdout)
-        .lines()
-        .filter(|l| l.contains(&format!(":{port}")))
-    {
-        if !l.contains("TIME-WAIT") {
-            eprintln!("SS {l}");
-        }
-    }
     load.finish_clean();
 }
 
