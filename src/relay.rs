@@ -17,8 +17,9 @@
 //! line naming them, then the output lines kept while no bgd was connected
 //! (up to [`KEEP`]), then each new line as it comes: `O text` or `E text`,
 //! and `o` or `e` once a stream has ended. A new connection replaces the
-//! old one. The relay exits when both pipes have ended: every process that
-//! held them is gone.
+//! old one. The relay exits when both pipes have ended (every process that
+//! held them is gone) and bgd has taken the lines, or [`LINGER`] after the
+//! end when no bgd comes for them.
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
@@ -133,6 +134,10 @@ pub fn main() -> i32 {
         }
         let pending: Vec<Vec<u8>> = s.pending.drain(..).collect();
         if pending.iter().all(|f| conn.write_all(f).is_ok()) {
+            if s.ended == 2 {
+                // Everything, the ends included, is with bgd now.
+                finish(&path, own);
+            }
             s.client = Some(conn);
         }
     }
@@ -176,15 +181,34 @@ fn pump(pipe: OwnedFd, tag: u8, shared: &Mutex<Shared>, path: &std::path::Path, 
     let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
     s.send(vec![tag.to_ascii_lowercase(), b'\n']);
     s.ended += 1;
-    if s.ended == 2 {
-        let ino = std::fs::metadata(path)
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .ok();
-        if ino.is_some() && ino == own {
-            let _ = std::fs::remove_file(path);
-        }
-        std::process::exit(0);
+    if s.ended < 2 {
+        return;
     }
+    if s.client.is_some() {
+        finish(path, own);
+    }
+    // The app is gone before bgd connected (an app that fails at once
+    // exits within milliseconds): its last lines are what the failure
+    // report needs, so wait for bgd to take them, up to LINGER.
+    drop(s);
+    std::thread::sleep(LINGER);
+    finish(path, own);
+}
+
+/// How long a relay whose app has ended waits for a bgd to take the lines
+/// no bgd has read yet; as long as bgd waits for a new relay to answer.
+pub const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Exits the relay, removing its socket file unless a newer relay of the
+/// color has put its own there (`own` is the inode this relay bound).
+fn finish(path: &std::path::Path, own: Option<u64>) -> ! {
+    let ino = std::fs::metadata(path)
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .ok();
+    if ino.is_some() && ino == own {
+        let _ = std::fs::remove_file(path);
+    }
+    std::process::exit(0);
 }
 
 // ---------------------------------------------------------------- bgd's side

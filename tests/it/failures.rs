@@ -137,6 +137,34 @@ fn exit_during_readiness_fails_at_once_with_the_apps_last_words() {
     assert_eq!(bgd.status()["live"], "blue");
 }
 
+/// An app that fails within a millisecond of its start (a shell script,
+/// no interpreter to load) is gone before bgd has met its relay: the relay
+/// keeps its last words until bgd takes them.
+#[test]
+fn an_app_that_dies_at_once_still_has_its_last_words_shown() {
+    let bgd = Bgd::start(Setup {
+        command: "[\"/bin/sh\", \"start\"]".into(),
+        ..Setup::default()
+    });
+    let good = example_build(bgd.dir.path(), "good", "v1");
+    std::fs::write(good.join("start"), format!("exec {} server.py\n", python())).unwrap();
+    bgd.release(&good);
+    let crash = bgd.dir.path().join("crash");
+    std::fs::create_dir_all(&crash).unwrap();
+    std::fs::write(
+        crash.join("start"),
+        "echo 'boom: no such table' >&2\nexit 3\n",
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let out = bgd.bgctl(&["release", crash.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = text(&out.stderr);
+        assert!(err.contains("| boom: no such table"), "{err}");
+    }
+    assert_eq!(bgd.status()["live"], "blue");
+}
+
 /// The old color ignores its stop signal and has forked a worker that does
 /// too: at drain_timeout the whole group gets SIGKILL, and both are reaped.
 #[test]
