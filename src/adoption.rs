@@ -89,6 +89,7 @@ pub(crate) fn find(root: &Path, contain: &Containment) -> (Vec<Found>, Vec<(Owne
         let path = layout::run_record(root, color);
         let Ok(text) = fs::read_to_string(&path) else {
             contain.kill_leftovers(color);
+            end_relays(root, color);
             continue;
         };
         match adoptable(root, color, &text, contain) {
@@ -108,10 +109,53 @@ pub(crate) fn find(root: &Path, contain: &Containment) -> (Vec<Found>, Vec<(Owne
                 tracing::warn!(%color, "not adopting {color}: {why}");
                 forget(root, color);
                 contain.kill_leftovers(color);
+                end_relays(root, color);
             }
         }
     }
     (found, sockets)
+}
+
+/// Kills every relay of `color` that a previous bgd left (found by the
+/// `BGD_RELAY_SOCKET` in its environment) and waits, up to 2 s, until they
+/// are gone. Their copies of the listening sockets must be closed before
+/// bgd binds new ones: the kernel appends a new socket to an existing
+/// reuseport group and fills a closed socket's slot with the group's last,
+/// so a stale copy would leave the steering program's indexes pointing at
+/// sockets nobody accepts on (socket(7), SO_ATTACH_REUSEPORT_CBPF).
+fn end_relays(root: &Path, color: Color) {
+    let want = format!(
+        "BGD_RELAY_SOCKET={}",
+        layout::relay_socket(root, color).display()
+    );
+    let Ok(proc) = fs::read_dir("/proc") else {
+        return;
+    };
+    let relays: Vec<i32> = proc
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let is_relay = cmdline
+                .split(|b| *b == 0)
+                .nth(1)
+                .is_some_and(|a| a == crate::relay::RELAY_ARG.as_bytes());
+            is_relay && {
+                let env = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                env.split(|b| *b == 0).any(|v| v == want.as_bytes())
+            }
+        })
+        .collect();
+    if relays.is_empty() {
+        return;
+    }
+    tracing::info!(%color, "ending {} relay(s) of {color} a previous bgd left", relays.len());
+    for pid in &relays {
+        let _ = nix::sys::signal::kill(Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while relays.iter().any(|p| start_time(*p).is_some()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 type Adoptable = (

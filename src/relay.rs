@@ -46,6 +46,10 @@ pub const FIRST_FD: RawFd = 3;
 
 struct Shared {
     client: Option<UnixStream>,
+    /// The app's listening sockets and their names; closed once the app
+    /// has ended, so that a relay waiting for bgd holds no socket in a
+    /// reuseport group that a new bgd binds afresh.
+    sockets: Vec<(OwnedFd, String)>,
     /// Frames kept while no client is connected.
     pending: VecDeque<Vec<u8>>,
     dropped: u64,
@@ -94,8 +98,21 @@ pub fn main() -> i32 {
     let own = std::fs::metadata(&path)
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
         .ok();
+    let sockets = names
+        .into_iter()
+        .enumerate()
+        // SAFETY: bgd passed the sockets at the fds after the pipes, one
+        // per name; nothing else in this process owns them.
+        .map(|(i, n)| {
+            (
+                unsafe { OwnedFd::from_raw_fd(FIRST_FD + 2 + i as RawFd) },
+                n,
+            )
+        })
+        .collect();
     let shared = Arc::new(Mutex::new(Shared {
         client: None,
+        sockets,
         pending: VecDeque::new(),
         dropped: 0,
         ended: 0,
@@ -107,23 +124,19 @@ pub fn main() -> i32 {
         let (shared, path) = (shared.clone(), path.clone());
         std::thread::spawn(move || pump(pipe, tag, &shared, &path, own));
     }
-    let sockets: Vec<RawFd> = (0..names.len() as RawFd)
-        .map(|i| FIRST_FD + 2 + i)
-        .collect();
     // Which app this relay is for: bgd checks it, so a relay of an earlier
     // process of the color, still draining its pipes, is never taken.
     let app = std::env::var("BGD_RELAY_APP").unwrap_or_default();
-    let header = format!("{app} {}\n", names.join(":"));
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
         // A bgd that stops reading (stopped, wedged) must not stall the
         // pipes: a write that cannot finish in 1 s drops the connection,
         // and lines are kept until the next one.
         let _ = conn.set_write_timeout(Some(std::time::Duration::from_secs(1)));
-        if hand_over(&conn, header.as_bytes(), &sockets).is_err() {
+        let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+        if hand_over(&conn, &app, &s.sockets).is_err() {
             continue;
         }
-        let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
         if s.dropped > 0 {
             let note = format!(
                 "E [bgd relay: {} lines dropped while bgd was away]\n",
@@ -144,10 +157,14 @@ pub fn main() -> i32 {
     0
 }
 
-/// The sockets and the line that names them, in one message.
-fn hand_over(conn: &UnixStream, header: &[u8], fds: &[RawFd]) -> io::Result<()> {
-    let iov = [IoSlice::new(header)];
-    let cmsg = [ControlMessage::ScmRights(fds)];
+/// The sockets and the line that names them (after the app's pid), in one
+/// message.
+fn hand_over(conn: &UnixStream, app: &str, sockets: &[(OwnedFd, String)]) -> io::Result<()> {
+    let names: Vec<&str> = sockets.iter().map(|(_, n)| n.as_str()).collect();
+    let header = format!("{app} {}\n", names.join(":"));
+    let fds: Vec<RawFd> = sockets.iter().map(|(fd, _)| fd.as_raw_fd()).collect();
+    let iov = [IoSlice::new(header.as_bytes())];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
     let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
     sendmsg::<()>(conn.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None)?;
     Ok(())
@@ -184,6 +201,7 @@ fn pump(pipe: OwnedFd, tag: u8, shared: &Mutex<Shared>, path: &std::path::Path, 
     if s.ended < 2 {
         return;
     }
+    s.sockets.clear();
     if s.client.is_some() {
         finish(path, own);
     }

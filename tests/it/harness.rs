@@ -356,7 +356,10 @@ impl Drop for Bgd {
         }
         // The app outlives bgd (issue 13), and so does its relay once the
         // app holds its pipes: stop both, so no test leaves them running.
-        for pid in app_processes(&self.root, None) {
+        for pid in app_processes(&self.root, None)
+            .into_iter()
+            .chain(relays(&self.root))
+        {
             // SAFETY: kill(2) on a process that carries this test's root.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
@@ -464,6 +467,26 @@ pub fn script_build(dir: &Path, name: &str, code: &str) -> PathBuf {
 /// Whether a process exists (zombies count: they are not reaped yet).
 pub fn exists(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Pids of the relays of `root`'s colors (`bgd __bgd_relay`, with its
+/// `BGD_RELAY_SOCKET` under `root/run`).
+pub fn relays(root: &Path) -> Vec<i32> {
+    let want = format!("BGD_RELAY_SOCKET={}/", root.join("run").display());
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        if env
+            .split(|b| *b == 0)
+            .any(|v| v.starts_with(want.as_bytes()))
+        {
+            pids.push(pid);
+        }
+    }
+    pids
 }
 
 /// Pids of processes whose environment has `BG_ROOT=root` (and

@@ -157,6 +157,13 @@ fn a_recycled_pid_is_not_adopted() {
         let addr = bgd.addr();
         let app = bgd.status()["blue"]["pid"].as_u64().unwrap() as i32;
         bgd.stop(libc::SIGKILL);
+        // Its relay is slow to notice the end of the app (stopped here): bgd
+        // must end it before it binds new sockets, or the relay's copies
+        // would keep the places the steering program points at.
+        for relay in relays(&bgd.root()) {
+            // SAFETY: kill(2) on a relay of this test's bgd.
+            unsafe { libc::kill(relay, libc::SIGSTOP) };
+        }
         // The app's main process dies, and its pid is "reused" by an
         // unrelated process.
         // SAFETY: kill(2) on the app's pid, which this test started through bgd.
@@ -185,6 +192,11 @@ fn a_recycled_pid_is_not_adopted() {
             other.id()
         );
         assert!(bgd.log().contains(&why), "{env:?}: {}", bgd.log());
+        assert!(
+            bgd.log().contains("ending 1 relay(s) of blue"),
+            "{env:?}: {}",
+            bgd.log()
+        );
         assert!(
             running(other.id() as i32),
             "{env:?}: bgd killed an unrelated process"
