@@ -3,17 +3,25 @@
 //! unchanged) and into the color's staging directory (a copy of its own of
 //! every file, so the app never writes into a kept copy). It fingerprints
 //! the source as it goes and lists what it wrote, to be made durable.
+//!
+//! Three passes: one thread walks the source in name order (the
+//! fingerprint needs an order), creating the directories and symlinks and
+//! listing the files; the files are then copied or linked from several
+//! threads (`parallel.rs`: each file mostly waits for the filesystem); last,
+//! the directories get their modes and times, deepest first (filling a
+//! directory changes its mtime, and a read-only one must be filled first).
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use nix::sys::stat::{futimens, utimensat, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 
-use super::{at, chown, special_kind, Copied, Options, StageError, PROGRESS_EVERY};
+use super::{at, chown, parallel, special_kind, Copied, Options, StageError, PROGRESS_EVERY};
 use crate::fingerprint::Fingerprint;
 
 /// One directory of the walk and where it goes.
@@ -30,14 +38,40 @@ pub(super) struct Dirs<'p> {
     pub color: &'p Path,
 }
 
-impl Dirs<'_> {
-    fn join(&self, name: &std::ffi::OsStr) -> (PathBuf, Option<PathBuf>, Option<PathBuf>, PathBuf) {
-        (
-            self.src.join(name),
-            self.kept.map(|k| k.join(name)),
-            self.prev.map(|p| p.join(name)),
-            self.color.join(name),
-        )
+/// [`Dirs`], owned: the directory a listed file is in.
+struct Place {
+    src: PathBuf,
+    kept: Option<PathBuf>,
+    prev: Option<PathBuf>,
+    color: PathBuf,
+}
+
+/// A regular file the walk found, to be copied by the file pass.
+struct File {
+    /// Index of its directory in [`Copy::places`].
+    place: usize,
+    name: std::ffi::OsString,
+    meta: Stat,
+}
+
+/// What the copy keeps of a file's metadata (a listed file costs its name
+/// and these 32 bytes until it is copied).
+pub(super) struct Stat {
+    /// Bytes.
+    len: u64,
+    mode: u32,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl From<&fs::Metadata> for Stat {
+    fn from(m: &fs::Metadata) -> Stat {
+        Stat {
+            len: m.len(),
+            mode: m.mode(),
+            mtime: m.mtime(),
+            mtime_nsec: m.mtime_nsec(),
+        }
     }
 }
 
@@ -48,12 +82,15 @@ pub(super) struct Copy<'a> {
     pub top: &'a Path,
     pub copied: Copied,
     pub fingerprint: Fingerprint,
-    /// When progress was last reported.
-    pub reported: std::time::Instant,
     /// Files written (not linked), to be made durable.
     pub files: Vec<PathBuf>,
     /// Directories created, to be made durable.
     pub dirs: Vec<PathBuf>,
+    places: Vec<Place>,
+    found: Vec<File>,
+    /// Directories created, with their source's metadata and whether they
+    /// are the color's (handed to the app's owner), in creation order.
+    made: Vec<(PathBuf, fs::Metadata, bool)>,
 }
 
 impl<'a> Copy<'a> {
@@ -63,19 +100,47 @@ impl<'a> Copy<'a> {
             top,
             copied: Copied::default(),
             fingerprint: Fingerprint::new(),
-            reported: std::time::Instant::now(),
             files: Vec::new(),
             dirs: Vec::new(),
+            places: Vec::new(),
+            found: Vec::new(),
+            made: Vec::new(),
         }
     }
 
     /// Copies directory `d.src` (a real directory, or the build's top, which
-    /// may be reached through a symlink).
+    /// may be reached through a symlink) and everything under it.
     pub fn tree(&mut self, d: Dirs<'_>) -> Result<(), StageError> {
+        self.walk(d)?;
+        self.copy_files()?;
+        for (dst, meta, color) in self.made.iter().rev() {
+            fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))
+                .map_err(|e| at(dst, e))?;
+            set_times(dst, meta)?;
+            if *color {
+                chown(dst, self.opts.owner)?;
+            }
+        }
+        self.dirs = self.made.drain(..).map(|(d, _, _)| d).collect();
+        Ok(())
+    }
+
+    /// The first pass: creates `d`'s directories and symlinks, lists its
+    /// files, and fingerprints it, in name order.
+    fn walk(&mut self, d: Dirs<'_>) -> Result<(), StageError> {
         let meta = fs::metadata(d.src).map_err(|e| at(d.src, e))?;
         for dst in d.kept.iter().copied().chain([d.color]) {
             fs::create_dir(dst).map_err(|e| at(dst, e))?;
+            self.made
+                .push((dst.to_path_buf(), meta.clone(), dst == d.color));
         }
+        let place = self.places.len();
+        self.places.push(Place {
+            src: d.src.to_path_buf(),
+            kept: d.kept.map(Path::to_path_buf),
+            prev: d.prev.map(Path::to_path_buf),
+            color: d.color.to_path_buf(),
+        });
         let mut entries: Vec<_> = fs::read_dir(d.src)
             .map_err(|e| at(d.src, e))?
             .collect::<io::Result<_>>()
@@ -85,22 +150,18 @@ impl<'a> Copy<'a> {
             if self.opts.cancel.load(Ordering::Relaxed) {
                 return Err(StageError::Aborted);
             }
-            self.entry(d, &entry.file_name())?;
+            self.entry(d, place, entry.file_name())?;
         }
-        // Modes and times last: a read-only directory is filled first, and
-        // filling it changes its mtime.
-        for dst in d.kept.iter().copied().chain([d.color]) {
-            fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))
-                .map_err(|e| at(dst, e))?;
-            set_times(dst, &meta)?;
-            self.dirs.push(dst.to_path_buf());
-        }
-        chown(d.color, self.opts.owner)?;
         Ok(())
     }
 
-    fn entry(&mut self, d: Dirs<'_>, name: &std::ffi::OsStr) -> Result<(), StageError> {
-        let (from, kept, prev, to) = d.join(name);
+    fn entry(
+        &mut self,
+        d: Dirs<'_>,
+        place: usize,
+        name: std::ffi::OsString,
+    ) -> Result<(), StageError> {
+        let from = d.src.join(&name);
         let meta = fs::symlink_metadata(&from).map_err(|e| at(&from, e))?;
         let ft = meta.file_type();
         let link = ft
@@ -114,6 +175,16 @@ impl<'a> Copy<'a> {
         if !(self.opts.ignore.is_match(rel) || self.opts.marker.as_deref() == Some(rel)) {
             self.fingerprint.add(rel, &meta, link.as_deref());
         }
+        if ft.is_file() {
+            let meta = Stat::from(&meta);
+            self.found.push(File { place, name, meta });
+            return Ok(());
+        }
+        let (kept, prev, to) = (
+            d.kept.map(|k| k.join(&name)),
+            d.prev.map(|p| p.join(&name)),
+            d.color.join(&name),
+        );
         if ft.is_dir() {
             let sub = Dirs {
                 src: &from,
@@ -121,60 +192,102 @@ impl<'a> Copy<'a> {
                 prev: prev.as_deref(),
                 color: &to,
             };
-            return self.tree(sub); // tree() hands the directory over itself
+            self.walk(sub)
         } else if let Some(target) = link {
             for dst in kept.iter().chain([&to]) {
                 std::os::unix::fs::symlink(&target, dst).map_err(|e| at(dst, e))?;
                 set_times(dst, &meta)?;
             }
-        } else if ft.is_file() {
-            self.file(&from, kept.as_deref(), prev.as_deref(), &to, &meta)?;
+            Ok(chown(&to, self.opts.owner)?)
         } else {
-            return Err(StageError::Refused(format!(
+            Err(StageError::Refused(format!(
                 "{} is a {}: a build may hold only files, directories and symlinks; remove it from the build",
                 from.display(),
                 special_kind(&meta)
-            )));
+            )))
         }
-        chown(&to, self.opts.owner)?;
-        Ok(())
     }
 
+    /// The second pass: every file the walk listed, from several threads.
+    fn copy_files(&mut self) -> Result<(), StageError> {
+        let found = std::mem::take(&mut self.found);
+        let pass = FilePass {
+            opts: self.opts,
+            places: &self.places,
+            files: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            kept_bytes: AtomicU64::new(0),
+            written: Mutex::new(Vec::new()),
+            reported: Mutex::new(std::time::Instant::now()),
+        };
+        parallel::for_each(&found, |f| pass.file(f))?;
+        self.copied.files += pass.files.into_inner();
+        self.copied.bytes += pass.bytes.into_inner();
+        self.copied.kept_bytes += pass.kept_bytes.into_inner();
+        self.files
+            .extend(pass.written.into_inner().unwrap_or_else(|p| p.into_inner()));
+        Ok(())
+    }
+}
+
+/// What the file pass's threads share.
+struct FilePass<'a> {
+    opts: &'a Options,
+    places: &'a [Place],
+    files: AtomicU64,
+    bytes: AtomicU64,
+    kept_bytes: AtomicU64,
+    /// Files written (not linked), to be made durable.
+    written: Mutex<Vec<PathBuf>>,
+    /// When progress was last reported.
+    reported: Mutex<std::time::Instant>,
+}
+
+impl FilePass<'_> {
     /// Puts one file into the kept copy (a link to the newest kept
     /// release's copy if that one is unchanged) and into the color (a copy
     /// of its own, or with `stage = "hardlink"` a link to the kept copy).
-    fn file(
-        &mut self,
-        from: &Path,
-        kept: Option<&Path>,
-        prev: Option<&Path>,
-        to: &Path,
-        meta: &fs::Metadata,
-    ) -> io::Result<()> {
-        let source = match kept {
+    fn file(&self, f: &File) -> Result<(), StageError> {
+        if self.opts.cancel.load(Ordering::Relaxed) {
+            return Err(StageError::Aborted);
+        }
+        let place = &self.places[f.place];
+        let (from, meta) = (place.src.join(&f.name), &f.meta);
+        let mut written = Vec::with_capacity(2);
+        let source = match &place.kept {
             Some(k) => {
+                let (k, prev) = (
+                    k.join(&f.name),
+                    place.prev.as_ref().map(|p| p.join(&f.name)),
+                );
                 let linked = prev.is_some_and(|p| {
-                    same_file(p, meta) && same_content(p, from) && link(p, k).is_ok()
+                    same_file(&p, meta) && same_content(&p, &from) && link(&p, &k).is_ok()
                 });
                 if !linked {
-                    copy_file(from, k, meta)?;
-                    self.files.push(k.to_path_buf());
-                    self.copied.kept_bytes += meta.len();
+                    copy_file(&from, &k, meta)?;
+                    self.kept_bytes.fetch_add(meta.len, Ordering::Relaxed);
+                    written.push(k.clone());
                 }
                 k
             }
             None => from,
         };
-        if !(self.opts.hardlink && link(source, to).is_ok()) {
-            copy_file(source, to, meta)?;
-            self.files.push(to.to_path_buf());
+        let to = place.color.join(&f.name);
+        if !(self.opts.hardlink && link(&source, &to).is_ok()) {
+            copy_file(&source, &to, meta)?;
+            written.push(to.clone());
         }
-        self.copied.bytes += meta.len();
-        self.copied.files += 1;
-        if let Some(report) = &self.opts.progress {
-            if self.reported.elapsed() >= PROGRESS_EVERY {
-                self.reported = std::time::Instant::now();
-                report(self.copied.files, self.copied.bytes);
+        chown(&to, self.opts.owner)?;
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(written);
+        let bytes = self.bytes.fetch_add(meta.len, Ordering::Relaxed) + meta.len;
+        let files = self.files.fetch_add(1, Ordering::Relaxed) + 1;
+        if let (Some(report), Ok(mut last)) = (&self.opts.progress, self.reported.try_lock()) {
+            if last.elapsed() >= PROGRESS_EVERY {
+                *last = std::time::Instant::now();
+                report(files, bytes);
             }
         }
         Ok(())
@@ -185,13 +298,13 @@ impl<'a> Copy<'a> {
 /// same size, mtime and mode (as rsync's `--link-dest` decides; a kept copy
 /// has its source's mtime). Enough for an estimate; a link also needs
 /// [`same_content`].
-pub(super) fn same_file(prev: &Path, meta: &fs::Metadata) -> bool {
+pub(super) fn same_file(prev: &Path, meta: &Stat) -> bool {
     fs::symlink_metadata(prev).is_ok_and(|p| {
         p.is_file()
-            && p.len() == meta.len()
-            && p.mtime() == meta.mtime()
-            && p.mtime_nsec() == meta.mtime_nsec()
-            && p.mode() == meta.mode()
+            && p.len() == meta.len
+            && p.mtime() == meta.mtime
+            && p.mtime_nsec() == meta.mtime_nsec
+            && p.mode() == meta.mode
     })
 }
 
@@ -227,7 +340,7 @@ fn link(from: &Path, to: &Path) -> io::Result<()> {
 /// filesystems that share extents), its mode and its times. (Starting its
 /// writeback here with `sync_file_range` was measured: it doubled the cost
 /// per file, and the parallel flush afterwards does not need it.)
-fn copy_file(from: &Path, to: &Path, meta: &fs::Metadata) -> io::Result<()> {
+fn copy_file(from: &Path, to: &Path, meta: &Stat) -> io::Result<()> {
     let mut src = fs::File::open(from).map_err(|e| at(from, e))?;
     let mut dst = fs::OpenOptions::new()
         .write(true)
@@ -236,9 +349,10 @@ fn copy_file(from: &Path, to: &Path, meta: &fs::Metadata) -> io::Result<()> {
         .open(to)
         .map_err(|e| at(to, e))?;
     io::copy(&mut src, &mut dst).map_err(|e| at(to, e))?;
-    dst.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))
+    dst.set_permissions(fs::Permissions::from_mode(meta.mode & 0o7777))
         .map_err(|e| at(to, e))?;
-    futimens(&dst, &TimeSpec::UTIME_OMIT, &mtime(meta)).map_err(|e| at(to, e.into()))
+    let mtime = TimeSpec::new(meta.mtime, meta.mtime_nsec);
+    futimens(&dst, &TimeSpec::UTIME_OMIT, &mtime).map_err(|e| at(to, e.into()))
 }
 
 fn mtime(meta: &fs::Metadata) -> TimeSpec {

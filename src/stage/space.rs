@@ -68,7 +68,7 @@ fn estimate(dir: &Path, prev: Option<&Path>, hardlink: bool, need: &mut Need) ->
             estimate(&entry.path(), prev.as_deref(), hardlink, need)?;
         } else if meta.is_file() {
             let size = meta.size().div_ceil(BLOCK) * BLOCK;
-            if !prev.is_some_and(|p| same_file(&p, &meta)) {
+            if !prev.is_some_and(|p| same_file(&p, &(&meta).into())) {
                 need.kept += size;
             }
             if !hardlink {
