@@ -10,8 +10,10 @@
 //!   The app runs from this copy and may write into it: no file of it is
 //!   shared with a kept copy, so a kept copy never changes.
 //!
-//! Both are flushed file by file (`durable.rs`: the cost follows the build,
-//! not other programs' dirty data), the kept copy is renamed to
+//! The files are copied from several threads (`parallel.rs`). Both copies
+//! are flushed (`durable.rs`: file by file, or by one `syncfs` when little
+//! else is dirty, so the cost follows the build, not other programs' dirty
+//! data), the kept copy is renamed to
 //! `root/releases/<id>`, and the staged tree is swapped with the dormant
 //! color's directory by `renameat2(RENAME_EXCHANGE)`: one atomic step, after
 //! which the old contents sit in the staging path and are removed. A
@@ -35,6 +37,7 @@ use crate::layout::{self, color_dir, shared_dir, staging_dir, trash_dir};
 
 mod copy;
 mod durable;
+mod parallel;
 mod space;
 
 pub use space::{check_space, free_bytes, mb, Need};
@@ -220,10 +223,10 @@ fn copy_tree(root: &Path, dirs: copy::Dirs<'_>, opts: &Options) -> Result<Copied
             return Err(StageError::Changed);
         }
     }
-    durable::flush(&copy.files, &copy.dirs)?;
+    durable::flush(&copy.files, &copy.dirs, copy.written_bytes)?;
     // After the flush: a shared entry replaces what the build held there.
     let parents = link_shared(root, dirs.color, opts)?;
-    durable::flush(&[], &parents)?;
+    durable::flush(&[], &parents, 0)?;
     if opts.cancel.load(Ordering::Relaxed) {
         return Err(StageError::Aborted);
     }
@@ -279,7 +282,7 @@ pub fn keep_copy_of(root: &Path, dir: &Path, id: u64) -> Result<(), StageError> 
     let result = (|| {
         let mut copy = copy::Copy::new(&opts, dir);
         copy.tree(dirs)?;
-        durable::flush(&copy.files, &copy.dirs)?;
+        durable::flush(&copy.files, &copy.dirs, copy.written_bytes)?;
         let whole = layout::release_dir(root, id);
         fs::rename(&new, &whole).map_err(|e| at(&whole, e))?;
         Ok(fsync_dir(&layout::releases_dir(root))?)

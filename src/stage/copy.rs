@@ -84,6 +84,8 @@ pub(super) struct Copy<'a> {
     pub fingerprint: Fingerprint,
     /// Files written (not linked), to be made durable.
     pub files: Vec<PathBuf>,
+    /// Bytes those files hold.
+    pub written_bytes: u64,
     /// Directories created, to be made durable.
     pub dirs: Vec<PathBuf>,
     places: Vec<Place>,
@@ -101,6 +103,7 @@ impl<'a> Copy<'a> {
             copied: Copied::default(),
             fingerprint: Fingerprint::new(),
             files: Vec::new(),
+            written_bytes: 0,
             dirs: Vec::new(),
             places: Vec::new(),
             found: Vec::new(),
@@ -218,12 +221,14 @@ impl<'a> Copy<'a> {
             bytes: AtomicU64::new(0),
             kept_bytes: AtomicU64::new(0),
             written: Mutex::new(Vec::new()),
+            written_bytes: AtomicU64::new(0),
             reported: Mutex::new(std::time::Instant::now()),
         };
         parallel::for_each(&found, |f| pass.file(f))?;
         self.copied.files += pass.files.into_inner();
         self.copied.bytes += pass.bytes.into_inner();
         self.copied.kept_bytes += pass.kept_bytes.into_inner();
+        self.written_bytes += pass.written_bytes.into_inner();
         self.files
             .extend(pass.written.into_inner().unwrap_or_else(|p| p.into_inner()));
         Ok(())
@@ -239,6 +244,8 @@ struct FilePass<'a> {
     kept_bytes: AtomicU64,
     /// Files written (not linked), to be made durable.
     written: Mutex<Vec<PathBuf>>,
+    /// Bytes those files hold.
+    written_bytes: AtomicU64,
     /// When progress was last reported.
     reported: Mutex<std::time::Instant>,
 }
@@ -278,6 +285,8 @@ impl FilePass<'_> {
             written.push(to.clone());
         }
         chown(&to, self.opts.owner)?;
+        self.written_bytes
+            .fetch_add(meta.len * written.len() as u64, Ordering::Relaxed);
         self.written
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -3,37 +3,39 @@
 //!
 //! One `syncfs` writes back every dirty page of the whole filesystem:
 //! measured, a 1-file build took 957 ms to stage after another process had
-//! written 1.5 GB without syncing. Instead each file written is flushed
+//! written 1.5 GB without syncing. So each file written is flushed
 //! (`fdatasync`) and each new directory (`fsync`), from a few threads at
-//! once, so that a journalling filesystem commits many of them together.
-//! Unrelated dirty data is not written. For a tree of more than
-//! `SYNCFS_ABOVE` files one `syncfs` was measured cheaper, and is used. Measured here (ext4): 10,000 small
-//! files flush in about 450 ms this way against 75 ms for one `syncfs` on a
-//! quiet filesystem, but `syncfs` grows with other programs' dirty data and
-//! this does not. See bench measurement 8.
+//! once (`parallel.rs`), so that a journalling filesystem commits many of
+//! them together; unrelated dirty data is not written.
+//!
+//! For a large tree one `syncfs` is cheaper, when little else is dirty:
+//! measured here (ext4), 10,000 small files flush in 450 ms to 1 s one by
+//! one against 75 ms for one `syncfs` on a quiet filesystem, and about 1 s
+//! beside 1.5 GB of dirty data. So `syncfs` is used only for more than
+//! [`SYNCFS_ABOVE`] files and while the system's dirty data, less what
+//! this copy wrote, is at most [`OTHERS_DIRTY_MAX`] (`Dirty` and
+//! `Writeback` of /proc/meminfo, proc(5)). See bench measurement 8.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// Threads that flush at once: each mostly waits for the disk.
-const FLUSHERS: usize = 8;
-
-/// Files per flushing thread below which fewer threads are used.
-const PER_THREAD: usize = 64;
-
 /// Above this many files written, one `syncfs` is cheaper than a flush per
-/// file, even beside other programs' dirty data (measured on ext4: 10,000
-/// small files take 450 ms one by one, `syncfs` 75 ms on a quiet
-/// filesystem and about 1 s beside 1.5 GB of dirty data).
+/// file when little else is dirty.
 pub(super) const SYNCFS_ABOVE: usize = 2_000;
+
+/// Other programs' dirty data (bytes) up to which a `syncfs` is still
+/// cheaper than a flush per file: writing 64 MB back costs a few hundred
+/// ms on a disk that writes 200 MB/s, about what 2,000 flushes cost.
+const OTHERS_DIRTY_MAX: u64 = 64 << 20;
 
 /// Flushes every file in `files` (data and what is needed to read it) and
 /// then every directory in `dirs`, so that all of them survive a crash: one
-/// by one, or with more than [`SYNCFS_ABOVE`] files, by one `syncfs` of the
-/// filesystem that holds the first directory.
-pub(super) fn flush(files: &[PathBuf], dirs: &[PathBuf]) -> io::Result<()> {
-    if files.len() > SYNCFS_ABOVE {
+/// by one, or by one `syncfs` of the filesystem that holds the first
+/// directory where that is cheaper (see the module's doc). `written` is the
+/// bytes the files hold.
+pub(super) fn flush(files: &[PathBuf], dirs: &[PathBuf], written: u64) -> io::Result<()> {
+    if files.len() > SYNCFS_ABOVE && others_dirty(written).is_some_and(|o| o <= OTHERS_DIRTY_MAX) {
         if let Some(dir) = dirs.first() {
             let d = fs::File::open(dir)?;
             return nix::unistd::syncfs(&d).map_err(|e| {
@@ -45,33 +47,30 @@ pub(super) fn flush(files: &[PathBuf], dirs: &[PathBuf]) -> io::Result<()> {
     in_parallel(dirs, |d| fs::File::open(d)?.sync_all())
 }
 
-/// Runs `op` on every path, from up to [`FLUSHERS`] threads; the first
-/// error (with its path) wins.
+/// The system's dirty and under-writeback data (bytes), less `written`
+/// (this copy's own, which may already be partly written back, so the
+/// figure can be low by as much as this copy wrote). `None` if
+/// /proc/meminfo cannot be read.
+fn others_dirty(written: u64) -> Option<u64> {
+    let info = fs::read_to_string("/proc/meminfo").ok()?;
+    let kb = |key: &str| -> Option<u64> {
+        let line = info.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    let dirty = (kb("Dirty:")? + kb("Writeback:")?) * 1024;
+    Some(dirty.saturating_sub(written))
+}
+
+/// Runs `op` on every path from a few threads; the first error (with its
+/// path) wins.
 fn in_parallel(paths: &[PathBuf], op: fn(&Path) -> io::Result<()>) -> io::Result<()> {
-    if paths.is_empty() {
-        return Ok(());
-    }
-    let threads = paths.len().div_ceil(PER_THREAD).clamp(1, FLUSHERS);
-    let chunk = paths.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let workers: Vec<_> = paths
-            .chunks(chunk)
-            .map(|part| {
-                s.spawn(move || {
-                    part.iter().try_for_each(|p| {
-                        op(p).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))
-                    })
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| {
-                w.join()
-                    .unwrap_or_else(|_| Err(io::Error::other("a flushing thread panicked")))
-            })
-            .collect::<io::Result<Vec<()>>>()
-            .map(|_| ())
+    super::parallel::for_each(paths, |p| {
+        op(p).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))
     })
 }
 
@@ -89,9 +88,16 @@ mod tests {
                 p
             })
             .collect();
-        flush(&files, &[dir.path().to_path_buf()]).unwrap();
+        flush(&files, &[dir.path().to_path_buf()], 200).unwrap();
         let missing = dir.path().join("gone");
-        let e = flush(&[missing.clone()], &[]).unwrap_err();
+        let e = flush(&[missing.clone()], &[], 0).unwrap_err();
         assert!(e.to_string().contains("gone"), "{e}");
+    }
+
+    #[test]
+    fn the_dirty_data_of_others_is_read_from_meminfo() {
+        let all = others_dirty(0).expect("/proc/meminfo has Dirty and Writeback");
+        assert_eq!(others_dirty(u64::MAX), Some(0));
+        assert!(others_dirty(1 << 20).unwrap() <= all);
     }
 }
