@@ -57,7 +57,8 @@ impl Daemon {
             Effect::Monitor { color, pid } => self.monitor(color, pid),
             Effect::Unmonitor(color) => self.unmonitor(color),
             Effect::Rescue(color) => {
-                tokio::spawn(crate::rescue::rescue(self.ctx.listeners.clone(), color));
+                let rescue = tokio::spawn(crate::rescue::rescue(self.ctx.listeners.clone(), color));
+                self.rescues.insert(color, rescue);
             }
             Effect::Launch(launch) => self.launch(launch),
             Effect::Abort(task) => self.abort(task),
@@ -115,8 +116,14 @@ impl Daemon {
         let task = launch.task;
         let cancel = Arc::new(AtomicBool::new(false));
         let events = sink(&self.events, Event::Prepare);
+        let rescue = self.rescues.remove(&launch.color);
         let run = prepare::run(self.ctx.clone(), launch, cancel.clone(), events.clone());
-        let handle = tokio::spawn(run);
+        let handle = tokio::spawn(async move {
+            if let Some(rescue) = rescue {
+                let _ = rescue.await;
+            }
+            run.await
+        });
         let abort = handle.abort_handle();
         // A task that panics sends no report: say it failed, so the release
         // (or restart) does not wait for it forever.

@@ -241,6 +241,11 @@ struct Daemon {
     clients: HashMap<ClientId, Responder>,
     next_client: ClientId,
     tasks: HashMap<TaskId, Task>,
+    /// Rescues of a dead color's accept queue still running: a new process
+    /// of that color starts only once its rescue has ended, or the two
+    /// would take turns accepting (and bgd would relay the new process's
+    /// connections).
+    rescues: HashMap<Color, tokio::task::JoinHandle<usize>>,
     /// bgd's own binary, as it was started: `bgctl reexec` runs what is
     /// at this path now.
     exe: std::path::PathBuf,
@@ -290,6 +295,7 @@ impl Daemon {
             clients: HashMap::new(),
             next_client: 1,
             tasks: HashMap::new(),
+            rescues: HashMap::new(),
             auto: None,
             watcher: None,
             last_result: None,
