@@ -78,6 +78,9 @@ pub struct Bake {
     pub until: Instant,
     /// A `bgctl release --wait-bake` client.
     pub waiter: Option<ClientId>,
+    /// The first failure seen while there was no standby to switch back
+    /// to (the standby had died): the bake then does not pass.
+    pub failed: Option<String>,
 }
 
 impl<P: Process> Core<P> {
@@ -407,6 +410,7 @@ impl<P: Process> Core<P> {
                 release: r.id,
                 until: now.mono + bake,
                 waiter: r.client.filter(|_| r.wait_bake),
+                failed: None,
             });
             self.emit(Effect::WakeAt(now.mono + bake));
             m += &format!(
@@ -522,6 +526,9 @@ impl<P: Process> Core<P> {
         }
         let m = format!("{color} is unhealthy ({why}) and there is no standby to switch back to: it keeps its connections (`bgctl status` shows its checks)");
         self.log(Level::Error, m);
+        if let Some(b) = self.bake.as_mut().filter(|b| b.color == color) {
+            b.failed.get_or_insert(why);
+        }
         false
     }
 
@@ -530,14 +537,7 @@ impl<P: Process> Core<P> {
     /// gives way to the next.
     pub(super) fn on_due(&mut self, now: Now) {
         if let Some(b) = self.bake.take_if(|b| b.until <= now.mono) {
-            self.emit(Effect::Notify(crate::events::Kind::BakePassed {
-                release: b.release,
-                color: b.color,
-            }));
-            let m = format!("release {} on {} passed its bake", b.release, b.color);
-            self.log(Level::Info, m.clone());
-            let result = serde_json::json!({"release": b.release, "color": b.color, "message": m});
-            self.reply(b.waiter, Reply::Done { result });
+            self.end_bake(b);
         }
         for color in Color::BOTH {
             let due = matches!(self.slot(color).phase, ColorPhase::Standby { until, .. } if until <= now.mono);
@@ -552,6 +552,27 @@ impl<P: Process> Core<P> {
             }
         }
         self.next_step(now);
+    }
+
+    /// A bake that ran its time: it passed, unless its color failed while
+    /// there was no standby to switch back to.
+    fn end_bake(&mut self, b: Bake) {
+        if let Some(why) = b.failed {
+            let m = format!(
+                "release {} on {} did not pass its bake ({why}); there was no standby to switch back to, so it stays live: `bgctl rollback` starts the previous release",
+                b.release, b.color
+            );
+            self.log(Level::Error, m.clone());
+            return self.refuse(b.waiter, Failure::new(FailureKind::App, None, m));
+        }
+        self.emit(Effect::Notify(crate::events::Kind::BakePassed {
+            release: b.release,
+            color: b.color,
+        }));
+        let m = format!("release {} on {} passed its bake", b.release, b.color);
+        self.log(Level::Info, m.clone());
+        let result = serde_json::json!({"release": b.release, "color": b.color, "message": m});
+        self.reply(b.waiter, Reply::Done { result });
     }
 
     fn next_step(&mut self, now: Now) {

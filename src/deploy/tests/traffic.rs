@@ -321,6 +321,26 @@ fn a_wait_bake_client_hears_once_the_bake_passed_or_failed() {
     }
 }
 
+/// The standby dies during the bake, then the baking color fails: with
+/// nothing to switch back to it keeps serving, and the bake does not pass.
+#[test]
+fn a_failure_without_a_standby_to_switch_back_to_fails_the_bake() {
+    let mut t = T::blue_live_with(policy(10, 2, &[]));
+    swap_waiting_for_the_bake(&mut t);
+    t.send(exited(Color::Blue, OLD, 60));
+    for _ in 0..3 {
+        t.send(check(Color::Green, NEW, false));
+    }
+    assert_eq!(t.core.state().live, Some(Color::Green));
+    t.wait(2 * MIN);
+    let said = t.says(Input::Due);
+    assert!(said.contains(&"reply error App".to_string()), "{said:?}");
+    assert!(
+        !said.contains(&"notify bake_passed".to_string()),
+        "{said:?}"
+    );
+}
+
 #[test]
 fn a_canary_gets_its_share_beside_the_live_color() {
     let t = canary(20);
