@@ -69,6 +69,26 @@ pub(crate) fn start_time(pid: i32) -> Option<u64> {
     rest.get(22 - 3)?.parse().ok()
 }
 
+/// When a process that started `ticks` clock ticks after boot (field 22 of
+/// /proc/PID/stat) started: `btime` of /proc/stat plus the ticks over
+/// `sysconf(_SC_CLK_TCK)` (proc(5)). Accurate to a second (btime's unit).
+pub(crate) fn started_at(ticks: u64) -> Option<std::time::SystemTime> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let btime: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf reads a constant of the system; no memory is passed.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz <= 0 {
+        return None;
+    }
+    let after_boot = std::time::Duration::from_secs_f64(ticks as f64 / hz as f64);
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(btime) + after_boot)
+}
+
 /// A running color a new bgd can take over.
 pub(crate) struct Found {
     pub color: Color,
@@ -190,4 +210,20 @@ fn adoptable(
         crate::relay::reconnect(&layout::relay_socket(root, color), record.pid)
             .map_err(|e| format!("its relay does not answer ({e})"))?;
     Ok((record, relay, fds, rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_started_when_its_stat_says() {
+        let ticks = start_time(std::process::id() as i32).expect("this process runs");
+        let at = started_at(ticks).expect("/proc/stat has btime");
+        let now = std::time::SystemTime::now();
+        // btime is in whole seconds, and this test process is young.
+        let age = now.duration_since(at).unwrap_or_default();
+        assert!(age < std::time::Duration::from_secs(600), "{age:?}");
+        assert!(at <= now + std::time::Duration::from_secs(1));
+    }
 }

@@ -158,7 +158,8 @@ impl AppProcess {
             }
         }
         let record = found.record;
-        let started = SystemTime::now();
+        // Its uptime counts from its own start, not from the adoption.
+        let started = adoption::started_at(record.start_time).unwrap_or_else(SystemTime::now);
         AppProcess {
             color,
             pid,
