@@ -124,6 +124,19 @@ pub fn main() -> i32 {
         let (shared, path) = (shared.clone(), path.clone());
         std::thread::spawn(move || pump(pipe, tag, &shared, &path, own));
     }
+    serve(&listener, &shared, &path, own);
+    0
+}
+
+/// Serves each bgd that connects: the sockets, the lines kept meanwhile,
+/// then each new line (sent by the pumps). Exits the relay once a bgd has
+/// taken everything after both pipes ended.
+fn serve(
+    listener: &UnixListener,
+    shared: &Mutex<Shared>,
+    path: &std::path::Path,
+    own: Option<u64>,
+) {
     // Which app this relay is for: bgd checks it, so a relay of an earlier
     // process of the color, still draining its pipes, is never taken.
     let app = std::env::var("BGD_RELAY_APP").unwrap_or_default();
@@ -149,12 +162,11 @@ pub fn main() -> i32 {
         if pending.iter().all(|f| conn.write_all(f).is_ok()) {
             if s.ended == 2 {
                 // Everything, the ends included, is with bgd now.
-                finish(&path, own);
+                finish(path, own);
             }
             s.client = Some(conn);
         }
     }
-    0
 }
 
 /// The sockets and the line that names them (after the app's pid), in one
