@@ -307,9 +307,7 @@ fn delegated(own: &Path) -> Option<PathBuf> {
         p.file_name()
             .is_some_and(|n| n.to_string_lossy().ends_with(".service"))
     };
-    if std::env::var_os("INVOCATION_ID").is_none() {
-        return None;
-    }
+    std::env::var_os("INVOCATION_ID")?;
     // After a reexec bgd is already in its leaf.
     if own.file_name().is_some_and(|n| n == "supervisor") {
         return own.parent().filter(|u| is_unit(u)).map(Path::to_path_buf);

@@ -281,7 +281,14 @@ pub(crate) fn start(
 
 /// Receives the sockets a relay hands over on `conn`: their fds, named,
 /// and whatever bytes came after the naming line.
-fn receive(conn: RawFd) -> io::Result<(i32, Vec<(OwnedFd, String)>, Vec<u8>)> {
+/// Listening sockets with their fd-store names.
+pub(crate) type Named = Vec<(OwnedFd, String)>;
+
+/// What a relay hands over: its app's pid, the named sockets, and the
+/// bytes that came after the naming line.
+type HandOver = (i32, Named, Vec<u8>);
+
+fn receive(conn: RawFd) -> io::Result<HandOver> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned};
     let mut buf = vec![0u8; 8192];
     let mut space = nix::cmsg_space!([RawFd; 128]);
@@ -369,7 +376,7 @@ pub(crate) async fn connect(
 pub(crate) fn reconnect(
     path: &std::path::Path,
     app: i32,
-) -> io::Result<(UnixStream, Vec<(OwnedFd, String)>, Vec<u8>)> {
+) -> io::Result<(UnixStream, Named, Vec<u8>)> {
     let conn = UnixStream::connect(path)?;
     conn.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
     let (of, fds, rest) = receive(conn.as_raw_fd())?;

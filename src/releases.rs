@@ -95,7 +95,7 @@ pub fn find<'a>(list: &'a [Kept], to: &str) -> Result<&'a Kept, String> {
 /// `kept: 7 (v7), 6 (v6)`, newest first, or that none is kept.
 pub fn kept_list(list: &[Kept]) -> String {
     let mut good: Vec<&Kept> = list.iter().filter(|k| is_good(k)).collect();
-    good.sort_by(|a, b| b.release.cmp(&a.release));
+    good.sort_by_key(|k| std::cmp::Reverse(k.release));
     if good.is_empty() {
         return "no release that went live is kept".into();
     }

@@ -180,8 +180,6 @@ pub fn point_live_symlink(root: &Path, color: Color) -> io::Result<()> {
     fs::File::open(root)?.sync_all()
 }
 
-/// Records (or, with `None`, forgets) the process group of the running
-
 #[cfg(test)]
 mod tests {
     use super::*;

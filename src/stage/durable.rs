@@ -90,7 +90,7 @@ mod tests {
             .collect();
         flush(&files, &[dir.path().to_path_buf()], 200).unwrap();
         let missing = dir.path().join("gone");
-        let e = flush(&[missing.clone()], &[], 0).unwrap_err();
+        let e = flush(std::slice::from_ref(&missing), &[], 0).unwrap_err();
         assert!(e.to_string().contains("gone"), "{e}");
     }
 

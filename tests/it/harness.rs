@@ -510,7 +510,7 @@ pub fn app_processes(root: &Path, color: Option<&str>) -> Vec<i32> {
             continue;
         }
         let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
-        let has = |v: &str| vars.iter().any(|x| *x == v.as_bytes());
+        let has = |v: &str| vars.contains(&v.as_bytes());
         if has(&want_root) && want_color.as_deref().is_none_or(has) {
             pids.push(pid);
         }
