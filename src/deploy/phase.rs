@@ -94,6 +94,9 @@ pub struct Health {
     pub failing: u32,
     /// The last failure, while `failing` > 0.
     pub last: Option<String>,
+    /// Whether this streak was already found unhealthy: once per streak,
+    /// even when a reload lowers `health.failures` below it.
+    pub acted: bool,
 }
 
 /// One color as the core sees it.

@@ -486,13 +486,15 @@ impl<P: Process> Core<P> {
                 health.failing += 1;
                 health.last = Some(m.clone());
                 let n = health.failing;
+                let act = n >= failures && !health.acted;
+                health.acted |= act;
                 if n <= failures {
                     self.log(
                         Level::Warn,
                         format!("health check of {color} failed ({n} of {failures} in a row): {m}"),
                     );
                 }
-                if n == failures {
+                if act {
                     self.unhealthy(now, color, format!("{n} failed health checks: {m}"));
                 }
             }

@@ -242,6 +242,26 @@ fn failed_checks_during_the_bake_switch_back_by_themselves() {
     assert_eq!(t.core.state().live, Some(Color::Blue));
 }
 
+/// A reload that lowers `health.failures` below a running streak makes
+/// the next failed check act (once), not only the next streak.
+#[test]
+fn a_reload_below_a_running_streak_acts_at_the_next_failure() {
+    let mut t = T::blue_live_with(Policy {
+        failures: 5,
+        ..policy(10, 2, &[])
+    });
+    t.swap();
+    for _ in 0..3 {
+        assert!(t.says(check(Color::Green, NEW, false)).is_empty());
+    }
+    t.core.set_policy(Policy {
+        failures: 2,
+        ..policy(10, 2, &[])
+    });
+    let said = t.says(check(Color::Green, NEW, false));
+    assert_eq!(said, ["commit"]);
+}
+
 #[test]
 fn a_crash_during_the_bake_switches_back_instead_of_restarting() {
     let mut t = swapped_with_standby();
