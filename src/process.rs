@@ -254,10 +254,20 @@ impl AppProcess {
         (self.exited().await, killed)
     }
 
-    /// SIGKILL to the group; returns once it is gone.
+    /// SIGKILL to the group; returns once it is gone. Without a cgroup the
+    /// group is found by a scan, and a process forked just after it would
+    /// be missed: the SIGKILL is sent again every 200 ms until none is left.
     pub async fn kill(&self) {
-        self.signal(Signal::SIGKILL);
-        self.wait_group_gone().await;
+        loop {
+            self.signal(Signal::SIGKILL);
+            let gone = self.wait_group_gone();
+            if tokio::time::timeout(Duration::from_millis(200), gone)
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
     }
 
     /// Waits for the leader's exit, then for the rest of the group (workers

@@ -8,16 +8,21 @@ use std::time::{Duration, Instant};
 use crate::harness::*;
 use crate::load::Load;
 
-/// A build that daemonizes: fork, setsid, fork again, the parent exits;
-/// the grandchild writes its pid to PIDFILE and serves fd 3 after 1 s.
+/// A build that daemonizes: fork, setsid, fork again; the grandchild
+/// writes its pid to PIDFILE and serves fd 3 after 1 s. The main process
+/// exits once the pid is written (else bgd could kill the grandchild
+/// before it exists, and the test would have no pid to look for).
 const DAEMONIZES: &str = r#"
 import os, socket, time
 if os.fork() > 0:
+    while not os.path.exists("PIDFILE"):
+        time.sleep(0.005)
     os._exit(0)
 os.setsid()
 if os.fork() > 0:
     os._exit(0)
-open("PIDFILE", "w").write(str(os.getpid()))
+open("PIDFILE.new", "w").write(str(os.getpid()))
+os.rename("PIDFILE.new", "PIDFILE")
 time.sleep(1)
 s = socket.socket(fileno=3)
 while True:
