@@ -215,6 +215,7 @@ pub fn stage_kept(
 /// expects, and makes both copies durable.
 fn copy_tree(root: &Path, dirs: copy::Dirs<'_>, opts: &Options) -> Result<Copied, StageError> {
     let mut copy = copy::Copy::new(opts, dirs.src);
+    let dirty = durable::dirty();
     copy.tree(dirs)?;
     copy.copied.fingerprint = copy.fingerprint.finish();
     if let Some(expect) = &opts.expect {
@@ -223,10 +224,10 @@ fn copy_tree(root: &Path, dirs: copy::Dirs<'_>, opts: &Options) -> Result<Copied
             return Err(StageError::Changed);
         }
     }
-    durable::flush(&copy.files, &copy.dirs, copy.written_bytes)?;
+    durable::flush(&copy.files, &copy.dirs, copy.written_bytes, dirty)?;
     // After the flush: a shared entry replaces what the build held there.
     let parents = link_shared(root, dirs.color, opts)?;
-    durable::flush(&[], &parents, 0)?;
+    durable::flush(&[], &parents, 0, None)?;
     if opts.cancel.load(Ordering::Relaxed) {
         return Err(StageError::Aborted);
     }
@@ -281,8 +282,9 @@ pub fn keep_copy_of(root: &Path, dir: &Path, id: u64) -> Result<(), StageError> 
     };
     let result = (|| {
         let mut copy = copy::Copy::new(&opts, dir);
+        let dirty = durable::dirty();
         copy.tree(dirs)?;
-        durable::flush(&copy.files, &copy.dirs, copy.written_bytes)?;
+        durable::flush(&copy.files, &copy.dirs, copy.written_bytes, dirty)?;
         let whole = layout::release_dir(root, id);
         fs::rename(&new, &whole).map_err(|e| at(&whole, e))?;
         Ok(fsync_dir(&layout::releases_dir(root))?)

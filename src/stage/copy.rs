@@ -224,7 +224,16 @@ impl<'a> Copy<'a> {
             written_bytes: AtomicU64::new(0),
             reported: Mutex::new(std::time::Instant::now()),
         };
-        parallel::for_each(&found, |f| pass.file(f))?;
+        // A panicking thread is an error like any other: the caller then
+        // removes both half-made trees.
+        let copied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            parallel::for_each(&found, |f| pass.file(f))
+        }));
+        copied.unwrap_or_else(|_| {
+            Err(StageError::Io(io::Error::other(
+                "a copying thread of bgd panicked (a bug: see bgd's log)",
+            )))
+        })?;
         self.copied.files += pass.files.into_inner();
         self.copied.bytes += pass.bytes.into_inner();
         self.copied.kept_bytes += pass.kept_bytes.into_inner();
@@ -303,6 +312,33 @@ impl FilePass<'_> {
     }
 }
 
+/// Opens a file the walk listed as a regular file, for reading: never
+/// through a symlink (`O_NOFOLLOW`), and never blocking on a FIFO
+/// (`O_NONBLOCK`, which regular files ignore), so that a file swapped for
+/// either between the listing and the copy is refused, not followed (bgd
+/// may run as root; open(2)).
+fn open_listed(path: &Path) -> io::Result<fs::File> {
+    let changed = || {
+        io::Error::other(format!(
+            "{}: changed while it was copied (it is no longer a regular file); release again once the build is complete",
+            path.display()
+        ))
+    };
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => changed(),
+            _ => at(path, e),
+        })?;
+    match file.metadata() {
+        Ok(m) if m.is_file() => Ok(file),
+        Ok(_) => Err(changed()),
+        Err(e) => Err(at(path, e)),
+    }
+}
+
 /// Whether the kept file at `prev` looks like the build's file with `meta`:
 /// same size, mtime and mode (as rsync's `--link-dest` decides; a kept copy
 /// has its source's mtime). Enough for an estimate; a link also needs
@@ -323,7 +359,7 @@ pub(super) fn same_file(prev: &Path, meta: &Stat) -> bool {
 /// v1 and v2 were linked as one). Reading both costs no write.
 fn same_content(a: &Path, b: &Path) -> bool {
     use std::io::Read;
-    let (Ok(mut a), Ok(mut b)) = (fs::File::open(a), fs::File::open(b)) else {
+    let (Ok(mut a), Ok(mut b)) = (fs::File::open(a), open_listed(b)) else {
         return false;
     };
     let (mut x, mut y) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
@@ -350,7 +386,7 @@ fn link(from: &Path, to: &Path) -> io::Result<()> {
 /// writeback here with `sync_file_range` was measured: it doubled the cost
 /// per file, and the parallel flush afterwards does not need it.)
 fn copy_file(from: &Path, to: &Path, meta: &Stat) -> io::Result<()> {
-    let mut src = fs::File::open(from).map_err(|e| at(from, e))?;
+    let mut src = open_listed(from)?;
     let mut dst = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -378,4 +414,30 @@ fn set_times(path: &Path, meta: &fs::Metadata) -> io::Result<()> {
         UtimensatFlags::NoFollowSymlink,
     )
     .map_err(|e| at(path, e.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listed file swapped for a symlink or a FIFO before the copy opens
+    /// it is refused by name, not followed and not waited on.
+    #[test]
+    fn a_file_swapped_after_the_listing_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, link, fifo) = (
+            dir.path().join("file"),
+            dir.path().join("link"),
+            dir.path().join("fifo"),
+        );
+        fs::write(&file, "x").unwrap();
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(open_listed(&file).is_ok());
+        for swapped in [&link, &fifo] {
+            let e = open_listed(swapped).unwrap_err().to_string();
+            assert!(e.contains("changed while it was copied"), "{e}");
+            assert!(e.contains(&swapped.display().to_string()), "{e}");
+        }
+    }
 }

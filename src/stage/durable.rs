@@ -12,9 +12,9 @@
 //! measured here (ext4), 10,000 small files flush in 450 ms to 1 s one by
 //! one against 75 ms for one `syncfs` on a quiet filesystem, and about 1 s
 //! beside 1.5 GB of dirty data. So `syncfs` is used only for more than
-//! [`SYNCFS_ABOVE`] files and while the system's dirty data, less what
-//! this copy wrote, is at most [`OTHERS_DIRTY_MAX`] (`Dirty` and
-//! `Writeback` of /proc/meminfo, proc(5)). See bench measurement 8.
+//! [`SYNCFS_ABOVE`] files and while other programs' dirty data is at most
+//! [`OTHERS_DIRTY_MAX`] (`Dirty` and `Writeback` of /proc/meminfo, proc(5),
+//! read before and after the copy). See bench measurement 8.
 
 use std::fs;
 use std::io;
@@ -33,9 +33,15 @@ const OTHERS_DIRTY_MAX: u64 = 64 << 20;
 /// then every directory in `dirs`, so that all of them survive a crash: one
 /// by one, or by one `syncfs` of the filesystem that holds the first
 /// directory where that is cheaper (see the module's doc). `written` is the
-/// bytes the files hold.
-pub(super) fn flush(files: &[PathBuf], dirs: &[PathBuf], written: u64) -> io::Result<()> {
-    if files.len() > SYNCFS_ABOVE && others_dirty(written).is_some_and(|o| o <= OTHERS_DIRTY_MAX) {
+/// bytes the files hold; `dirty_before` is [`dirty`] from before the copy.
+pub(super) fn flush(
+    files: &[PathBuf],
+    dirs: &[PathBuf],
+    written: u64,
+    dirty_before: Option<u64>,
+) -> io::Result<()> {
+    let others = others_dirty(dirty_before, dirty(), written);
+    if files.len() > SYNCFS_ABOVE && others.is_some_and(|o| o <= OTHERS_DIRTY_MAX) {
         if let Some(dir) = dirs.first() {
             let d = fs::File::open(dir)?;
             return nix::unistd::syncfs(&d).map_err(|e| {
@@ -47,11 +53,19 @@ pub(super) fn flush(files: &[PathBuf], dirs: &[PathBuf], written: u64) -> io::Re
     in_parallel(dirs, |d| fs::File::open(d)?.sync_all())
 }
 
-/// The system's dirty and under-writeback data (bytes), less `written`
-/// (this copy's own, which may already be partly written back, so the
-/// figure can be low by as much as this copy wrote). `None` if
-/// /proc/meminfo cannot be read.
-fn others_dirty(written: u64) -> Option<u64> {
+/// Other programs' dirty data (bytes), estimated from the system's dirty
+/// data before a copy and after it, less what the copy wrote: the larger of
+/// the two, since each can be low (the first misses what others wrote
+/// during the copy; the second is low by whatever of the copy was already
+/// written back or shared extents, and so never dirtied). `None` if either
+/// is unknown.
+fn others_dirty(before: Option<u64>, after: Option<u64>, written: u64) -> Option<u64> {
+    Some(before?.max(after?.saturating_sub(written)))
+}
+
+/// The system's dirty and under-writeback data (bytes): `Dirty` and
+/// `Writeback` of /proc/meminfo (proc(5)); `None` if it cannot be read.
+pub(super) fn dirty() -> Option<u64> {
     let info = fs::read_to_string("/proc/meminfo").ok()?;
     let kb = |key: &str| -> Option<u64> {
         let line = info.lines().find(|l| l.starts_with(key))?;
@@ -62,16 +76,18 @@ fn others_dirty(written: u64) -> Option<u64> {
             .parse()
             .ok()
     };
-    let dirty = (kb("Dirty:")? + kb("Writeback:")?) * 1024;
-    Some(dirty.saturating_sub(written))
+    Some((kb("Dirty:")? + kb("Writeback:")?) * 1024)
 }
 
 /// Runs `op` on every path from a few threads; the first error (with its
 /// path) wins.
 fn in_parallel(paths: &[PathBuf], op: fn(&Path) -> io::Result<()>) -> io::Result<()> {
-    super::parallel::for_each(paths, |p| {
-        op(p).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))
-    })
+    let flushed = std::panic::catch_unwind(|| {
+        super::parallel::for_each(paths, |p| {
+            op(p).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+        })
+    });
+    flushed.unwrap_or_else(|_| Err(io::Error::other("a flushing thread of bgd panicked")))
 }
 
 #[cfg(test)]
@@ -88,16 +104,26 @@ mod tests {
                 p
             })
             .collect();
-        flush(&files, &[dir.path().to_path_buf()], 200).unwrap();
+        flush(&files, &[dir.path().to_path_buf()], 200, dirty()).unwrap();
         let missing = dir.path().join("gone");
-        let e = flush(std::slice::from_ref(&missing), &[], 0).unwrap_err();
+        let e = flush(std::slice::from_ref(&missing), &[], 0, None).unwrap_err();
         assert!(e.to_string().contains("gone"), "{e}");
     }
 
     #[test]
-    fn the_dirty_data_of_others_is_read_from_meminfo() {
-        let all = others_dirty(0).expect("/proc/meminfo has Dirty and Writeback");
-        assert_eq!(others_dirty(u64::MAX), Some(0));
-        assert!(others_dirty(1 << 20).unwrap() <= all);
+    fn the_dirty_data_of_others_is_the_larger_estimate() {
+        assert!(dirty().is_some(), "/proc/meminfo has Dirty and Writeback");
+        let mb = 1 << 20;
+        // Others wrote 100 MB during a copy of 50 MB.
+        assert_eq!(
+            others_dirty(Some(0), Some(150 * mb), 50 * mb),
+            Some(100 * mb)
+        );
+        // The copy's 50 MB were written back already: 'after' alone says 0.
+        assert_eq!(
+            others_dirty(Some(80 * mb), Some(80 * mb), 50 * mb),
+            Some(80 * mb)
+        );
+        assert_eq!(others_dirty(None, Some(0), 0), None);
     }
 }
