@@ -15,6 +15,7 @@ use std::fs;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use nix::unistd::Pid;
@@ -144,12 +145,25 @@ pub(crate) fn find(root: &Path, contain: &Containment) -> (Vec<Found>, Vec<(Owne
 /// so a stale copy would leave the steering program's indexes pointing at
 /// sockets nobody accepts on (socket(7), SO_ATTACH_REUSEPORT_CBPF).
 fn end_relays(root: &Path, color: Color) {
-    let want = format!(
-        "BGD_RELAY_SOCKET={}",
-        layout::relay_socket(root, color).display()
-    );
-    let Ok(proc) = fs::read_dir("/proc") else {
-        return;
+    let want = layout::relay_socket(root, color);
+    // The same socket path, however the root was spelled (a symlink, a
+    // relative path) when the relay was started.
+    let same = |p: &Path| {
+        p.file_name() == want.file_name()
+            && match (
+                p.parent().map(fs::canonicalize),
+                want.parent().map(fs::canonicalize),
+            ) {
+                (Some(Ok(a)), Some(Ok(b))) => a == b,
+                _ => p == want,
+            }
+    };
+    let proc = match fs::read_dir("/proc") {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(%color, "cannot look for relays of {color} a previous bgd left ({e}): if one still runs, new connections may go to its sockets until it ends");
+            return;
+        }
     };
     let relays: Vec<i32> = proc
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
@@ -161,7 +175,9 @@ fn end_relays(root: &Path, color: Color) {
                 .is_some_and(|a| a == crate::relay::RELAY_ARG.as_bytes());
             is_relay && {
                 let env = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-                env.split(|b| *b == 0).any(|v| v == want.as_bytes())
+                env.split(|b| *b == 0)
+                    .filter_map(|v| v.strip_prefix(b"BGD_RELAY_SOCKET="))
+                    .any(|v| same(Path::new(std::ffi::OsStr::from_bytes(v))))
             }
         })
         .collect();
@@ -175,6 +191,13 @@ fn end_relays(root: &Path, color: Color) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     while relays.iter().any(|p| start_time(*p).is_some()) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let left: Vec<i32> = relays
+        .into_iter()
+        .filter(|p| start_time(*p).is_some())
+        .collect();
+    if !left.is_empty() {
+        tracing::warn!(%color, "relays of {color} still run 2 s after SIGKILL (pids {left:?}): new connections may go to their sockets until they end");
     }
 }
 

@@ -222,6 +222,8 @@ fn pump(pipe: OwnedFd, tag: u8, shared: &Mutex<Shared>, path: &std::path::Path, 
     // report needs, so wait for bgd to take them, up to LINGER.
     drop(s);
     std::thread::sleep(LINGER);
+    // Under the lock: a bgd that came late may be taking the lines now.
+    let _s = shared.lock().unwrap_or_else(|e| e.into_inner());
     finish(path, own);
 }
 
