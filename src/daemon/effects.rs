@@ -19,6 +19,9 @@ use crate::protocol::{Failure, FailureKind};
 use crate::state::{self, State};
 use crate::{drain, history, prepare};
 
+/// The longest a start of a color waits for the rescue of its queue.
+const RESCUE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Daemon {
     /// Hands `input` to the core and carries out what it decides, including
     /// what it decides about the outcomes of its own effects (a commit).
@@ -57,8 +60,13 @@ impl Daemon {
             Effect::Monitor { color, pid } => self.monitor(color, pid),
             Effect::Unmonitor(color) => self.unmonitor(color),
             Effect::Rescue(color) => {
-                let rescue = tokio::spawn(crate::rescue::rescue(self.ctx.listeners.clone(), color));
-                self.rescues.insert(color, rescue);
+                let (ended, watch) = tokio::sync::watch::channel(false);
+                let listeners = self.ctx.listeners.clone();
+                tokio::spawn(async move {
+                    crate::rescue::rescue(listeners, color).await;
+                    let _ = ended.send(true);
+                });
+                self.rescues.insert(color, watch);
             }
             Effect::Launch(launch) => self.launch(launch),
             Effect::Abort(task) => self.abort(task),
@@ -116,11 +124,17 @@ impl Daemon {
         let task = launch.task;
         let cancel = Arc::new(AtomicBool::new(false));
         let events = sink(&self.events, Event::Prepare);
-        let rescue = self.rescues.remove(&launch.color);
+        let rescue = self.rescues.get(&launch.color).cloned();
+        let color = launch.color;
         let run = prepare::run(self.ctx.clone(), launch, cancel.clone(), events.clone());
         let handle = tokio::spawn(async move {
-            if let Some(rescue) = rescue {
-                let _ = rescue.await;
+            if let Some(mut ended) = rescue {
+                // A rescue ends after two empty looks at the queue; 5 s is
+                // far beyond that.
+                let waited = tokio::time::timeout(RESCUE_WAIT, ended.wait_for(|e| *e)).await;
+                if waited.is_err() {
+                    tracing::warn!(%color, "the rescue of {color}'s queue still runs after {RESCUE_WAIT:?}: starting {color} anyway");
+                }
             }
             run.await
         });

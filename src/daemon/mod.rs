@@ -241,11 +241,12 @@ struct Daemon {
     clients: HashMap<ClientId, Responder>,
     next_client: ClientId,
     tasks: HashMap<TaskId, Task>,
-    /// Rescues of a dead color's accept queue still running: a new process
-    /// of that color starts only once its rescue has ended, or the two
+    /// The last rescue of each color's accept queue, `true` once it has
+    /// ended: a new process of that color starts only then, or the two
     /// would take turns accepting (and bgd would relay the new process's
-    /// connections).
-    rescues: HashMap<Color, tokio::task::JoinHandle<usize>>,
+    /// connections). A watch, so a launch that is aborted while it waits
+    /// takes nothing away from the next one.
+    rescues: HashMap<Color, tokio::sync::watch::Receiver<bool>>,
     /// bgd's own binary, as it was started: `bgctl reexec` runs what is
     /// at this path now.
     exe: std::path::PathBuf,
