@@ -128,6 +128,11 @@ impl Kind {
             Kind::BakePassed { release, color } => {
                 format!("release {release} on {color} passed its bake")
             }
+            Kind::BakeFailed {
+                release,
+                color,
+                reason,
+            } => format!("release {release} on {color} did not pass its bake: {reason}"),
             _ => self.describe_release().unwrap_or_default(),
         }
     }

@@ -528,6 +528,14 @@ pub enum EventKind {
     },
     /// Release `release` on `color` stayed healthy for its bake window.
     BakePassed { release: u64, color: Color },
+    /// Release `release` on `color` failed during its bake while bgd could
+    /// not switch back (`reason` says what failed and why not); it stays
+    /// live.
+    BakeFailed {
+        release: u64,
+        color: Color,
+        reason: String,
+    },
 }
 
 /// How a rollback came about; the `kind` label of `bgd_rollbacks_total`.
@@ -576,6 +584,7 @@ impl EventKind {
             EventKind::Promoted { .. } => "promoted",
             EventKind::Aborted { .. } => "aborted",
             EventKind::BakePassed { .. } => "bake_passed",
+            EventKind::BakeFailed { .. } => "bake_failed",
         }
     }
 }

@@ -78,8 +78,9 @@ pub struct Bake {
     pub until: Instant,
     /// A `bgctl release --wait-bake` client.
     pub waiter: Option<ClientId>,
-    /// The first failure seen while there was no standby to switch back
-    /// to (the standby had died): the bake then does not pass.
+    /// The first failure seen while bgd could not switch back (the standby
+    /// had died, or a release was in progress), and why: the bake then
+    /// does not pass.
     pub failed: Option<String>,
 }
 
@@ -526,10 +527,15 @@ impl<P: Process> Core<P> {
             self.switch_back(now, None, Some(why));
             return true;
         }
-        let m = format!("{color} is unhealthy ({why}) and there is no standby to switch back to: it keeps its connections (`bgctl status` shows its checks)");
+        let cannot = if warm {
+            "a release is in progress, so bgd does not switch back"
+        } else {
+            "there is no standby to switch back to"
+        };
+        let m = format!("{color} is unhealthy ({why}) and {cannot}: it keeps its connections (`bgctl status` shows its checks)");
         self.log(Level::Error, m);
         if let Some(b) = self.bake.as_mut().filter(|b| b.color == color) {
-            b.failed.get_or_insert(why);
+            b.failed.get_or_insert(format!("{why}; {cannot}"));
         }
         false
     }
@@ -561,10 +567,15 @@ impl<P: Process> Core<P> {
     fn end_bake(&mut self, b: Bake) {
         if let Some(why) = b.failed {
             let m = format!(
-                "release {} on {} did not pass its bake ({why}); there was no standby to switch back to, so it stays live: `bgctl rollback` starts the previous release",
+                "release {} on {} did not pass its bake ({why}), so it stays live: `bgctl rollback` goes back to the previous release",
                 b.release, b.color
             );
             self.log(Level::Error, m.clone());
+            self.emit(Effect::Notify(crate::events::Kind::BakeFailed {
+                release: b.release,
+                color: b.color,
+                reason: why,
+            }));
             return self.refuse(b.waiter, Failure::new(FailureKind::App, None, m));
         }
         self.emit(Effect::Notify(crate::events::Kind::BakePassed {

@@ -355,6 +355,7 @@ fn a_failure_without_a_standby_to_switch_back_to_fails_the_bake() {
     t.wait(2 * MIN);
     let said = t.says(Input::Due);
     assert!(said.contains(&"reply error App".to_string()), "{said:?}");
+    assert!(said.contains(&"notify bake_failed".to_string()), "{said:?}");
     assert!(
         !said.contains(&"notify bake_passed".to_string()),
         "{said:?}"
