@@ -1572,7 +1572,7 @@ def report(ctx, r1, r2, r3, r3b, r4, r5=None, r6=None, r3c=None):
                           summary(r["cp_sync"], 0), summary(r["ratio_sync"]), summary(r["rm"], 0),
                           summary(r.get("bg_rm", []), 0), summary(r["cpu_ms"], 0),
                           summary([v / 1024 for v in r["hwm_kb"]], 1)] for r in r3b])]
-        md += ["", "bgd's stage step is the copy (or hardlinks) + syncfs + the rename exchange; a bgd older than "
+        md += ["", "bgd's stage step is the copy (or hardlinks; with kept releases also the kept copy) + the flush (syncfs, or per file) + the rename exchange; a bgd older than "
                "commit 6e3c7e8 also removes the color's previous tree in it, a newer one sets that tree aside and "
                "removes it on a thread of its own once staged ('old tree gone': when it was, in ms after bgd's "
                "reply; 0 if removed within the stage step; cp -a waits for it). cp -a is the copy alone. bgd CPU "
