@@ -39,44 +39,15 @@
 //! - [`color`]        blue and green
 //! - [`manpage`]      the binaries' man pages: clap's sections plus exit codes, files, ...
 
-mod adoption;
-mod auto;
 pub mod color;
 pub mod config;
-mod conns;
-mod contain;
-mod control;
 pub mod daemon;
-mod deploy;
-mod drain;
-pub mod events;
-mod fingerprint;
-mod health;
-pub mod history;
-mod hooks;
-mod identity;
-mod layout;
-mod listen;
-pub mod logs;
-pub mod manpage;
-pub mod metrics;
-mod notify;
-mod prepare;
-mod process;
-pub mod protocol;
-mod reaper;
-pub mod relay;
-mod releases;
-mod rescue;
-pub mod rollout;
-pub mod spawn;
-mod stage;
-mod state;
-mod steer;
-pub mod systemd;
-pub mod template;
-mod unix_peers;
-mod watch;
+pub mod deploy;
+pub mod net;
+pub mod ops;
+pub mod pipeline;
+pub mod store;
+pub mod supervise;
 
 /// What `bgd --version` and `bgctl --version` print after the name: the
 /// package version and the commit it was built from (`build.rs` finds it;
@@ -102,11 +73,11 @@ pub(crate) type Sink<M> = Arc<dyn Fn(M) -> bool + Send + Sync>;
 /// reaper; tasks already running keep the config they started with.
 pub(crate) struct Ctx {
     pub(crate) config: config::Config,
-    pub(crate) listeners: Arc<listen::Listeners>,
-    pub(crate) reaper: Arc<reaper::Reaper>,
-    pub(crate) logs: Arc<logs::LogHub>,
+    pub(crate) listeners: Arc<net::listen::Listeners>,
+    pub(crate) reaper: Arc<supervise::reaper::Reaper>,
+    pub(crate) logs: Arc<supervise::logs::LogHub>,
     /// How the processes of a color are found and signalled.
-    pub(crate) contain: Arc<contain::Containment>,
+    pub(crate) contain: Arc<supervise::contain::Containment>,
 }
 
 /// `t` as RFC 3339 in UTC, to the second.

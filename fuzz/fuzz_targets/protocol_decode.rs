@@ -9,7 +9,7 @@
 //!   since serde_json's default float parser is not exactly round-trip).
 #![no_main]
 
-use bgd::protocol::{decode_reply, decode_request, encode, Reply};
+use bgd::ops::protocol::{decode_reply, decode_request, encode, Reply};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

@@ -12,8 +12,8 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 
 use bgd::config::Config;
-use bgd::manpage::{self, Section};
-use bgd::spawn;
+use bgd::ops::manpage::{self, Section};
+use bgd::supervise::spawn;
 
 #[derive(Parser)]
 #[command(
@@ -97,11 +97,13 @@ fn main() -> ExitCode {
             return ExitCode::from(spawn::trampoline(argv) as u8)
         }
         // A color's relay (see relay.rs): it keeps its fds 3.. as they came.
-        Some(a) if a == bgd::relay::RELAY_ARG => return ExitCode::from(bgd::relay::main() as u8),
+        Some(a) if a == bgd::supervise::relay::RELAY_ARG => {
+            return ExitCode::from(bgd::supervise::relay::main() as u8)
+        }
         _ => {}
     }
     // SAFETY: no other thread exists yet.
-    let inherited = unsafe { bgd::systemd::take_listen_fds() };
+    let inherited = unsafe { bgd::net::fdstore::take_listen_fds() };
     spawn::cloexec_inherited_fds();
     let args = Args::parse();
     if args.man {

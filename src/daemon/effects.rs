@@ -9,15 +9,18 @@ use nix::sys::signal::Signal;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::{sink, Daemon, Event, Task};
-use crate::auto::Auto;
 use crate::color::Color;
 use crate::config::TrafficMode;
+use crate::deploy::auto::Auto;
+use crate::deploy::state::State;
 use crate::deploy::{Effect, Ended, Failed, Input, Launch, Level, Trigger};
-use crate::process::AppProcess;
-use crate::protocol::Reply;
-use crate::protocol::{Failure, FailureKind};
-use crate::state::{self, State};
-use crate::{drain, history, prepare};
+use crate::ops::protocol::Reply;
+use crate::ops::protocol::{Failure, FailureKind};
+use crate::pipeline::prepare;
+use crate::store::history;
+use crate::store::state;
+use crate::supervise::drain;
+use crate::supervise::process::AppProcess;
 
 /// The longest a start of a color waits for the rescue of its queue.
 const RESCUE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -63,7 +66,7 @@ impl Daemon {
                 let (ended, watch) = tokio::sync::watch::channel(false);
                 let listeners = self.ctx.listeners.clone();
                 tokio::spawn(async move {
-                    crate::rescue::rescue(listeners, color).await;
+                    crate::supervise::rescue::rescue(listeners, color).await;
                     let _ = ended.send(true);
                 });
                 self.rescues.insert(color, watch);
@@ -87,8 +90,8 @@ impl Daemon {
             Effect::Reply { client, reply } => self.reply(client, reply),
             Effect::Ended(ended) => self.ended(*ended),
             Effect::Unlisten => self.ctx.listeners.unlisten(),
-            Effect::Ready => crate::systemd::ready(),
-            Effect::Stopping => crate::systemd::stopping(),
+            Effect::Ready => crate::ops::systemd::ready(),
+            Effect::Stopping => crate::ops::systemd::stopping(),
             Effect::Log(level, message) => match level {
                 Level::Info => tracing::info!("{message}"),
                 Level::Warn => tracing::warn!("{message}"),
@@ -101,16 +104,15 @@ impl Daemon {
     }
 
     fn save(&self, state: &State) {
-        if let Err(e) = state.save(&self.ctx.config.fixed.root) {
+        if let Err(e) = state::save(state, &self.ctx.config.fixed.root) {
             tracing::error!("cannot write bgd's state: {e}");
         }
     }
 
     fn commit(&self, state: &State) -> Result<(), String> {
         let root = &self.ctx.config.fixed.root;
-        state
-            .save(root)
-            .map_err(|e| format!("{}: {e}", crate::layout::state_file(root).display()))
+        state::save(state, root)
+            .map_err(|e| format!("{}: {e}", crate::store::layout::state_file(root).display()))
     }
 
     fn point_live(&self, color: Color) {
@@ -165,7 +167,7 @@ impl Daemon {
         let root = self.ctx.config.fixed.root.clone();
         tokio::task::spawn_blocking(move || {
             for id in ids {
-                crate::stage::remove_kept(&root, id);
+                crate::pipeline::stage::remove_kept(&root, id);
             }
         });
     }
@@ -210,11 +212,11 @@ impl Daemon {
         }
         let ctx = self.ctx.clone();
         tokio::spawn(async move {
-            let dir = crate::layout::color_dir(&ctx.config.fixed.root, color);
-            let env = crate::process::color_env(&ctx, color, release);
+            let dir = crate::store::layout::color_dir(&ctx.config.fixed.root, color);
+            let env = crate::supervise::process::color_env(&ctx, color, release);
             let hooks = ctx.config.hooks.after_live.clone();
             let log = |line: &str| tracing::info!(%color, hook = "after_live", "{line}");
-            match crate::hooks::run(&ctx, "after_live", &hooks, &dir, &env, log).await {
+            match crate::pipeline::hooks::run(&ctx, "after_live", &hooks, &dir, &env, log).await {
                 Ok(()) => tracing::info!(%color, release, "after_live hooks done"),
                 Err(f) => {
                     tracing::warn!(%color, release, "{} (not fatal: release {release} stays live)", f.message)
@@ -285,7 +287,7 @@ fn tell_auto(
     a: &mut Auto,
     record: &history::Record,
     trigger: &Trigger,
-    failure: Option<&crate::protocol::Failure>,
+    failure: Option<&crate::ops::protocol::Failure>,
 ) {
     let rollback = record.kind == "rollback";
     match (trigger, failure) {

@@ -22,17 +22,20 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinHandle;
 
-use crate::auto::Auto;
 use crate::color::Color;
 use crate::config::Config;
-use crate::control::{self, Command, Responder};
+use crate::deploy::auto::Auto;
+use crate::deploy::state::State;
 use crate::deploy::{ClientId, Core, Input, Now, Process, TaskId};
-use crate::listen::Listeners;
-use crate::process::AppProcess;
-use crate::protocol::Request;
-use crate::reaper::{Exit, Reaper};
-use crate::state::State;
-use crate::{layout, prepare, stage, systemd, watch, Ctx, Sink};
+use crate::net::listen::Listeners;
+use crate::ops::control::{self, Command, Responder};
+use crate::ops::protocol::Request;
+use crate::ops::systemd;
+use crate::pipeline::{prepare, stage, watch};
+use crate::store::layout;
+use crate::supervise::process::AppProcess;
+use crate::supervise::reaper::{Exit, Reaper};
+use crate::{Ctx, Sink};
 
 mod effects;
 mod monitor;
@@ -99,9 +102,9 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
     std::fs::create_dir_all(&root)
         .with_context(|| format!("cannot create root {}", root.display()))?;
     let _lock = lock_root(&root)?;
-    let contain = Arc::new(crate::contain::Containment::setup(&root));
+    let contain = Arc::new(crate::supervise::contain::Containment::setup(&root));
     // What a previous bgd left running is adopted, or killed.
-    let (found, held) = crate::adoption::find(&root, &contain);
+    let (found, held) = crate::supervise::adoption::find(&root, &contain);
     let inherited = if inherited.is_empty() {
         held
     } else {
@@ -111,8 +114,8 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
         tracing::warn!("{e}");
     }
     stage::remove_leftovers(&root).with_context(|| format!("cannot clean {}", root.display()))?;
-    let mut state = State::load(&root)?;
-    crate::releases::at_start(&root, &mut state)?;
+    let mut state = crate::store::state::load(&root)?;
+    crate::pipeline::releases::at_start(&root, &mut state)?;
     let fixed = &config.fixed;
     let listeners = Arc::new(Listeners::adopt_or_bind(
         &fixed.listen,
@@ -128,7 +131,7 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
     };
     let control = control::bind(&config.fixed.control, config.fixed.control_mode, access)?;
     let telemetry = telemetry::Telemetry::start(config.fixed.metrics, state.live, &contain)?;
-    let logs = Arc::new(crate::logs::LogHub::default());
+    let logs = Arc::new(crate::supervise::logs::LogHub::default());
     let ctx = Arc::new(Ctx {
         config,
         listeners,
@@ -255,7 +258,7 @@ struct Daemon {
     /// A reexec was decided: requests are refused until it happens.
     exec_pending: bool,
     /// The history's writer, which keeps the records' order.
-    history: UnboundedSender<crate::history::Record>,
+    history: UnboundedSender<crate::store::history::Record>,
     /// The repeated health checks under way, by color.
     monitors: HashMap<Color, tokio::task::AbortHandle>,
     /// Auto-release decisions, when `[watch]` is configured.
@@ -271,7 +274,7 @@ struct Daemon {
     /// Lifecycle events (`bgctl events`) and the metrics.
     telemetry: telemetry::Telemetry,
     /// The operator's decisions as last written to `root/operator.json`.
-    saved_operator: crate::auto::Operator,
+    saved_operator: crate::deploy::auto::Operator,
 }
 
 impl Daemon {
@@ -359,8 +362,12 @@ impl Daemon {
     fn on_command(&mut self, Command { request, reply }: Command) {
         if self.exec_pending && request != Request::Status {
             let m = "bgd is re-executing itself: try again in a moment";
-            let f = crate::protocol::Failure::new(crate::protocol::FailureKind::Busy, None, m);
-            let _ = reply.send(crate::protocol::Reply::Error(f));
+            let f = crate::ops::protocol::Failure::new(
+                crate::ops::protocol::FailureKind::Busy,
+                None,
+                m,
+            );
+            let _ = reply.send(crate::ops::protocol::Reply::Error(f));
             return;
         }
         match request {

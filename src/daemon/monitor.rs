@@ -26,7 +26,7 @@ impl Daemon {
             let mut next = tokio::time::Instant::now() + every;
             loop {
                 tokio::time::sleep_until(next).await;
-                let result = crate::health::check_once(&ctx, color, own, release).await;
+                let result = crate::pipeline::health::check_once(&ctx, color, own, release).await;
                 if events.send(Event::Checked { color, pid, result }).is_err() {
                     return;
                 }

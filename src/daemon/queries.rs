@@ -1,12 +1,12 @@
 //! Answers that change nothing: status, history, logs.
 
-use crate::auto::Decision;
 use crate::color::Color;
 use crate::config::TrafficMode;
-use crate::control::Responder;
+use crate::deploy::auto::Decision;
 use crate::deploy::Trigger;
-use crate::history;
-use crate::protocol::{Reply, Status};
+use crate::ops::control::Responder;
+use crate::ops::protocol::{Reply, Status};
+use crate::store::history;
 use tokio::sync::broadcast;
 
 use super::Daemon;
@@ -32,15 +32,15 @@ impl Daemon {
         let standby = self.core.standby_release();
         tokio::spawn(async move {
             let listing = tokio::task::spawn_blocking(move || {
-                crate::releases::listing(&root, &state, standby, keep)
+                crate::pipeline::releases::listing(&root, &state, standby, keep)
             })
             .await;
             let reply_to = match listing {
                 Ok(l) => Reply::Done {
                     result: serde_json::to_value(l).expect("a listing serializes infallibly"),
                 },
-                Err(e) => Reply::Error(crate::protocol::Failure::new(
-                    crate::protocol::FailureKind::Internal,
+                Err(e) => Reply::Error(crate::ops::protocol::Failure::new(
+                    crate::ops::protocol::FailureKind::Internal,
                     None,
                     format!("cannot list the releases: {e}"),
                 )),
@@ -62,7 +62,7 @@ impl Daemon {
         stream(recent, live, follow, reply, move |next| match next {
             Ok(line) if color.is_some_and(|c| c != line.color) => Next::Skip,
             Ok(line) => Next::Send(Reply::Log(line)),
-            Err(n) => Next::Send(Reply::Log(crate::logs::LogLine {
+            Err(n) => Next::Send(Reply::Log(crate::supervise::logs::LogLine {
                 at: crate::now_rfc3339(),
                 color: color.unwrap_or(Color::Blue),
                 pid: 0,
@@ -78,7 +78,7 @@ impl Daemon {
     }
 
     /// A color as the core sees it, with its processes, memory and CPU.
-    fn color_status(&self, color: Color) -> crate::protocol::ColorStatus {
+    fn color_status(&self, color: Color) -> crate::ops::protocol::ColorStatus {
         let mut s = self.core.color_status(color);
         let leader = self.core.slot(color).pid();
         let u = self.ctx.contain.usage(color, leader);

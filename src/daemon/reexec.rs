@@ -14,9 +14,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
 use super::{Daemon, Event};
-use crate::control::Responder;
-use crate::protocol::{Failure, FailureKind, Reply};
-use crate::spawn;
+use crate::ops::control::Responder;
+use crate::ops::protocol::{Failure, FailureKind, Reply};
+use crate::supervise::spawn;
 
 /// How long the new binary's `--check` may take.
 const CHECK: Duration = Duration::from_secs(10);
@@ -130,7 +130,7 @@ impl Daemon {
             self.exec_pending = false;
             return;
         }
-        crate::systemd::reloading();
+        crate::ops::systemd::reloading();
         let path = CString::new(self.exe.as_os_str().as_bytes());
         let args: Result<Vec<CString>, _> = std::env::args_os()
             .map(|a| CString::new(a.as_bytes()))
@@ -146,7 +146,7 @@ impl Daemon {
         );
         self.last_result = Some(format!("{} reexec failed: {e:?}", crate::now_rfc3339()));
         if self.core.ready_sent() {
-            crate::systemd::ready();
+            crate::ops::systemd::ready();
         }
     }
 }
@@ -168,7 +168,7 @@ async fn check(ctx: &crate::Ctx, command: &[String]) -> Result<(), String> {
     let exited = ctx.reaper.watch(child.pid);
     let guard = spawn::KillGroupOnDrop(child.pid);
     let mut err = Vec::new();
-    let output = crate::process::read_lines(child.stderr, |l| err.push(l));
+    let output = crate::supervise::process::read_lines(child.stderr, |l| err.push(l));
     let (status, ()) = tokio::time::timeout(CHECK, async { tokio::join!(exited, output) })
         .await
         .map_err(|_| format!("its check did not finish within {} s", CHECK.as_secs()))?;

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::deploy::Shutdown;
-use crate::events::Kind;
-use crate::{systemd, Ctx};
+use crate::ops::events::Kind;
+use crate::ops::systemd;
+use crate::Ctx;
 
 use super::{Daemon, TICK};
 

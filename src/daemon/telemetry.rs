@@ -14,13 +14,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::color::Color;
-use crate::control::Responder;
 use crate::deploy::{ColorPhase, Core, Effect, Ended, Input, ReleasePhase, TaskId};
-use crate::events::{EventHub, Kind, RollbackKind, StepTook};
-use crate::history::StepTime;
-use crate::metrics::Metrics;
-use crate::process::AppProcess;
-use crate::protocol::{Failure, FailureKind, Reply};
+use crate::ops::control::Responder;
+use crate::ops::events::{EventHub, Kind, RollbackKind, StepTook};
+use crate::ops::metrics::Metrics;
+use crate::ops::protocol::{Failure, FailureKind, Reply};
+use crate::store::history::StepTime;
+use crate::supervise::process::AppProcess;
 
 use super::queries::{stream, Next};
 use super::{now, Daemon};
@@ -57,16 +57,16 @@ impl Telemetry {
     pub(super) fn start(
         listen: Option<SocketAddr>,
         live: Option<Color>,
-        contain: &Arc<crate::contain::Containment>,
+        contain: &Arc<crate::supervise::contain::Containment>,
     ) -> anyhow::Result<Telemetry> {
         let (metrics, metrics_addr) = match listen {
             None => (None, None),
             Some(addr) => {
-                let listener = crate::metrics::bind(addr)?;
+                let listener = crate::ops::metrics::bind(addr)?;
                 let bound = listener.local_addr().unwrap_or(addr);
                 let metrics = Arc::new(Metrics::new(crate::VERSION));
                 metrics.contain_with(contain.clone());
-                tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
+                tokio::spawn(crate::ops::metrics::serve(listener, metrics.clone()));
                 tracing::info!("metrics on http://{bound}/metrics");
                 (Some(metrics), Some(bound))
             }

@@ -1,11 +1,11 @@
 //! Glue between the build watcher and releases: `auto.rs` decides, this
 //! starts what it decides.
 
-use crate::auto::{Auto, Decision};
-use crate::control::Responder;
+use crate::deploy::auto::{Auto, Decision};
 use crate::deploy::{Input, Trigger};
-use crate::protocol::{Failure, FailureKind, Reply};
-use crate::watch;
+use crate::ops::control::Responder;
+use crate::ops::protocol::{Failure, FailureKind, Reply};
+use crate::pipeline::watch;
 
 use super::{sink, Daemon, Event};
 
@@ -66,10 +66,10 @@ impl Daemon {
             return;
         }
         self.saved_operator = op.clone();
-        let path = crate::layout::operator_file(&self.ctx.config.fixed.root);
+        let path = crate::store::layout::operator_file(&self.ctx.config.fixed.root);
         let data = serde_json::to_vec_pretty(&op).expect("operator decisions serialize");
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = crate::state::write_atomically(&path, &data) {
+            if let Err(e) = crate::store::state::write_atomically(&path, &data) {
                 tracing::error!("cannot write {}: {e}; the watch pause or hold would be forgotten if bgd restarted", path.display());
             }
         });
@@ -81,9 +81,9 @@ impl Daemon {
         let Some(op) = self.auto.as_ref().map(Auto::operator) else {
             return;
         };
-        let path = crate::layout::operator_file(&self.ctx.config.fixed.root);
+        let path = crate::store::layout::operator_file(&self.ctx.config.fixed.root);
         let data = serde_json::to_vec_pretty(&op).expect("operator decisions serialize");
-        match crate::state::write_atomically(&path, &data) {
+        match crate::store::state::write_atomically(&path, &data) {
             Ok(()) => self.saved_operator = op,
             Err(e) => tracing::error!(
                 "cannot write {}: {e}; the watch pause would be forgotten if bgd restarted",
@@ -128,13 +128,13 @@ impl Daemon {
 }
 
 /// Reads `root/operator.json`; a missing or unreadable file decided nothing.
-pub(super) fn load_operator(root: &std::path::Path) -> crate::auto::Operator {
-    let path = crate::layout::operator_file(root);
+pub(super) fn load_operator(root: &std::path::Path) -> crate::deploy::auto::Operator {
+    let path = crate::store::layout::operator_file(root);
     match std::fs::read(&path) {
         Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
             tracing::warn!("ignoring {}: {e}", path.display());
-            crate::auto::Operator::default()
+            crate::deploy::auto::Operator::default()
         }),
-        Err(_) => crate::auto::Operator::default(),
+        Err(_) => crate::deploy::auto::Operator::default(),
     }
 }

@@ -21,12 +21,12 @@ use std::path::PathBuf;
 
 use nix::unistd::Pid;
 
+use super::kept;
 use super::{ClientId, ColorPhase, Core, Effect, Kind, Launch, Level, Now, Process};
 use super::{Release, ReleasePhase, Shutdown, Trigger};
 use crate::color::Color;
-use crate::protocol::{Failure, FailureKind};
-use crate::releases;
-use crate::state::{Build, Kept, State};
+use crate::deploy::state::{Build, Kept, State};
+use crate::deploy::{Failure, FailureKind};
 
 impl<P: Process> Core<P> {
     /// The color a release or rollback starts: the one that is not live.
@@ -178,7 +178,7 @@ impl<P: Process> Core<P> {
             let m = format!(
                 "draining the standby {color} (pid {pid}) first: the new build starts there"
             );
-            return self.on_progress(now, task, crate::protocol::Step::Validate, m);
+            return self.on_progress(now, task, crate::deploy::Step::Validate, m);
         }
         self.launch(now, launch, r.kind.name());
         self.release = Some(Release {
@@ -227,7 +227,7 @@ impl<P: Process> Core<P> {
             .then(|| self.state.build(color).map(|b| b.release))
             .flatten();
         let target = match &to {
-            Some(to) => match releases::find(&self.state.releases, to) {
+            Some(to) => match kept::find(&self.state.releases, to) {
                 Ok(k) => k.clone(),
                 Err(m) => return self.refuse(client, refuse(m)),
             },
@@ -243,10 +243,10 @@ impl<P: Process> Core<P> {
                     self.state
                         .releases
                         .iter()
-                        .find(|k| k.release == b.release && releases::is_good(k))
+                        .find(|k| k.release == b.release && kept::is_good(k))
                 }) {
                 Some(k) => k.clone(),
-                None => match releases::previous(&self.state.releases, live_id) {
+                None => match kept::previous(&self.state.releases, live_id) {
                     Some(k) => k.clone(),
                     None => return self.rollback_in_place(now, client),
                 },
@@ -256,15 +256,15 @@ impl<P: Process> Core<P> {
         if Some(id) == live_id {
             let m = format!(
                 "release {id} is already live on {live}; {}",
-                releases::kept_list(&self.state.releases)
+                kept::kept_list(&self.state.releases)
             );
             return self.refuse(client, refuse(m));
         }
         if Some(id) == standby_id {
             return self.switch_back(now, client, None);
         }
-        if !releases::is_good(&target) {
-            let m = format!("release {id} never went live (its release failed), so bgd does not roll back to it; {}", releases::kept_list(&self.state.releases));
+        if !kept::is_good(&target) {
+            let m = format!("release {id} never went live (its release failed), so bgd does not roll back to it; {}", kept::kept_list(&self.state.releases));
             return self.refuse(client, refuse(m));
         }
         self.rollback_to_kept(now, client, target);
@@ -314,7 +314,7 @@ impl<P: Process> Core<P> {
         let refuse = |m: String| Failure::new(FailureKind::BadRequest, None, m);
         let color = self.dormant();
         let live = self.state.live.unwrap_or(color.other());
-        let kept = releases::kept_list(&self.state.releases);
+        let kept = kept::kept_list(&self.state.releases);
         let build = match self.state.build(color) {
             Some(b) if b.went_live => b.clone(),
             Some(b) => {

@@ -28,19 +28,27 @@ use nix::unistd::Pid;
 use serde::Serialize;
 
 use crate::color::Color;
-use crate::protocol::{ColorStatus, Failure, ReleaseProgress, Reply, Step};
-use crate::reaper::Exit;
-use crate::state::{Build, State};
+use crate::deploy::state::{Build, State};
+use crate::ops::protocol::{ColorStatus, ReleaseProgress, Reply};
 
 mod admit;
+pub(crate) mod auto;
+mod exit;
+pub mod failure;
+pub mod kept;
 mod phase;
+pub mod record;
 mod restart;
+pub mod rollout;
 mod shutdown;
+pub mod state;
 mod swap;
 #[cfg(test)]
 mod tests;
 mod traffic;
 
+pub use exit::Exit;
+pub use failure::{Failure, FailureKind, Step};
 pub use phase::{ColorPhase, Health, Kind, Release, ReleasePhase, Shutdown, Slot, Trigger};
 pub use traffic::{Bake, Canary, Policy};
 
@@ -209,7 +217,7 @@ pub enum Level {
 /// last result in status.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ended {
-    pub record: crate::history::Record,
+    pub record: crate::deploy::record::Record,
     pub trigger: Trigger,
     /// `None` when it succeeded.
     pub failure: Option<Failure>,
@@ -295,7 +303,7 @@ pub enum Effect<P> {
     /// Publish a lifecycle event (`bgctl events`, the metrics). For what the
     /// daemon cannot read off the other effects: a canary's share, a bake
     /// that passed, an automatic rollback.
-    Notify(crate::events::Kind),
+    Notify(crate::ops::events::Kind),
 }
 
 /// The deployment state and its rules. One owner: the daemon's loop.

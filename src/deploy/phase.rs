@@ -13,10 +13,10 @@ use nix::unistd::Pid;
 
 use super::{ClientId, Launch, Process, TaskId, Timings};
 use crate::color::Color;
-use crate::history::StepTime;
-use crate::protocol::Step;
-use crate::reaper::Exit;
-use crate::state::{Build, State};
+use crate::deploy::record::StepTime;
+use crate::deploy::state::{Build, State};
+use crate::deploy::Exit;
+use crate::deploy::Step;
 
 /// What one color is doing.
 #[derive(Debug)]

@@ -10,7 +10,7 @@ use nix::unistd::Pid;
 use super::HEALTHY_UPTIME;
 use super::{backoff, ColorPhase, Core, Effect, Failed, Launch, Level, Now, Process, Shutdown};
 use crate::color::Color;
-use crate::reaper::Exit;
+use crate::deploy::Exit;
 
 impl<P: Process> Core<P> {
     /// A color a previous bgd left running: the live one serves on, any

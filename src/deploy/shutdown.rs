@@ -5,7 +5,8 @@
 
 use super::{ColorPhase, Core, Effect, Level, Now, Process, ReleasePhase, Shutdown};
 use crate::color::Color;
-use crate::protocol::{Failure, FailureKind, Reply};
+use crate::deploy::{Failure, FailureKind};
+use crate::ops::protocol::Reply;
 
 impl<P: Process> Core<P> {
     pub(super) fn on_stop(&mut self, now: Now) {

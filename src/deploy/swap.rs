@@ -9,10 +9,11 @@ use nix::unistd::Pid;
 use super::{ColorPhase, Core, Effect, Ended, Failed, Kind, Level, Now, Process, TaskId};
 use super::{Release, ReleasePhase, Timings};
 use crate::color::Color;
-use crate::history::Record;
-use crate::protocol::{Failure, FailureKind, Reply, Step};
-use crate::reaper::Exit;
-use crate::state::{Build, State};
+use crate::deploy::record::Record;
+use crate::deploy::state::{Build, State};
+use crate::deploy::Exit;
+use crate::deploy::{Failure, FailureKind, Step};
+use crate::ops::protocol::Reply;
 
 impl<P: Process> Core<P> {
     fn current(&mut self, task: TaskId) -> Option<&mut Release<P>> {
@@ -38,7 +39,9 @@ impl<P: Process> Core<P> {
         if new {
             // Its kept copy is in root/releases now, beside the color's.
             self.state.releases.retain(|k| k.release != build.release);
-            self.state.releases.push(crate::state::Kept::of(&build));
+            self.state
+                .releases
+                .push(crate::deploy::state::Kept::of(&build));
         }
         self.state.set_build(color, Some(build));
         self.save();
@@ -444,7 +447,7 @@ impl<P: Process> Core<P> {
     fn remember_failed(&mut self, now: Now, r: &Release<P>, source: String) {
         match self.state.kept_mut(r.id) {
             Some(k) => k.failed = true,
-            None => self.state.releases.push(crate::state::Kept {
+            None => self.state.releases.push(crate::deploy::state::Kept {
                 release: r.id,
                 label: r.label.clone(),
                 source,
@@ -474,7 +477,7 @@ impl<P: Process> Core<P> {
             }
         }
         let keep = self.policy.keep;
-        let gone = crate::releases::prune(&mut self.state.releases, keep, &protect, prefer);
+        let gone = super::kept::prune(&mut self.state.releases, keep, &protect, prefer);
         if self.state != before {
             self.save();
         }

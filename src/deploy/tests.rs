@@ -3,7 +3,7 @@
 //! process is a plain pid, and time moves only when a test says so.
 
 use super::*;
-use crate::protocol::FailureKind;
+use crate::deploy::FailureKind;
 
 mod kept;
 mod traffic;
@@ -154,7 +154,7 @@ impl T {
         task
     }
 
-    fn status(&self, color: Color) -> crate::protocol::ColorStatus {
+    fn status(&self, color: Color) -> crate::ops::protocol::ColorStatus {
         self.core.color_status(color)
     }
 }

@@ -25,8 +25,9 @@ use nix::unistd::Pid;
 use super::{ClientId, ColorPhase, Core, Effect, Kind, Level, Now, Process};
 use super::{Release, ReleasePhase, Timings, Trigger};
 use crate::color::Color;
-use crate::protocol::{CanaryStatus, Failure, FailureKind, Reply, Shares, Step};
-use crate::rollout::Rollout;
+use crate::deploy::rollout::Rollout;
+use crate::deploy::{Failure, FailureKind, Step};
+use crate::ops::protocol::{CanaryStatus, Reply, Shares};
 
 /// What the core needs of the config after a swap; replaced by a reload.
 #[derive(Debug, Clone)]
@@ -48,7 +49,7 @@ impl Default for Policy {
             rollout: Rollout::default(),
             failures: 3,
             no_split: None,
-            keep: crate::config::DEFAULT_KEEP,
+            keep: crate::deploy::kept::DEFAULT_KEEP,
         }
     }
 }
@@ -571,14 +572,14 @@ impl<P: Process> Core<P> {
                 b.release, b.color
             );
             self.log(Level::Error, m.clone());
-            self.emit(Effect::Notify(crate::events::Kind::BakeFailed {
+            self.emit(Effect::Notify(crate::ops::events::Kind::BakeFailed {
                 release: b.release,
                 color: b.color,
                 reason: why,
             }));
             return self.refuse(b.waiter, Failure::new(FailureKind::App, None, m));
         }
-        self.emit(Effect::Notify(crate::events::Kind::BakePassed {
+        self.emit(Effect::Notify(crate::ops::events::Kind::BakePassed {
             release: b.release,
             color: b.color,
         }));
@@ -650,7 +651,7 @@ impl<P: Process> Core<P> {
         result: String,
     ) {
         let build = self.state.build(color);
-        let record = crate::history::Record {
+        let record = crate::deploy::record::Record {
             release,
             kind: kind.into(),
             trigger: trigger.name().into(),

@@ -23,8 +23,8 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use bgd::color::Color;
-use bgd::manpage::{self, Section};
-use bgd::protocol::{self, Reply, Request, Status};
+use bgd::ops::manpage::{self, Section};
+use bgd::ops::protocol::{self, Reply, Request, Status};
 
 #[derive(Parser)]
 #[command(
@@ -353,14 +353,14 @@ fn man_page() -> Result<u8, Fail> {
 
 /// `--canary`: 1 to 99 percent.
 fn canary_percent(s: &str) -> Result<u8, String> {
-    bgd::rollout::parse_percent(s, 99).map_err(|e| {
+    bgd::deploy::rollout::parse_percent(s, 99).map_err(|e| {
         format!("{e} (a canary shares with the live color; a plain release gives all)")
     })
 }
 
 /// `promote PERCENT`: 1 to 100 percent.
 fn promote_percent(s: &str) -> Result<u8, String> {
-    bgd::rollout::parse_percent(s, 100)
+    bgd::deploy::rollout::parse_percent(s, 100)
 }
 
 /// `release DIR`: bgd needs the directory as an absolute path.
@@ -458,9 +458,9 @@ fn done(out: &show::Out, print: Print, result: serde_json::Value) -> Result<u8, 
         Print::Status | Print::Watch => {
             out.status(&serde_json::from_value::<Status>(result).map_err(bad)?)
         }
-        Print::History => {
-            out.history(&serde_json::from_value::<Vec<bgd::history::Record>>(result).map_err(bad)?)
-        }
+        Print::History => out.history(
+            &serde_json::from_value::<Vec<bgd::store::history::Record>>(result).map_err(bad)?,
+        ),
         Print::Releases => out.releases(&result),
         Print::Logs { .. } | Print::Events { .. } => {}
     }

@@ -4,10 +4,10 @@
 use std::borrow::Cow;
 use std::io::IsTerminal;
 
-use bgd::events::{Event, Kind};
-use bgd::history::Record;
-use bgd::logs::LogLine;
-use bgd::protocol::{ColorStatus, Failure, Status, Step, WatchStatus};
+use bgd::ops::events::{Event, Kind};
+use bgd::ops::protocol::{ColorStatus, Failure, Status, Step, WatchStatus};
+use bgd::store::history::Record;
+use bgd::supervise::logs::LogLine;
 
 pub struct Out {
     color_out: bool,

@@ -2,7 +2,7 @@
 //! what is refused.
 
 use super::*;
-use crate::state::Kept;
+use crate::deploy::state::Kept;
 
 fn kept(release: u64, went_live: bool, failed: bool) -> Kept {
     Kept {

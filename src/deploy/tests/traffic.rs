@@ -1,7 +1,7 @@
 //! Table tests of the standby, the bake window and canaries (issue 12).
 
 use super::*;
-use crate::rollout::{CanaryStep, Rollout};
+use crate::deploy::rollout::{CanaryStep, Rollout};
 
 const MIN: u64 = 60_000;
 
@@ -20,7 +20,7 @@ fn policy(standby_min: u64, bake_min: u64, steps: &[(u8, u64)]) -> Policy {
         },
         failures: 3,
         no_split: None,
-        keep: crate::config::DEFAULT_KEEP,
+        keep: crate::deploy::kept::DEFAULT_KEEP,
     }
 }
 
@@ -92,7 +92,7 @@ fn swap_waiting_for_the_bake(t: &mut T) -> Vec<String> {
     t.says(Input::Committed(Ok(())))
 }
 
-fn record_of(effects: &[Effect<Proc>]) -> crate::history::Record {
+fn record_of(effects: &[Effect<Proc>]) -> crate::deploy::record::Record {
     effects
         .iter()
         .find_map(|e| match e {
@@ -133,7 +133,7 @@ fn with_a_standby_the_old_color_stays_warm_and_the_release_ends_at_its_swap() {
     assert_eq!(bake, None);
     assert_eq!(
         t.core.shares(),
-        crate::protocol::Shares {
+        crate::ops::protocol::Shares {
             blue: 0,
             green: 100
         }
@@ -367,7 +367,7 @@ fn a_canary_gets_its_share_beside_the_live_color() {
     let t = canary(20);
     assert_eq!(
         t.core.shares(),
-        crate::protocol::Shares {
+        crate::ops::protocol::Shares {
             blue: 80,
             green: 20
         }
@@ -407,7 +407,7 @@ fn promote_raises_the_share_or_makes_the_canary_live() {
     assert!(said.contains(&"drain blue 100".to_string()), "{said:?}");
     assert_eq!(
         t.core.shares(),
-        crate::protocol::Shares {
+        crate::ops::protocol::Shares {
             blue: 0,
             green: 100
         }
@@ -428,7 +428,7 @@ fn abort_ends_the_split_and_drains_the_canary() {
     );
     assert_eq!(
         t.core.shares(),
-        crate::protocol::Shares {
+        crate::ops::protocol::Shares {
             blue: 100,
             green: 0
         }

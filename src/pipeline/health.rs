@@ -1,0 +1,289 @@
+//! Readiness: is the color that was just started ready to take traffic?
+//!
+//! Each check reaches the new color alone: an HTTP GET through the address
+//! clients use, routed to the new color by its source (gate mode; see
+//! `Listeners::route_probe`) or through the color's private probe socket
+//! (shared mode, where both colors accept from the public socket),
+//! `READY=1` on a NOTIFY_SOCKET only it was given, or a command run in its
+//! directory.
+//! The color is ready when every configured check has passed; the caller
+//! bounds the whole wait with `health.timeout`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream, UnixStream};
+
+use crate::color::Color;
+use crate::net::listen::ProbeTarget;
+use crate::supervise::process::AppProcess;
+use crate::supervise::spawn;
+use crate::Ctx;
+
+/// Waits until every configured check passes. Fails early when a check
+/// cannot pass; the caller races this against the app's exit and a timeout,
+/// and reports `last`, the most recent reason a check did not pass yet.
+pub async fn wait_ready(
+    ctx: &Ctx,
+    app: &AppProcess,
+    dir: &Path,
+    release: u64,
+    last: &Mutex<String>,
+) -> anyhow::Result<()> {
+    let h = &ctx.config.health;
+    if let Some(path) = &h.http {
+        match (ctx.listeners.probe_target(app.color), app.probe_addr) {
+            (Some(target), _) => wait_http(ctx, &target, app.color, path, last).await,
+            (None, Some(addr)) => {
+                wait_http(ctx, &ProbeTarget::Own(addr), app.color, path, last).await
+            }
+            (None, None) => bail!("health.http: bgd has no way to reach {}", app.color),
+        }
+    }
+    if let Some(n) = &app.notify {
+        note(last, "no READY=1 on NOTIFY_SOCKET yet".into());
+        n.wait_ready().await?;
+    }
+    if let Some(cmd) = &h.exec {
+        wait_exec(ctx, cmd, dir, app, release, last).await?;
+    }
+    Ok(())
+}
+
+fn note(last: &Mutex<String>, what: String) {
+    tracing::debug!("not ready: {what}");
+    *last.lock().expect("never held across a panic") = what;
+}
+
+/// How long one probe waits for a connection and a status line.
+const ATTEMPT: Duration = Duration::from_secs(2);
+
+/// GETs `path` until it answers 2xx: through the address clients use (gate
+/// mode), or through the color's private probe socket (shared mode). The
+/// first request may wait in the color's queue until the app accepts: no
+/// polling while the app boots. Non-2xx answers, resets and attempts with
+/// no answer within [`ATTEMPT`] are retried with a short backoff; `last`
+/// says what the last one saw.
+async fn wait_http(ctx: &Ctx, via: &ProbeTarget, color: Color, path: &str, last: &Mutex<String>) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let attempt = tokio::time::timeout(ATTEMPT, probe_once(ctx, via, color, path));
+        match attempt.await {
+            Ok(Ok(code)) if (200..300).contains(&code) => return,
+            Ok(Ok(code)) => note(last, format!("GET {path} answered {code}")),
+            Ok(Err(e)) => note(last, format!("GET {path} failed: {e}")),
+            Err(_) => note(
+                last,
+                format!("GET {path} got no answer within {} s", ATTEMPT.as_secs()),
+            ),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// One `GET` over a new connection to `color`; returns the status code.
+async fn probe_once(
+    ctx: &Ctx,
+    via: &ProbeTarget,
+    color: Color,
+    path: &str,
+) -> std::io::Result<u16> {
+    match via {
+        ProbeTarget::Tcp { to, from } => {
+            let socket = if from.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            socket.bind(SocketAddr::new(*from, 0))?;
+            // Only this connection (by its exact source) goes to `color`.
+            ctx.listeners.route_probe(socket.local_addr()?, color)?;
+            let s = socket.connect(*to).await?;
+            s.set_nodelay(true)?;
+            http_get(s, &to.to_string(), path).await
+        }
+        ProbeTarget::Unix(p) => http_get(UnixStream::connect(p).await?, "localhost", path).await,
+        ProbeTarget::Own(addr) => {
+            let s = TcpStream::connect(addr).await?;
+            s.set_nodelay(true)?;
+            http_get(s, &addr.to_string(), path).await
+        }
+    }
+}
+
+/// `GET path` on `s`; returns the status code.
+async fn http_get<S>(mut s: S, host: &str, path: &str) -> std::io::Result<u16>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: bgd-probe\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    // Only the status line matters: "HTTP/1.1 200 OK".
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    while n < 12 {
+        let r = s.read(&mut buf[n..]).await?;
+        if r == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed before a status line",
+            ));
+        }
+        n += r;
+    }
+    let line = std::str::from_utf8(&buf[..n]).unwrap_or("");
+    line.strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.get(2..5))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not an HTTP response: {:?}", &line[..line.len().min(40)]),
+            )
+        })
+}
+
+/// Runs the check command until it exits 0. Its output is kept for the
+/// failure report; a check still running when the wait ends is killed.
+async fn wait_exec(
+    ctx: &Ctx,
+    cmd: &[String],
+    dir: &Path,
+    app: &AppProcess,
+    release: u64,
+    last: &Mutex<String>,
+) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        match exec_once(ctx, cmd, dir, app.color, release).await? {
+            Ok(()) => return Ok(()),
+            Err(why) => note(last, why),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// Runs the check command once in `dir`. The outer `Err`: it could not be
+/// run; the inner: it failed, with its status and last line of output.
+async fn exec_once(
+    ctx: &Ctx,
+    cmd: &[String],
+    dir: &Path,
+    color: Color,
+    release: u64,
+) -> anyhow::Result<Result<(), String>> {
+    let env = crate::supervise::process::color_env(ctx, color, release);
+    let check = spawn::spawn(&spawn::Spec {
+        command: cmd,
+        cwd: dir,
+        env,
+        fds: vec![],
+        identity: ctx.config.app.identity.as_ref(),
+        cgroup: None,
+        die_with_bgd: true,
+    })
+    .with_context(|| format!("cannot run health.exec {:?} in {}", cmd[0], dir.display()))?;
+    let exited = ctx.reaper.watch(check.pid);
+    let guard = spawn::KillGroupOnDrop(check.pid);
+    let output = Arc::new(Mutex::new(Vec::new()));
+    let readers =
+        [check.stdout, check.stderr].map(|fd| tokio::spawn(keep_tail(fd, output.clone())));
+    let status = exited.await.context("the reaper stopped")?;
+    std::mem::forget(guard);
+    // Output still in the pipes arrives at once; a background process
+    // that keeps them open is not waited for.
+    for r in readers {
+        let abort = r.abort_handle();
+        if tokio::time::timeout(Duration::from_millis(100), r)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
+    if status.success() {
+        return Ok(Ok(()));
+    }
+    let out = String::from_utf8_lossy(&output.lock().expect("never held across a panic"))
+        .trim()
+        .to_string();
+    let out = out
+        .lines()
+        .last()
+        .map(|l| format!(": {l}"))
+        .unwrap_or_default();
+    Ok(Err(format!("health.exec {:?}: {status}{out}", cmd[0])))
+}
+
+/// One repeated check of a color that already serves (`health.interval`):
+/// `health.http` once (through the public address, routed to `color`, or
+/// through `own`, its probe socket in shared mode), then `health.exec`
+/// once, each bounded by `health.timeout`. `Err` says what failed.
+pub async fn check_once(
+    ctx: &Ctx,
+    color: Color,
+    own: Option<SocketAddr>,
+    release: u64,
+) -> Result<(), String> {
+    let h = &ctx.config.health;
+    if let Some(path) = &h.http {
+        let via = match (ctx.listeners.probe_target(color), own) {
+            (Some(t), _) => t,
+            (None, Some(addr)) => ProbeTarget::Own(addr),
+            (None, None) => return Err(format!("health.http: bgd has no way to reach {color}")),
+        };
+        let attempt = tokio::time::timeout(h.timeout, probe_once(ctx, &via, color, path)).await;
+        if let ProbeTarget::Tcp { .. } = via {
+            ctx.listeners.clear_probe(color);
+        }
+        match attempt {
+            Ok(Ok(code)) if (200..300).contains(&code) => {}
+            Ok(Ok(code)) => return Err(format!("GET {path} answered {code}")),
+            Ok(Err(e)) => return Err(format!("GET {path} failed: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "GET {path} got no answer within health.timeout ({})",
+                    humantime::format_duration(h.timeout)
+                ))
+            }
+        }
+    }
+    if let Some(cmd) = &h.exec {
+        let dir = crate::store::layout::color_dir(&ctx.config.fixed.root, color);
+        let run = exec_once(ctx, cmd, &dir, color, release);
+        match tokio::time::timeout(h.timeout, run).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(e)) => return Err(format!("{e:#}")),
+            Err(_) => {
+                return Err(format!(
+                    "health.exec {:?} did not finish within health.timeout ({})",
+                    cmd[0],
+                    humantime::format_duration(h.timeout)
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads `fd` to its end, keeping the last 2 KiB in `out`.
+async fn keep_tail(fd: std::os::fd::OwnedFd, out: Arc<Mutex<Vec<u8>>>) {
+    let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+        return;
+    };
+    let mut buf = [0u8; 4096];
+    while let Ok(n @ 1..) = pipe.read(&mut buf).await {
+        let mut o = out.lock().expect("never held across a panic");
+        o.extend_from_slice(&buf[..n]);
+        let excess = o.len().saturating_sub(2048);
+        o.drain(..excess);
+    }
+}

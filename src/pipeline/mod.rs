@@ -1,0 +1,19 @@
+//! The release pipeline: bringing a build up in a color, from the copy to
+//! readiness. Nothing here decides what happens next (the core does) or
+//! touches the live color.
+//!
+//! - `prepare`     the task that brings a color up: validate, stage, prepare hooks, start, wait until ready
+//! - `stage`       keeping a build and copying it into a color directory atomically
+//! - `releases`    kept releases on disk: sizes, listing, taking over an older root
+//! - `fingerprint` a cheap summary of a build tree, to tell two builds apart
+//! - `hooks`       `[hooks]` prepare and after_live commands
+//! - `health`      readiness checks that reach the new color alone
+//! - `watch`       auto-release: notify events coalesced into settled-tree events
+
+pub(crate) mod fingerprint;
+pub(crate) mod health;
+pub(crate) mod hooks;
+pub(crate) mod prepare;
+pub(crate) mod releases;
+pub(crate) mod stage;
+pub(crate) mod watch;

@@ -1,0 +1,400 @@
+//! A task that brings a color up: stage (for a new build), run the prepare
+//! hooks, start, wait until ready. It runs beside the daemon's loop so the
+//! daemon keeps answering while it works; it reports each step as a
+//! [`Message`] and ends with [`Message::Prepared`]. It never touches the
+//! live color or the state: the deployment core commits the swap and drains
+//! the old color. Releases, rollbacks and restarts all run through here;
+//! the last two stage nothing.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::deploy::state::Build;
+use crate::deploy::{Failed, Launch, TaskId, Timings};
+use crate::ops::protocol::{Failure, FailureKind, Step};
+use crate::pipeline::health;
+use crate::pipeline::stage::{self, StageError};
+use crate::supervise::process::AppProcess;
+use crate::{Ctx, Sink};
+
+/// What a task reports, in this order: progress, at most one `Staged`,
+/// then exactly one `Prepared` (unless it was aborted).
+pub enum Message {
+    /// It reached a step.
+    Progress {
+        task: TaskId,
+        step: Step,
+        message: String,
+    },
+    /// It swapped the new build into its color's directory.
+    Staged { task: TaskId, build: Build },
+    /// It ended: a ready color, or why not.
+    Prepared {
+        task: TaskId,
+        result: Result<(AppProcess, Timings), Failed>,
+    },
+}
+
+/// How long a new color that failed its readiness check gets to finish the
+/// requests it already accepted from the shared socket, before SIGKILL.
+const FAILED_GRACE: Duration = Duration::from_secs(5);
+
+/// Carries out `plan` and sends [`Message::Prepared`] with a ready color
+/// or why not. `cancel`, once set, stops staging before it swaps anything
+/// into place. A failed color's whole process group is gone before this
+/// returns.
+pub async fn run(ctx: Arc<Ctx>, plan: Launch, cancel: Arc<AtomicBool>, events: Sink<Message>) {
+    let result = prepare(&ctx, &plan, &cancel, &events).await;
+    events(Message::Prepared {
+        task: plan.task,
+        result,
+    });
+}
+
+fn failed(kind: FailureKind, step: Step, message: impl Into<String>) -> Failed {
+    Failed {
+        failure: Failure::new(kind, Some(step), message),
+        exit: None,
+    }
+}
+
+async fn prepare(
+    ctx: &Ctx,
+    plan: &Launch,
+    cancel: &Arc<AtomicBool>,
+    events: &Sink<Message>,
+) -> Result<(AppProcess, Timings), Failed> {
+    let progress = |step: Step, message: String| {
+        events(Message::Progress {
+            task: plan.task,
+            step,
+            message,
+        });
+    };
+    let mut timings = Timings::default();
+    let dir = crate::store::layout::color_dir(&ctx.config.fixed.root, plan.color);
+    if let Some(source) = &plan.source {
+        timings.stage_ms = stage_build(ctx, plan, source, cancel, events).await?;
+        run_prepare_hooks(ctx, plan, &dir, &progress).await?;
+    } else if let Some(build) = &plan.kept {
+        timings.stage_ms = stage_kept(ctx, plan, build, cancel, events).await?;
+        // The kept copy is the build as released, before its hooks ran: a
+        // fresh directory needs them again.
+        run_prepare_hooks(ctx, plan, &dir, &progress).await?;
+    } else if !dir.is_dir() {
+        let m = format!(
+            "{} does not exist: nothing to start for {}",
+            dir.display(),
+            plan.color
+        );
+        return Err(failed(FailureKind::BadRequest, Step::Start, m));
+    }
+
+    progress(
+        Step::Start,
+        format!("starting {} (release {})", plan.color, plan.release),
+    );
+    let t = Instant::now();
+    ctx.listeners.ensure_listening(plan.color).map_err(|e| {
+        let m = format!("cannot listen on the app's sockets: {e}");
+        failed(FailureKind::Internal, Step::Start, m)
+    })?;
+    let app = AppProcess::start(ctx, plan.color, plan.release, &dir)
+        .map_err(|e| failed(FailureKind::App, Step::Start, format!("{e:#}")))?;
+    timings.start_ms = t.elapsed().as_millis() as u64;
+
+    progress(
+        Step::WaitReady,
+        format!("waiting for {} (pid {}) to be ready", plan.color, app.pid),
+    );
+    let t = Instant::now();
+    let outcome = wait_ready(ctx, plan, &app, &dir).await;
+    ctx.listeners.clear_probe(plan.color);
+    timings.ready_ms = t.elapsed().as_millis() as u64;
+    match outcome {
+        Ok(()) => Ok((app, timings)),
+        Err(message) => {
+            let message = message + &own_listeners(ctx, &app).await;
+            // It may have accepted live connections from the shared socket:
+            // let it finish them with its stop signal, briefly, then SIGKILL.
+            let grace = ctx.config.app.drain_timeout.min(FAILED_GRACE);
+            let (exit, _) = app.stop(ctx.config.app.stop_signal, grace).await;
+            let mut f = failed(FailureKind::App, Step::WaitReady, message);
+            f.failure.log_tail = app.log_tail().await;
+            f.exit = Some(exit);
+            Err(f)
+        }
+    }
+}
+
+/// When `app`'s processes listen on a TCP socket that is not one of bgd's,
+/// the app ignored the sockets it inherited: says so, and what usually
+/// causes it. Empty otherwise. Reads /proc on the blocking pool.
+async fn own_listeners(ctx: &Ctx, app: &AppProcess) -> String {
+    let (pgid, ours) = (app.pid.as_raw(), ctx.listeners.inodes());
+    let found = tokio::task::spawn_blocking(move || {
+        let table = crate::net::conns::sockets(&[crate::net::conns::TcpState::Listen]).ok()?;
+        let group = crate::net::conns::group_socket_inodes(pgid).unwrap_or_default();
+        Some(crate::net::conns::foreign_listeners(&table, &group, &ours))
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    if found.is_empty() {
+        return String::new();
+    }
+    let addrs: Vec<String> = found.iter().map(|a| a.to_string()).collect();
+    format!(
+        "; {} listens on {} itself, which is not one of bgd's sockets: the app ignored the sockets it was given (LISTEN_FDS). \
+         LISTEN_PID names the pid bgd started, so a wrapper that starts the server without `exec` (or a shim that forks) hides them: \
+         use `exec` in the wrapper, or make the server read LISTEN_FDS",
+        app.color,
+        addrs.join(", ")
+    )
+}
+
+/// Validates and copies `source` into the color; returns how long the copy
+/// took, in milliseconds.
+async fn stage_build(
+    ctx: &Ctx,
+    plan: &Launch,
+    source: &std::path::Path,
+    cancel: &Arc<AtomicBool>,
+    events: &Sink<Message>,
+) -> Result<u64, Failed> {
+    let progress = |message: String| {
+        events(Message::Progress {
+            task: plan.task,
+            step: Step::Stage,
+            message,
+        });
+    };
+    let root = &ctx.config.fixed.root;
+    let source = stage::validate(source, root)
+        .map_err(|m| failed(FailureKind::BadRequest, Step::Validate, m))?;
+    let need = check_space(ctx, &source).await?;
+    progress(format!(
+        "copying {} into {} and keeping it as release {} (needs up to {})",
+        source.display(),
+        plan.color,
+        plan.release,
+        stage::mb(need.kept + need.color)
+    ));
+    let t = Instant::now();
+    let copied = copy(ctx, plan, Some(&source), cancel, events).await?;
+    let ms = t.elapsed().as_millis() as u64;
+    events(Message::Staged {
+        task: plan.task,
+        build: Build {
+            release: plan.release,
+            label: plan.label.clone(),
+            source: source.display().to_string(),
+            staged_at: crate::now_rfc3339(),
+            went_live: false,
+            fingerprint: Some(copied.fingerprint),
+        },
+    });
+    progress(format!(
+        "copied {} files, {:.1} MB in {ms} ms ({:.1} MB of it new to the kept releases)",
+        copied.files,
+        copied.bytes as f64 / 1e6,
+        copied.kept_bytes as f64 / 1e6,
+    ));
+    Ok(ms)
+}
+
+/// Refuses a build the root's filesystem cannot hold, before anything is
+/// copied (step validate); says what it needs.
+async fn check_space(ctx: &Ctx, source: &std::path::Path) -> Result<stage::Need, Failed> {
+    let (root, src, hardlink) = (
+        ctx.config.fixed.root.clone(),
+        source.to_path_buf(),
+        ctx.config.hardlink,
+    );
+    tokio::task::spawn_blocking(move || stage::check_space(&root, &src, hardlink))
+        .await
+        .map_err(|e| {
+            failed(
+                FailureKind::Internal,
+                Step::Validate,
+                format!("sizing task failed: {e}"),
+            )
+        })?
+        .map_err(|m| failed(FailureKind::Stage, Step::Validate, m))
+}
+
+/// Stages a copy of the kept release `build` (a rollback to it); returns
+/// how long it took, in milliseconds.
+async fn stage_kept(
+    ctx: &Ctx,
+    plan: &Launch,
+    build: &Build,
+    cancel: &Arc<AtomicBool>,
+    events: &Sink<Message>,
+) -> Result<u64, Failed> {
+    events(Message::Progress {
+        task: plan.task,
+        step: Step::Stage,
+        message: format!(
+            "copying the kept release {} into {}",
+            build.release, plan.color
+        ),
+    });
+    let t = Instant::now();
+    copy(ctx, plan, None, cancel, events).await?;
+    events(Message::Staged {
+        task: plan.task,
+        build: Build {
+            staged_at: crate::now_rfc3339(),
+            ..build.clone()
+        },
+    });
+    Ok(t.elapsed().as_millis() as u64)
+}
+
+/// `hooks.prepare`, in the staged directory, before the app starts.
+async fn run_prepare_hooks(
+    ctx: &Ctx,
+    plan: &Launch,
+    dir: &std::path::Path,
+    progress: &impl Fn(Step, String),
+) -> Result<(), Failed> {
+    let hooks = &ctx.config.hooks.prepare;
+    if hooks.is_empty() {
+        return Ok(());
+    }
+    progress(
+        Step::Prepare,
+        format!(
+            "running {} prepare hook(s) in {}",
+            hooks.len(),
+            dir.display()
+        ),
+    );
+    let env = crate::supervise::process::color_env(ctx, plan.color, plan.release);
+    crate::pipeline::hooks::run(ctx, "prepare", hooks, dir, &env, |line| {
+        progress(Step::Prepare, line.to_string())
+    })
+    .await
+    .map_err(|f| {
+        let mut failed = failed(FailureKind::App, Step::Prepare, f.message);
+        failed.failure.log_tail = f.output;
+        failed
+    })
+}
+
+/// Waits until `app` passes its readiness check, exits, or runs out of
+/// `health.timeout`; `Err` says which.
+async fn wait_ready(
+    ctx: &Ctx,
+    plan: &Launch,
+    app: &AppProcess,
+    dir: &std::path::Path,
+) -> Result<(), String> {
+    let timeout = ctx.config.health.timeout;
+    let last_check = Mutex::new(String::new());
+    tokio::select! {
+        r = health::wait_ready(ctx, app, dir, plan.release, &last_check) => r.map_err(|e| format!("{e:#}")),
+        exit = app.exited() => Err(format!("{} exited during the readiness wait ({exit})", plan.color)),
+        _ = tokio::time::sleep(timeout) => {
+            let last = last_check.lock().expect("never held across a panic").clone();
+            Err(not_ready(plan, timeout, &last, app.log_tail().await.last()))
+        }
+    }
+}
+
+/// Why a color that did not become ready in time failed: what the last
+/// check saw and, when the app never answered, its last line and a hint.
+fn not_ready(plan: &Launch, timeout: Duration, last: &str, last_line: Option<&String>) -> String {
+    let mut m = format!(
+        "{} was not ready within health.timeout ({})",
+        plan.color,
+        humantime::format_duration(timeout)
+    );
+    if !last.is_empty() {
+        m += &format!(" (last check: {last})");
+    }
+    m += ": it was stopped";
+    let unanswered = last.is_empty()
+        || last.contains("no answer")
+        || last.contains("refused")
+        || last.contains("READY=1");
+    if unanswered {
+        if let Some(line) = last_line {
+            m += &format!("; its last line was {line:?}");
+        }
+        m += "; if it was still starting, raise health.timeout";
+    }
+    m
+}
+
+/// Stages `source` (or, with `None`, the kept release `plan.release`) on a
+/// blocking thread.
+async fn copy(
+    ctx: &Ctx,
+    plan: &Launch,
+    source: Option<&std::path::Path>,
+    cancel: &Arc<AtomicBool>,
+    events: &Sink<Message>,
+) -> Result<stage::Copied, Failed> {
+    let (events, task) = (events.clone(), plan.task);
+    let watch = ctx.config.watch.as_ref();
+    let opts = stage::Options {
+        owner: ctx
+            .config
+            .app
+            .identity
+            .as_ref()
+            .map(|i| (i.uid.as_raw(), i.gid.as_raw())),
+        ignore: watch
+            .map(|w| w.ignore.clone())
+            .unwrap_or_else(globset::GlobSet::empty),
+        marker: watch.and_then(|w| w.marker.clone()),
+        expect: plan.expect.clone(),
+        cancel: cancel.clone(),
+        shared: ctx.config.shared.clone(),
+        hardlink: ctx.config.hardlink,
+        progress: Some(Arc::new(move |files, bytes| {
+            let message = format!("copied {files} files, {:.1} MB so far", bytes as f64 / 1e6);
+            events(Message::Progress {
+                task,
+                step: Step::Stage,
+                message,
+            });
+        })),
+    };
+    let (root, src, color, id, release) = (
+        ctx.config.fixed.root.clone(),
+        source.map(|s| s.to_path_buf()),
+        plan.color,
+        plan.task,
+        plan.release,
+    );
+    let staged = tokio::task::spawn_blocking(move || {
+        let staged = match &src {
+            Some(src) => stage::stage(&root, src, color, id, &opts),
+            None => stage::stage_kept(&root, release, color, id, &opts),
+        };
+        if staged.is_ok() {
+            // The color's previous tree goes away off the release's path.
+            std::thread::spawn(move || stage::remove_trash(&root, id));
+        }
+        staged
+    })
+    .await
+    .map_err(|e| {
+        let m = format!("staging task failed: {e}");
+        failed(FailureKind::Internal, Step::Stage, m)
+    })?;
+    staged.map_err(|e| {
+        let kind = match e {
+            StageError::Refused(_) => FailureKind::BadRequest,
+            StageError::Io(_) => FailureKind::Stage,
+            StageError::Changed => FailureKind::Changed,
+            StageError::Aborted => FailureKind::Busy,
+        };
+        failed(kind, Step::Stage, format!("cannot stage the build: {e}"))
+    })
+}
