@@ -46,48 +46,50 @@ struct Args {
 }
 
 /// The man page's sections after the options.
-const MAN_SECTIONS: &[Section] = &[
-    Section {
-        title: "EXIT STATUS",
-        intro: "",
-        items: &[
+fn man_sections() -> Vec<Section> {
+    vec![
+    Section::new(
+        "EXIT STATUS",
+        "",
+        &[
             ("0", "stopped by SIGTERM or SIGINT after draining the app; with --check, the config is valid"),
             ("1", "bgd cannot run: a port in use, another bgd on the same root, an unwritable root"),
             ("2", "bad arguments or a bad config; the message says where (file:line:col) and what to change"),
         ],
-    },
-    Section {
-        title: "SIGNALS",
-        intro: "",
-        items: &[
+    ),
+    Section::new(
+        "SIGNALS",
+        "",
+        &[
             ("SIGTERM, SIGINT", "drain the live color (its stop_signal, then SIGKILL at drain_timeout) and exit 0; a second signal kills the app's process groups at once"),
             ("SIGUSR2", "re-execute the bgd binary now on disk in place (as `bgctl reexec`): it is checked with --check first; the pid and the app stay"),
             ("SIGHUP", "reload the config: the app's command, env, stop signal, drain, health checks and [watch] apply to the next start of a color; changes to [[listen]], root, control and name need a restart"),
         ],
-    },
-    Section {
-        title: "ENVIRONMENT",
-        intro: "",
-        items: &[
+    ),
+    Section::new(
+        "ENVIRONMENT",
+        "",
+        &[
             ("BGD_LOG", "what to log, as a tracing filter (default info; debug for more)"),
             ("NOTIFY_SOCKET, LISTEN_FDS, LISTEN_FDNAMES, WATCHDOG_USEC", "set by systemd: bgd reports READY=1, STATUS= and WATCHDOG=1, keeps its sockets in the fd store, and takes socket-activated sockets by name"),
         ],
-    },
-    Section {
-        title: "FILES",
-        intro: "",
-        items: &[
+    ),
+    Section::new(
+        "FILES",
+        "",
+        &[
             ("/etc/bgd/NAME.toml", "the config of bgd@NAME.service; /etc/bgd/example.toml.sample is an example"),
             ("/var/lib/bgd/NAME", "the root of bgd@NAME.service: blue/ and green/, live, state.json, history.json, the control socket bgd.sock"),
             ("/usr/share/doc/bgd/README.md", "how releases, auto-release, hooks and the traffic gate work, and every config key"),
         ],
-    },
-    Section {
-        title: "SEE ALSO",
-        intro: "bgctl(1), systemctl(1), systemd.socket(5)",
-        items: &[],
-    },
-];
+    ),
+    Section::new(
+        "SEE ALSO",
+        "bgctl(1), systemctl(1), systemd.socket(5)",
+        &[],
+    ),
+    ]
+}
 
 fn main() -> ExitCode {
     // The exec trampoline must run before anything starts a thread.
@@ -157,7 +159,7 @@ fn main() -> ExitCode {
 }
 
 fn print_man_page() -> ExitCode {
-    match manpage::render(Args::command(), MAN_SECTIONS, &mut std::io::stdout()) {
+    match manpage::render(Args::command(), &man_sections(), &mut std::io::stdout()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bgd: cannot write the man page: {e}");

@@ -87,7 +87,7 @@ impl Daemon {
                 });
             }
             Effect::AfterLive { color, release } => self.run_after_live(color, release),
-            Effect::Reply { client, reply } => self.reply(client, reply),
+            Effect::Reply { client, answer } => self.reply(client, Reply::from(answer)),
             Effect::Ended(ended) => self.ended(*ended),
             Effect::Unlisten => self.ctx.listeners.unlisten(),
             Effect::Ready => crate::ops::systemd::ready(),

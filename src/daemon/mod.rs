@@ -42,6 +42,7 @@ mod monitor;
 mod queries;
 mod reexec;
 mod service;
+mod status;
 mod telemetry;
 mod watching;
 

@@ -1,11 +1,9 @@
-//! Answers that change nothing: status, history, logs.
+//! Answers that change nothing: history, releases, logs (status is
+//! `status.rs`).
 
 use crate::color::Color;
-use crate::config::TrafficMode;
-use crate::deploy::auto::Decision;
-use crate::deploy::Trigger;
 use crate::ops::control::Responder;
-use crate::ops::protocol::{Reply, Status};
+use crate::ops::protocol::{Done, Reply};
 use crate::store::history;
 use tokio::sync::broadcast;
 
@@ -18,8 +16,9 @@ impl Daemon {
             let records = tokio::task::spawn_blocking(move || history::load(&root))
                 .await
                 .unwrap_or_default();
-            let result = serde_json::to_value(records).expect("records serialize infallibly");
-            let _ = reply.send(Reply::Done { result });
+            let _ = reply.send(Reply::Done {
+                result: Done::History(records),
+            });
         });
     }
 
@@ -37,7 +36,7 @@ impl Daemon {
             .await;
             let reply_to = match listing {
                 Ok(l) => Reply::Done {
-                    result: serde_json::to_value(l).expect("a listing serializes infallibly"),
+                    result: Done::Releases(l),
                 },
                 Err(e) => Reply::Error(crate::ops::protocol::Failure::new(
                     crate::ops::protocol::FailureKind::Internal,
@@ -71,60 +70,6 @@ impl Daemon {
             })),
         });
     }
-
-    pub(super) fn reply_status(&self, reply: Responder) {
-        let status = serde_json::to_value(self.status()).expect("status serializes infallibly");
-        let _ = reply.send(Reply::Done { result: status });
-    }
-
-    /// A color as the core sees it, with its processes, memory and CPU.
-    fn color_status(&self, color: Color) -> crate::ops::protocol::ColorStatus {
-        let mut s = self.core.color_status(color);
-        let leader = self.core.slot(color).pid();
-        let u = self.ctx.contain.usage(color, leader);
-        s.processes = u.processes;
-        s.memory_bytes = u.memory_bytes;
-        s.cpu_usec = u.cpu_usec;
-        s
-    }
-
-    pub(super) fn status(&self) -> Status {
-        let core = &self.core;
-        let now = super::now();
-        let (standby, bake) = core.deadlines(now);
-        Status {
-            name: self.ctx.config.fixed.name.clone(),
-            pid: std::process::id(),
-            instance: self.instance,
-            live: core.state().live,
-            release_in_progress: core.progress(),
-            blue: self.color_status(Color::Blue),
-            green: self.color_status(Color::Green),
-            containment: self.ctx.contain.describe(),
-            last_result: self.last_result.clone(),
-            listen: self.ctx.listeners.addresses(),
-            mode: match self.ctx.config.fixed.traffic {
-                TrafficMode::Gate => "gate".into(),
-                TrafficMode::Shared => "shared".into(),
-            },
-            receiving: self.ctx.listeners.receiving(),
-            traffic: core.shares(),
-            standby_until: standby.map(crate::rfc3339),
-            bake_until: bake.map(crate::rfc3339),
-            canary: core.canary_status(now),
-            watch: self.auto.as_ref().map(|a| {
-                let running = core
-                    .release()
-                    .is_some_and(|r| matches!(r.kind.trigger(), Trigger::Watch(_)));
-                let due = matches!(
-                    a.decide(self.live_fingerprint().as_deref(), false),
-                    Decision::Release(_)
-                );
-                a.status(running || due)
-            }),
-            metrics: self.telemetry.metrics_addr.map(|a| a.to_string()),
-        }
-    }
 }
 
 /// What a follower sends for one item of a feed.
@@ -155,7 +100,7 @@ pub(super) fn stream<T: Clone + Send + 'static>(
         }
         if !follow {
             let _ = reply.send(Reply::Done {
-                result: serde_json::Value::Null,
+                result: Done::Nothing,
             });
             return;
         }

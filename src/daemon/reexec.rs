@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::{Daemon, Event};
 use crate::ops::control::Responder;
-use crate::ops::protocol::{Failure, FailureKind, Reply};
+use crate::ops::protocol::{Done, Failure, FailureKind, Outcome, Reply};
 use crate::supervise::spawn;
 
 /// How long the new binary's `--check` may take.
@@ -78,9 +78,12 @@ impl Daemon {
                         std::process::id()
                     );
                     if let Some(r) = &reply {
-                        let result = serde_json::json!({
-                            "message": format!("bgd re-executes {} in place (pid {}); the app keeps running", exe.display(), std::process::id()),
-                        });
+                        let message = format!(
+                            "bgd re-executes {} in place (pid {}); the app keeps running",
+                            exe.display(),
+                            std::process::id()
+                        );
+                        let result = Done::Outcome(Outcome::Reexec { message });
                         let _ = r.send(Reply::Done { result });
                     }
                     // Time for the control task to write that answer.

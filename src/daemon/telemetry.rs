@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::color::Color;
-use crate::deploy::{ColorPhase, Core, Effect, Ended, Input, ReleasePhase, TaskId};
+use crate::deploy::{ColorPhase, Core, Effect, Ended, Input, Notice, ReleasePhase, TaskId};
 use crate::ops::control::Responder;
 use crate::ops::events::{EventHub, Kind, RollbackKind, StepTook};
 use crate::ops::metrics::Metrics;
@@ -133,7 +133,18 @@ impl Telemetry {
                     });
                 }
                 Effect::Ended(ended) => self.ended(ended),
-                Effect::Notify(kind) => self.publish(kind.clone()),
+                Effect::Notify(notice) => self.publish(match notice.clone() {
+                    Notice::BakePassed { release, color } => Kind::BakePassed { release, color },
+                    Notice::BakeFailed {
+                        release,
+                        color,
+                        reason,
+                    } => Kind::BakeFailed {
+                        release,
+                        color,
+                        reason,
+                    },
+                }),
                 Effect::Split { canary, percent } => self.publish(Kind::CanaryShare {
                     color: *canary,
                     share: f64::from(*percent) / 100.0,

@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use crate::deploy::{Failure, FailureKind};
-use crate::ops::protocol::{AutoRelease, WatchStatus};
+use crate::deploy::{Failure, FailureKind, Step};
 
 /// What the watcher task (watch.rs) reports, for [`Auto`]'s decisions and
 /// status; written by the watcher task only.
@@ -38,6 +37,16 @@ pub struct Auto {
     /// made another build live), and why. Released again once it changes.
     hold: Option<(String, String)>,
     last: Option<AutoRelease>,
+}
+
+/// The outcome of the last auto-release.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AutoRelease {
+    pub at: String,
+    pub release: u64,
+    pub ok: bool,
+    pub step: Option<Step>,
+    pub message: String,
 }
 
 /// What the operator decided about auto-release, which must survive a
@@ -167,36 +176,41 @@ impl Auto {
         }
     }
 
-    /// `releasing`: an auto-release runs, or one is due once the current
-    /// release ends.
-    pub fn status(&self, releasing: bool) -> WatchStatus {
-        let w = self
-            .watcher
-            .lock()
-            .expect("watch state lock is never held across a panic")
-            .clone();
-        let state = if self.paused {
+    /// What status shows of auto-release: `paused`, `settling` (changes
+    /// seen, waiting for quiet), `releasing` (`releasing`: an auto-release
+    /// runs, or one is due once the current release ends) or `idle`.
+    pub fn state_word(&self, releasing: bool) -> &'static str {
+        let settling = self.watcher().generation != self.settled;
+        if self.paused {
             "paused"
-        } else if w.generation != self.settled {
+        } else if settling {
             "settling"
         } else if releasing {
             "releasing"
         } else {
             "idle"
-        };
-        WatchStatus {
-            path: self.path.display().to_string(),
-            mode: w.mode.to_string(),
-            state: state.into(),
-            last_event: w.last_event.map(crate::rfc3339),
-            ignored_events: w.ignored_events,
-            holding: self
-                .hold
-                .as_ref()
-                .filter(|(h, _)| self.latest.as_ref() == Some(h))
-                .map(|(_, why)| why.clone()),
-            last_release: self.last.clone(),
         }
+    }
+
+    /// What the watcher task last reported.
+    pub fn watcher(&self) -> WatchState {
+        self.watcher
+            .lock()
+            .expect("watch state lock is never held across a panic")
+            .clone()
+    }
+
+    /// Why the current tree is not released, if it is held back.
+    pub fn holding(&self) -> Option<&str> {
+        self.hold
+            .as_ref()
+            .filter(|(h, _)| self.latest.as_ref() == Some(h))
+            .map(|(_, why)| why.as_str())
+    }
+
+    /// The outcome of the last auto-release.
+    pub fn last(&self) -> Option<&AutoRelease> {
+        self.last.as_ref()
     }
 }
 
@@ -251,7 +265,7 @@ mod tests {
         settle(&mut a, "bad", 1);
         a.failed("bad", 3, &Failure::new(FailureKind::App, None, "boom"));
         assert_eq!(a.decide(Some("good"), false), Decision::Nothing);
-        assert!(a.status(false).holding.unwrap().contains("release 3"));
+        assert!(a.holding().unwrap().contains("release 3"));
         settle(&mut a, "fixed", 2);
         assert_eq!(
             a.decide(Some("good"), false),
@@ -303,7 +317,7 @@ mod tests {
             Decision::Nothing,
             "still held"
         );
-        assert!(b.status(false).holding.unwrap().contains("rollback"));
+        assert!(b.holding().unwrap().contains("rollback"));
     }
 
     #[test]

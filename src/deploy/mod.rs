@@ -29,9 +29,9 @@ use serde::Serialize;
 
 use crate::color::Color;
 use crate::deploy::state::{Build, State};
-use crate::ops::protocol::{ColorStatus, ReleaseProgress, Reply};
 
 mod admit;
+pub mod answer;
 pub(crate) mod auto;
 mod exit;
 pub mod failure;
@@ -47,10 +47,12 @@ mod swap;
 mod tests;
 mod traffic;
 
+pub use answer::{Answer, CanaryShare, Outcome, Swapped};
 pub use exit::Exit;
 pub use failure::{Failure, FailureKind, Step};
 pub use phase::{ColorPhase, Health, Kind, Release, ReleasePhase, Shutdown, Slot, Trigger};
-pub use traffic::{Bake, Canary, Policy};
+pub use record::{Record, StepTime};
+pub use traffic::{Bake, Canary, Policy, Shares};
 
 /// Names one release, rollback or restart task, so that events of an older
 /// task are never taken for the current one's. A release's task id is its
@@ -77,6 +79,13 @@ pub struct Now {
     pub mono: Instant,
     /// For what is shown and recorded (status `since`, history).
     pub wall: SystemTime,
+}
+
+impl Now {
+    /// The wall-clock time of the monotonic moment `at`, seen from now.
+    pub fn wall_at(&self, at: Instant) -> SystemTime {
+        self.wall + at.saturating_duration_since(self.mono)
+    }
 }
 
 /// What the core needs to know of a running color's process.
@@ -286,10 +295,10 @@ pub enum Effect<P> {
         color: Color,
         release: u64,
     },
-    /// Answer a client; [`Reply::Done`] and [`Reply::Error`] are its last.
+    /// Answer a client; [`Answer::Done`] and [`Answer::Failed`] are its last.
     Reply {
         client: ClientId,
-        reply: Reply,
+        answer: Answer,
     },
     /// A release or rollback ended.
     Ended(Box<Ended>),
@@ -301,9 +310,33 @@ pub enum Effect<P> {
     Stopping,
     Log(Level, String),
     /// Publish a lifecycle event (`bgctl events`, the metrics). For what the
-    /// daemon cannot read off the other effects: a canary's share, a bake
-    /// that passed, an automatic rollback.
-    Notify(crate::ops::events::Kind),
+    /// daemon cannot read off the other effects.
+    Notify(Notice),
+}
+
+/// What the core tells the event feed (`bgctl events`, the metrics)
+/// beyond what the daemon reads off the other effects.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    /// Release `release` on `color` stayed healthy for its bake window.
+    BakePassed { release: u64, color: Color },
+    /// Release `release` on `color` failed during its bake while bgd could
+    /// not switch back (`reason` says what failed and why not).
+    BakeFailed {
+        release: u64,
+        color: Color,
+        reason: String,
+    },
+}
+
+impl Notice {
+    /// Its event's name: `bake_passed`, `bake_failed`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Notice::BakePassed { .. } => "bake_passed",
+            Notice::BakeFailed { .. } => "bake_failed",
+        }
+    }
 }
 
 /// The deployment state and its rules. One owner: the daemon's loop.
@@ -454,42 +487,6 @@ impl<P: Process> Core<P> {
         self.state.live.and_then(|c| self.slot(c).pid())
     }
 
-    /// One color as `bgctl status` shows it.
-    pub fn color_status(&self, color: Color) -> ColorStatus {
-        let slot = self.slot(color);
-        let build = self.state.build(color);
-        let failing = slot.health.failing;
-        ColorStatus {
-            failing_checks: (failing > 0).then_some(failing),
-            last_check_failure: slot.health.last.clone(),
-            state: slot.phase.name(build.is_some()).into(),
-            pid: slot.pid().map(|p| p.as_raw() as u32),
-            release: build.map(|b| b.release),
-            label: build.and_then(|b| b.label.clone()),
-            source: build.map(|b| b.source.clone()),
-            fingerprint: build.and_then(|b| b.fingerprint.clone()),
-            since: Some(crate::rfc3339(slot.since)),
-            restarts: slot.restarts,
-            processes: 0,
-            memory_bytes: None,
-            cpu_usec: None,
-            last_exit: slot.last_exit.map(|e| e.to_string()),
-            reason: slot.phase.reason().map(str::to_string),
-        }
-    }
-
-    /// The release in progress as `bgctl status` shows it.
-    pub fn progress(&self) -> Option<ReleaseProgress> {
-        self.release.as_ref().map(|r| ReleaseProgress {
-            kind: r.kind.name().into(),
-            id: r.id,
-            color: r.color,
-            step: r.step(),
-            label: r.label.clone(),
-            since: crate::rfc3339(r.since),
-        })
-    }
-
     fn slot_mut(&mut self, color: Color) -> &mut Slot<P> {
         match color {
             Color::Blue => &mut self.blue,
@@ -571,14 +568,24 @@ impl<P: Process> Core<P> {
         }
     }
 
-    fn reply(&mut self, client: Option<ClientId>, reply: Reply) {
+    fn reply(&mut self, client: Option<ClientId>, answer: Answer) {
         if let Some(client) = client {
-            self.out.push(Effect::Reply { client, reply });
+            self.out.push(Effect::Reply { client, answer });
         }
     }
 
+    /// The last answer to `client`: it went well.
+    fn done(&mut self, client: Option<ClientId>, outcome: Outcome) {
+        self.reply(client, Answer::Done(outcome));
+    }
+
+    /// Tells `client` the work it waits for reached `step`.
+    fn progress(&mut self, client: Option<ClientId>, step: Step, message: String) {
+        self.reply(client, Answer::Progress { step, message });
+    }
+
     fn refuse(&mut self, client: Option<ClientId>, failure: Failure) {
-        self.reply(client, Reply::Error(failure));
+        self.reply(client, Answer::Failed(failure));
     }
 
     /// READY=1, once: the live color came up, or failed to, or there is none.

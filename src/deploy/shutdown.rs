@@ -6,7 +6,6 @@
 use super::{ColorPhase, Core, Effect, Level, Now, Process, ReleasePhase, Shutdown};
 use crate::color::Color;
 use crate::deploy::{Failure, FailureKind};
-use crate::ops::protocol::Reply;
 
 impl<P: Process> Core<P> {
     pub(super) fn on_stop(&mut self, now: Now) {
@@ -65,7 +64,7 @@ impl<P: Process> Core<P> {
         }
         let m = "bgd is shutting down: the release was aborted and the old color stays recorded as live";
         let failure = Failure::new(FailureKind::Busy, Some(step), m);
-        self.reply(r.client, Reply::Error(failure));
+        self.refuse(r.client, failure);
     }
 
     /// Stops every running color with its stop signal and deadline.

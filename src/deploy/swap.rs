@@ -7,13 +7,12 @@ use std::time::{Duration, Instant};
 use nix::unistd::Pid;
 
 use super::{ColorPhase, Core, Effect, Ended, Failed, Kind, Level, Now, Process, TaskId};
-use super::{Release, ReleasePhase, Timings};
+use super::{Outcome, Release, ReleasePhase, Swapped, Timings};
 use crate::color::Color;
 use crate::deploy::record::Record;
 use crate::deploy::state::{Build, State};
 use crate::deploy::Exit;
 use crate::deploy::{Failure, FailureKind, Step};
-use crate::ops::protocol::Reply;
 
 impl<P: Process> Core<P> {
     fn current(&mut self, task: TaskId) -> Option<&mut Release<P>> {
@@ -25,7 +24,7 @@ impl<P: Process> Core<P> {
         r.reach(step, now.mono);
         let client = r.client;
         self.log(Level::Info, format!("{step}: {message}"));
-        self.reply(client, Reply::Progress { step, message });
+        self.progress(client, step, message);
     }
 
     /// The new build is in the color's directory: record it.
@@ -320,33 +319,29 @@ impl<P: Process> Core<P> {
                 .map(|f| format!("; {f}"))
                 .unwrap_or_default();
         self.log(Level::Info, msg.clone());
-        let result = serde_json::json!({
-            "release": r.id,
-            "label": self.state.build(r.color).and_then(|b| b.label.clone()),
-            "color": r.color,
-            "previous": r.color.other(),
-            "previous_exit": drained.map(|d| d.exit.to_string()),
-            "forced_drain": forced,
-            "ms": {
-                "total": total,
-                "stage": timings.stage_ms,
-                "start": timings.start_ms,
-                "ready": timings.ready_ms,
-                "drain": drain_ms,
-            }
+        let swapped = Box::new(Swapped {
+            release: r.id,
+            label: self.state.build(r.color).and_then(|b| b.label.clone()),
+            color: r.color,
+            previous_exit: drained.map(|d| d.exit),
+            forced_drain: forced,
+            timings,
+            total_ms: total,
+            drain_ms,
+            message: msg.clone(),
         });
+        let outcome = match &r.kind {
+            Kind::Release { .. } => Outcome::Released(swapped),
+            Kind::Rollback { .. } => Outcome::RolledBack(swapped),
+            Kind::Promote { .. } => Outcome::Promoted(swapped),
+            Kind::Abort { .. } => Outcome::Aborted(swapped),
+        };
         self.ended(now, &r, msg.clone(), None);
         self.prune_releases(self.state.clone());
         if self.waits_for_bake(r.client) {
-            self.reply(
-                r.client,
-                Reply::Progress {
-                    step: Step::Swap,
-                    message: msg,
-                },
-            );
+            self.progress(r.client, Step::Swap, msg);
         } else {
-            self.reply(r.client, Reply::Done { result });
+            self.done(r.client, outcome);
         }
         self.after_release(now);
     }

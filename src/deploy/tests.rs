@@ -154,9 +154,28 @@ impl T {
         task
     }
 
-    fn status(&self, color: Color) -> crate::ops::protocol::ColorStatus {
-        self.core.color_status(color)
+    /// `color` as status shows it.
+    fn status(&self, color: Color) -> View {
+        let slot = self.core.slot(color);
+        View {
+            state: slot.phase.name(self.core.state().build(color).is_some()),
+            pid: slot.pid().map(|p| p.as_raw() as u32),
+            restarts: slot.restarts,
+            last_exit: slot.last_exit.map(|e| e.to_string()),
+            reason: slot.phase.reason().map(str::to_string),
+            failing_checks: Some(slot.health.failing).filter(|n| *n > 0),
+        }
     }
+}
+
+/// What `bgctl status` shows of one color (`daemon/status.rs` renders it).
+struct View {
+    state: &'static str,
+    pid: Option<u32>,
+    restarts: u32,
+    last_exit: Option<String>,
+    reason: Option<String>,
+    failing_checks: Option<u32>,
 }
 
 fn release(dir: &str) -> Input<Proc> {
@@ -246,12 +265,10 @@ fn words(effects: &[Effect<Proc>]) -> Vec<String> {
                     format!("restart {color} after {}ms", delay.as_millis())
                 }
                 Effect::AfterLive { color, .. } => format!("after_live {color}"),
-                Effect::Reply { reply, .. } => match reply {
-                    Reply::Progress { step, .. } => format!("reply progress {step}"),
-                    Reply::Done { .. } => "reply done".into(),
-                    Reply::Error(f) => format!("reply error {:?}", f.kind),
-                    Reply::Log(_) => "reply log".into(),
-                    Reply::Lifecycle(e) => format!("reply event {}", e.kind.name()),
+                Effect::Reply { answer, .. } => match answer {
+                    Answer::Progress { step, .. } => format!("reply progress {step}"),
+                    Answer::Done(_) => "reply done".into(),
+                    Answer::Failed(f) => format!("reply error {:?}", f.kind),
                 },
                 Effect::Ended(e) => format!(
                     "ended {}",
@@ -263,7 +280,7 @@ fn words(effects: &[Effect<Proc>]) -> Vec<String> {
                 Effect::Split { canary, percent } => format!("split {canary} {percent}"),
                 Effect::WakeAt(_) => "wake".into(),
                 Effect::Rescue(c) => format!("rescue {c}"),
-                Effect::Notify(k) => format!("notify {}", k.name()),
+                Effect::Notify(n) => format!("notify {}", n.name()),
                 Effect::Log(..) | Effect::Monitor { .. } | Effect::Unmonitor(_) => return None,
             })
         })
@@ -275,7 +292,7 @@ fn error_message(effects: &[Effect<Proc>]) -> String {
         .iter()
         .find_map(|e| match e {
             Effect::Reply {
-                reply: Reply::Error(f),
+                answer: Answer::Failed(f),
                 ..
             } => Some(f.message.clone()),
             _ => None,
@@ -538,7 +555,7 @@ fn progress_reaches_the_client_and_each_step_is_recorded_once() {
     let r = t.core.release().unwrap();
     let steps: Vec<_> = r.steps.iter().map(|s| (s.step, s.at_ms)).collect();
     assert_eq!(steps, [(Step::Stage, 5), (Step::Start, 45)]);
-    assert_eq!(t.core.progress().unwrap().step, Step::Start);
+    assert_eq!(t.core.release().unwrap().step(), Step::Start);
 }
 
 #[test]
@@ -718,7 +735,7 @@ fn a_ready_color_is_committed_then_made_live_and_the_old_one_drains() {
     assert_eq!(t.status(Color::Green).state, "live");
     assert_eq!(t.status(Color::Blue).state, "draining");
     assert_eq!(t.status(Color::Blue).pid, Some(100));
-    assert_eq!(t.core.progress().unwrap().step, Step::Drain);
+    assert_eq!(t.core.release().unwrap().step(), Step::Drain);
     assert!(
         t.core.release().is_some(),
         "a release lasts until the old color has drained"
@@ -738,16 +755,16 @@ fn the_release_ends_when_the_old_color_has_drained() {
     let effects = t.send(drained(Color::Blue, OLD));
     assert_eq!(words(&effects), ["ended ok", "reply done"]);
     let Some(Effect::Reply {
-        reply: Reply::Done { result },
+        answer: Answer::Done(Outcome::Released(s)),
         ..
     }) = effects.iter().find(|e| matches!(e, Effect::Reply { .. }))
     else {
         unreachable!()
     };
-    assert_eq!(result["release"], 3);
-    assert_eq!(result["previous"], "blue");
-    assert_eq!(result["previous_exit"], "exit code 0");
-    assert_eq!(result["ms"]["drain"], 250);
+    assert_eq!(s.release, 3);
+    assert_eq!(s.color.other(), Color::Blue);
+    assert_eq!(s.previous_exit, Some(Exit::Code(0)));
+    assert_eq!(s.drain_ms, 250);
     assert_eq!(t.status(Color::Blue).state, "stopped");
     assert!(t.core.release().is_none());
 }
@@ -1161,10 +1178,7 @@ fn status_names_each_phase() {
     let cases: Vec<(&str, &str, &str)> = vec![("live", "stopped", "blue live")];
     for (blue, green, what) in cases {
         assert_eq!(
-            (
-                t.status(Color::Blue).state.as_str(),
-                t.status(Color::Green).state.as_str()
-            ),
+            (t.status(Color::Blue).state, t.status(Color::Green).state),
             (blue, green),
             "{what}"
         );
@@ -1174,7 +1188,7 @@ fn status_names_each_phase() {
     assert_eq!(t.status(Color::Green).state, "starting");
     assert_eq!(t.status(Color::Green).pid, None);
     assert_eq!(t.core.live_pid(), Some(Pid::from_raw(OLD)));
-    let p = t.core.progress().unwrap();
+    let p = t.core.release().unwrap();
     assert_eq!(
         (p.id, p.color, p.label.as_deref()),
         (3, Color::Green, Some("new"))

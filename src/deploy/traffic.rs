@@ -22,12 +22,28 @@ use std::time::{Instant, SystemTime};
 
 use nix::unistd::Pid;
 
+use super::{CanaryShare, Notice, Outcome, Release, ReleasePhase, Timings, Trigger};
 use super::{ClientId, ColorPhase, Core, Effect, Kind, Level, Now, Process};
-use super::{Release, ReleasePhase, Timings, Trigger};
 use crate::color::Color;
 use crate::deploy::rollout::Rollout;
 use crate::deploy::{Failure, FailureKind, Step};
-use crate::ops::protocol::{CanaryStatus, Reply, Shares};
+
+/// Each color's share of new connections, in percent:
+/// `{"blue": 90, "green": 10}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Shares {
+    pub blue: u8,
+    pub green: u8,
+}
+
+impl Shares {
+    pub fn set(&mut self, color: Color, percent: u8) {
+        match color {
+            Color::Blue => self.blue = percent,
+            Color::Green => self.green = percent,
+        }
+    }
+}
 
 /// What the core needs of the config after a swap; replaced by a reload.
 #[derive(Debug, Clone)]
@@ -91,6 +107,11 @@ impl<P: Process> Core<P> {
         self.policy = policy;
     }
 
+    /// `[traffic]` and `health.failures` as last loaded.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
     pub fn canary(&self) -> Option<&Canary> {
         self.canary.as_ref()
     }
@@ -108,27 +129,13 @@ impl<P: Process> Core<P> {
         shares
     }
 
-    /// The canary as status shows it.
-    pub fn canary_status(&self, now: Now) -> Option<CanaryStatus> {
-        let steps = self.policy.rollout.steps.len() as u32;
-        self.canary.as_ref().map(|c| CanaryStatus {
-            color: c.color,
-            release: c.release,
-            percent: c.percent,
-            step: c.step.map(|(i, _)| i as u32 + 1),
-            steps: c.step.map(|_| steps),
-            next_step_at: c.step.map(|(_, at)| crate::rfc3339(wall(now, at))),
-            since: crate::rfc3339(c.since),
-        })
-    }
-
     /// When the standby drains, and when the bake ends (status).
     pub fn deadlines(&self, now: Now) -> (Option<SystemTime>, Option<SystemTime>) {
         let standby = Color::BOTH.iter().find_map(|c| match self.slot(*c).phase {
-            ColorPhase::Standby { until, .. } => Some(wall(now, until)),
+            ColorPhase::Standby { until, .. } => Some(now.wall_at(until)),
             _ => None,
         });
-        (standby, self.bake.as_ref().map(|b| wall(now, b.until)))
+        (standby, self.bake.as_ref().map(|b| now.wall_at(b.until)))
     }
 
     /// Whether a ready release becomes a canary rather than live: asked
@@ -188,22 +195,18 @@ impl<P: Process> Core<P> {
         );
         self.log(Level::Info, msg.clone());
         self.ended_as(now, &r, "canary", msg.clone(), None);
-        let result = serde_json::json!({
-            "release": r.id,
-            "color": color,
-            "canary": percent,
-            "message": msg,
-            "ms": {"stage": timings.stage_ms, "start": timings.start_ms, "ready": timings.ready_ms},
-        });
         match waiter {
-            Some(_) => self.reply(
-                r.client,
-                Reply::Progress {
-                    step: Step::Swap,
+            Some(_) => self.progress(r.client, Step::Swap, msg),
+            None => {
+                let share = CanaryShare {
+                    release: r.id,
+                    color,
+                    percent,
+                    timings: Some(timings),
                     message: msg,
-                },
-            ),
-            None => self.reply(r.client, Reply::Done { result }),
+                };
+                self.done(r.client, Outcome::Canary(share));
+            }
         }
     }
 
@@ -227,8 +230,14 @@ impl<P: Process> Core<P> {
                 );
                 self.log(Level::Info, msg.clone());
                 self.record(now, release, color, "promote", Trigger::Client, msg.clone());
-                let result = serde_json::json!({"release": release, "color": color, "canary": p, "message": msg});
-                self.reply(client, Reply::Done { result });
+                let share = CanaryShare {
+                    release,
+                    color,
+                    percent: p,
+                    timings: None,
+                    message: msg,
+                };
+                self.done(client, Outcome::Canary(share));
             }
             None => self.promote_fully(now, client, Trigger::Client),
         }
@@ -244,13 +253,8 @@ impl<P: Process> Core<P> {
         // The canary's `--wait-bake` client waits on through the bake.
         let (client, wait_bake) = match (client, c.waiter) {
             (Some(cl), Some(w)) => {
-                let m = "the canary was promoted by hand: `bgctl status` shows its bake";
-                self.reply(
-                    Some(w),
-                    Reply::Done {
-                        result: serde_json::json!({"message": m}),
-                    },
-                );
+                let release = c.release;
+                self.done(Some(w), Outcome::PromotedByHand { release });
                 (Some(cl), false)
             }
             (None, Some(w)) => (Some(w), true),
@@ -423,13 +427,7 @@ impl<P: Process> Core<P> {
             );
         }
         self.log(Level::Info, m.clone());
-        self.reply(
-            r.client,
-            Reply::Progress {
-                step: Step::Drain,
-                message: m,
-            },
-        );
+        self.progress(r.client, Step::Drain, m);
         Ok(r)
     }
 
@@ -442,16 +440,8 @@ impl<P: Process> Core<P> {
                 let m = format!("release {} was rolled back during its bake", b.release);
                 return self.refuse(b.waiter, Failure::new(FailureKind::RolledBack, None, m));
             }
-            let m = format!(
-                "release {} was superseded during its bake: another release is live",
-                b.release
-            );
-            self.reply(
-                b.waiter,
-                Reply::Done {
-                    result: serde_json::json!({"message": m}),
-                },
-            );
+            let release = b.release;
+            self.done(b.waiter, Outcome::Superseded { release });
         }
     }
 
@@ -572,21 +562,18 @@ impl<P: Process> Core<P> {
                 b.release, b.color
             );
             self.log(Level::Error, m.clone());
-            self.emit(Effect::Notify(crate::ops::events::Kind::BakeFailed {
+            self.emit(Effect::Notify(Notice::BakeFailed {
                 release: b.release,
                 color: b.color,
                 reason: why,
             }));
             return self.refuse(b.waiter, Failure::new(FailureKind::App, None, m));
         }
-        self.emit(Effect::Notify(crate::ops::events::Kind::BakePassed {
-            release: b.release,
-            color: b.color,
-        }));
-        let m = format!("release {} on {} passed its bake", b.release, b.color);
-        self.log(Level::Info, m.clone());
-        let result = serde_json::json!({"release": b.release, "color": b.color, "message": m});
-        self.reply(b.waiter, Reply::Done { result });
+        let (release, color) = (b.release, b.color);
+        self.emit(Effect::Notify(Notice::BakePassed { release, color }));
+        let outcome = Outcome::BakePassed { release, color };
+        self.log(Level::Info, outcome.to_string());
+        self.done(b.waiter, outcome);
     }
 
     fn next_step(&mut self, now: Now) {
@@ -672,9 +659,4 @@ impl<P: Process> Core<P> {
             failure: None,
         })));
     }
-}
-
-/// The wall-clock time of `at`, seen from `now`.
-fn wall(now: Now, at: Instant) -> SystemTime {
-    now.wall + at.saturating_duration_since(now.mono)
 }

@@ -13,7 +13,32 @@ use clap_mangen::Man;
 pub struct Section {
     pub title: &'static str,
     pub intro: &'static str,
-    pub items: &'static [(&'static str, &'static str)],
+    pub items: Vec<(String, String)>,
+}
+
+impl Section {
+    pub fn new(title: &'static str, intro: &'static str, items: &[(&str, &str)]) -> Section {
+        Section {
+            title,
+            intro,
+            items: items
+                .iter()
+                .map(|(tag, text)| (tag.to_string(), text.to_string()))
+                .collect(),
+        }
+    }
+
+    /// bgctl's EXIT STATUS, from the one table (`ops::exit`).
+    pub fn bgctl_exit_status() -> Section {
+        Section {
+            title: "EXIT STATUS",
+            intro: "",
+            items: crate::ops::exit::Code::ALL
+                .iter()
+                .map(|c| (c.number().to_string(), c.meaning().to_string()))
+                .collect(),
+        }
+    }
 }
 
 /// Writes `cmd`'s man page (section 1, roff) with `sections` after its
@@ -33,10 +58,10 @@ pub fn render(mut cmd: clap::Command, sections: &[Section], out: &mut dyn Write)
         if !s.intro.is_empty() {
             roff.text([roman(s.intro)]);
         }
-        for (tag, text) in s.items {
+        for (tag, text) in &s.items {
             roff.control("TP", []);
-            roff.text([bold(*tag)]);
-            roff.text([roman(*text)]);
+            roff.text([bold(tag.as_str())]);
+            roff.text([roman(text.as_str())]);
         }
     }
     roff.to_writer(out)?;

@@ -3,12 +3,14 @@
 //! - `protocol` the versioned line-delimited JSON spoken over the control socket
 //! - `control`  the control socket: peer check, decode, stream replies
 //! - `events`   lifecycle events for `bgctl events`
+//! - `exit`     bgctl's exit codes, the one table
 //! - `metrics`  the Prometheus registry and the `[metrics] listen` endpoint
-//! - `systemd`  socket activation, fd store, sd_notify messages
+//! - `systemd`  the sd_notify messages bgd sends as a service
 //! - `manpage`  the binaries' man pages
 
 pub(crate) mod control;
 pub mod events;
+pub mod exit;
 pub mod manpage;
 pub mod metrics;
 pub mod protocol;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::deploy::state::Build;
 use crate::deploy::{Failed, Launch, TaskId, Timings};
-use crate::ops::protocol::{Failure, FailureKind, Step};
+use crate::deploy::{Failure, FailureKind, Step};
 use crate::pipeline::health;
 use crate::pipeline::stage::{self, StageError};
 use crate::supervise::process::AppProcess;

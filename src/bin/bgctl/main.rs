@@ -1,17 +1,7 @@
 //! `bgctl`: one request to bgd over its control socket; prints the progress
-//! and the answer, and exits with a code that says what happened.
-//!
-//! Exit codes (also in the README):
-//!   0 done: the requested build is live (or what was asked was printed)
-//!   1 the new color failed (prepare hook, start, readiness); the old one still serves
-//!   2 bad arguments
-//!   3 cannot reach bgd (no socket, permission denied, bgd not running)
-//!   4 refused: another release is in progress, or bgd is stopping
-//!   5 refused: bad request (no such build directory, nothing to roll back to)
-//!   6 staging the build failed (copy error, disk full); the old color still serves
-//!   7 bgd failed internally (could not write its state); see its log
-//!   8 the build went live (or became a canary) and was rolled back or
-//!     aborted before its bake passed (`release --wait-bake`)
+//! and the answer, and exits with a code that says what happened
+//! (`bgd::ops::exit::Code`, the one table; the man page's EXIT STATUS and
+//! `docs/cli.md` show it).
 
 mod show;
 
@@ -23,8 +13,9 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use bgd::color::Color;
+use bgd::ops::exit::Code;
 use bgd::ops::manpage::{self, Section};
-use bgd::ops::protocol::{self, Reply, Request, Status};
+use bgd::ops::protocol::{self, Done, Reply, Request};
 
 #[derive(Parser)]
 #[command(
@@ -156,10 +147,8 @@ enum ColorArg {
     Green,
 }
 
-const EXIT_UNREACHABLE: u8 = 3;
-const EXIT_PROTOCOL: u8 = 7;
-
-type Fail = (u8, String);
+/// Why bgctl stops before a good answer: the exit code and what to print.
+type Fail = (Code, String);
 
 fn main() -> ExitCode {
     // Like other Unix tools, end quietly when the reader goes away
@@ -168,10 +157,10 @@ fn main() -> ExitCode {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let args = Args::parse();
     match run(args) {
-        Ok(code) => ExitCode::from(code),
+        Ok(code) => code.into(),
         Err((code, msg)) => {
             eprintln!("bgctl: {msg}");
-            ExitCode::from(code)
+            code.into()
         }
     }
 }
@@ -208,7 +197,7 @@ impl Ask {
     }
 }
 
-fn run(args: Args) -> Result<u8, Fail> {
+fn run(args: Args) -> Result<Code, Fail> {
     let json_or = |json: bool, print: Print| if json { Print::Json } else { print };
     let ask = match args.command {
         Command::Completions { shell } => return completions(shell),
@@ -268,10 +257,9 @@ fn instance(socket: &Path) -> Option<(u64, u64)> {
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).ok()?;
     match protocol::decode_reply(line.as_bytes()).ok()? {
-        Reply::Done { result } => Some((
-            result.get("instance")?.as_u64()?,
-            result.get("pid")?.as_u64()?,
-        )),
+        Reply::Done {
+            result: Done::Status(s),
+        } => Some((s.instance, u64::from(s.pid))),
         _ => None,
     }
 }
@@ -290,7 +278,7 @@ fn wait_for_bgd(socket: &Path, before: Option<(u64, u64)>) -> Result<(), Fail> {
         }
         if std::time::Instant::now() > deadline {
             return Err((
-                EXIT_UNREACHABLE,
+                Code::Unreachable,
                 "bgd did not answer within 30 s of its reexec: see its log".into(),
             ));
         }
@@ -299,56 +287,40 @@ fn wait_for_bgd(socket: &Path, before: Option<(u64, u64)>) -> Result<(), Fail> {
     }
 }
 
-fn completions(shell: clap_complete::Shell) -> Result<u8, Fail> {
+fn completions(shell: clap_complete::Shell) -> Result<Code, Fail> {
     clap_complete::generate(shell, &mut Args::command(), "bgctl", &mut std::io::stdout());
-    Ok(0)
+    Ok(Code::Done)
 }
 
-/// The man page's sections after the subcommands (the exit codes are the
-/// table at the top of this file).
-const MAN_SECTIONS: &[Section] = &[
-    Section {
-        title: "EXIT STATUS",
-        intro: "",
-        items: &[
-            ("0", "done: the requested build is live (or what was asked was printed)"),
-            ("1", "a prepare hook failed, or the new color failed to start, exited, or was not ready in time; the old color still serves"),
-            ("2", "bad arguments, or bgctl could not read the config it was given"),
-            ("3", "cannot reach bgd: no socket, connection refused, permission denied"),
-            ("4", "refused: another release is in progress, or bgd is stopping"),
-            ("5", "refused: bad request (no such build directory, nothing to roll back to)"),
-            ("6", "staging failed (copy error, disk full, or the watched tree changed while it was copied); the old color still serves"),
-            ("7", "bgd failed internally (for example it could not write its state), or spoke an unknown protocol; see its log"),
-            ("8", "release --wait-bake: the build went live (or became a canary) and was rolled back or aborted before its bake passed; the previous build serves"),
-        ],
-    },
-    Section {
-        title: "ENVIRONMENT",
-        intro: "bgctl finds bgd through --socket, else BGCTL_SOCKET, else the control key of --config FILE, else of ./bgd.toml.",
-        items: &[
-            ("BGCTL_SOCKET", "bgd's control socket, when --socket is not given"),
-            ("NO_COLOR", "when set, no colors even on a terminal"),
-        ],
-    },
-    Section {
-        title: "EXAMPLES",
-        intro: "",
-        items: &[
-            ("bgctl -c /etc/bgd/hello.toml release /srv/hello/build-42 --label v42", "release a build to the app of bgd@hello.service"),
-            ("bgctl -c /etc/bgd/hello.toml status", "the live color, each color's process, the last result"),
-        ],
-    },
-    Section {
-        title: "SEE ALSO",
-        intro: "bgd(1)",
-        items: &[],
-    },
-];
+/// The man page's sections after the subcommands: the exit codes from
+/// their one table, then these.
+fn man_sections() -> Vec<Section> {
+    vec![
+        Section::bgctl_exit_status(),
+        Section::new(
+            "ENVIRONMENT",
+            "bgctl finds bgd through --socket, else BGCTL_SOCKET, else the control key of --config FILE, else of ./bgd.toml.",
+            &[
+                ("BGCTL_SOCKET", "bgd's control socket, when --socket is not given"),
+                ("NO_COLOR", "when set, no colors even on a terminal"),
+            ],
+        ),
+        Section::new(
+            "EXAMPLES",
+            "",
+            &[
+                ("bgctl -c /etc/bgd/hello.toml release /srv/hello/build-42 --label v42", "release a build to the app of bgd@hello.service"),
+                ("bgctl -c /etc/bgd/hello.toml status", "the live color, each color's process, the last result"),
+            ],
+        ),
+        Section::new("SEE ALSO", "bgd(1)", &[]),
+    ]
+}
 
-fn man_page() -> Result<u8, Fail> {
-    manpage::render(Args::command(), MAN_SECTIONS, &mut std::io::stdout())
-        .map_err(|e| (EXIT_PROTOCOL, format!("cannot write the man page: {e}")))?;
-    Ok(0)
+fn man_page() -> Result<Code, Fail> {
+    manpage::render(Args::command(), &man_sections(), &mut std::io::stdout())
+        .map_err(|e| (Code::Internal, format!("cannot write the man page: {e}")))?;
+    Ok(Code::Done)
 }
 
 /// `--canary`: 1 to 99 percent.
@@ -371,8 +343,12 @@ fn release(
     canary: Option<u8>,
     wait_bake: bool,
 ) -> Result<Ask, Fail> {
-    let abs = std::path::absolute(dir)
-        .map_err(|e| (5, format!("cannot resolve {}: {e}", dir.display())))?;
+    let abs = std::path::absolute(dir).map_err(|e| {
+        (
+            Code::BadRequest,
+            format!("cannot resolve {}: {e}", dir.display()),
+        )
+    })?;
     Ok(Ask {
         request: Request::Release {
             dir: abs.display().to_string(),
@@ -410,61 +386,66 @@ fn connect(socket: &Path) -> Result<UnixStream, Fail> {
             _ => "",
         };
         (
-            EXIT_UNREACHABLE,
+            Code::Unreachable,
             format!("cannot connect to {}: {e}{hint}", socket.display()),
         )
     })
 }
 
 /// Sends the request and prints the replies until the answer.
-fn converse(mut stream: UnixStream, ask: Ask) -> Result<u8, Fail> {
+fn converse(mut stream: UnixStream, ask: Ask) -> Result<Code, Fail> {
     // bgd may answer (a refusal) and close before reading the request; the
     // answer is still there to read, so a failed write is reported only if
     // no answer follows.
     let sent = stream.write_all(&protocol::encode(&ask.request));
     let out = show::Out::new();
     for line in BufReader::new(stream).lines() {
-        let line =
-            line.map_err(|e| (EXIT_UNREACHABLE, format!("lost the connection to bgd: {e}")))?;
-        match protocol::decode_reply(line.as_bytes()).map_err(|e| (EXIT_PROTOCOL, e))? {
+        let line = line.map_err(|e| {
+            (
+                Code::Unreachable,
+                format!("lost the connection to bgd: {e}"),
+            )
+        })?;
+        match protocol::decode_reply(line.as_bytes()).map_err(|e| (Code::Internal, e))? {
             Reply::Progress { step, message } => {
                 out.progress(step, &message);
                 if ask.no_wait {
                     println!("started; `bgctl status` shows how it goes");
-                    return Ok(0);
+                    return Ok(Code::Done);
                 }
             }
             Reply::Log(l) => out.log_line(&l, matches!(ask.print, Print::Logs { json: true })),
             Reply::Lifecycle(e) => out.event(&e, matches!(ask.print, Print::Events { json: true })),
             Reply::Done { result } => return done(&out, ask.print, result),
-            Reply::Error(f) => return Err((f.kind.exit_code(), out.failure(&f))),
+            Reply::Error(f) => return Err((Code::of(f.kind), out.failure(&f))),
         }
     }
     let why = match sent {
         Err(e) => format!("cannot send the request to bgd: {e}"),
         Ok(()) => "bgd closed the connection without an answer; see its log".into(),
     };
-    Err((EXIT_UNREACHABLE, why))
+    Err((Code::Unreachable, why))
 }
 
-fn done(out: &show::Out, print: Print, result: serde_json::Value) -> Result<u8, Fail> {
-    let bad = |e: serde_json::Error| (EXIT_PROTOCOL, format!("bad answer from bgd: {e}"));
-    match print {
-        Print::Release => out.released(&result),
-        Print::Json => println!(
+/// Prints the answer as `print` asks; an answer of another shape than the
+/// request's is bgd speaking another protocol.
+fn done(out: &show::Out, print: Print, result: Done) -> Result<Code, Fail> {
+    match (print, result) {
+        (Print::Json, result) => println!(
             "{}",
-            serde_json::to_string_pretty(&result).expect("a JSON value prints")
+            serde_json::to_string_pretty(&result).expect("protocol types serialize")
         ),
-        Print::Status | Print::Watch => {
-            out.status(&serde_json::from_value::<Status>(result).map_err(bad)?)
+        (Print::Release, Done::Outcome(o)) => out.outcome(&o),
+        (Print::Status | Print::Watch, Done::Status(s)) => out.status(&s),
+        (Print::History, Done::History(records)) => out.history(&records),
+        (Print::Releases, Done::Releases(listing)) => out.releases(&listing),
+        (Print::Logs { .. } | Print::Events { .. }, _) => {}
+        (_, other) => {
+            let m = format!("bgd answered with something else than was asked: {other:?}; use a bgctl of the same release");
+            return Err((Code::Internal, m));
         }
-        Print::History => out.history(
-            &serde_json::from_value::<Vec<bgd::store::history::Record>>(result).map_err(bad)?,
-        ),
-        Print::Releases => out.releases(&result),
-        Print::Logs { .. } | Print::Events { .. } => {}
     }
-    Ok(0)
+    Ok(Code::Done)
 }
 
 /// `--socket`, then `BGCTL_SOCKET` (both via clap), then `--config`, then `./bgd.toml`.
@@ -477,9 +458,9 @@ fn socket_path(socket: &Option<PathBuf>, config: Option<&Path>) -> Result<PathBu
         default.exists().then_some(default)
     });
     match config {
-        Some(c) => bgd::config::control_path(c).map_err(|e| (2, e.to_string())),
+        Some(c) => bgd::config::control_path(c).map_err(|e| (Code::Usage, e.to_string())),
         None => Err((
-            2,
+            Code::Usage,
             "which bgd? pass --socket PATH, set BGCTL_SOCKET, or pass --config FILE (bgd's config)"
                 .into(),
         )),

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::io::IsTerminal;
 
 use bgd::ops::events::{Event, Kind};
-use bgd::ops::protocol::{ColorStatus, Failure, Status, Step, WatchStatus};
+use bgd::ops::protocol::{ColorStatus, Failure, Listing, Outcome, Status, Step, WatchStatus};
 use bgd::store::history::Record;
 use bgd::supervise::logs::LogLine;
 
@@ -91,30 +91,25 @@ impl Out {
         s
     }
 
-    pub fn released(&self, result: &serde_json::Value) {
-        let get = |k: &str| result.get(k).filter(|v| !v.is_null());
-        // A canary, a promotion, an abort, a bake: bgd says what happened.
-        if let Some(m) = get("message").and_then(|v| v.as_str()) {
-            println!("{}", escape_controls(m));
-            return;
-        }
-        let color = get("color").and_then(|v| v.as_str()).unwrap_or("?");
-        let release = get("release")
-            .map(|v| v.to_string())
-            .unwrap_or_else(|| "?".into());
-        let label = get("label")
-            .and_then(|v| v.as_str())
+    /// The end of a release, rollback, promotion, abort or reexec.
+    pub fn outcome(&self, o: &Outcome) {
+        let swap = match o {
+            Outcome::Released(s) | Outcome::RolledBack(s) | Outcome::Promoted(s) => s,
+            // A canary, an abort, a bake: bgd says what happened.
+            other => return println!("{}", escape_controls(other.message())),
+        };
+        let label = swap
+            .label
+            .as_deref()
             .map(|l| format!(" ({})", escape_controls(l)))
             .unwrap_or_default();
-        let ms = result
-            .pointer("/ms/total")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0);
         println!(
-            "release {release}{label} is live on {} ({ms} ms)",
-            self.color_name(self.color_out, color)
+            "release {}{label} is live on {} ({} ms)",
+            swap.release,
+            self.color_name(self.color_out, swap.color.as_str()),
+            swap.ms.total
         );
-        if let Some(forced) = get("forced_drain").and_then(|v| v.as_str()) {
+        if let Some(forced) = &swap.forced_drain {
             let line = format!("warning: {}", escape_controls(forced));
             eprintln!("{}", self.paint(self.color_err, RED, &line));
         }
@@ -317,40 +312,39 @@ impl Out {
     }
 
     /// `bgctl releases`: one line per release, oldest first, then the space.
-    pub fn releases(&self, listing: &serde_json::Value) {
+    pub fn releases(&self, listing: &Listing) {
         let on = self.color_out;
-        let mb = |v: &serde_json::Value| format!("{:.1} MB", v.as_f64().unwrap_or(0.0) / 1e6);
-        let text = |v: &serde_json::Value| escape_controls(v.as_str().unwrap_or("-")).into_owned();
-        let list = listing["releases"].as_array().cloned().unwrap_or_default();
-        if list.is_empty() {
+        let mb = |bytes: u64| format!("{:.1} MB", bytes as f64 / 1e6);
+        if listing.releases.is_empty() {
             println!("no releases kept yet");
         }
-        for r in &list {
-            let state = r["state"].as_str().unwrap_or("?");
-            let painted = match state {
+        for r in &listing.releases {
+            let painted = match r.state.as_str() {
                 "live" => self.paint(on, GREEN, "live   "),
                 "failed" => self.paint(on, RED, "failed "),
                 other => format!("{other:<7}"),
             };
-            let label = r["label"]
-                .as_str()
+            let label = r
+                .label
+                .as_deref()
                 .map(|l| format!(" ({})", escape_controls(l)))
                 .unwrap_or_default();
+            let fingerprint = escape_controls(r.fingerprint.as_deref().unwrap_or("-"));
             println!(
                 "{:>4} {painted} {:>9} {} {}{label} {}",
-                r["id"],
-                mb(&r["size"]),
-                text(&r["made"]),
-                text(&r["source"]),
-                self.paint(on, DIM, &text(&r["fingerprint"])),
+                r.id,
+                mb(r.size),
+                escape_controls(&r.made),
+                escape_controls(&r.source),
+                self.paint(on, DIM, &fingerprint),
             );
         }
         println!(
             "kept releases use {}, the colors {}; {} free; keep = {}",
-            mb(&listing["kept_bytes"]),
-            mb(&listing["colors_bytes"]),
-            mb(&listing["free_bytes"]),
-            listing["keep"]
+            mb(listing.kept_bytes),
+            mb(listing.colors_bytes),
+            mb(listing.free_bytes),
+            listing.keep
         );
     }
 

@@ -133,7 +133,7 @@ fn with_a_standby_the_old_color_stays_warm_and_the_release_ends_at_its_swap() {
     assert_eq!(bake, None);
     assert_eq!(
         t.core.shares(),
-        crate::ops::protocol::Shares {
+        crate::deploy::Shares {
             blue: 0,
             green: 100
         }
@@ -367,7 +367,7 @@ fn a_canary_gets_its_share_beside_the_live_color() {
     let t = canary(20);
     assert_eq!(
         t.core.shares(),
-        crate::ops::protocol::Shares {
+        crate::deploy::Shares {
             blue: 80,
             green: 20
         }
@@ -375,7 +375,7 @@ fn a_canary_gets_its_share_beside_the_live_color() {
     assert_eq!(t.status(Color::Green).state, "canary");
     assert_eq!(t.core.state().live, Some(Color::Blue));
     assert!(t.core.release().is_none());
-    let c = t.core.canary_status(t.now()).unwrap();
+    let c = t.core.canary().unwrap();
     assert_eq!(
         (c.color, c.release, c.percent, c.step),
         (Color::Green, 3, 20, None)
@@ -407,7 +407,7 @@ fn promote_raises_the_share_or_makes_the_canary_live() {
     assert!(said.contains(&"drain blue 100".to_string()), "{said:?}");
     assert_eq!(
         t.core.shares(),
-        crate::ops::protocol::Shares {
+        crate::deploy::Shares {
             blue: 0,
             green: 100
         }
@@ -428,7 +428,7 @@ fn abort_ends_the_split_and_drains_the_canary() {
     );
     assert_eq!(
         t.core.shares(),
-        crate::ops::protocol::Shares {
+        crate::deploy::Shares {
             blue: 100,
             green: 0
         }
@@ -483,7 +483,7 @@ fn steps_advance_on_their_own_then_promote() {
     assert!(t.says(Input::Due).is_empty());
     t.wait(1);
     assert_eq!(t.says(Input::Due), ["split green 50", "wake", "ended ok"]);
-    assert_eq!(t.core.canary_status(t.now()).unwrap().step, Some(2));
+    assert_eq!(t.core.canary().unwrap().step.map(|(i, _)| i + 1), Some(2));
     t.wait(MIN);
     assert_eq!(t.says(Input::Due), ["commit"]);
     let said = t.says(Input::Committed(Ok(())));

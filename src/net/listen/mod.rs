@@ -774,15 +774,13 @@ impl Listeners {
             .collect()
     }
 
-    /// Every socket's name and public address, for status.
-    pub(crate) fn addresses(&self) -> Vec<crate::ops::protocol::ListenStatus> {
+    /// Every socket's name and public address (a configured port 0 as
+    /// bound), for status.
+    pub(crate) fn addresses(&self) -> Vec<(String, String)> {
         self.lock()
             .entries
             .iter()
-            .map(|e| crate::ops::protocol::ListenStatus {
-                name: e.config().name.clone(),
-                address: e.config().address.to_string(),
-            })
+            .map(|e| (e.config().name.clone(), e.config().address.to_string()))
             .collect()
     }
 
