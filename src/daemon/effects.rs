@@ -13,7 +13,7 @@ use crate::color::Color;
 use crate::config::TrafficMode;
 use crate::deploy::auto::Auto;
 use crate::deploy::state::State;
-use crate::deploy::{Effect, Ended, Failed, Input, Launch, Level, Trigger};
+use crate::deploy::{Drained, Effect, Ended, Failed, Input, Launch, Level, TaskReport, Trigger};
 use crate::ops::protocol::Reply;
 use crate::ops::protocol::{Failure, FailureKind};
 use crate::pipeline::prepare;
@@ -87,7 +87,7 @@ impl Daemon {
                 });
             }
             Effect::AfterLive { color, release } => self.run_after_live(color, release),
-            Effect::Reply { client, answer } => self.reply(client, Reply::from(answer)),
+            Effect::Reply { client, answer } => self.clients.answer(client, Reply::from(answer)),
             Effect::Ended(ended) => self.ended(*ended),
             Effect::Unlisten => self.ctx.listeners.unlisten(),
             Effect::Ready => crate::ops::systemd::ready(),
@@ -125,7 +125,7 @@ impl Daemon {
     fn launch(&mut self, launch: Launch) {
         let task = launch.task;
         let cancel = Arc::new(AtomicBool::new(false));
-        let events = sink(&self.events, Event::Prepare);
+        let events = sink(&self.events, Event::Task);
         let rescue = self.rescues.get(&launch.color).cloned();
         let color = launch.color;
         let run = prepare::run(self.ctx.clone(), launch, cancel.clone(), events.clone());
@@ -155,7 +155,7 @@ impl Daemon {
                         failure,
                         exit: None,
                     });
-                    events(prepare::Message::Prepared { task, result });
+                    events(TaskReport::Prepared { task, result });
                 }
             }
         });
@@ -196,12 +196,12 @@ impl Daemon {
             // Dropped before the event, so its pgid record is gone before
             // the daemon can start this color again.
             drop(proc);
-            let _ = events.send(Event::Drained {
+            let _ = events.send(Event::Drained(Drained {
                 color,
                 pid,
                 exit: stopped.exit,
                 forced: stopped.forced,
-            });
+            }));
         });
     }
 
@@ -225,19 +225,6 @@ impl Daemon {
         });
     }
 
-    fn reply(&mut self, client: u64, reply: Reply) {
-        let last = matches!(reply, Reply::Done { .. } | Reply::Error(_));
-        let responder = if last {
-            self.clients.remove(&client)
-        } else {
-            self.clients.get(&client).cloned()
-        };
-        if let Some(r) = responder {
-            // A client that went away just misses the answer.
-            let _ = r.send(reply);
-        }
-    }
-
     /// A release or rollback ended: the history (off the loop), the last
     /// result, and auto-release's view of it.
     fn ended(&mut self, ended: Ended) {
@@ -257,10 +244,10 @@ impl Daemon {
                 f.message
             ),
         });
-        if let Some(a) = &mut self.auto {
+        if let Some(a) = &mut self.watch.auto {
             tell_auto(a, &record, &trigger, failure.as_ref());
         }
-        self.auto_due = true;
+        self.watch.due = true;
         let _ = self.history.send(record);
     }
 }

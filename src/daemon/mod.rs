@@ -26,15 +26,16 @@ use crate::color::Color;
 use crate::config::Config;
 use crate::deploy::auto::Auto;
 use crate::deploy::state::State;
-use crate::deploy::{ClientId, Core, Input, Now, Process, TaskId};
+use crate::deploy::TaskReport;
+use crate::deploy::{Checked, ClientId, Core, Drained, Exited, Input, Now, Process, TaskId};
 use crate::net::listen::Listeners;
 use crate::ops::control::{self, Command, Responder};
-use crate::ops::protocol::Request;
+use crate::ops::protocol::{Reply, Request};
 use crate::ops::systemd;
-use crate::pipeline::{prepare, stage, watch};
+use crate::pipeline::{stage, watch};
 use crate::store::layout;
 use crate::supervise::process::AppProcess;
-use crate::supervise::reaper::{Exit, Reaper};
+use crate::supervise::reaper::Reaper;
 use crate::{Ctx, Sink};
 
 mod effects;
@@ -51,37 +52,19 @@ pub(crate) enum Event {
     /// A client's request, from the control socket.
     Control(Command),
     /// A release, rollback or restart task's report.
-    Prepare(prepare::Message),
+    Task(TaskReport<AppProcess>),
     /// The watched build directory was quiet for `settle`.
     Watch(watch::Settled),
-    /// A drain stopped the process `pid` of `color`; `forced`: it was
-    /// killed at the drain deadline (that long).
-    Drained {
-        color: Color,
-        pid: Pid,
-        exit: Exit,
-        forced: Option<Duration>,
-    },
-    /// A color's leader exited; `tail` is its last output, `strays` the
-    /// other processes of the color still running then.
-    Exited {
-        color: Color,
-        pid: Pid,
-        exit: Exit,
-        uptime: Duration,
-        tail: Vec<String>,
-        strays: usize,
-    },
+    /// A drain stopped a color's process.
+    Drained(Drained),
+    /// A color's main process exited.
+    Exited(Exited),
     /// The backoff before restarting a dead live color has passed.
     RestartDue(Color),
     /// A deadline the core asked to be woken for has come.
     Due,
-    /// One repeated health check of `color`'s process `pid`.
-    Checked {
-        color: Color,
-        pid: Pid,
-        result: Result<(), String>,
-    },
+    /// One repeated health check.
+    Checked(Checked),
     /// SIGTERM or SIGINT.
     Stop,
     /// SIGHUP: read the config file again.
@@ -241,9 +224,8 @@ struct Daemon {
     core: Core<AppProcess>,
     /// Every subsystem's way into the loop; held here so it never closes.
     events: UnboundedSender<Event>,
-    /// Clients waiting for a release or rollback; dropped after their last reply.
-    clients: HashMap<ClientId, Responder>,
-    next_client: ClientId,
+    /// Clients waiting for a release, rollback, promotion or abort.
+    clients: Clients,
     tasks: HashMap<TaskId, Task>,
     /// The last rescue of each color's accept queue, `true` once it has
     /// ended: a new process of that color starts only then, or the two
@@ -251,31 +233,74 @@ struct Daemon {
     /// connections). A watch, so a launch that is aborted while it waits
     /// takes nothing away from the next one.
     rescues: HashMap<Color, tokio::sync::watch::Receiver<bool>>,
-    /// bgd's own binary, as it was started: `bgctl reexec` runs what is
-    /// at this path now.
-    exe: std::path::PathBuf,
-    /// This start of bgd's program (status `instance`).
-    instance: u64,
-    /// A reexec was decided: requests are refused until it happens.
-    exec_pending: bool,
+    /// bgd's own program, for `bgctl reexec`.
+    program: Program,
     /// The history's writer, which keeps the records' order.
-    history: UnboundedSender<crate::store::history::Record>,
+    history: UnboundedSender<crate::deploy::Record>,
     /// The repeated health checks under way, by color.
     monitors: HashMap<Color, tokio::task::AbortHandle>,
-    /// Auto-release decisions, when `[watch]` is configured.
-    auto: Option<Auto>,
-    /// The build watcher's task, replaced when a reload changes `[watch]`.
-    watcher: Option<JoinHandle<()>>,
+    /// Auto-release, when `[watch]` is configured.
+    watch: Watching,
     /// The outcome of the last release, rollback or reload, for status.
     last_result: Option<String>,
-    /// A release ended: auto-release may have a tree to release now.
-    auto_due: bool,
     /// The last STATUS= line sent to systemd.
     status_line: String,
     /// Lifecycle events (`bgctl events`) and the metrics.
     telemetry: telemetry::Telemetry,
+}
+
+/// The clients that wait for the outcome of what they asked.
+#[derive(Default)]
+struct Clients {
+    /// Each one's connection; dropped after its last reply, which closes it.
+    waiting: HashMap<ClientId, Responder>,
+    next: ClientId,
+}
+
+impl Clients {
+    /// Keeps `reply` until the core sends this client its last answer.
+    fn add(&mut self, reply: Responder) -> ClientId {
+        self.next += 1;
+        self.waiting.insert(self.next, reply);
+        self.next
+    }
+
+    /// Sends `reply` to `client`; its last reply closes its connection.
+    fn answer(&mut self, client: ClientId, reply: Reply) {
+        let responder = if reply.is_last() {
+            self.waiting.remove(&client)
+        } else {
+            self.waiting.get(&client).cloned()
+        };
+        if let Some(r) = responder {
+            // A client that went away just misses the answer.
+            let _ = r.send(reply);
+        }
+    }
+}
+
+/// bgd's own program, which `bgctl reexec` replaces in place.
+struct Program {
+    /// bgd's binary as it was started: a reexec runs what is at this path
+    /// now.
+    exe: std::path::PathBuf,
+    /// This start of the program (status `instance`).
+    instance: u64,
+    /// A reexec was decided: requests are refused until it happens.
+    exec_pending: bool,
+}
+
+/// Auto-release of the watched build directory (`[watch]`).
+#[derive(Default)]
+struct Watching {
+    /// Its decisions; `None` without `[watch]`.
+    auto: Option<Auto>,
+    /// The build watcher's task, replaced when a reload changes `[watch]`.
+    task: Option<JoinHandle<()>>,
+    /// A release ended: auto-release may have a tree to release now.
+    due: bool,
     /// The operator's decisions as last written to `root/operator.json`.
-    saved_operator: crate::deploy::auto::Operator,
+    saved: crate::deploy::auto::Operator,
 }
 
 impl Daemon {
@@ -285,29 +310,30 @@ impl Daemon {
         events: UnboundedSender<Event>,
         telemetry: telemetry::Telemetry,
     ) -> Daemon {
-        let ctx_root = ctx.config.fixed.root.clone();
+        let root = ctx.config.fixed.root.clone();
         Daemon {
             core: Core::new(state, policy(&ctx), now()),
-            history: effects::history_writer(ctx.config.fixed.root.clone()),
-            exe: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
-            instance: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64),
-            exec_pending: false,
+            history: effects::history_writer(root.clone()),
+            program: Program {
+                exe: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
+                instance: SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64),
+                exec_pending: false,
+            },
             ctx,
             monitors: HashMap::new(),
             events,
-            clients: HashMap::new(),
-            next_client: 1,
+            clients: Clients::default(),
             tasks: HashMap::new(),
             rescues: HashMap::new(),
-            auto: None,
-            watcher: None,
+            watch: Watching {
+                saved: watching::load_operator(&root),
+                ..Watching::default()
+            },
             last_result: None,
-            auto_due: false,
             status_line: String::new(),
             telemetry,
-            saved_operator: watching::load_operator(&ctx_root),
         }
     }
 
@@ -315,42 +341,21 @@ impl Daemon {
         while let Some(ev) = rx.recv().await {
             match ev {
                 Event::Control(cmd) => self.on_command(cmd),
-                Event::Prepare(msg) => self.on_task_message(msg),
+                Event::Task(report) => self.on_task_report(report),
                 Event::Watch(settled) => self.on_watch_settled(settled),
-                Event::Drained {
-                    color,
-                    pid,
-                    exit,
-                    forced,
-                } => self.on_drained(color, pid, exit, forced),
-                Event::Exited {
-                    color,
-                    pid,
-                    exit,
-                    uptime,
-                    tail,
-                    strays,
-                } => self.feed(Input::Exited {
-                    color,
-                    pid,
-                    exit,
-                    uptime,
-                    tail,
-                    strays,
-                }),
+                Event::Drained(d) => self.on_drained(d),
+                Event::Exited(e) => self.feed(Input::Exited(e)),
                 Event::RestartDue(color) => self.feed(Input::RestartDue { color }),
                 Event::Due => self.feed(Input::Due),
-                Event::Checked { color, pid, result } => {
-                    self.feed(Input::Checked { color, pid, result })
-                }
+                Event::Checked(c) => self.feed(Input::Checked(c)),
                 Event::Stop => self.feed(Input::Stop),
                 Event::Reload => self.on_reload(),
                 Event::Tick => self.on_tick(),
                 Event::Reexec => self.reexec(None),
-                Event::ExecAbandoned => self.exec_pending = false,
+                Event::ExecAbandoned => self.program.exec_pending = false,
                 Event::Exec => self.exec_now(),
             }
-            if std::mem::take(&mut self.auto_due) {
+            if std::mem::take(&mut self.watch.due) {
                 self.auto_check();
             }
             self.publish_status();
@@ -361,7 +366,7 @@ impl Daemon {
     }
 
     fn on_command(&mut self, Command { request, reply }: Command) {
-        if self.exec_pending && request != Request::Status {
+        if self.program.exec_pending && request != Request::Status {
             let m = "bgd is re-executing itself: try again in a moment";
             let f = crate::ops::protocol::Failure::new(
                 crate::ops::protocol::FailureKind::Busy,
@@ -414,13 +419,8 @@ impl Daemon {
         }
     }
 
-    fn on_drained(&mut self, color: Color, pid: Pid, exit: Exit, forced: Option<Duration>) {
-        self.feed(Input::Drained {
-            color,
-            pid,
-            exit,
-            forced,
-        });
+    fn on_drained(&mut self, d: Drained) {
+        self.feed(Input::Drained(d));
         // An app may unlink its socket path when it stops.
         for m in self.ctx.listeners.keep_public_paths() {
             tracing::warn!("{m}");
@@ -429,33 +429,19 @@ impl Daemon {
 
     /// Keeps `reply` until the core sends this client its last answer.
     fn client(&mut self, reply: Responder) -> ClientId {
-        let id = self.next_client;
-        self.next_client += 1;
-        self.clients.insert(id, reply);
-        id
+        self.clients.add(reply)
     }
 
-    fn on_task_message(&mut self, msg: prepare::Message) {
-        let input = match msg {
-            prepare::Message::Progress {
-                task,
-                step,
-                message,
-            } => Input::Progress {
-                task,
-                step,
-                message,
-            },
-            prepare::Message::Staged { task, build } => Input::Staged { task, build },
-            prepare::Message::Prepared { task, result } => {
-                self.tasks.remove(&task);
-                if let Ok((app, _)) = &result {
-                    self.watch_exit(app);
-                }
-                Input::Prepared { task, result }
+    /// A task's report goes to the core as it came; a ready color's exit
+    /// is watched from then on.
+    fn on_task_report(&mut self, report: TaskReport<AppProcess>) {
+        if let TaskReport::Prepared { task, result } = &report {
+            self.tasks.remove(task);
+            if let Ok((app, _)) = result {
+                self.watch_exit(app);
             }
-        };
-        self.feed(input);
+        }
+        self.feed(Input::Task(report));
     }
 
     /// Reports the exit of `app`'s leader as [`Event::Exited`]; the core
@@ -472,14 +458,14 @@ impl Daemon {
                 .into_iter()
                 .filter(|p| *p != pid)
                 .count();
-            let _ = events.send(Event::Exited {
+            let _ = events.send(Event::Exited(Exited {
                 color,
                 pid,
                 exit,
                 uptime,
                 tail,
                 strays,
-            });
+            }));
         });
     }
 }

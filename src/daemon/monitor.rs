@@ -9,6 +9,7 @@ use nix::unistd::Pid;
 
 use super::{Daemon, Event};
 use crate::color::Color;
+use crate::deploy::Checked;
 
 impl Daemon {
     /// Checks `color`'s process `pid` every `health.interval` from now on.
@@ -27,7 +28,10 @@ impl Daemon {
             loop {
                 tokio::time::sleep_until(next).await;
                 let result = crate::pipeline::health::check_once(&ctx, color, own, release).await;
-                if events.send(Event::Checked { color, pid, result }).is_err() {
+                if events
+                    .send(Event::Checked(Checked { color, pid, result }))
+                    .is_err()
+                {
                     return;
                 }
                 // A slow check does not make the next one come sooner.

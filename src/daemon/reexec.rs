@@ -49,7 +49,7 @@ impl Daemon {
         if standby.is_some() || bake.is_some() {
             return refuse(&reply, "a standby is kept or a bake runs, and a reexec keeps only the live color: run it once they are over, or after a rollback".into());
         }
-        if self.exec_pending {
+        if self.program.exec_pending {
             return refuse(&reply, "a reexec is already under way".into());
         }
         if let Err(m) = self.listen_unchanged() {
@@ -57,8 +57,8 @@ impl Daemon {
         }
         // From now on requests are refused, so nothing begins that the
         // exec would cut.
-        self.exec_pending = true;
-        let exe = self.exe.clone();
+        self.program.exec_pending = true;
+        let exe = self.program.exe.clone();
         let config = self.ctx.config.file.clone();
         let ctx = self.ctx.clone();
         let events = self.events.clone();
@@ -130,11 +130,11 @@ impl Daemon {
             tracing::error!(
                 "reexec abandoned: a release, canary or drain runs; ask again when it is over"
             );
-            self.exec_pending = false;
+            self.program.exec_pending = false;
             return;
         }
         crate::ops::systemd::reloading();
-        let path = CString::new(self.exe.as_os_str().as_bytes());
+        let path = CString::new(self.program.exe.as_os_str().as_bytes());
         let args: Result<Vec<CString>, _> = std::env::args_os()
             .map(|a| CString::new(a.as_bytes()))
             .collect();
@@ -145,7 +145,7 @@ impl Daemon {
         let e = nix::unistd::execv(&path, &args);
         tracing::error!(
             "reexec of {} failed, bgd runs on as it was: {e:?}",
-            self.exe.display()
+            self.program.exe.display()
         );
         self.last_result = Some(format!("{} reexec failed: {e:?}", crate::now_rfc3339()));
         if self.core.ready_sent() {

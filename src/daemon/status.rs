@@ -25,7 +25,7 @@ impl Daemon {
         Status {
             name: self.ctx.config.fixed.name.clone(),
             pid: std::process::id(),
-            instance: self.instance,
+            instance: self.program.instance,
             live: core.state().live,
             release_in_progress: progress(core),
             blue: self.color_status(Color::Blue),
@@ -44,7 +44,7 @@ impl Daemon {
             standby_until: standby.map(crate::rfc3339),
             bake_until: bake.map(crate::rfc3339),
             canary: canary_status(core, now),
-            watch: self.auto.as_ref().map(|a| self.watch_status(a)),
+            watch: self.watch.auto.as_ref().map(|a| self.watch_status(a)),
             metrics: self.telemetry.metrics_addr.map(|a| a.to_string()),
         }
     }

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::color::Color;
-use crate::deploy::{ColorPhase, Core, Effect, Ended, Input, Notice, ReleasePhase, TaskId};
+use crate::deploy::{
+    ColorPhase, Core, Drained, Effect, Ended, Input, Notice, ReleasePhase, TaskId,
+};
 use crate::ops::control::Responder;
 use crate::ops::events::{EventHub, Kind, RollbackKind, StepTook};
 use crate::ops::metrics::Metrics;
@@ -98,9 +100,9 @@ impl Telemetry {
                 pid: process.pid.as_raw() as u32,
             });
         }
-        if let Input::Drained {
+        if let Input::Drained(Drained {
             color, pid, forced, ..
-        } = input
+        }) = input
         {
             self.publish(Kind::Drained {
                 color: *color,

@@ -12,34 +12,34 @@ use super::{sink, Daemon, Event};
 impl Daemon {
     /// Starts (or restarts, after a reload) the build watcher of `[watch]`.
     pub(super) fn start_watching(&mut self) -> anyhow::Result<()> {
-        if let Some(old) = self.watcher.take() {
+        if let Some(old) = self.watch.task.take() {
             old.abort();
         }
-        let old = self.auto.take();
+        let old = self.watch.auto.take();
         if let Some(w) = &self.ctx.config.watch {
             let events = sink(&self.events, Event::Watch);
             let (state, task) = watch::spawn(w.clone(), events)?;
             let mut auto = Auto::new(w.path.clone(), state);
             match old {
                 Some(old) => auto.carry_over(old),
-                None => auto.restore(self.saved_operator.clone()),
+                None => auto.restore(self.watch.saved.clone()),
             }
-            self.auto = Some(auto);
-            self.watcher = Some(task);
+            self.watch.auto = Some(auto);
+            self.watch.task = Some(task);
         }
         Ok(())
     }
 
     pub(super) fn on_watch_settled(&mut self, settled: watch::Settled) {
         tracing::debug!(generation = settled.generation, "the watched tree settled");
-        if let Some(a) = &mut self.auto {
+        if let Some(a) = &mut self.watch.auto {
             a.settled(settled.fingerprint, settled.generation);
         }
         self.auto_check();
     }
 
     pub(super) fn on_watch_request(&mut self, pause: bool, reply: Responder) {
-        let Some(a) = &mut self.auto else {
+        let Some(a) = &mut self.watch.auto else {
             let f = Failure::new(
                 FailureKind::BadRequest,
                 None,
@@ -59,13 +59,13 @@ impl Daemon {
     /// Writes `root/operator.json` when the pause or the hold changed since
     /// it was last written, off the loop, so that they survive a restart.
     fn save_operator(&mut self) {
-        let Some(op) = self.auto.as_ref().map(Auto::operator) else {
+        let Some(op) = self.watch.auto.as_ref().map(Auto::operator) else {
             return;
         };
-        if op == self.saved_operator {
+        if op == self.watch.saved {
             return;
         }
-        self.saved_operator = op.clone();
+        self.watch.saved = op.clone();
         let path = crate::store::layout::operator_file(&self.ctx.config.fixed.root);
         let data = serde_json::to_vec_pretty(&op).expect("operator decisions serialize");
         tokio::task::spawn_blocking(move || {
@@ -78,13 +78,13 @@ impl Daemon {
     /// Like [`save_operator`](Self::save_operator), but waits for the
     /// write (an operator's explicit request).
     fn save_operator_now(&mut self) {
-        let Some(op) = self.auto.as_ref().map(Auto::operator) else {
+        let Some(op) = self.watch.auto.as_ref().map(Auto::operator) else {
             return;
         };
         let path = crate::store::layout::operator_file(&self.ctx.config.fixed.root);
         let data = serde_json::to_vec_pretty(&op).expect("operator decisions serialize");
         match crate::store::state::write_atomically(&path, &data) {
-            Ok(()) => self.saved_operator = op,
+            Ok(()) => self.watch.saved = op,
             Err(e) => tracing::error!(
                 "cannot write {}: {e}; the watch pause would be forgotten if bgd restarted",
                 path.display()
@@ -107,8 +107,10 @@ impl Daemon {
     pub(super) fn auto_check(&mut self) {
         self.save_operator();
         let live_fp = self.live_fingerprint();
-        let busy = self.core.busy() || self.exec_pending;
-        let Some(a) = &mut self.auto else { return };
+        let busy = self.core.busy() || self.program.exec_pending;
+        let Some(a) = &mut self.watch.auto else {
+            return;
+        };
         match a.decide(live_fp.as_deref(), busy) {
             Decision::Nothing => {}
             Decision::Release(fp) => {

@@ -35,6 +35,7 @@ pub mod answer;
 pub(crate) mod auto;
 mod exit;
 pub mod failure;
+mod input;
 pub mod kept;
 mod phase;
 pub mod record;
@@ -50,6 +51,7 @@ mod traffic;
 pub use answer::{Answer, CanaryShare, Outcome, Swapped};
 pub use exit::Exit;
 pub use failure::{Failure, FailureKind, Step};
+pub use input::{Checked, Drained, Exited, Input, TaskReport};
 pub use phase::{ColorPhase, Health, Kind, Release, ReleasePhase, Shutdown, Slot, Trigger};
 pub use record::{Record, StepTime};
 pub use traffic::{Bake, Canary, Policy, Shares};
@@ -127,91 +129,6 @@ pub struct Timings {
 pub struct Failed {
     pub failure: Failure,
     pub exit: Option<Exit>,
-}
-
-/// Everything the core reacts to.
-pub enum Input<P> {
-    /// bgd started: bring up the color the state says was live (unless it
-    /// was adopted).
-    Boot,
-    /// At start-up, before `Boot`: `color` was still running, left by a
-    /// previous bgd (killed, or replaced by `bgctl reexec`), and bgd took
-    /// it over (issue 13).
-    Adopt { color: Color, process: P },
-    /// `bgctl release DIR`, or the build watcher (`Trigger::Watch`).
-    Release {
-        source: PathBuf,
-        label: Option<String>,
-        trigger: Trigger,
-        client: Option<ClientId>,
-        /// `--canary PERCENT` (1 to 99).
-        canary: Option<u8>,
-        /// `--wait-bake`.
-        wait_bake: bool,
-    },
-    /// `bgctl rollback [--to ID|LABEL]`.
-    Rollback {
-        client: Option<ClientId>,
-        /// The kept release to go to; `None`: the standby, else the
-        /// previous good release.
-        to: Option<String>,
-    },
-    /// `bgctl promote [PERCENT]`: the canary's share becomes `percent`
-    /// (1 to 100), or it becomes live (`None`, or 100).
-    Promote {
-        percent: Option<u8>,
-        client: Option<ClientId>,
-    },
-    /// `bgctl abort`: the canary gets no more connections and drains.
-    Abort { client: Option<ClientId> },
-    /// One repeated health check of `color`'s process `pid` (see
-    /// [`Effect::Monitor`]); `Err` says what failed.
-    Checked {
-        color: Color,
-        pid: Pid,
-        result: Result<(), String>,
-    },
-    /// A moment asked for with [`Effect::WakeAt`] has come (or a later one).
-    Due,
-    /// A task reached a step.
-    Progress {
-        task: TaskId,
-        step: Step,
-        message: String,
-    },
-    /// A task swapped a new build into its color's directory.
-    Staged { task: TaskId, build: Build },
-    /// A task ended: a ready color, or why not.
-    Prepared {
-        task: TaskId,
-        result: Result<(P, Timings), Failed>,
-    },
-    /// The outcome of the last [`Effect::Commit`]: `Err` says what failed.
-    Committed(Result<(), String>),
-    /// A drain ([`Effect::Drain`]) stopped the process `pid` of `color`;
-    /// `forced`: it was still running at the drain deadline (that long)
-    /// and was killed, cutting requests in flight.
-    Drained {
-        color: Color,
-        pid: Pid,
-        exit: Exit,
-        forced: Option<Duration>,
-    },
-    /// A process bgd did not ask to stop exited; `tail` is its last output,
-    /// `strays` how many other processes of its color still ran (it
-    /// daemonized, or left workers behind).
-    Exited {
-        color: Color,
-        pid: Pid,
-        exit: Exit,
-        uptime: Duration,
-        tail: Vec<String>,
-        strays: usize,
-    },
-    /// The wait asked for by [`Effect::RestartAfter`] has passed.
-    RestartDue { color: Color },
-    /// SIGTERM or SIGINT.
-    Stop,
 }
 
 /// How loud a log line is.
@@ -403,30 +320,20 @@ impl<P: Process> Core<P> {
             Input::Rollback { client, to } => self.begin_rollback(now, client, to),
             Input::Promote { percent, client } => self.promote(now, percent, client),
             Input::Abort { client } => self.abort_canary(now, client, None),
-            Input::Checked { color, pid, result } => self.on_checked(now, color, pid, result),
+            Input::Checked(c) => self.on_checked(now, c),
             Input::Due => self.on_due(now),
-            Input::Progress {
+            Input::Task(TaskReport::Progress {
                 task,
                 step,
                 message,
-            } => self.on_progress(now, task, step, message),
-            Input::Staged { task, build } => self.on_staged(task, build),
-            Input::Prepared { task, result } => self.on_prepared(now, task, result),
+            }) => self.on_progress(now, task, step, message),
+            Input::Task(TaskReport::Staged { task, build }) => self.on_staged(task, build),
+            Input::Task(TaskReport::Prepared { task, result }) => {
+                self.on_prepared(now, task, result)
+            }
             Input::Committed(result) => self.on_committed(now, result),
-            Input::Drained {
-                color,
-                pid,
-                exit,
-                forced,
-            } => self.on_drained(now, color, pid, exit, forced),
-            Input::Exited {
-                color,
-                pid,
-                exit,
-                uptime,
-                tail,
-                strays,
-            } => self.on_exited(now, color, pid, (exit, uptime), tail, strays),
+            Input::Drained(d) => self.on_drained(now, d),
+            Input::Exited(e) => self.on_exited(now, e),
             Input::RestartDue { color } => self.on_restart_due(now, color),
             Input::Stop => self.on_stop(now),
         }

@@ -3,14 +3,9 @@
 //! dies young waits [`backoff`], longer each time. Restarts run beside a
 //! release: the release starts the other color.
 
-use std::time::Duration;
-
-use nix::unistd::Pid;
-
-use super::HEALTHY_UPTIME;
 use super::{backoff, ColorPhase, Core, Effect, Failed, Launch, Level, Now, Process, Shutdown};
+use super::{Exited, HEALTHY_UPTIME};
 use crate::color::Color;
-use crate::deploy::Exit;
 
 impl<P: Process> Core<P> {
     /// A color a previous bgd left running: the live one serves on, any
@@ -61,15 +56,15 @@ impl<P: Process> Core<P> {
 
     /// A process exited without being asked to. Only the live color's
     /// process matters; the others are owned by a drain or a task.
-    pub(super) fn on_exited(
-        &mut self,
-        now: Now,
-        color: Color,
-        pid: Pid,
-        (exit, uptime): (Exit, Duration),
-        tail: Vec<String>,
-        strays: usize,
-    ) {
+    pub(super) fn on_exited(&mut self, now: Now, e: Exited) {
+        let Exited {
+            color,
+            pid,
+            exit,
+            uptime,
+            tail,
+            strays,
+        } = e;
         let phase = &self.slot(color).phase;
         if phase.process().is_none_or(|p| p.pid() != pid) {
             return;

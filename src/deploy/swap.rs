@@ -2,12 +2,10 @@
 //! the swap (committed before anything else changes), the old color's
 //! drain, success or failure.
 
-use std::time::{Duration, Instant};
-
-use nix::unistd::Pid;
+use std::time::Instant;
 
 use super::{ColorPhase, Core, Effect, Ended, Failed, Kind, Level, Now, Process, TaskId};
-use super::{Outcome, Release, ReleasePhase, Swapped, Timings};
+use super::{Drained, Outcome, Release, ReleasePhase, Swapped, Timings};
 use crate::color::Color;
 use crate::deploy::record::Record;
 use crate::deploy::state::{Build, State};
@@ -241,14 +239,13 @@ impl<P: Process> Core<P> {
         self.finish(now, r, timings, None, None);
     }
 
-    pub(super) fn on_drained(
-        &mut self,
-        now: Now,
-        color: Color,
-        pid: Pid,
-        exit: Exit,
-        forced: Option<Duration>,
-    ) {
+    pub(super) fn on_drained(&mut self, now: Now, d: Drained) {
+        let Drained {
+            color,
+            pid,
+            exit,
+            forced,
+        } = d;
         self.log(Level::Info, format!("{color} stopped ({exit})"));
         let forced = forced.map(|d| {
             let m = format!(
@@ -272,7 +269,7 @@ impl<P: Process> Core<P> {
                 timings, swapped, ..
             } = r.phase
             {
-                let drained = Drained { exit, forced };
+                let drained = DrainEnd { exit, forced };
                 self.finish(now, r, timings, Some(swapped), Some(drained));
             }
         }
@@ -285,7 +282,7 @@ impl<P: Process> Core<P> {
         r: Release<P>,
         timings: Timings,
         swapped: Option<Instant>,
-        drained: Option<Drained>,
+        drained: Option<DrainEnd>,
     ) {
         let total = now.mono.saturating_duration_since(r.started).as_millis() as u64;
         let drain_ms = swapped.map_or(0, |t| {
@@ -489,7 +486,7 @@ impl<P: Process> Core<P> {
 }
 
 /// How the old color's drain ended.
-pub(super) struct Drained {
+pub(super) struct DrainEnd {
     exit: Exit,
     /// What to say when it was killed at the drain deadline.
     forced: Option<String>,

@@ -197,47 +197,47 @@ fn rollback() -> Input<Proc> {
 }
 
 fn staged(task: TaskId, release: u64) -> Input<Proc> {
-    Input::Staged {
+    Input::Task(TaskReport::Staged {
         task,
         build: build(release, false),
-    }
+    })
 }
 
 fn ok(task: TaskId, pid: i32) -> Input<Proc> {
-    Input::Prepared {
+    Input::Task(TaskReport::Prepared {
         task,
         result: Ok((Proc(pid), Timings::default())),
-    }
+    })
 }
 
 fn failed(task: TaskId, step: Step, exit: Option<Exit>) -> Input<Proc> {
-    Input::Prepared {
+    Input::Task(TaskReport::Prepared {
         task,
         result: Err(Failed {
             failure: Failure::new(FailureKind::App, Some(step), format!("{step} went wrong")),
             exit,
         }),
-    }
+    })
 }
 
 fn drained(color: Color, pid: i32) -> Input<Proc> {
-    Input::Drained {
+    Input::Drained(Drained {
         color,
         pid: Pid::from_raw(pid),
         exit: Exit::Code(0),
         forced: None,
-    }
+    })
 }
 
 fn exited(color: Color, pid: i32, uptime_s: u64) -> Input<Proc> {
-    Input::Exited {
+    Input::Exited(Exited {
         color,
         pid: Pid::from_raw(pid),
         exit: Exit::Code(3),
         uptime: Duration::from_secs(uptime_s),
         tail: vec!["boom".into()],
         strays: 0,
-    }
+    })
 }
 
 /// One short word (plus what tells it apart) per effect; logs and the
@@ -545,11 +545,11 @@ fn progress_reaches_the_client_and_each_step_is_recorded_once() {
     assert_eq!(t.core.release().unwrap().step(), Step::Validate);
     for (ms, step) in [(5, Step::Stage), (10, Step::Stage), (30, Step::Start)] {
         t.wait(ms);
-        let said = t.says(Input::Progress {
+        let said = t.says(Input::Task(TaskReport::Progress {
             task,
             step,
             message: "m".into(),
-        });
+        }));
         assert_eq!(said, [format!("reply progress {step}")]);
     }
     let r = t.core.release().unwrap();
@@ -563,11 +563,11 @@ fn reports_of_an_older_task_are_ignored() {
     let mut t = T::blue_live();
     t.admit();
     let stale = 2;
-    let said = t.says(Input::Progress {
+    let said = t.says(Input::Task(TaskReport::Progress {
         task: stale,
         step: Step::Stage,
         message: "m".into(),
-    });
+    }));
     assert!(said.is_empty());
     assert!(t.says(staged(stale, 2)).is_empty());
     assert_eq!(
@@ -857,11 +857,11 @@ fn every_step_of_a_release_lands_in_its_record() {
     let task = t.admit();
     for step in [Step::Stage, Step::Start, Step::WaitReady] {
         t.wait(10);
-        t.send(Input::Progress {
+        t.send(Input::Task(TaskReport::Progress {
             task,
             step,
             message: String::new(),
-        });
+        }));
     }
     t.send(ok(task, NEW));
     t.send(Input::Committed(Ok(())));
@@ -967,7 +967,7 @@ fn a_failed_restart_shows_why_and_tries_again() {
     t.send(exited(Color::Blue, OLD, 1));
     t.send(Input::RestartDue { color: Color::Blue });
     let task = t.restart_task(Color::Blue);
-    let said = t.says(Input::Prepared {
+    let said = t.says(Input::Task(TaskReport::Prepared {
         task,
         result: Err(Failed {
             failure: Failure::new(
@@ -977,7 +977,7 @@ fn a_failed_restart_shows_why_and_tries_again() {
             ),
             exit: None,
         }),
-    });
+    }));
     assert_eq!(said, ["restart blue after 200ms"]);
     let st = t.status(Color::Blue);
     assert_eq!(st.state, "restarting");

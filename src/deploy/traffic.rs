@@ -20,10 +20,8 @@
 
 use std::time::{Instant, SystemTime};
 
-use nix::unistd::Pid;
-
 use super::{CanaryShare, Notice, Outcome, Release, ReleasePhase, Timings, Trigger};
-use super::{ClientId, ColorPhase, Core, Effect, Kind, Level, Now, Process};
+use super::{Checked, ClientId, ColorPhase, Core, Effect, Kind, Level, Now, Process};
 use crate::color::Color;
 use crate::deploy::rollout::Rollout;
 use crate::deploy::{Failure, FailureKind, Step};
@@ -451,13 +449,8 @@ impl<P: Process> Core<P> {
     }
 
     /// One repeated health check of `color`.
-    pub(super) fn on_checked(
-        &mut self,
-        now: Now,
-        color: Color,
-        pid: Pid,
-        result: Result<(), String>,
-    ) {
+    pub(super) fn on_checked(&mut self, now: Now, c: Checked) {
+        let Checked { color, pid, result } = c;
         let slot = self.slot(color);
         if !slot.phase.checked() || slot.pid() != Some(pid) {
             return;

@@ -162,24 +162,37 @@ async fn wait_exec(
 ) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(20);
     loop {
-        match exec_once(ctx, cmd, dir, app.color, release).await? {
+        match exec_once(ctx, cmd, dir, app.color, release).await {
             Ok(()) => return Ok(()),
-            Err(why) => note(last, why),
+            Err(ExecFailed::Failed(why)) => note(last, why),
+            Err(ExecFailed::CannotRun(e)) => return Err(e),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_millis(500));
     }
 }
 
-/// Runs the check command once in `dir`. The outer `Err`: it could not be
-/// run; the inner: it failed, with its status and last line of output.
+/// Why one run of `health.exec` did not pass.
+#[derive(Debug, thiserror::Error)]
+enum ExecFailed {
+    /// It ran and failed: its exit status and last line of output. The
+    /// readiness wait tries again.
+    #[error("{0}")]
+    Failed(String),
+    /// bgd could not run it at all: waiting longer will not help.
+    #[error("{0:#}")]
+    CannotRun(anyhow::Error),
+}
+
+/// Runs the check command once in `dir`.
 async fn exec_once(
     ctx: &Ctx,
     cmd: &[String],
     dir: &Path,
     color: Color,
     release: u64,
-) -> anyhow::Result<Result<(), String>> {
+) -> Result<(), ExecFailed> {
+    let cannot = ExecFailed::CannotRun;
     let env = crate::supervise::process::color_env(ctx, color, release);
     let check = spawn::spawn(&spawn::Spec {
         command: cmd,
@@ -190,13 +203,14 @@ async fn exec_once(
         cgroup: None,
         die_with_bgd: true,
     })
-    .with_context(|| format!("cannot run health.exec {:?} in {}", cmd[0], dir.display()))?;
+    .with_context(|| format!("cannot run health.exec {:?} in {}", cmd[0], dir.display()))
+    .map_err(cannot)?;
     let exited = ctx.reaper.watch(check.pid);
     let guard = spawn::KillGroupOnDrop(check.pid);
     let output = Arc::new(Mutex::new(Vec::new()));
     let readers =
         [check.stdout, check.stderr].map(|fd| tokio::spawn(keep_tail(fd, output.clone())));
-    let status = exited.await.context("the reaper stopped")?;
+    let status = exited.await.context("the reaper stopped").map_err(cannot)?;
     std::mem::forget(guard);
     // Output still in the pipes arrives at once; a background process
     // that keeps them open is not waited for.
@@ -210,7 +224,7 @@ async fn exec_once(
         }
     }
     if status.success() {
-        return Ok(Ok(()));
+        return Ok(());
     }
     let out = String::from_utf8_lossy(&output.lock().expect("never held across a panic"))
         .trim()
@@ -220,7 +234,10 @@ async fn exec_once(
         .last()
         .map(|l| format!(": {l}"))
         .unwrap_or_default();
-    Ok(Err(format!("health.exec {:?}: {status}{out}", cmd[0])))
+    Err(ExecFailed::Failed(format!(
+        "health.exec {:?}: {status}{out}",
+        cmd[0]
+    )))
 }
 
 /// One repeated check of a color that already serves (`health.interval`):
@@ -260,8 +277,7 @@ pub async fn check_once(
         let dir = crate::store::layout::color_dir(&ctx.config.fixed.root, color);
         let run = exec_once(ctx, cmd, &dir, color, release);
         match tokio::time::timeout(h.timeout, run).await {
-            Ok(Ok(result)) => result?,
-            Ok(Err(e)) => return Err(format!("{e:#}")),
+            Ok(result) => result.map_err(|e| e.to_string())?,
             Err(_) => {
                 return Err(format!(
                     "health.exec {:?} did not finish within health.timeout ({})",

@@ -1,7 +1,7 @@
 //! A task that brings a color up: stage (for a new build), run the prepare
 //! hooks, start, wait until ready. It runs beside the daemon's loop so the
 //! daemon keeps answering while it works; it reports each step as a
-//! [`Message`] and ends with [`Message::Prepared`]. It never touches the
+//! [`Message`] and ends with [`TaskReport::Prepared`]. It never touches the
 //! live color or the state: the deployment core commits the swap and drains
 //! the old color. Releases, rollbacks and restarts all run through here;
 //! the last two stage nothing.
@@ -11,42 +11,27 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::deploy::state::Build;
-use crate::deploy::{Failed, Launch, TaskId, Timings};
-use crate::deploy::{Failure, FailureKind, Step};
+use crate::deploy::{Failed, Launch, Timings};
+use crate::deploy::{Failure, FailureKind, Step, TaskReport};
 use crate::pipeline::health;
 use crate::pipeline::stage::{self, StageError};
 use crate::supervise::process::AppProcess;
 use crate::{Ctx, Sink};
 
-/// What a task reports, in this order: progress, at most one `Staged`,
-/// then exactly one `Prepared` (unless it was aborted).
-pub enum Message {
-    /// It reached a step.
-    Progress {
-        task: TaskId,
-        step: Step,
-        message: String,
-    },
-    /// It swapped the new build into its color's directory.
-    Staged { task: TaskId, build: Build },
-    /// It ended: a ready color, or why not.
-    Prepared {
-        task: TaskId,
-        result: Result<(AppProcess, Timings), Failed>,
-    },
-}
+/// What a task reports (the core's own type: the daemon passes it on).
+pub type Message = TaskReport<AppProcess>;
 
 /// How long a new color that failed its readiness check gets to finish the
 /// requests it already accepted from the shared socket, before SIGKILL.
 const FAILED_GRACE: Duration = Duration::from_secs(5);
 
-/// Carries out `plan` and sends [`Message::Prepared`] with a ready color
+/// Carries out `plan` and sends [`TaskReport::Prepared`] with a ready color
 /// or why not. `cancel`, once set, stops staging before it swaps anything
 /// into place. A failed color's whole process group is gone before this
 /// returns.
 pub async fn run(ctx: Arc<Ctx>, plan: Launch, cancel: Arc<AtomicBool>, events: Sink<Message>) {
     let result = prepare(&ctx, &plan, &cancel, &events).await;
-    events(Message::Prepared {
+    events(TaskReport::Prepared {
         task: plan.task,
         result,
     });
@@ -66,7 +51,7 @@ async fn prepare(
     events: &Sink<Message>,
 ) -> Result<(AppProcess, Timings), Failed> {
     let progress = |step: Step, message: String| {
-        events(Message::Progress {
+        events(TaskReport::Progress {
             task: plan.task,
             step,
             message,
@@ -165,7 +150,7 @@ async fn stage_build(
     events: &Sink<Message>,
 ) -> Result<u64, Failed> {
     let progress = |message: String| {
-        events(Message::Progress {
+        events(TaskReport::Progress {
             task: plan.task,
             step: Step::Stage,
             message,
@@ -185,7 +170,7 @@ async fn stage_build(
     let t = Instant::now();
     let copied = copy(ctx, plan, Some(&source), cancel, events).await?;
     let ms = t.elapsed().as_millis() as u64;
-    events(Message::Staged {
+    events(TaskReport::Staged {
         task: plan.task,
         build: Build {
             release: plan.release,
@@ -234,7 +219,7 @@ async fn stage_kept(
     cancel: &Arc<AtomicBool>,
     events: &Sink<Message>,
 ) -> Result<u64, Failed> {
-    events(Message::Progress {
+    events(TaskReport::Progress {
         task: plan.task,
         step: Step::Stage,
         message: format!(
@@ -244,7 +229,7 @@ async fn stage_kept(
     });
     let t = Instant::now();
     copy(ctx, plan, None, cancel, events).await?;
-    events(Message::Staged {
+    events(TaskReport::Staged {
         task: plan.task,
         build: Build {
             staged_at: crate::now_rfc3339(),
@@ -358,7 +343,7 @@ async fn copy(
         hardlink: ctx.config.hardlink,
         progress: Some(Arc::new(move |files, bytes| {
             let message = format!("copied {files} files, {:.1} MB so far", bytes as f64 / 1e6);
-            events(Message::Progress {
+            events(TaskReport::Progress {
                 task,
                 step: Step::Stage,
                 message,

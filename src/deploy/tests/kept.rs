@@ -72,10 +72,10 @@ fn a_rollback_after_a_failed_release_stages_the_previous_good_kept_copy() {
         Some((2, true))
     );
     assert!(l.task >= FIRST_OTHER_TASK);
-    t.send(Input::Staged {
+    t.send(Input::Task(TaskReport::Staged {
         task: l.task,
         build: build(2, true),
-    });
+    }));
     t.send(ok(l.task, NEW));
     let effects = t.send(Input::Committed(Ok(())));
     assert!(words(&effects).contains(&"drain blue 100".to_string()));

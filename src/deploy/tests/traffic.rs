@@ -36,7 +36,7 @@ fn canary_release(percent: u8, wait_bake: bool) -> Input<Proc> {
 }
 
 fn check(color: Color, pid: i32, ok: bool) -> Input<Proc> {
-    Input::Checked {
+    Input::Checked(Checked {
         color,
         pid: Pid::from_raw(pid),
         result: if ok {
@@ -44,7 +44,7 @@ fn check(color: Color, pid: i32, ok: bool) -> Input<Proc> {
         } else {
             Err("GET /healthz answered 500".into())
         },
-    }
+    })
 }
 
 /// Blue live with a 10 min standby and a 2 min bake; a release of green

@@ -1,0 +1,245 @@
+//! Where new connections go (gate mode, TCP): the receiving color, bgd's
+//! readiness probes by their exact source address, and a canary's share;
+//! all of it one classic BPF program per `SO_REUSEPORT` group
+//! ([`crate::net::steer`]).
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+
+use super::unix::{link_over, public_path};
+use super::{Entry, Inner, Listeners, SocketState};
+use crate::color::Color;
+use crate::config::{ListenAddr, TrafficMode};
+use crate::net::steer::{self, Route};
+
+/// Where bgd's readiness probe connects to reach one color through the
+/// address clients use.
+#[derive(Debug, Clone)]
+pub(crate) enum ProbeTarget {
+    /// Connect from `from`'s IP (any port) to `to`; the probe's source is
+    /// routed to the color with [`Listeners::route_probe`] first.
+    Tcp { to: SocketAddr, from: IpAddr },
+    /// Connect to the color's own socket file.
+    Unix(PathBuf),
+    /// Shared mode: the color's private probe socket.
+    Own(SocketAddr),
+}
+
+/// The address to connect to for a socket bound to `ip`: loopback for an
+/// unspecified one.
+pub(super) fn loopback_for(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    }
+}
+
+/// The group index of `color`'s socket: blue listens first.
+pub(super) fn index(color: Color) -> u32 {
+    match color {
+        Color::Blue => 0,
+        Color::Green => 1,
+    }
+}
+
+impl Inner {
+    pub(super) fn route(&self) -> Route {
+        let to = self.receiving.or(self.first).unwrap_or(Color::Blue);
+        Route {
+            to: index(to),
+            probes: self
+                .probes
+                .iter()
+                .map(|(from, c)| (*from, index(*c)))
+                .collect(),
+            split: self.canary.map(|(c, percent)| (index(c), percent)),
+        }
+    }
+
+    /// Attaches the program for the current route to every TCP group that
+    /// listens.
+    pub(super) fn steer(&self) -> io::Result<()> {
+        let program = steer::program(&self.route());
+        for e in &self.entries {
+            if let Entry::Group { blue, green } = e {
+                let listening = [blue, green]
+                    .into_iter()
+                    .find(|s| s.state == SocketState::Listening);
+                if let Some(s) = listening {
+                    steer::attach(s.fd.as_fd(), &program)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Listeners {
+    /// Steers new public connections to `to`, for good: TCP groups get a
+    /// new program (one `setsockopt` each), Unix public paths are linked to
+    /// `to`'s socket. Ends any probe route and any canary split.
+    pub(crate) fn steer(&self, to: Color) -> io::Result<()> {
+        let mut inner = self.lock();
+        inner.receiving = Some(to);
+        inner.first = None;
+        inner.probes.clear();
+        inner.canary = None;
+        inner.steer()?;
+        for e in &inner.entries {
+            if let Entry::Files { blue, green } = e {
+                let side = if to == Color::Blue { blue } else { green };
+                let public = public_path(&side.socket.config).expect("a Unix entry");
+                link_over(&side.private, public)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives `canary` `percent` % of new TCP connections at random and the
+    /// receiving color the rest (one `setsockopt` per group); 0 ends the
+    /// split. Unix sockets cannot be split: the core refuses canaries when
+    /// a Unix listener exists.
+    pub(crate) fn split(&self, canary: Color, percent: u8) -> io::Result<()> {
+        let mut inner = self.lock();
+        inner.canary = (percent > 0).then_some((canary, percent.min(99)));
+        inner.steer()
+    }
+
+    /// Why new connections cannot be split between the colors here, if
+    /// they cannot: shared mode, or a Unix listener.
+    pub(crate) fn no_split(&self) -> Option<String> {
+        if self.mode == TrafficMode::Shared {
+            return Some("traffic.mode is \"shared\" (one socket for both colors)".into());
+        }
+        let inner = self.lock();
+        inner.entries.iter().find_map(|e| match e {
+            Entry::Files { .. } => Some(format!(
+                "[[listen]] {:?} is a Unix socket, which the kernel cannot split",
+                e.config().name
+            )),
+            _ => None,
+        })
+    }
+
+    /// The color that receives new public connections (gate mode; `None`
+    /// in shared mode, where both colors accept).
+    pub(crate) fn receiving(&self) -> Option<Color> {
+        if self.mode == TrafficMode::Shared {
+            return None;
+        }
+        let inner = self.lock();
+        inner.receiving.or(inner.first)
+    }
+
+    /// Where bgd's readiness probe reaches `color` through the address
+    /// clients use: the first TCP entry, else the color's first Unix
+    /// socket file. `None` in shared mode, where the probe has its own
+    /// socket.
+    pub(crate) fn probe_target(&self, color: Color) -> Option<ProbeTarget> {
+        if self.mode == TrafficMode::Shared {
+            return None;
+        }
+        let inner = self.lock();
+        let tcp = inner
+            .entries
+            .iter()
+            .find_map(|e| match (e, &e.config().address) {
+                (Entry::Group { .. }, ListenAddr::Tcp(a)) => Some(*a),
+                _ => None,
+            });
+        if let Some(a) = tcp {
+            let ip = loopback_for(a.ip());
+            return Some(ProbeTarget::Tcp {
+                to: SocketAddr::new(ip, a.port()),
+                from: ip,
+            });
+        }
+        inner.entries.iter().find_map(|e| match (e, color) {
+            (Entry::Files { blue, .. }, Color::Blue) => {
+                Some(ProbeTarget::Unix(blue.private.clone()))
+            }
+            (Entry::Files { green, .. }, Color::Green) => {
+                Some(ProbeTarget::Unix(green.private.clone()))
+            }
+            _ => None,
+        })
+    }
+
+    /// Sends connections from exactly `from` to `color` (bgd's probe),
+    /// instead of the earlier probe to `color`; every other connection goes
+    /// where it went.
+    pub(crate) fn route_probe(&self, from: SocketAddr, color: Color) -> io::Result<()> {
+        let mut inner = self.lock();
+        inner.probes.retain(|(_, c)| *c != color);
+        inner.probes.push((from, color));
+        inner.steer()
+    }
+
+    /// Ends the probe route to `color`.
+    pub(crate) fn clear_probe(&self, color: Color) {
+        let mut inner = self.lock();
+        let before = inner.probes.len();
+        inner.probes.retain(|(_, c)| *c != color);
+        if inner.probes.len() != before {
+            if let Err(e) = inner.steer() {
+                tracing::warn!("cannot end the probe route to {color}: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inner() -> Inner {
+        Inner {
+            entries: Vec::new(),
+            receiving: None,
+            first: None,
+            probes: Vec::new(),
+            canary: None,
+        }
+    }
+
+    #[test]
+    fn before_any_color_was_live_the_first_started_receives() {
+        let mut i = inner();
+        assert_eq!(i.route().to, 0, "nothing started yet: blue's index");
+        i.first = Some(Color::Green);
+        assert_eq!(i.route().to, 1);
+        i.receiving = Some(Color::Blue);
+        assert_eq!(i.route().to, 0, "a live color wins over the first");
+    }
+
+    #[test]
+    fn probes_and_a_canary_ride_on_the_receiving_color() {
+        let mut i = inner();
+        i.receiving = Some(Color::Blue);
+        let probe: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        i.probes.push((probe, Color::Green));
+        i.canary = Some((Color::Green, 20));
+        let r = i.route();
+        assert_eq!(
+            (r.to, r.probes, r.split),
+            (0, vec![(probe, 1)], Some((1, 20)))
+        );
+    }
+
+    #[test]
+    fn an_unspecified_address_is_probed_on_loopback() {
+        assert_eq!(
+            loopback_for("0.0.0.0".parse().unwrap()),
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        );
+        assert_eq!(
+            loopback_for("::".parse().unwrap()),
+            IpAddr::V6(Ipv6Addr::LOCALHOST)
+        );
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        assert_eq!(loopback_for(ip), ip);
+    }
+}
