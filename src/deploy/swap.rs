@@ -194,11 +194,10 @@ impl<P: Process> Core<P> {
 
     /// After the swap: keep the old color as the standby, or drain it, or
     /// end at once if it ran nothing.
-    fn retire(&mut self, now: Now, r: Release<P>, timings: Timings) {
-        let mut r = match self.keep_standby(now, r) {
-            Ok(r) => return self.finish(now, r, timings, None, None),
-            Err(r) => r,
-        };
+    fn retire(&mut self, now: Now, mut r: Release<P>, timings: Timings) {
+        if self.keep_standby(now, &r) {
+            return self.finish(now, r, timings, None, None);
+        }
         let old = r.color.other();
         if let Some(process) = self.take_live(old) {
             let pid = process.pid();

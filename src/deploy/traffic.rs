@@ -388,17 +388,13 @@ impl<P: Process> Core<P> {
 
     /// After a swap by release `r` (just made live): keep the old color's
     /// process as the standby, if `traffic.standby` asks for one, and begin
-    /// the bake. `Err` gives `r` back when there is no standby to keep.
-    pub(super) fn keep_standby(
-        &mut self,
-        now: Now,
-        r: Release<P>,
-    ) -> Result<Release<P>, Release<P>> {
+    /// the bake. Returns whether it kept one.
+    pub(super) fn keep_standby(&mut self, now: Now, r: &Release<P>) -> bool {
         let keep = matches!(r.kind, Kind::Release { .. } | Kind::Promote { .. })
             && !self.policy.rollout.standby.is_zero();
         let old = r.color.other();
         let Some(process) = keep.then(|| self.take_live(old)).flatten() else {
-            return Err(r);
+            return false;
         };
         let Rollout { standby, bake, .. } = self.policy.rollout;
         let until = now.mono + standby;
@@ -426,7 +422,7 @@ impl<P: Process> Core<P> {
         }
         self.log(Level::Info, m.clone());
         self.progress(r.client, Step::Drain, m);
-        Ok(r)
+        true
     }
 
     /// A swap made another color live: a bake of the one before ends. Its

@@ -101,13 +101,11 @@ pub fn main() -> i32 {
     let sockets = names
         .into_iter()
         .enumerate()
-        // SAFETY: bgd passed the sockets at the fds after the pipes, one
-        // per name; nothing else in this process owns them.
         .map(|(i, n)| {
-            (
-                unsafe { OwnedFd::from_raw_fd(FIRST_FD + 2 + i as RawFd) },
-                n,
-            )
+            // SAFETY: bgd passed the sockets at the fds after the pipes, one
+            // per name; nothing else in this process owns them.
+            let fd = unsafe { OwnedFd::from_raw_fd(FIRST_FD + 2 + i as RawFd) };
+            (fd, n)
         })
         .collect();
     let shared = Arc::new(Mutex::new(Shared {

@@ -159,7 +159,8 @@ fn drop_privileges(uid: libc::uid_t, gid: libc::gid_t, groups: &[libc::gid_t]) -
 
 /// Runs in the child between fork and exec; see the SAFETY note in [`spawn`].
 fn child_setup(parent: libc::pid_t, sources: &[RawFd], die_with_bgd: bool) -> io::Result<()> {
-    // SAFETY (whole function): plain syscalls on integers; nothing allocates.
+    // SAFETY: the whole block is plain syscalls on integers; nothing
+    // allocates.
     unsafe {
         // A hook or check must not outlive bgd. bgd spawns only from its
         // one runtime thread, which lives as long as the process, so the
