@@ -328,7 +328,7 @@ impl Daemon {
             tasks: HashMap::new(),
             rescues: HashMap::new(),
             watch: Watching {
-                saved: watching::load_operator(&root),
+                saved: crate::store::operator::load(&root),
                 ..Watching::default()
             },
             last_result: None,

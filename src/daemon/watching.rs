@@ -6,6 +6,7 @@ use crate::deploy::{Input, Trigger};
 use crate::ops::control::Responder;
 use crate::ops::protocol::{Failure, FailureKind, Reply};
 use crate::pipeline::watch;
+use crate::store::operator;
 
 use super::{sink, Daemon, Event};
 
@@ -66,11 +67,10 @@ impl Daemon {
             return;
         }
         self.watch.saved = op.clone();
-        let path = crate::store::layout::operator_file(&self.ctx.config.fixed.root);
-        let data = serde_json::to_vec_pretty(&op).expect("operator decisions serialize");
+        let root = self.ctx.config.fixed.root.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = crate::store::state::write_atomically(&path, &data) {
-                tracing::error!("cannot write {}: {e}; the watch pause or hold would be forgotten if bgd restarted", path.display());
+            if let Err(e) = operator::save(&root, &op) {
+                tracing::error!("{e}; the watch pause or hold would be forgotten if bgd restarted");
             }
         });
     }
@@ -81,14 +81,11 @@ impl Daemon {
         let Some(op) = self.watch.auto.as_ref().map(Auto::operator) else {
             return;
         };
-        let path = crate::store::layout::operator_file(&self.ctx.config.fixed.root);
-        let data = serde_json::to_vec_pretty(&op).expect("operator decisions serialize");
-        match crate::store::state::write_atomically(&path, &data) {
+        match operator::save(&self.ctx.config.fixed.root, &op) {
             Ok(()) => self.watch.saved = op,
-            Err(e) => tracing::error!(
-                "cannot write {}: {e}; the watch pause would be forgotten if bgd restarted",
-                path.display()
-            ),
+            Err(e) => {
+                tracing::error!("{e}; the watch pause would be forgotten if bgd restarted")
+            }
         }
     }
 
@@ -126,17 +123,5 @@ impl Daemon {
                 });
             }
         }
-    }
-}
-
-/// Reads `root/operator.json`; a missing or unreadable file decided nothing.
-pub(super) fn load_operator(root: &std::path::Path) -> crate::deploy::auto::Operator {
-    let path = crate::store::layout::operator_file(root);
-    match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-            tracing::warn!("ignoring {}: {e}", path.display());
-            crate::deploy::auto::Operator::default()
-        }),
-        Err(_) => crate::deploy::auto::Operator::default(),
     }
 }

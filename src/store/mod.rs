@@ -1,10 +1,12 @@
 //! bgd's own files under its root: where each one lives, and writing them
 //! whole.
 //!
-//! - `layout`  the path of everything bgd keeps in its root (paths only)
-//! - `state`   `state.json` and the `live` symlink
-//! - `history` `history.json`, the last 50 releases
+//! - `layout`   the path of everything bgd keeps in its root (paths only)
+//! - `state`    `state.json` and the `live` symlink
+//! - `history`  `history.json`, the last 50 releases
+//! - `operator` `operator.json`, the watch pause and hold
 
 pub mod history;
 pub(crate) mod layout;
+pub(crate) mod operator;
 pub(crate) mod state;
