@@ -1,0 +1,203 @@
+//! `[traffic]`: how new connections reach the colors (`mode`) and how a
+//! release hands them over (`standby`, `bake`, `steps`).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::health::HealthConfig;
+use super::listen::{ListenAddr, ListenConfig};
+use super::parse::{HumanDuration, Spanned};
+use super::{ConfigError, Source};
+use crate::deploy::rollout::{self, Rollout};
+
+/// `[traffic] mode`: how new connections reach the colors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrafficMode {
+    /// `"gate"` (the default): each color has its own listening socket, and
+    /// the kernel steers each new connection to the color that is live, so
+    /// a color receives public connections only once it is ready
+    /// (issue 11). TCP: one `SO_REUSEPORT` group per address, steered by a
+    /// classic BPF program; Unix: one socket file per color, renamed over
+    /// the public path at the swap.
+    Gate,
+    /// `"shared"`: both colors accept from one socket; the new color takes
+    /// public connections as soon as it calls `accept()`, before it is
+    /// ready. For kernels or setups where the gate cannot be built.
+    Shared,
+}
+
+/// `[traffic]` as serde reads it; its `mode` is fixed until a restart, the
+/// rest ([`Rollout`]) is reloaded.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTraffic {
+    pub(super) mode: Option<Spanned<String>>,
+    standby: Option<Spanned<HumanDuration>>,
+    bake: Option<Spanned<HumanDuration>>,
+    steps: Option<Spanned<Vec<String>>>,
+}
+
+/// `traffic.mode`.
+pub(super) fn mode(
+    src: &Source,
+    mode: Option<&Spanned<String>>,
+) -> Result<TrafficMode, ConfigError> {
+    match mode {
+        None => Ok(TrafficMode::Gate),
+        Some(m) => match m.get_ref().as_str() {
+            "gate" => Ok(TrafficMode::Gate),
+            "shared" => Ok(TrafficMode::Shared),
+            other => Err(src.fail(
+                m.span(),
+                format!("traffic.mode {other:?} is not known: write \"gate\" (each color its own socket, steered by the kernel) or \"shared\" (one socket for both colors)"),
+            )),
+        },
+    }
+}
+
+/// `[traffic] standby`, `bake` and `steps`, checked against the mode, the
+/// listeners and the health checks they rely on.
+pub(super) fn rollout_policy(
+    src: &Source,
+    t: &RawTraffic,
+    mode: TrafficMode,
+    listen: &[ListenConfig],
+    health: &HealthConfig,
+) -> Result<Rollout, ConfigError> {
+    let duration =
+        |d: &Option<Spanned<HumanDuration>>| d.as_ref().map_or(Duration::ZERO, |d| d.get_ref().0);
+    let steps = match &t.steps {
+        Some(s) => rollout::parse_steps(s.get_ref())
+            .map_err(|(i, e)| src.fail(s.span(), format!("traffic.steps[{i}]: {e}")))?,
+        None => Vec::new(),
+    };
+    let r = Rollout {
+        standby: duration(&t.standby),
+        bake: duration(&t.bake),
+        steps,
+    };
+    // The first key that needs what is missing is the one named.
+    let used = [
+        (
+            "traffic.standby",
+            &t.standby.as_ref().map(|d| d.span()),
+            !r.standby.is_zero(),
+        ),
+        (
+            "traffic.bake",
+            &t.bake.as_ref().map(|d| d.span()),
+            !r.bake.is_zero(),
+        ),
+        (
+            "traffic.steps",
+            &t.steps.as_ref().map(|s| s.span()),
+            !r.steps.is_empty(),
+        ),
+    ];
+    for (key, span, set) in used {
+        let (Some(span), true) = (span, set) else {
+            continue;
+        };
+        if mode == TrafficMode::Shared {
+            return Err(src.fail(span.clone(), format!("{key} needs traffic.mode = \"gate\": in shared mode both colors accept from one socket, so a color cannot be kept without connections or given a share of them")));
+        }
+        if key == "traffic.steps" {
+            if let Some(l) = listen
+                .iter()
+                .find(|l| !matches!(l.address, ListenAddr::Tcp(_)))
+            {
+                return Err(src.fail(span.clone(), format!("traffic.steps splits new TCP connections in the kernel, and [[listen]] {:?} is a Unix socket, which cannot be split: remove traffic.steps, or the Unix listener", l.name)));
+            }
+        }
+        if key != "traffic.standby" && health.interval.is_zero() {
+            return Err(src.fail(span.clone(), format!("{key} watches the new color's health checks every health.interval, which is off: set health.interval, such as \"5s\"")));
+        }
+    }
+    if r.bake > r.standby {
+        let span = t.bake.as_ref().map(|d| d.span()).unwrap_or_default();
+        return Err(src.fail(span, format!(
+            "traffic.bake ({}) is longer than traffic.standby ({}): the standby would be gone before the bake ends, with nothing to roll back to; make standby at least as long, such as standby = \"{}\"",
+            humantime::format_duration(r.bake), humantime::format_duration(r.standby), humantime::format_duration(r.bake.max(Duration::from_secs(600)))
+        )));
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::config::tests::{parse, GOOD};
+    use crate::config::{TrafficMode, DEFAULT_DRAIN_DELAY};
+    use crate::deploy::rollout::Rollout;
+
+    /// `[traffic] standby/bake/steps` and `health.interval/failures`
+    /// (issue 12): what each needs, and what it says when it is missing.
+    #[test]
+    fn the_rollout_keys_say_what_they_need() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.rollout, Rollout::default());
+        assert_eq!((c.health.interval, c.health.failures), (Duration::ZERO, 3));
+        let with =
+            |health: &str, traffic: &str| parse(&format!("{GOOD}{health}\n[traffic]\n{traffic}\n"));
+        let ok = with(
+            "interval = \"5s\"\nfailures = 2",
+            "standby = \"10m\"\nbake = \"2m\"\nsteps = [\"10%:1m\", \"50%:30s\"]",
+        )
+        .unwrap();
+        assert_eq!(ok.rollout.standby, Duration::from_secs(600));
+        assert_eq!(ok.rollout.bake, Duration::from_secs(120));
+        assert_eq!(ok.rollout.steps.len(), 2);
+        assert_eq!(
+            (ok.health.interval, ok.health.failures),
+            (Duration::from_secs(5), 2)
+        );
+        for (health, traffic, says) in [
+            ("interval = \"5s\"", "standby = \"1m\"\nbake = \"2m\"", "traffic.bake (2m) is longer than traffic.standby (1m)"),
+            ("interval = \"5s\"", "bake = \"2m\"", "longer than traffic.standby (0s)"),
+            ("", "standby = \"10m\"\nbake = \"2m\"", "traffic.bake watches the new color's health checks every health.interval, which is off"),
+            ("interval = \"5s\"", "steps = [\"50%:1m\", \"10%:1m\"]", "traffic.steps[1]: canary steps must increase"),
+            ("interval = \"5s\"", "steps = [\"half\"]", "traffic.steps[0]: bad canary step \"half\""),
+            ("interval = \"5s\"", "mode = \"shared\"\nstandby = \"1m\"", "traffic.standby needs traffic.mode = \"gate\""),
+            ("failures = 0", "", "health.failures must be at least 1"),
+        ] {
+            let e = with(health, traffic).unwrap_err();
+            assert!(e.contains(says), "{health} {traffic}: {e}");
+            assert!(e.starts_with("/etc/bgd/app.toml:"), "{e}");
+        }
+        let notify = GOOD.replace("http = \"/healthz\"", "notify = true\ninterval = \"5s\"");
+        let e = parse(&notify).unwrap_err();
+        assert!(
+            e.contains("health.interval repeats health.http or health.exec"),
+            "{e}"
+        );
+        let unix = GOOD.replace("127.0.0.1:8080", "unix:app.sock");
+        let e = parse(&format!(
+            "{unix}interval = \"5s\"\n[traffic]\nstandby = \"10m\"\nsteps = [\"10%:1m\"]\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("is a Unix socket, which cannot be split"), "{e}");
+    }
+
+    /// The gate unless the config says "shared"; anything else is refused
+    /// with what to write. `drain_delay` defaults to 5 s.
+    #[test]
+    fn traffic_mode_is_the_gate_unless_shared() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.fixed.traffic, TrafficMode::Gate);
+        assert_eq!(c.app.drain_delay, DEFAULT_DRAIN_DELAY);
+        let shared = parse(&format!("{GOOD}\n[traffic]\nmode = \"shared\"\n")).unwrap();
+        assert_eq!(shared.fixed.traffic, TrafficMode::Shared);
+        assert_eq!(c.fixed.changed_keys(&shared.fixed), ["traffic.mode"]);
+        let e = parse(&format!("{GOOD}\n[traffic]\nmode = \"proxy\"\n")).unwrap_err();
+        assert!(e.contains("traffic.mode \"proxy\" is not known"), "{e}");
+        assert!(e.contains("write \"gate\""), "{e}");
+        let d = parse(&GOOD.replace(
+            "drain_timeout = \"5s\"",
+            "drain_timeout = \"5s\"\ndrain_delay = \"250ms\"",
+        ))
+        .unwrap();
+        assert_eq!(d.app.drain_delay, Duration::from_millis(250));
+    }
+}
