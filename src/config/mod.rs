@@ -632,4 +632,71 @@ http = "/healthz"
         }
         assert_eq!(keys_of("metrics"), ["listen"]);
     }
+
+    /// docs/config.md names every key the code accepts, each under its
+    /// section's heading (`## Top level`, `## [[listen]]`, `## [app]`, ...),
+    /// in a table row that starts with the key in backticks; and it names
+    /// no key the code does not accept. The keys come from serde itself
+    /// ([`keys_of`]), so a new key fails here until it is documented.
+    #[test]
+    fn docs_config_md_names_every_key() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.md");
+        let text = std::fs::read_to_string(path).expect("docs/config.md");
+        let mut sections: Vec<(String, Vec<String>)> = Vec::new();
+        for line in text.lines() {
+            if let Some(h) = line.strip_prefix("## ") {
+                sections.push((h.trim().to_string(), Vec::new()));
+            } else if let (Some(rest), Some((_, keys))) =
+                (line.strip_prefix("| `"), sections.last_mut())
+            {
+                if let Some((key, _)) = rest.split_once('`') {
+                    keys.push(key.to_string());
+                }
+            }
+        }
+        let documented = |heading: &str| {
+            sections
+                .iter()
+                .find(|(h, _)| h == heading)
+                .map(|(_, k)| k.clone())
+        };
+        let top = documented("Top level").expect("docs/config.md has no `## Top level`");
+        let mut problems = Vec::new();
+        let mut tables = Vec::new();
+        for key in keys_of("") {
+            let heading = [format!("[{key}]"), format!("[[{key}]]")]
+                .into_iter()
+                .find(|h| documented(h).is_some());
+            match heading {
+                Some(h) => tables.push((key, h)),
+                None if top.contains(&key) => {}
+                None => problems.push(format!("`{key}` (top level)")),
+            }
+        }
+        let mut expected: Vec<String> = vec!["Top level".into()];
+        for (table, heading) in &tables {
+            let docs = documented(heading).unwrap_or_default();
+            for key in keys_of(table) {
+                if !docs.contains(&key) {
+                    problems.push(format!("`{key}` under `## {heading}`"));
+                }
+            }
+            for key in docs.iter().filter(|k| !keys_of(table).contains(k)) {
+                problems.push(format!(
+                    "`{key}` under `## {heading}` is no key of the code"
+                ));
+            }
+            expected.push(heading.clone());
+        }
+        for (h, _) in &sections {
+            if !expected.contains(h) {
+                problems.push(format!("`## {h}` is no section of the code"));
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "docs/config.md must name every config key the code accepts, and only those: {}",
+            problems.join(", ")
+        );
+    }
 }

@@ -466,3 +466,64 @@ fn socket_path(socket: &Option<PathBuf>, config: Option<&Path>) -> Result<PathBu
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli_md() -> String {
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli.md"))
+            .expect("docs/cli.md")
+    }
+
+    /// docs/cli.md has a heading for every verb bgctl takes, and none for a
+    /// verb it does not.
+    #[test]
+    fn docs_cli_md_has_every_verb() {
+        let text = cli_md();
+        let verbs: Vec<String> = Args::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect();
+        for verb in &verbs {
+            let heading = format!("### `bgctl {verb}`");
+            assert!(
+                text.lines().any(|l| l.starts_with(&heading)),
+                "docs/cli.md has no {heading}"
+            );
+        }
+        for line in text.lines().filter(|l| l.starts_with("### `bgctl ")) {
+            let verb = line["### `bgctl ".len()..]
+                .split(['`', ' '])
+                .next()
+                .unwrap_or("");
+            assert!(
+                verbs.iter().any(|v| v == verb),
+                "docs/cli.md: {line} is no verb of bgctl"
+            );
+        }
+    }
+
+    /// docs/cli.md's exit code table is the one table, `ops::exit::Code`,
+    /// word for word, and nothing else.
+    #[test]
+    fn docs_cli_md_lists_the_exit_codes_as_the_enum_says() {
+        let text = cli_md();
+        let table: Vec<&str> = text
+            .split("## Exit codes")
+            .nth(1)
+            .expect("docs/cli.md has no `## Exit codes`")
+            .lines()
+            .skip_while(|l| !l.starts_with("| 0 |"))
+            .take_while(|l| l.starts_with('|'))
+            .collect();
+        let want: Vec<String> = Code::ALL
+            .iter()
+            .map(|c| format!("| {} | {} |", c.number(), c.meaning()))
+            .collect();
+        assert_eq!(
+            table, want,
+            "docs/cli.md's exit codes differ from ops::exit::Code"
+        );
+    }
+}
