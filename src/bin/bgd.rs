@@ -80,7 +80,7 @@ fn man_sections() -> Vec<Section> {
         &[
             ("/etc/bgd/NAME.toml", "the config of bgd@NAME.service; /etc/bgd/example.toml.sample is an example"),
             ("/var/lib/bgd/NAME", "the root of bgd@NAME.service: blue/ and green/, live, state.json, history.json, the control socket bgd.sock"),
-            ("/usr/share/doc/bgd/README.md", "how releases, auto-release, hooks and the traffic gate work, and every config key"),
+            ("/usr/share/doc/bgd/docs/", "the guide (how releases, auto-release, canaries, hooks and the traffic gate work), every config key (config.md), bgctl and its exit codes (cli.md), operations, metrics, the control protocol"),
         ],
     ),
     Section::new(

@@ -41,6 +41,13 @@ const FILES: &[(&str, &str)] = &[
         "-rw-r--r--",
     ),
     ("./usr/share/doc/bgd/README.md", "-rw-r--r--"),
+    ("./usr/share/doc/bgd/docs/guide.md", "-rw-r--r--"),
+    ("./usr/share/doc/bgd/docs/config.md", "-rw-r--r--"),
+    ("./usr/share/doc/bgd/docs/cli.md", "-rw-r--r--"),
+    ("./usr/share/doc/bgd/docs/operations.md", "-rw-r--r--"),
+    ("./usr/share/doc/bgd/docs/metrics.md", "-rw-r--r--"),
+    ("./usr/share/doc/bgd/docs/protocol.md", "-rw-r--r--"),
+    ("./usr/share/doc/bgd/docs/servers.md", "-rw-r--r--"),
     ("./usr/share/doc/bgd/copyright", "-rw-r--r--"),
     ("./usr/share/doc/bgd/changelog.Debian.gz", "-rw-r--r--"),
     (

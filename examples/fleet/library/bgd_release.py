@@ -29,7 +29,7 @@ description:
     the module releases it once and is idempotent from then on.
   - Needs its action plugin (C(action_plugins/bgd_release.py) next to C(library/)) to read the build
     on the controller; ansible finds both beside the playbook. The playbook C(examples/fleet/release.yml)
-    and the README's section "Releasing to several hosts" show it at work.
+    and docs/operations.md, "Releasing to several hosts", show it at work.
 version_added: "0.1.0"
 author:
   - bgd developers
