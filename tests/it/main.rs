@@ -106,6 +106,7 @@ mod kept;
 mod lifecycle;
 mod metrics;
 mod operations;
+mod pause;
 mod releases;
 mod servers;
 mod systemd;
