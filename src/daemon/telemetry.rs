@@ -163,7 +163,12 @@ impl Telemetry {
         self.progressed(core);
         if let Some(m) = &self.metrics {
             let group = |c: Color| core.slot(c).pid().map(|p| p.as_raw());
-            m.track(core.state().live, [group(Color::Blue), group(Color::Green)]);
+            let paused = core.state().pause.is_some();
+            m.track(
+                core.state().live,
+                paused,
+                [group(Color::Blue), group(Color::Green)],
+            );
         }
     }
 

@@ -106,7 +106,11 @@ fn waiting_clients_are_served_by_the_release_that_ends_the_pause() {
         .iter()
         .filter(|s| s.started > paused && s.started < began && s.started + s.took > began)
         .collect();
-    assert!(waited.len() >= 6, "{} requests after the pause", waited.len());
+    assert!(
+        waited.len() >= 6,
+        "{} requests after the pause",
+        waited.len()
+    );
     for s in &waited {
         let body = s.result.as_ref().unwrap();
         assert_eq!(release_of(body), Some(2), "a waiting request got {body:?}");
@@ -341,12 +345,19 @@ fn a_failed_release_leaves_the_pause_in_place() {
     let bad = wrapped_build(bgd.dir.path(), "bad", "v2", "import sys; sys.exit(3)");
     let out = bgd.bgctl(&["release", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("still paused since"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("still paused since"),
+        "{}",
+        text(&out.stderr)
+    );
     let p = wait_pause(&bgd, "the pause to stay", |_| true);
     assert!(p["last_failure"].as_str().unwrap().contains("still paused"));
     assert_eq!(p["stage"], "waiting");
     bgd.release(&example_build(bgd.dir.path(), "b3", "v3"));
-    let body = waiting.join().unwrap().expect("the waiting client is answered");
+    let body = waiting
+        .join()
+        .unwrap()
+        .expect("the waiting client is answered");
     assert_eq!(release_of(&body), Some(3), "{body}");
 }
 
@@ -361,7 +372,10 @@ fn a_pause_in_shared_mode_holds_the_shared_queue() {
     let waiting = std::thread::spawn(move || one_request(&addr, TIMEOUT));
     wait_pause(&bgd, "a client waiting", |p| p["waiting"] == 1);
     bgd.release(&example_build(bgd.dir.path(), "b2", "v2"));
-    let body = waiting.join().unwrap().expect("the waiting client is answered");
+    let body = waiting
+        .join()
+        .unwrap()
+        .expect("the waiting client is answered");
     assert_eq!(release_of(&body), Some(2), "{body}");
 }
 
@@ -379,7 +393,10 @@ fn a_pause_holds_unix_clients_on_the_waiting_colors_socket() {
     let waiting = std::thread::spawn(move || unix_request(&path));
     wait_pause(&bgd, "a Unix client waiting", |p| p["waiting"] == 1);
     bgd.release(&example_build(bgd.dir.path(), "b2", "v2"));
-    let body = waiting.join().unwrap().expect("the waiting client is answered");
+    let body = waiting
+        .join()
+        .unwrap()
+        .expect("the waiting client is answered");
     assert_eq!(release_of(&body), Some(2), "{body}");
 }
 
@@ -387,8 +404,8 @@ fn a_pause_holds_unix_clients_on_the_waiting_colors_socket() {
 /// (SYN retries included) and to read; the body, or why it failed.
 fn one_request(addr: &str, timeout: Duration) -> Result<String, String> {
     let to: std::net::SocketAddr = addr.parse().unwrap();
-    let mut s = std::net::TcpStream::connect_timeout(&to, timeout)
-        .map_err(|e| format!("connect: {e}"))?;
+    let mut s =
+        std::net::TcpStream::connect_timeout(&to, timeout).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(timeout)).unwrap();
     exchange(&mut s)
 }
