@@ -334,31 +334,49 @@ fn bad_input_is_refused_and_changes_nothing() {
     ok(&bgd, &["resume"]);
 }
 
+/// Pauses, starts `client` (one request) and waits until it waits in a
+/// queue; returns its thread.
+fn one_waiting(
+    bgd: &Bgd,
+    client: impl FnOnce() -> Result<String, String> + Send + 'static,
+) -> std::thread::JoinHandle<Result<String, String>> {
+    pause(bgd, &[]);
+    let waiting = std::thread::spawn(client);
+    wait_pause(bgd, "a client waiting", |p| p["waiting"] == 1);
+    waiting
+}
+
+/// Releases a build of the example as `version` and asserts that the
+/// waiting client's request is answered by it.
+fn release_serves(
+    bgd: &Bgd,
+    waiting: std::thread::JoinHandle<Result<String, String>>,
+    version: &str,
+    release: u64,
+) {
+    bgd.release(&example_build(bgd.dir.path(), version, version));
+    let body = waiting
+        .join()
+        .unwrap()
+        .expect("the waiting client is answered");
+    assert_eq!(release_of(&body), Some(release), "{body}");
+}
+
 /// A release that fails during the pause leaves it in place, and bgctl
 /// and status say so; the next one ends it.
 #[test]
 fn a_failed_release_leaves_the_pause_in_place() {
     let (bgd, addr) = serving(Setup::default());
-    pause(&bgd, &[]);
-    let waiting = std::thread::spawn(move || one_request(&addr, TIMEOUT));
-    wait_pause(&bgd, "a client waiting", |p| p["waiting"] == 1);
+    let waiting = one_waiting(&bgd, move || one_request(&addr, TIMEOUT));
     let bad = wrapped_build(bgd.dir.path(), "bad", "v2", "import sys; sys.exit(3)");
     let out = bgd.bgctl(&["release", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("still paused since"),
-        "{}",
-        text(&out.stderr)
-    );
+    let err = text(&out.stderr);
+    assert!(err.contains("still paused since"), "{err}");
     let p = wait_pause(&bgd, "the pause to stay", |_| true);
     assert!(p["last_failure"].as_str().unwrap().contains("still paused"));
     assert_eq!(p["stage"], "waiting");
-    bgd.release(&example_build(bgd.dir.path(), "b3", "v3"));
-    let body = waiting
-        .join()
-        .unwrap()
-        .expect("the waiting client is answered");
-    assert_eq!(release_of(&body), Some(3), "{body}");
+    release_serves(&bgd, waiting, "v3", 3);
 }
 
 /// Shared mode: the one socket's queue simply waits.
@@ -368,15 +386,8 @@ fn a_pause_in_shared_mode_holds_the_shared_queue() {
         tail: "[traffic]\nmode = \"shared\"\n".into(),
         ..Setup::default()
     });
-    pause(&bgd, &[]);
-    let waiting = std::thread::spawn(move || one_request(&addr, TIMEOUT));
-    wait_pause(&bgd, "a client waiting", |p| p["waiting"] == 1);
-    bgd.release(&example_build(bgd.dir.path(), "b2", "v2"));
-    let body = waiting
-        .join()
-        .unwrap()
-        .expect("the waiting client is answered");
-    assert_eq!(release_of(&body), Some(2), "{body}");
+    let waiting = one_waiting(&bgd, move || one_request(&addr, TIMEOUT));
+    release_serves(&bgd, waiting, "v2", 2);
 }
 
 /// A Unix listener: the public path is pointed at the waiting color's
@@ -388,16 +399,8 @@ fn a_pause_holds_unix_clients_on_the_waiting_colors_socket() {
         ..Setup::default()
     });
     let public = bgd.dir.path().join("app.sock");
-    pause(&bgd, &[]);
-    let path = public.clone();
-    let waiting = std::thread::spawn(move || unix_request(&path));
-    wait_pause(&bgd, "a Unix client waiting", |p| p["waiting"] == 1);
-    bgd.release(&example_build(bgd.dir.path(), "b2", "v2"));
-    let body = waiting
-        .join()
-        .unwrap()
-        .expect("the waiting client is answered");
-    assert_eq!(release_of(&body), Some(2), "{body}");
+    let waiting = one_waiting(&bgd, move || unix_request(&public));
+    release_serves(&bgd, waiting, "v2", 2);
 }
 
 /// One GET / over a new TCP connection, with `timeout` to connect

@@ -249,6 +249,7 @@ impl Out {
         );
         match p.stage.as_str() {
             "page" => println!("  the maintenance page serves on {color}"),
+            _ if p.waiting == 1 => println!("  1 connection waits on {color}'s socket"),
             _ => println!("  {} connections wait on {color}'s socket", p.waiting),
         }
         if let (Some(max), Some(page)) = (&p.max_at, &p.page) {

@@ -1,6 +1,7 @@
 //! Pause for database work (issue 24): what is held, stopped, started and
 //! refused, and how the pause ends.
 
+use super::kept::launch_of;
 use super::*;
 use crate::deploy::state::Kept;
 
@@ -130,14 +131,7 @@ fn a_release_that_fails_during_the_pause_leaves_it_in_place_and_says_so() {
 fn resume_starts_the_build_live_before_from_its_kept_copy_in_the_waiting_color() {
     let mut t = waiting();
     assert_eq!(t.says(resume()), ["commit"]);
-    let e = t.send(Input::Committed(Ok(())));
-    let l = e
-        .iter()
-        .find_map(|e| match e {
-            Effect::Launch(l) => Some(l.clone()),
-            _ => None,
-        })
-        .expect("a launch");
+    let l = launch_of(&t.send(Input::Committed(Ok(()))));
     assert_eq!((l.color, l.release), (Color::Green, 1));
     assert_eq!(l.kept.map(|k| k.release), Some(1));
 }
@@ -214,14 +208,7 @@ fn past_max_the_page_is_released_into_the_waiting_color_and_the_pause_goes_on() 
     );
     // Resume replaces the page by a swap into blue.
     t.send(resume());
-    let e = t.send(Input::Committed(Ok(())));
-    let l = e
-        .iter()
-        .find_map(|e| match e {
-            Effect::Launch(l) => Some(l.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let l = launch_of(&t.send(Input::Committed(Ok(()))));
     assert_eq!((l.color, l.release), (Color::Blue, 1));
     let task = t.task();
     t.send(ok(task, 300));
