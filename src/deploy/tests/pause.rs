@@ -266,3 +266,41 @@ impl T {
         self.task()
     }
 }
+
+#[test]
+fn the_page_is_never_kept_as_a_standby() {
+    let policy = Policy {
+        rollout: crate::deploy::rollout::Rollout {
+            standby: Duration::from_secs(60),
+            ..Default::default()
+        },
+        ..Policy::default()
+    };
+    let mut s = state(
+        Some(Color::Blue),
+        Some(build(1, true)),
+        Some(build(2, true)),
+    );
+    s.releases = vec![Kept::of(&build(1, true))];
+    let mut t = T::with(s, policy);
+    t.send(Input::Boot);
+    let task = t.restart_task(Color::Blue);
+    t.send(ok(task, OLD));
+    t.send(pause(None, None));
+    t.send(Input::Committed(Ok(())));
+    t.send(drained(Color::Blue, OLD));
+    // The page, by hand.
+    t.send(pause(None, Some("/page")));
+    let task = t.admit_committed();
+    t.send(ok(task, NEW));
+    t.send(Input::Committed(Ok(())));
+    assert_eq!(t.core.paused(t.now()).unwrap().stage, "page");
+    // A release replaces it: the page drains, no standby.
+    t.admit();
+    let task = t.task();
+    t.send(ok(task, 300));
+    let e = t.says(Input::Committed(Ok(())));
+    assert!(e.contains(&"drain green 200".to_string()), "{e:?}");
+    assert!(!matches!(t.phase(Color::Green), ColorPhase::Standby { .. }));
+    assert!(t.core.paused(t.now()).is_none());
+}
