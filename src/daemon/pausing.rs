@@ -110,7 +110,7 @@ impl Daemon {
                 p.since, p.seconds, p.color
             ),
             Some(p) => format!(
-                "paused since {} ({} s, {}): {} connections wait on {}",
+                "paused since {} ({} s, {}): {} waiting on {}",
                 p.since, p.seconds, p.stage, p.waiting, p.color
             ),
             None => String::new(),

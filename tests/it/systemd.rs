@@ -615,6 +615,11 @@ fn a_pause_survives_systemctl_restart() {
         (!p.is_null()).then_some(p)
     });
     assert_eq!(p["waiting"], 1, "{p}\n{}", m.log());
+    let line = wait_until("STATUS= to say so", Duration::from_secs(20), || {
+        let s = m.show("bgd@test.service", "StatusText");
+        s.contains("paused since").then_some(s)
+    });
+    assert!(line.contains("1 waiting on green"), "{line}");
     release(&m, &root, &example_build(m.dir.path(), "b2", "v2"));
     let resp = waiting
         .join()
