@@ -102,6 +102,10 @@ fn main() -> ExitCode {
         Some(a) if a == bgd::supervise::relay::RELAY_ARG => {
             return ExitCode::from(bgd::supervise::relay::main() as u8)
         }
+        // A pause's holder (see hold.rs): it keeps its fds 3.. as they came.
+        Some(a) if a == bgd::supervise::hold::HOLD_ARG => {
+            return ExitCode::from(bgd::supervise::hold::main() as u8)
+        }
         _ => {}
     }
     // SAFETY: no other thread exists yet.

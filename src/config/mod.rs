@@ -8,9 +8,9 @@
 //! serde, then checks the top-level keys (here) and each section (in its
 //! own file) in a fixed order. A section's file holds its public type, its
 //! raw serde table, its checks and its tests: `listen.rs` (`[[listen]]`),
-//! `app.rs`, `health.rs`, `traffic.rs`, `watch.rs`, `hooks.rs` and
-//! `metrics.rs` (the table of that name). `parse.rs` holds the helpers
-//! they share (durations, file modes, `file:line:col`).
+//! `app.rs`, `health.rs`, `traffic.rs`, `watch.rs`, `hooks.rs`,
+//! `metrics.rs` and `pause.rs` (the table of that name). `parse.rs` holds
+//! the helpers they share (durations, file modes, `file:line:col`).
 
 mod app;
 mod health;
@@ -19,6 +19,7 @@ pub mod identity;
 mod listen;
 mod metrics;
 mod parse;
+mod pause;
 pub mod template;
 mod traffic;
 mod watch;
@@ -36,6 +37,7 @@ pub use health::HealthConfig;
 pub use hooks::HooksConfig;
 pub use listen::{ListenAddr, ListenConfig, PROBE_FD_NAME};
 pub use parse::parse_duration;
+pub use pause::PauseConfig;
 pub use traffic::TrafficMode;
 pub use watch::WatchConfig;
 
@@ -66,6 +68,8 @@ pub struct Config {
     pub keep: usize,
     /// `[hooks]`: commands run around a release (none unless set).
     pub hooks: HooksConfig,
+    /// `[pause]`: the maintenance page of `bgctl pause --max`.
+    pub pause: PauseConfig,
     /// What is allowed but likely a mistake, each already formatted as
     /// `file:line:col: message`, like a [`ConfigError`]. bgd logs them at
     /// start-up and on reload; `bgd --check` prints them.
@@ -180,6 +184,7 @@ impl Config {
         let fds = fd_names(&listen, traffic, health.http.is_some());
         app::check_templates(&src, &raw.app, &fds)?;
         let metrics = metrics::parse(&src, raw.metrics)?;
+        let pause = pause::parse(&src, raw.pause)?;
         let mut warnings = Vec::new();
         let app = app::build(&src, raw.app, identity, &mut warnings);
         Ok(Config {
@@ -202,6 +207,7 @@ impl Config {
             hardlink,
             keep,
             hooks,
+            pause,
             warnings,
         })
     }
@@ -415,6 +421,7 @@ struct Raw {
     hooks: Option<hooks::RawHooks>,
     traffic: Option<traffic::RawTraffic>,
     metrics: Option<metrics::RawMetrics>,
+    pause: Option<pause::RawPause>,
 }
 
 /// Every key serde accepts in `section`, in the order the raw struct
@@ -600,7 +607,7 @@ http = "/healthz"
     /// and naming keys every config writer knows.
     #[test]
     fn keys_of_lists_what_serde_accepts_in_each_section() {
-        let known: [(&str, &[&str]); 8] = [
+        let known: [(&str, &[&str]); 9] = [
             ("", &["name", "root", "control", "keep", "app", "listen"]),
             (
                 "listen",
@@ -615,6 +622,7 @@ http = "/healthz"
             ("watch", &["path", "settle", "marker", "ignore"]),
             ("hooks", &["prepare", "after_live", "timeout"]),
             ("metrics", &["listen"]),
+            ("pause", &["page"]),
         ];
         for (section, names) in known {
             let keys = keys_of(section);

@@ -90,6 +90,7 @@ impl Daemon {
             Effect::Reply { client, answer } => self.clients.answer(client, Reply::from(answer)),
             Effect::Ended(ended) => self.ended(*ended),
             Effect::Unlisten => self.ctx.listeners.unlisten(),
+            Effect::Hold(color) => self.hold(color),
             Effect::Ready => crate::ops::systemd::ready(),
             Effect::Stopping => crate::ops::systemd::stopping(),
             Effect::Log(level, message) => match level {

@@ -40,6 +40,7 @@ use crate::{Ctx, Sink};
 
 mod effects;
 mod monitor;
+mod pausing;
 mod queries;
 mod reexec;
 mod service;
@@ -89,16 +90,22 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
     let contain = Arc::new(crate::supervise::contain::Containment::setup(&root));
     // What a previous bgd left running is adopted, or killed.
     let (found, held) = crate::supervise::adoption::find(&root, &contain);
-    let inherited = if inherited.is_empty() {
-        held
-    } else {
-        inherited
+    // A pause's holder keeps the sockets (and the connections waiting on
+    // them) when no color runs: the same sockets, so taken before binding.
+    let holder = crate::supervise::hold::take(&root);
+    let inherited = match (inherited.is_empty(), held.is_empty()) {
+        (false, _) => inherited,
+        (true, false) => held,
+        (true, true) => holder,
     };
     if let Err(e) = contain.limit(config.app.memory_max.as_deref(), config.app.cpu_weight) {
         tracing::warn!("{e}");
     }
     stage::remove_leftovers(&root).with_context(|| format!("cannot clean {}", root.display()))?;
     let mut state = crate::store::state::load(&root)?;
+    if state.pause.is_none() {
+        crate::supervise::hold::end(&root);
+    }
     crate::pipeline::releases::at_start(&root, &mut state)?;
     let fixed = &config.fixed;
     let listeners = Arc::new(Listeners::adopt_or_bind(
@@ -399,6 +406,8 @@ impl Daemon {
                 self.feed(Input::Rollback { client, to })
             }
             Request::Releases => self.reply_releases(reply),
+            Request::Pause { max_ms, page } => self.on_pause_request(max_ms, page, reply),
+            Request::Resume => self.on_resume_request(reply),
             Request::Promote { percent } => {
                 let client = Some(self.client(reply));
                 self.feed(Input::Promote { percent, client })

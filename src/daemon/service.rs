@@ -69,7 +69,11 @@ impl Daemon {
                 )
             })
             .unwrap_or_default();
-        let line = format!("{live}{canary}{busy}{last}");
+        let paused = match self.pause_line() {
+            p if p.is_empty() => p,
+            p => format!("; {p}"),
+        };
+        let line = format!("{live}{paused}{canary}{busy}{last}");
         if line != self.status_line {
             systemd::status(&line);
             self.status_line = line;

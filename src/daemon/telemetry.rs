@@ -146,6 +146,12 @@ impl Telemetry {
                         color,
                         reason,
                     },
+                    Notice::Paused { color, max_ms } => Kind::Paused { color, max_ms },
+                    Notice::PauseStopped { color } => Kind::PauseStopped { color },
+                    Notice::PauseMax { color, page } => Kind::PauseMax { color, page },
+                    Notice::PauseEnded { release, color, ms } => {
+                        Kind::PauseEnded { release, color, ms }
+                    }
                 }),
                 Effect::Split { canary, percent } => self.publish(Kind::CanaryShare {
                     color: *canary,
@@ -157,7 +163,12 @@ impl Telemetry {
         self.progressed(core);
         if let Some(m) = &self.metrics {
             let group = |c: Color| core.slot(c).pid().map(|p| p.as_raw());
-            m.track(core.state().live, [group(Color::Blue), group(Color::Green)]);
+            let paused = core.state().pause.is_some();
+            m.track(
+                core.state().live,
+                paused,
+                [group(Color::Blue), group(Color::Green)],
+            );
         }
     }
 
@@ -236,6 +247,10 @@ impl Telemetry {
     /// A release or rollback ended: its last steps, then how it ended.
     fn ended(&mut self, ended: &Ended) {
         let r = &ended.record;
+        if r.kind == "pause" {
+            // Its history record; its event is `pause_ended` (a Notice).
+            return;
+        }
         // Releases never overlap: the one followed is the one that ended.
         let followed = self.followed.take();
         let (published, started) = match &followed {

@@ -104,7 +104,9 @@ impl Daemon {
     pub(super) fn auto_check(&mut self) {
         self.save_operator();
         let live_fp = self.live_fingerprint();
-        let busy = self.core.busy() || self.program.exec_pending;
+        // A pause waits for the operator's release, not the watcher's.
+        let busy =
+            self.core.busy() || self.program.exec_pending || self.core.state().pause.is_some();
         let Some(a) = &mut self.watch.auto else {
             return;
         };

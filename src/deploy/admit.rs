@@ -16,6 +16,7 @@
 //!    mode.
 //!
 //! A release whose dormant color is a standby drains that standby first.
+//! While a pause still stops the app, nothing begins (`pause.rs`).
 
 use std::path::PathBuf;
 
@@ -58,7 +59,7 @@ impl<P: Process> Core<P> {
                 "{color} (pid {pid}) is still draining: run this again once it has stopped (`bgctl status` shows it)"
             ));
         }
-        Ok(())
+        self.pause_admits()
     }
 
     /// Begins a release of `source`: clears the dormant color's record (so
@@ -142,6 +143,9 @@ impl<P: Process> Core<P> {
 
     /// Whether a canary of `percent` % can run now; `Err` says why not.
     fn canary_possible(&self, percent: u8) -> Result<(), String> {
+        if let Some(p) = &self.state.pause {
+            return Err(format!("paused since {}: a canary shares new connections with a live color, and none serves during a pause; release without --canary to end the pause", p.since));
+        }
         if !(1..=99).contains(&percent) {
             return Err(format!("--canary {percent}: a canary's share is 1 to 99 percent; release without --canary to give the new build every connection"));
         }
@@ -272,7 +276,7 @@ impl<P: Process> Core<P> {
 
     /// Stages a copy of kept release `k` into the dormant color (draining
     /// a standby there first), then start, wait_ready, swap, drain.
-    fn rollback_to_kept(&mut self, now: Now, client: Option<ClientId>, k: Kept) {
+    pub(super) fn rollback_to_kept(&mut self, now: Now, client: Option<ClientId>, k: Kept) {
         let color = self.dormant();
         let before = self.state.clone();
         let (evicting, replaced) = self.clear_dormant(now, color);

@@ -42,6 +42,9 @@ pub enum Outcome {
     /// The canary this client waited on was promoted by hand: its bake
     /// shows in `bgctl status`.
     PromotedByHand { release: u64 },
+    /// `bgctl pause`: no app process runs; new connections wait on
+    /// `color`'s socket.
+    Paused { color: Color, message: String },
 }
 
 /// A swap that ended: which build `color` serves now, what happened to
@@ -112,6 +115,7 @@ impl fmt::Display for Outcome {
                 f,
                 "the canary of release {release} was promoted by hand: `bgctl status` shows its bake"
             ),
+            Outcome::Paused { message, .. } => f.write_str(message),
         }
     }
 }

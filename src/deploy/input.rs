@@ -63,6 +63,10 @@ pub enum Input<P> {
     RestartDue { color: Color },
     /// SIGTERM or SIGINT.
     Stop,
+    /// `bgctl pause [--max D] [--page DIR]` (see `pause.rs`).
+    Pause(super::PauseAsk),
+    /// `bgctl resume`: the build live before the pause serves again.
+    Resume { client: Option<ClientId> },
 }
 
 /// What a release, rollback or restart task reports, in this order:

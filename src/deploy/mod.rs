@@ -37,6 +37,7 @@ mod exit;
 pub mod failure;
 mod input;
 pub mod kept;
+pub mod pause;
 mod phase;
 pub mod record;
 mod restart;
@@ -52,6 +53,7 @@ pub use answer::{Answer, CanaryShare, Outcome, Swapped};
 pub use exit::Exit;
 pub use failure::{Failure, FailureKind, Step};
 pub use input::{Checked, Drained, Exited, Input, TaskReport};
+pub use pause::{PauseAsk, PauseView, Paused};
 pub use phase::{ColorPhase, Health, Kind, Release, ReleasePhase, Shutdown, Slot, Trigger};
 pub use record::{Record, StepTime};
 pub use traffic::{Bake, Canary, Policy, Shares};
@@ -221,6 +223,10 @@ pub enum Effect<P> {
     Ended(Box<Ended>),
     /// Nothing is live: stop listening, so clients are refused, not queued.
     Unlisten,
+    /// `Some(color)`: a pause holds new connections on `color`'s sockets
+    /// (listening, with a copy of every socket kept outside bgd so that
+    /// the queue survives bgd); `None`: the pause ended, drop that copy.
+    Hold(Option<Color>),
     /// Tell systemd READY=1 (sent once).
     Ready,
     /// Tell systemd STOPPING=1.
@@ -244,14 +250,27 @@ pub enum Notice {
         color: Color,
         reason: String,
     },
+    /// A pause began: new connections wait on `color` (`--max` in ms).
+    Paused { color: Color, max_ms: Option<u64> },
+    /// The pause stopped the app: no app process runs.
+    PauseStopped { color: Color },
+    /// The pause lasted `--max`: the page starts (`page`), or bgd warns.
+    PauseMax { color: Color, page: bool },
+    /// Release `release` on `color` ended the pause after `ms`.
+    PauseEnded { release: u64, color: Color, ms: u64 },
 }
 
 impl Notice {
-    /// Its event's name: `bake_passed`, `bake_failed`.
+    /// Its event's name: `bake_passed`, `bake_failed`, `paused`,
+    /// `pause_stopped`, `pause_max`, `pause_ended`.
     pub fn name(&self) -> &'static str {
         match self {
             Notice::BakePassed { .. } => "bake_passed",
             Notice::BakeFailed { .. } => "bake_failed",
+            Notice::Paused { .. } => "paused",
+            Notice::PauseStopped { .. } => "pause_stopped",
+            Notice::PauseMax { .. } => "pause_max",
+            Notice::PauseEnded { .. } => "pause_ended",
         }
     }
 }
@@ -270,6 +289,8 @@ pub struct Core<P> {
     /// The live color's bake window, if it runs.
     bake: Option<Bake>,
     shutdown: Shutdown,
+    /// What a recorded pause (`state.pause`) needs beyond its record.
+    pause: pause::PauseRun,
     ready_sent: bool,
     next_task: TaskId,
     /// Effects of the input being handled.
@@ -289,6 +310,7 @@ impl<P: Process> Core<P> {
             canary: None,
             bake: None,
             shutdown: Shutdown::Running,
+            pause: pause::PauseRun::default(),
             ready_sent: false,
             next_task: FIRST_OTHER_TASK,
             out: Vec::new(),
@@ -336,7 +358,10 @@ impl<P: Process> Core<P> {
             Input::Exited(e) => self.on_exited(now, e),
             Input::RestartDue { color } => self.on_restart_due(now, color),
             Input::Stop => self.on_stop(now),
+            Input::Pause(ask) => self.begin_pause(now, ask),
+            Input::Resume { client } => self.resume(now, client),
         }
+        self.pause_tick(now);
         std::mem::take(&mut self.out)
     }
 

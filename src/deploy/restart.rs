@@ -12,7 +12,9 @@ impl<P: Process> Core<P> {
     /// other drains (a standby or canary is not kept across bgd's restart).
     pub(super) fn adopt(&mut self, now: Now, color: Color, process: P) {
         let pid = process.pid();
-        if self.state.live == Some(color) && self.shutdown == Shutdown::Running {
+        // During a pause that holds the connections nothing should run:
+        // a color left running mid-stop drains.
+        if self.state.live == Some(color) && self.shutdown == Shutdown::Running && !self.holding() {
             self.log(
                 Level::Info,
                 format!("adopted the live color {color} (pid {pid}): it serves on"),
@@ -31,6 +33,9 @@ impl<P: Process> Core<P> {
 
     /// bgd started: bring up the color the state says was live.
     pub(super) fn boot(&mut self, now: Now) {
+        if self.boot_paused(now) {
+            return;
+        }
         if let Some(live) = self
             .state
             .live

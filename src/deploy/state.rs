@@ -23,6 +23,10 @@ pub struct State {
     /// fills it at start.
     #[serde(default)]
     pub releases: Vec<Kept>,
+    /// A pause in progress (`bgctl pause`): a bgd that starts while one is
+    /// recorded stays paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<crate::deploy::Paused>,
 }
 
 /// A release as `root/releases` keeps it: a pristine copy made when it was

@@ -83,7 +83,10 @@ impl<P: Process> Core<P> {
     pub(super) fn commit_swap(&mut self, mut r: Release<P>, process: P, timings: Timings) {
         let before = self.state.clone();
         self.state.live = Some(r.color);
-        if let Some(mut b) = self.state.build(r.color).cloned() {
+        // The maintenance page of a pause never counts as a build that
+        // went live; any other swap ends the pause.
+        let went_live = self.pause_swap(&r);
+        if let Some(mut b) = self.state.build(r.color).cloned().filter(|_| went_live) {
             b.went_live = true;
             if let Some(k) = self.state.kept_mut(b.release) {
                 k.went_live = true;
@@ -101,6 +104,9 @@ impl<P: Process> Core<P> {
 
     /// The outcome of the last commit: admitting a release, or its swap.
     pub(super) fn on_committed(&mut self, now: Now, result: Result<(), String>) {
+        if self.pause_committed(now, &result) {
+            return;
+        }
         let Some(mut r) = self.release.take() else {
             return;
         };
@@ -129,6 +135,7 @@ impl<P: Process> Core<P> {
     /// one drains. Its build is in place, so its record stays.
     fn swap_failed(&mut self, now: Now, r: Release<P>, process: P, before: State, e: String) {
         self.state = before;
+        self.pause_swap_failed();
         let (color, pid) = (r.color, process.pid());
         self.enter(color, ColorPhase::Draining { pid }, now.wall);
         self.emit(Effect::Drain { color, process });
@@ -189,6 +196,7 @@ impl<P: Process> Core<P> {
             release: id,
         });
         self.log(Level::Info, format!("release {id}: {new} is live"));
+        self.pause_ended(now, &r);
         self.retire(now, r, timings);
     }
 
@@ -376,9 +384,10 @@ impl<P: Process> Core<P> {
                 slot.last_exit = exit;
             }
         }
-        if let Some(live) = self.state.live {
+        if let Some(live) = self.state.live.filter(|_| !self.holding()) {
             self.log(Level::Info, format!("{live} stays live"));
         }
+        let failure = self.pause_failed(failure);
         self.refuse(r.client, failure);
         if self.state.live.is_none() {
             // No color has been live: nobody will accept, so refuse
@@ -457,6 +466,7 @@ impl<P: Process> Core<P> {
     /// copies.
     pub(super) fn prune_releases(&mut self, before: State) {
         let mut protect: Vec<u64> = self.release.iter().map(|r| r.id).collect();
+        protect.extend(self.pause_protects());
         let mut prefer = None;
         for c in Color::BOTH {
             let in_use =

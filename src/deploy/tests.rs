@@ -6,6 +6,7 @@ use super::*;
 use crate::deploy::FailureKind;
 
 mod kept;
+mod pause;
 mod traffic;
 
 #[derive(Debug, PartialEq)]
@@ -40,6 +41,7 @@ fn state(live: Option<Color>, blue: Option<Build>, green: Option<Build>) -> Stat
         blue,
         green,
         releases: vec![],
+        pause: None,
     }
 }
 
@@ -275,6 +277,8 @@ fn words(effects: &[Effect<Proc>]) -> Vec<String> {
                     if e.failure.is_none() { "ok" } else { "failed" }
                 ),
                 Effect::Unlisten => "unlisten".into(),
+                Effect::Hold(Some(c)) => format!("hold {c}"),
+                Effect::Hold(None) => "unhold".into(),
                 Effect::Ready => "ready".into(),
                 Effect::Stopping => "stopping".into(),
                 Effect::Split { canary, percent } => format!("split {canary} {percent}"),

@@ -390,9 +390,12 @@ impl<P: Process> Core<P> {
     /// process as the standby, if `traffic.standby` asks for one, and begin
     /// the bake. Returns whether it kept one.
     pub(super) fn keep_standby(&mut self, now: Now, r: &Release<P>) -> bool {
-        let keep = matches!(r.kind, Kind::Release { .. } | Kind::Promote { .. })
-            && !self.policy.rollout.standby.is_zero();
         let old = r.color.other();
+        // A pause's maintenance page (a build that never counts as gone
+        // live) is never kept to switch back to.
+        let keep = matches!(r.kind, Kind::Release { .. } | Kind::Promote { .. })
+            && !self.policy.rollout.standby.is_zero()
+            && self.state.build(old).is_some_and(|b| b.went_live);
         let Some(process) = keep.then(|| self.take_live(old)).flatten() else {
             return false;
         };

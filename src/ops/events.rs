@@ -133,6 +133,22 @@ impl Kind {
                 color,
                 reason,
             } => format!("release {release} on {color} did not pass its bake: {reason}"),
+            Kind::Paused { color, max_ms } => match max_ms {
+                Some(ms) => format!("paused: new connections wait on {color} (--max {ms} ms)"),
+                None => format!("paused: new connections wait on {color}"),
+            },
+            Kind::PauseStopped { color } => {
+                format!("paused: no app process runs; connections wait on {color}")
+            }
+            Kind::PauseMax { color, page: true } => {
+                format!("pause past --max: the maintenance page starts on {color}")
+            }
+            Kind::PauseMax { color, .. } => {
+                format!("pause past --max and no maintenance page: clients keep waiting on {color}")
+            }
+            Kind::PauseEnded { release, color, ms } => {
+                format!("pause ended after {ms} ms: release {release} on {color} serves")
+            }
             _ => self.describe_release().unwrap_or_default(),
         }
     }

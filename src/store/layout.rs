@@ -87,6 +87,17 @@ pub fn relay_socket(root: &Path, color: Color) -> PathBuf {
     run_dir(root).join(format!("{color}.relay"))
 }
 
+/// `root/run/hold.sock`: the Unix socket of a pause's holder (`hold.rs`),
+/// which keeps a copy of every listening socket while a pause lasts.
+pub fn hold_socket(root: &Path) -> PathBuf {
+    run_dir(root).join("hold.sock")
+}
+
+/// `root/run/hold.json`: the holder's pid and start time.
+pub fn hold_record(root: &Path) -> PathBuf {
+    run_dir(root).join("hold.json")
+}
+
 /// `root/run/<color>.notify`: the datagram socket given to the color as
 /// NOTIFY_SOCKET, on which it reports `READY=1`.
 pub fn notify_socket(root: &Path, color: Color) -> PathBuf {

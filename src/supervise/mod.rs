@@ -6,6 +6,7 @@
 //! - `reaper`   the only place that waits for children (bgd is a subreaper)
 //! - `contain`  each color's cgroup (or the process-group fallback)
 //! - `relay`    the relay process that keeps a color's output and sockets across bgd's death
+//! - `hold`     the holder that keeps the sockets (and a pause's waiting connections) across bgd's death
 //! - `adoption` run records, and taking over the colors a previous bgd left running
 //! - `rescue`   relaying connections queued for a dead color to the live one
 //! - `drain`    stopping a color that no longer gets connections
@@ -15,6 +16,7 @@
 pub(crate) mod adoption;
 pub(crate) mod contain;
 pub(crate) mod drain;
+pub mod hold;
 pub mod logs;
 pub(crate) mod notify;
 pub(crate) mod process;

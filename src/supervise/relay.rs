@@ -169,7 +169,11 @@ fn serve(
 
 /// The sockets and the line that names them (after the app's pid), in one
 /// message.
-fn hand_over(conn: &UnixStream, app: &str, sockets: &[(OwnedFd, String)]) -> io::Result<()> {
+pub(crate) fn hand_over(
+    conn: &UnixStream,
+    app: &str,
+    sockets: &[(OwnedFd, String)],
+) -> io::Result<()> {
     let names: Vec<&str> = sockets.iter().map(|(_, n)| n.as_str()).collect();
     let header = format!("{app} {}\n", names.join(":"));
     let fds: Vec<RawFd> = sockets.iter().map(|(fd, _)| fd.as_raw_fd()).collect();

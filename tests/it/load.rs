@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 pub struct Sample {
     pub started: Instant,
+    /// From the request's start to its answer (or failure).
+    pub took: Duration,
     /// The body, or why the request failed.
     pub result: Result<String, String>,
 }
@@ -24,6 +26,12 @@ pub struct Load {
 impl Load {
     /// Starts `keepalive` + `fresh` client threads against `addr`.
     pub fn start(addr: &str, keepalive: usize, fresh: usize) -> Load {
+        Load::start_with(addr, keepalive, fresh, Duration::from_secs(15))
+    }
+
+    /// Like [`start`](Self::start), each request failing after `timeout`
+    /// without an answer (a pause holds requests for many seconds).
+    pub fn start_with(addr: &str, keepalive: usize, fresh: usize, timeout: Duration) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
         let mut threads = Vec::new();
@@ -31,7 +39,7 @@ impl Load {
             let (addr, stop, samples) = (addr.to_string(), stop.clone(), samples.clone());
             let keep = i < keepalive;
             threads.push(std::thread::spawn(move || {
-                client(&addr, keep, &stop, &samples)
+                client(&addr, keep, timeout, &stop, &samples)
             }));
         }
         Load {
@@ -77,12 +85,23 @@ impl Load {
     }
 }
 
-fn client(addr: &str, keepalive: bool, stop: &AtomicBool, samples: &Mutex<Vec<Sample>>) {
+fn client(
+    addr: &str,
+    keepalive: bool,
+    timeout: Duration,
+    stop: &AtomicBool,
+    samples: &Mutex<Vec<Sample>>,
+) {
     let mut conn: Option<BufReader<TcpStream>> = None;
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
-        let result = request(addr, keepalive, &mut conn);
-        samples.lock().unwrap().push(Sample { started, result });
+        let result = request(addr, keepalive, timeout, &mut conn);
+        let took = started.elapsed();
+        samples.lock().unwrap().push(Sample {
+            started,
+            took,
+            result,
+        });
     }
 }
 
@@ -92,11 +111,12 @@ fn client(addr: &str, keepalive: bool, stop: &AtomicBool, samples: &Mutex<Vec<Sa
 fn request(
     addr: &str,
     keepalive: bool,
+    timeout: Duration,
     conn: &mut Option<BufReader<TcpStream>>,
 ) -> Result<String, String> {
     if conn.is_none() {
         let s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        s.set_read_timeout(Some(timeout)).unwrap();
         s.set_nodelay(true).unwrap();
         *conn = Some(BufReader::new(s));
     }

@@ -43,6 +43,12 @@
 //!   and `bgctl events -f` saw the same events in order; a scraper that stalls
 //!   is cut at its deadline and one that sends garbage is answered, while
 //!   releases go on; a bad or busy `metrics.listen` stops bgd at start.
+//! - `pause.rs`: a pause for database work under new-connection and
+//!   keep-alive clients with 40 s timeouts: the waiting requests are answered
+//!   by the release that ends it (0 failed, waits over 5 s), resume, `--max`
+//!   with the shipped maintenance page, clients beyond the backlog, a
+//!   SIGKILL of bgd during the pause, a failed release, bad input, shared
+//!   mode and Unix listeners.
 //! - `servers.rs`: real servers from `examples/servers/`, each released 5
 //!   times under keep-alive and new-connection load, against the failed
 //!   requests recorded in docs/servers.md, whose recipes must show the
@@ -50,8 +56,8 @@
 //! - `systemd.rs`: the shipped units under a real `systemd --user` in a
 //!   private mount namespace: a notify start, socket activation, a release,
 //!   `systemctl restart` under load with zero failed requests (through the
-//!   socket unit and through the fd store alone), a reload, and a watchdog
-//!   restart of a SIGSTOPped bgd.
+//!   socket unit and through the fd store alone), a reload, a watchdog
+//!   restart of a SIGSTOPped bgd, and a pause across `systemctl restart`.
 //! - `fleet.rs`: `examples/fleet` over ssh into network namespaces (3 hosts,
 //!   each with its own sshd and bgd): batches in order; a build that cannot
 //!   start on host 2 leaves host 1 on the new build and hosts 2 and 3 on the
@@ -106,6 +112,7 @@ mod kept;
 mod lifecycle;
 mod metrics;
 mod operations;
+mod pause;
 mod releases;
 mod servers;
 mod systemd;

@@ -576,3 +576,54 @@ fn a_socket_unit_without_reuseport_is_refused_in_gate_mode() {
         "{log}"
     );
 }
+
+/// A pause (issue 24) survives `systemctl restart`: the fd store keeps the
+/// sockets and the connection waiting in one, the new bgd is still paused,
+/// and the release serves the client that waited across the restart.
+#[test]
+fn a_pause_survives_systemctl_restart() {
+    let m = manager_or_skip!();
+    let (cfg, root) = config(
+        m.dir.path(),
+        "127.0.0.1:0",
+        &format!("[\"{}\", \"server.py\"]", python()),
+    );
+    m.install(&cfg, &root, None, "");
+    m.ok(&["start", "bgd@test.service"]);
+    release(&m, &root, &example_build(m.dir.path(), "b1", "v1"));
+    let addr = status(&root)["listen"][0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = bgctl(&root, &["pause"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let waiting = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        use std::io::{Read, Write};
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).map(|_| resp)
+    });
+    wait_until("a client waiting", Duration::from_secs(20), || {
+        (status(&root)["paused"]["waiting"] == 1).then_some(())
+    });
+    m.ok(&["restart", "bgd@test.service"]);
+    let p = wait_until("the restarted bgd, paused", Duration::from_secs(30), || {
+        let p = status(&root)["paused"].clone();
+        (!p.is_null()).then_some(p)
+    });
+    assert_eq!(p["waiting"], 1, "{p}\n{}", m.log());
+    let line = wait_until("STATUS= to say so", Duration::from_secs(20), || {
+        let s = m.show("bgd@test.service", "StatusText");
+        s.contains("paused since").then_some(s)
+    });
+    assert!(line.contains("1 waiting on green"), "{line}");
+    release(&m, &root, &example_build(m.dir.path(), "b2", "v2"));
+    let resp = waiting
+        .join()
+        .unwrap()
+        .expect("the waiting client is answered");
+    assert_eq!(release_of(&resp), Some(2), "{resp}");
+}

@@ -65,6 +65,20 @@ enum Command {
     },
     /// Give the canary no more new connections and drain it.
     Abort,
+    /// Hold new connections in the kernel and stop the app, for database work; returns once no
+    /// app process runs. `bgctl release DIR` or `bgctl resume` ends the pause.
+    Pause {
+        /// Once the pause has lasted this long (30s, 5m), start the maintenance page
+        /// (--page DIR, else `[pause] page`), or warn if there is none.
+        #[arg(long, value_name = "DURATION", value_parser = max_duration)]
+        max: Option<std::time::Duration>,
+        /// The maintenance page build (run with the app's [app] command). During a pause,
+        /// `--page DIR` alone starts it at once.
+        #[arg(long, value_name = "DIR")]
+        page: Option<PathBuf>,
+    },
+    /// End a pause with the build that was live before it, started from its kept copy.
+    Resume,
     /// Re-execute bgd's binary from disk in place (an upgrade): same pid, the app keeps running.
     Reexec,
     /// Make an earlier build live again: the standby (a switch), else the previous good release,
@@ -211,6 +225,8 @@ fn run(args: Args) -> Result<Code, Fail> {
         } => release(&dir, label, no_wait, canary, wait_bake)?,
         Command::Promote { percent } => Ask::answer(Request::Promote { percent }, Print::Release),
         Command::Abort => Ask::answer(Request::Abort, Print::Release),
+        Command::Pause { max, page } => pause(max, page.as_deref())?,
+        Command::Resume => Ask::answer(Request::Resume, Print::Release),
         Command::Reexec => {
             let socket = socket_path(&args.socket, args.config.as_deref())?;
             let before = instance(&socket);
@@ -328,6 +344,41 @@ fn canary_percent(s: &str) -> Result<u8, String> {
     bgd::deploy::rollout::parse_percent(s, 99).map_err(|e| {
         format!("{e} (a canary shares with the live color; a plain release gives all)")
     })
+}
+
+/// `pause --max`: a number with a unit (`30s`, `5m`, `1h`).
+fn max_duration(s: &str) -> Result<std::time::Duration, String> {
+    if s.trim().chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(format!(
+            "{s:?} has no unit: write a number with one, such as \"{s}s\" or \"{s}m\""
+        ));
+    }
+    match humantime::parse_duration(s.trim()) {
+        Ok(d) if d.is_zero() => Err("--max 0 would start the page at once: give a longer pause, or use `bgctl pause --page DIR` during a pause".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{s:?} is not a duration ({e}): write one such as \"30s\" or \"5m\"")),
+    }
+}
+
+/// `pause [--max D] [--page DIR]`: bgd needs the page as an absolute path.
+fn pause(max: Option<std::time::Duration>, page: Option<&Path>) -> Result<Ask, Fail> {
+    let page = page
+        .map(|p| {
+            std::path::absolute(p).map_err(|e| {
+                (
+                    Code::BadRequest,
+                    format!("cannot resolve {}: {e}", p.display()),
+                )
+            })
+        })
+        .transpose()?;
+    Ok(Ask::answer(
+        Request::Pause {
+            max_ms: max.map(|d| d.as_millis() as u64),
+            page: page.map(|p| p.display().to_string()),
+        },
+        Print::Release,
+    ))
 }
 
 /// `promote PERCENT`: 1 to 100 percent.

@@ -5,7 +5,9 @@ use std::borrow::Cow;
 use std::io::IsTerminal;
 
 use bgd::ops::events::{Event, Kind};
-use bgd::ops::protocol::{ColorStatus, Failure, Listing, Outcome, Status, Step, WatchStatus};
+use bgd::ops::protocol::{
+    ColorStatus, Failure, Listing, Outcome, PauseStatus, Status, Step, WatchStatus,
+};
 use bgd::store::history::Record;
 use bgd::supervise::logs::LogLine;
 
@@ -156,20 +158,13 @@ impl Out {
             "{}: live {live}",
             self.paint(on, BOLD, &escape_controls(&s.name))
         );
+        if let Some(p) = &s.paused {
+            self.pause_status(p);
+        }
         for (name, c) in [("blue", &s.blue), ("green", &s.green)] {
             println!("{}", self.color_status(name, c));
         }
-        if let Some(r) = &s.release_in_progress {
-            let kind = if r.kind.is_empty() {
-                "release"
-            } else {
-                &r.kind
-            };
-            println!(
-                "  {kind} of release {} on {} in progress: step {} since {}",
-                r.id, r.color, r.step, r.since
-            );
-        }
+        self.in_progress(s);
         if let Some(r) = &s.last_result {
             let r = escape_controls(r);
             let painted = if r.contains(" failed") {
@@ -225,6 +220,55 @@ impl Out {
         if let Some(w) = &s.watch {
             self.watch_status(w);
         }
+    }
+
+    /// The release in progress, if any.
+    fn in_progress(&self, s: &Status) {
+        if let Some(r) = &s.release_in_progress {
+            let kind = if r.kind.is_empty() {
+                "release"
+            } else {
+                &r.kind
+            };
+            println!(
+                "  {kind} of release {} on {} in progress: step {} since {}",
+                r.id, r.color, r.step, r.since
+            );
+        }
+    }
+
+    /// The pause's lines of `bgctl status`: `state: paused`, since when,
+    /// and how many connections wait.
+    fn pause_status(&self, p: &PauseStatus) {
+        let on = self.color_out;
+        let color = self.color_name(on, p.color.as_str());
+        let state = self.paint(on, BOLD, "paused");
+        println!(
+            "  state: {state} since {} ({} s, {})",
+            p.since, p.seconds, p.stage
+        );
+        match p.stage.as_str() {
+            "page" => println!("  the maintenance page serves on {color}"),
+            _ if p.waiting == 1 => println!("  1 connection waits on {color}'s socket"),
+            _ => println!("  {} connections wait on {color}'s socket", p.waiting),
+        }
+        if let (Some(max), Some(page)) = (&p.max_at, &p.page) {
+            println!(
+                "  at {max} (--max) the maintenance page {} starts",
+                escape_controls(page)
+            );
+        } else if let Some(max) = &p.max_at {
+            println!("  --max is reached at {max}; no maintenance page is set");
+        }
+        for w in p.warning.iter().chain(&p.last_failure) {
+            let line = format!("  warning: {}", escape_controls(w));
+            println!("{}", self.paint(on, RED, &line));
+        }
+        let resume = p
+            .before
+            .map(|r| format!(" or `bgctl resume` (release {r})"))
+            .unwrap_or_default();
+        println!("  `bgctl release DIR`{resume} ends the pause");
     }
 
     /// One color's line of `bgctl status`.

@@ -41,7 +41,7 @@ fn rollback_to(to: &str) -> Input<Proc> {
     }
 }
 
-fn launch_of(effects: &[Effect<Proc>]) -> Launch {
+pub(super) fn launch_of(effects: &[Effect<Proc>]) -> Launch {
     effects
         .iter()
         .find_map(|e| match e {

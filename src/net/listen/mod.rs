@@ -52,6 +52,7 @@ mod entry;
 mod route;
 mod socket;
 mod unix;
+mod waiting;
 
 pub(crate) use bind::remove_stale_unix_socket;
 use bind::{bind_one, bind_unix};

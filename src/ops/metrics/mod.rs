@@ -91,6 +91,10 @@ pub struct Metrics {
     restarts: Family<ColorLabel, Counter>,
     live: Family<ColorLabel, Gauge>,
     share: Family<ColorLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// 1 while a pause lasts (`bgctl pause`).
+    paused: Gauge,
+    pauses: Counter,
+    pause_duration: Histogram,
     /// The process groups the per-color figures are read from.
     groups: Arc<procs::ColorGroups>,
 }
@@ -107,6 +111,9 @@ impl Metrics {
             restarts: Family::default(),
             live: Family::default(),
             share: Family::default(),
+            paused: Gauge::default(),
+            pauses: Counter::default(),
+            pause_duration: Histogram::new(RELEASE_BUCKETS),
             groups: Arc::default(),
         };
         let mut registry = Registry::default();
@@ -151,6 +158,21 @@ impl Metrics {
             "bgd_traffic_share",
             "Share (0..1) of new connections steered to the color",
             self.share.clone(),
+        );
+        registry.register(
+            "bgd_paused",
+            "1 while a pause (bgctl pause) holds new connections or shows the maintenance page, else 0",
+            self.paused.clone(),
+        );
+        registry.register(
+            "bgd_pauses",
+            "Pauses begun (bgctl pause)",
+            self.pauses.clone(),
+        );
+        registry.register(
+            "bgd_pause_duration_seconds",
+            "Seconds from a pause's start to the swap that ended it",
+            self.pause_duration.clone(),
         );
         registry.register(
             "bgd_build",
@@ -219,6 +241,10 @@ impl Metrics {
             }
             Kind::Promoted { color, .. } => self.set_traffic_share(*color, 1.0),
             Kind::Aborted { color, .. } => self.set_traffic_share(*color, 0.0),
+            Kind::Paused { .. } => {
+                self.pauses.inc();
+            }
+            Kind::PauseEnded { ms, .. } => self.pause_duration.observe(*ms as f64 / 1000.0),
             _ => {}
         }
     }
@@ -260,7 +286,8 @@ impl Metrics {
     /// What the deployment looks like now: the color recorded live, and the
     /// process group (leader pid) each color runs, if it runs one that bgd
     /// holds (live or draining).
-    pub fn track(&self, live: Option<Color>, groups: [Option<i32>; 2]) {
+    pub fn track(&self, live: Option<Color>, paused: bool, groups: [Option<i32>; 2]) {
+        self.paused.set(paused as i64);
         for color in Color::BOTH {
             let is_live = live == Some(color);
             self.live
@@ -325,8 +352,17 @@ mod tests {
             ms: 100,
             steps: vec![],
         }));
+        m.observe(&event(Kind::Paused {
+            color: Color::Green,
+            max_ms: None,
+        }));
+        m.observe(&event(Kind::PauseEnded {
+            release: 2,
+            color: Color::Green,
+            ms: 8_000,
+        }));
         m.set_traffic_share(Color::Green, 0.25);
-        m.track(Some(Color::Blue), [None, None]);
+        m.track(Some(Color::Blue), true, [None, None]);
         let text = m.encode();
         for line in [
             "bgd_releases_total{result=\"ok\",trigger=\"bgctl\"} 1",
@@ -340,6 +376,9 @@ mod tests {
             "bgd_live{color=\"blue\"} 1",
             "bgd_build_info{version=\"test\"} 1",
             "bgd_color_processes{color=\"green\"} 0",
+            "bgd_paused 1",
+            "bgd_pauses_total 1",
+            "bgd_pause_duration_seconds_count 1",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }

@@ -120,6 +120,16 @@ pub enum EventKind {
         color: Color,
         reason: String,
     },
+    /// `bgctl pause`: new connections wait on `color`'s socket, where
+    /// nobody accepts (`max_ms`: `--max`).
+    Paused { color: Color, max_ms: Option<u64> },
+    /// The pause stopped the app: no app process runs.
+    PauseStopped { color: Color },
+    /// The pause lasted `--max`: the maintenance page starts (`page`), or
+    /// there is none and the clients keep waiting.
+    PauseMax { color: Color, page: bool },
+    /// Release `release` on `color` ended the pause, `ms` after it began.
+    PauseEnded { release: u64, color: Color, ms: u64 },
 }
 
 /// How a rollback came about; the `kind` label of `bgd_rollbacks_total`.
@@ -169,6 +179,10 @@ impl EventKind {
             EventKind::Aborted { .. } => "aborted",
             EventKind::BakePassed { .. } => "bake_passed",
             EventKind::BakeFailed { .. } => "bake_failed",
+            EventKind::Paused { .. } => "paused",
+            EventKind::PauseStopped { .. } => "pause_stopped",
+            EventKind::PauseMax { .. } => "pause_max",
+            EventKind::PauseEnded { .. } => "pause_ended",
         }
     }
 }

@@ -55,6 +55,18 @@ pub enum Request {
     },
     /// The kept releases and the space they use.
     Releases,
+    /// Hold new connections in the kernel and stop the app (database
+    /// work); answered once no app process runs. `max_ms`: start `page`
+    /// (an absolute build path; else `[pause] page`) once the pause has
+    /// lasted this long. `page` alone during a pause starts it now.
+    Pause {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        page: Option<String>,
+    },
+    /// End a pause with the build that was live before it.
+    Resume,
     /// Raise the canary's share to `percent`, or make it live (`None`).
     Promote {
         #[serde(default)]

@@ -63,6 +63,11 @@ pub enum Outcome {
     Reexec {
         message: String,
     },
+    /// `pause`: no app process runs; new connections wait on `color`.
+    Paused {
+        color: Color,
+        message: String,
+    },
 }
 
 /// A swap that ended.
@@ -144,6 +149,10 @@ impl From<&deploy::Outcome> for Outcome {
                 release: *release,
                 message,
             },
+            deploy::Outcome::Paused { color, .. } => Outcome::Paused {
+                color: *color,
+                message,
+            },
         }
     }
 }
@@ -204,6 +213,7 @@ impl Outcome {
             Outcome::BakePassed { message, .. }
             | Outcome::Superseded { message, .. }
             | Outcome::PromotedByHand { message, .. }
+            | Outcome::Paused { message, .. }
             | Outcome::Reexec { message } => message,
         }
     }

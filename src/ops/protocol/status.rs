@@ -48,9 +48,43 @@ pub struct Status {
     pub canary: Option<CanaryStatus>,
     /// Auto-release, when `[watch]` is configured.
     pub watch: Option<WatchStatus>,
+    /// The pause (`bgctl pause`), while one lasts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<PauseStatus>,
     /// Where `/metrics` is served (`metrics.listen` as bound), if anywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
+}
+
+/// A pause as status shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PauseStatus {
+    /// When it began (RFC 3339, UTC).
+    pub since: String,
+    /// How long it has lasted, in seconds.
+    pub seconds: u64,
+    /// The color whose sockets hold the waiting connections; the next
+    /// build starts there.
+    pub color: Color,
+    /// `stopping` (the app still drains), `waiting` (no app process
+    /// runs), `releasing` (a build starts in `color`) or `page` (the
+    /// maintenance page serves).
+    pub stage: String,
+    /// Connections waiting in `color`'s accept queues: `tcpi_unacked` of
+    /// `TCP_INFO` on bgd's copies (Unix sockets: their queued peers).
+    pub waiting: u64,
+    /// The release live before it (what `bgctl resume` starts).
+    pub before: Option<u64>,
+    /// `--max`, in milliseconds, and when it is reached (RFC 3339).
+    pub max_ms: Option<u64>,
+    pub max_at: Option<String>,
+    /// The maintenance page build, and its release once started.
+    pub page: Option<String>,
+    pub page_release: Option<u64>,
+    /// `--max` passed with no page: the warning.
+    pub warning: Option<String>,
+    /// The last release during the pause that failed (the pause stayed).
+    pub last_failure: Option<String>,
 }
 
 /// A canary as status shows it.

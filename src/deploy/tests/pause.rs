@@ -1,0 +1,306 @@
+//! Pause for database work (issue 24): what is held, stopped, started and
+//! refused, and how the pause ends.
+
+use super::kept::launch_of;
+use super::*;
+use crate::deploy::state::Kept;
+
+fn pause(max_ms: Option<u64>, page: Option<&str>) -> Input<Proc> {
+    Input::Pause(PauseAsk {
+        client: Some(CLIENT),
+        max: max_ms.map(Duration::from_millis),
+        page: page.map(PathBuf::from),
+    })
+}
+
+fn resume() -> Input<Proc> {
+    Input::Resume {
+        client: Some(CLIENT),
+    }
+}
+
+/// Blue live with release 1 (kept), green holds release 2: paused, the
+/// commit written, blue draining.
+fn paused_with(max_ms: Option<u64>, page: Option<&str>) -> T {
+    let mut s = state(
+        Some(Color::Blue),
+        Some(build(1, true)),
+        Some(build(2, true)),
+    );
+    s.releases = vec![Kept::of(&build(1, true)), Kept::of(&build(2, true))];
+    let mut t = T::new(s);
+    t.send(Input::Boot);
+    let task = t.restart_task(Color::Blue);
+    t.send(ok(task, OLD));
+    assert_eq!(t.says(pause(max_ms, page)), ["commit"]);
+    t
+}
+
+/// Paused and the app stopped: nothing runs, connections wait on green.
+fn waiting() -> T {
+    let mut t = paused_with(None, None);
+    t.send(Input::Committed(Ok(())));
+    t.send(drained(Color::Blue, OLD));
+    t
+}
+
+#[test]
+fn a_pause_is_recorded_first_then_steers_to_the_dormant_socket_and_drains() {
+    let mut t = paused_with(None, None);
+    let p = t
+        .core
+        .state()
+        .pause
+        .clone()
+        .expect("recorded before anything");
+    assert_eq!((p.color, p.before), (Color::Green, Some(1)));
+    assert!(matches!(t.phase(Color::Blue), ColorPhase::Live { .. }));
+    assert_eq!(
+        t.says(Input::Committed(Ok(()))),
+        [
+            "hold green",
+            "steer green",
+            "reply progress drain",
+            "notify paused",
+            "drain blue 100",
+            "reply progress drain"
+        ]
+    );
+    assert!(matches!(t.phase(Color::Blue), ColorPhase::Draining { .. }));
+    // The client is answered once no app process runs.
+    assert_eq!(
+        t.says(drained(Color::Blue, OLD)),
+        ["notify pause_stopped", "reply done"]
+    );
+    let v = t.core.paused(t.now()).unwrap();
+    assert_eq!(v.stage, "waiting");
+    assert_eq!(t.status(Color::Blue).state, "stopped");
+    // The live color is not restarted while paused.
+    assert!(t.says(Input::RestartDue { color: Color::Blue }).is_empty());
+}
+
+#[test]
+fn a_pause_that_cannot_be_recorded_changes_nothing() {
+    let mut t = paused_with(None, None);
+    let e = t.send(Input::Committed(Err("disk full".into())));
+    assert_eq!(words(&e), ["reply error Internal"]);
+    assert!(error_message(&e).contains("nothing changed"));
+    assert!(t.core.state().pause.is_none());
+    assert!(matches!(t.phase(Color::Blue), ColorPhase::Live { .. }));
+}
+
+#[test]
+fn a_release_during_the_pause_goes_to_the_waiting_color_and_ends_it_in_its_swap() {
+    let mut t = waiting();
+    let task = t.admit();
+    assert_eq!(t.core.release().unwrap().color, Color::Green);
+    t.send(staged(task, 3));
+    let e = t.send(ok(task, NEW));
+    let c = committed_state(&e);
+    assert!(c.pause.is_none(), "the swap's commit ends the pause");
+    assert_eq!(c.live, Some(Color::Green));
+    let effects = t.says(Input::Committed(Ok(())));
+    assert!(effects.contains(&"steer green".to_string()), "{effects:?}");
+    assert!(effects.contains(&"unhold".to_string()), "{effects:?}");
+    assert!(
+        effects.contains(&"notify pause_ended".to_string()),
+        "{effects:?}"
+    );
+    assert!(effects.ends_with(&["ended ok".into(), "reply done".into()]));
+    assert!(t.core.paused(t.now()).is_none());
+    assert_eq!(t.core.state().live, Some(Color::Green));
+}
+
+#[test]
+fn a_release_that_fails_during_the_pause_leaves_it_in_place_and_says_so() {
+    let mut t = waiting();
+    let task = t.admit();
+    let e = t.send(failed(task, Step::WaitReady, None));
+    let m = error_message(&e);
+    assert!(m.contains("still paused since"), "{m}");
+    assert!(!words(&e).contains(&"unlisten".to_string()));
+    let v = t.core.paused(t.now()).expect("still paused");
+    assert_eq!(v.stage, "waiting");
+    assert!(v.failed.unwrap().contains("still paused"));
+    // The next release goes to the waiting color again.
+    t.admit();
+    assert_eq!(t.core.release().unwrap().color, Color::Green);
+}
+
+#[test]
+fn resume_starts_the_build_live_before_from_its_kept_copy_in_the_waiting_color() {
+    let mut t = waiting();
+    assert_eq!(t.says(resume()), ["commit"]);
+    let l = launch_of(&t.send(Input::Committed(Ok(()))));
+    assert_eq!((l.color, l.release), (Color::Green, 1));
+    assert_eq!(l.kept.map(|k| k.release), Some(1));
+}
+
+#[test]
+fn bad_requests_are_refused_and_change_nothing() {
+    // Resume when not paused.
+    let mut t = T::blue_live();
+    let e = t.send(resume());
+    assert!(
+        error_message(&e).starts_with("not paused"),
+        "{e:?}",
+        e = words(&e)
+    );
+    // --page without --max when not paused.
+    let e = t.send(pause(None, Some("/page")));
+    assert!(error_message(&e).contains("--max"));
+    // During a release.
+    let mut r = releasing();
+    let e = r.send(pause(None, None));
+    assert_eq!(words(&e), ["reply error Busy"]);
+    // Already paused.
+    let mut p = waiting();
+    let e = p.send(pause(None, None));
+    assert!(error_message(&e).starts_with("already paused"));
+    // A release while the pause still stops the app.
+    let mut s = paused_with(None, None);
+    s.send(Input::Committed(Ok(())));
+    let e = s.send(release("/builds/new"));
+    assert_eq!(words(&e), ["reply error Busy"]);
+    assert!(error_message(&e).contains("still stopping blue"));
+    // A canary during a pause.
+    let mut c = waiting();
+    let mut ask = release("/builds/new");
+    if let Input::Release { canary, .. } = &mut ask {
+        *canary = Some(10);
+    }
+    let e = c.send(ask);
+    assert!(error_message(&e).contains("paused since"));
+    // Nothing live.
+    let mut n = T::empty();
+    let e = n.send(pause(None, None));
+    assert!(error_message(&e).contains("nothing is live"));
+}
+
+#[test]
+fn past_max_the_page_is_released_into_the_waiting_color_and_the_pause_goes_on() {
+    let mut t = paused_with(Some(2_000), Some("/page"));
+    let e = t.says(Input::Committed(Ok(())));
+    assert!(e.contains(&"wake".to_string()), "{e:?}");
+    t.send(drained(Color::Blue, OLD));
+    t.wait(1_000);
+    assert!(t.says(Input::Due).is_empty(), "not yet");
+    t.wait(1_000);
+    let e = t.says(Input::Due);
+    assert_eq!(e, ["notify pause_max", "commit"]);
+    let task = t.admit_committed();
+    assert_eq!(
+        t.core.release().unwrap().label.as_deref(),
+        Some("maintenance page")
+    );
+    t.send(staged(task, 3));
+    t.send(ok(task, NEW));
+    let e = t.says(Input::Committed(Ok(())));
+    assert!(
+        !e.contains(&"unhold".to_string()),
+        "the page keeps the pause: {e:?}"
+    );
+    let v = t.core.paused(t.now()).expect("still paused");
+    assert_eq!(v.stage, "page");
+    assert!(
+        !t.core.state().green.as_ref().unwrap().went_live,
+        "the page is never a rollback target"
+    );
+    // Resume replaces the page by a swap into blue.
+    t.send(resume());
+    let l = launch_of(&t.send(Input::Committed(Ok(()))));
+    assert_eq!((l.color, l.release), (Color::Blue, 1));
+    let task = t.task();
+    t.send(ok(task, 300));
+    let e = t.says(Input::Committed(Ok(())));
+    assert!(e.contains(&"unhold".to_string()), "{e:?}");
+    assert!(e.contains(&"drain green 200".to_string()), "{e:?}");
+    assert!(t.core.paused(t.now()).is_none());
+}
+
+#[test]
+fn past_max_without_a_page_bgd_warns_and_the_clients_keep_waiting() {
+    let mut t = paused_with(Some(1_000), None);
+    t.send(Input::Committed(Ok(())));
+    t.send(drained(Color::Blue, OLD));
+    t.wait(1_000);
+    assert_eq!(t.says(Input::Due), ["notify pause_max"]);
+    let v = t.core.paused(t.now()).unwrap();
+    assert!(v.overdue.unwrap().contains("no maintenance page"));
+    assert_eq!(v.stage, "waiting");
+}
+
+#[test]
+fn a_bgd_started_while_a_pause_is_recorded_stays_paused() {
+    let mut s = state(
+        Some(Color::Blue),
+        Some(build(1, true)),
+        Some(build(2, true)),
+    );
+    s.pause = Some(Paused {
+        color: Color::Green,
+        since: "1970-01-01T00:00:00Z".into(),
+        since_ms: 0,
+        before: Some(1),
+        max_ms: Some(5_000),
+        page: None,
+        page_release: None,
+    });
+    let mut t = T::new(s);
+    // A color left running mid-stop is drained, not adopted as live.
+    let e = t.says(Input::Adopt {
+        color: Color::Blue,
+        process: Proc(OLD),
+    });
+    assert_eq!(e, ["drain blue 100"]);
+    let e = t.says(Input::Boot);
+    assert_eq!(e, ["hold green", "steer green", "wake", "ready"]);
+    assert!(t.core.paused(t.now()).is_some());
+}
+
+impl T {
+    /// The page's (or any automatic) release just admitted: its commit
+    /// written; returns its task.
+    fn admit_committed(&mut self) -> TaskId {
+        self.send(Input::Committed(Ok(())));
+        self.task()
+    }
+}
+
+#[test]
+fn the_page_is_never_kept_as_a_standby() {
+    let policy = Policy {
+        rollout: crate::deploy::rollout::Rollout {
+            standby: Duration::from_secs(60),
+            ..Default::default()
+        },
+        ..Policy::default()
+    };
+    let mut s = state(
+        Some(Color::Blue),
+        Some(build(1, true)),
+        Some(build(2, true)),
+    );
+    s.releases = vec![Kept::of(&build(1, true))];
+    let mut t = T::with(s, policy);
+    t.send(Input::Boot);
+    let task = t.restart_task(Color::Blue);
+    t.send(ok(task, OLD));
+    t.send(pause(None, None));
+    t.send(Input::Committed(Ok(())));
+    t.send(drained(Color::Blue, OLD));
+    // The page, by hand.
+    t.send(pause(None, Some("/page")));
+    let task = t.admit_committed();
+    t.send(ok(task, NEW));
+    t.send(Input::Committed(Ok(())));
+    assert_eq!(t.core.paused(t.now()).unwrap().stage, "page");
+    // A release replaces it: the page drains, no standby.
+    t.admit();
+    let task = t.task();
+    t.send(ok(task, 300));
+    let e = t.says(Input::Committed(Ok(())));
+    assert!(e.contains(&"drain green 200".to_string()), "{e:?}");
+    assert!(!matches!(t.phase(Color::Green), ColorPhase::Standby { .. }));
+    assert!(t.core.paused(t.now()).is_none());
+}
