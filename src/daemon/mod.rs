@@ -208,6 +208,15 @@ impl Process for AppProcess {
     fn pid(&self) -> Pid {
         self.pid
     }
+
+    /// Its recorded exit, or, if its exit event has not been handled yet,
+    /// what /proc says at this moment (a zombie or no process: exited).
+    fn exited(&self) -> Option<crate::deploy::Exit> {
+        self.exit_status().or_else(|| {
+            (!crate::supervise::process::leader_runs(self.pid))
+                .then_some(crate::deploy::Exit::Unknown)
+        })
+    }
 }
 
 /// A running release, rollback or restart task.

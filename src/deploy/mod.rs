@@ -37,6 +37,7 @@ mod exit;
 pub mod failure;
 mod input;
 pub mod kept;
+mod liveness;
 mod phase;
 pub mod record;
 mod restart;
@@ -52,6 +53,7 @@ pub use answer::{Answer, CanaryShare, Outcome, Swapped};
 pub use exit::Exit;
 pub use failure::{Failure, FailureKind, Step};
 pub use input::{Checked, Drained, Exited, Input, TaskReport};
+pub use liveness::daemonized;
 pub use phase::{ColorPhase, Health, Kind, Release, ReleasePhase, Shutdown, Slot, Trigger};
 pub use record::{Record, StepTime};
 pub use traffic::{Bake, Canary, Policy, Shares};
@@ -94,6 +96,13 @@ impl Now {
 pub trait Process {
     /// The process leader's pid, also its process group id.
     fn pid(&self) -> Pid;
+
+    /// How the leader ended, once bgd knows it did (in memory: the reaper
+    /// set it); `None` while it runs. Read at the moment of a switch, so a
+    /// leader whose exit event is still on its way is not made live.
+    fn exited(&self) -> Option<Exit> {
+        None
+    }
 }
 
 /// What a release, rollback or restart task is asked to do.

@@ -6,14 +6,35 @@ use super::*;
 use crate::deploy::FailureKind;
 
 mod kept;
+mod liveness;
 mod traffic;
 
 #[derive(Debug, PartialEq)]
 struct Proc(i32);
 
+thread_local! {
+    /// Pids whose leader a test has made exit (see [`Process::exited`]).
+    static DEAD: std::cell::RefCell<Vec<(i32, Exit)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The process `pid` exits (as the reaper would record it) without its exit
+/// event reaching the core yet.
+fn dies(pid: i32, exit: Exit) {
+    DEAD.with(|d| d.borrow_mut().push((pid, exit)));
+}
+
 impl Process for Proc {
     fn pid(&self) -> Pid {
         Pid::from_raw(self.0)
+    }
+
+    fn exited(&self) -> Option<Exit> {
+        DEAD.with(|d| {
+            d.borrow()
+                .iter()
+                .find(|(p, _)| *p == self.0)
+                .map(|(_, e)| *e)
+        })
     }
 }
 

@@ -104,6 +104,7 @@ mod gate;
 mod inherit;
 mod kept;
 mod lifecycle;
+mod liveness;
 mod metrics;
 mod operations;
 mod releases;

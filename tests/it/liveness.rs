@@ -1,0 +1,298 @@
+//! A build that only looks ready never keeps the traffic (issue 25): a
+//! daemonizing server is refused at the switch, and a build that dies right
+//! after going live hands the traffic back to the standby that the default
+//! `traffic.standby` (30 s) keeps warm. Under load, no request the live
+//! color could serve fails.
+
+use std::time::Duration;
+
+use crate::harness::*;
+use crate::load::Load;
+
+/// Python prelude: the main process forks a server that calls setsid()
+/// and serves the inherited socket; the main process exits once the
+/// server is about to serve (`wait` seconds later).
+fn fork_setsid(wait: f64) -> String {
+    format!(
+        r#"
+import os, sys, time
+pid = os.fork()
+if pid > 0:
+    while not os.path.exists("serving"):
+        time.sleep(0.001)
+    time.sleep({wait})
+    os._exit(0)
+os.setsid()
+os.environ["LISTEN_PID"] = str(os.getpid())
+open("serving", "w").close()
+"#
+    )
+}
+
+/// The named case: the main process forks a server that calls setsid()
+/// and serves the inherited socket; the main process exits at the moment
+/// the server answers its first request (bgd's readiness check), so the
+/// check passes and the exit races the switch.
+const EXITS_AS_IT_ANSWERS: &str = r#"
+import os, socket
+r, w = os.pipe()
+if os.fork() > 0:
+    os.close(w)
+    os.read(r, 1)
+    os._exit(0)
+os.setsid()
+s = socket.socket(fileno=3)
+first = True
+while True:
+    c, _ = s.accept()
+    c.recv(65536)
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\nConnection: close\r\n\r\nhello release=9")
+    c.close()
+    if first:
+        first = False
+        os.write(w, b"x")
+"#;
+
+/// Python prelude: the classic double fork of daemon(3): fork, setsid,
+/// fork again; the middle process and the main process exit.
+const DOUBLE_FORK: &str = r#"
+import os, time
+if os.fork() > 0:
+    while not os.path.exists("serving"):
+        time.sleep(0.001)
+    os._exit(0)
+os.setsid()
+if os.fork() > 0:
+    os._exit(0)
+os.environ["LISTEN_PID"] = str(os.getpid())
+open("serving", "w").close()
+"#;
+
+/// A build whose `server.py` runs a shell script that starts the real
+/// server with `&` and ends: the shell is the main process.
+fn shell_ampersand(dir: &std::path::Path, version: &str) -> std::path::PathBuf {
+    let build = example_build(dir, "ampersand", version);
+    std::fs::rename(build.join("server.py"), build.join("real_server.py")).unwrap();
+    std::fs::write(
+        build.join("start.sh"),
+        format!(
+            "#!/bin/sh\n{py} -c 'import os; os.environ[\"LISTEN_PID\"] = str(os.getpid()); exec(open(\"real_server.py\").read())' &\n",
+            py = python()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        build.join("server.py"),
+        "import os\nos.execv(\"/bin/sh\", [\"sh\", \"start.sh\"])\n",
+    )
+    .unwrap();
+    build
+}
+
+/// Three ways to daemonize, under load: each release is refused (exit 1)
+/// with the reason, blue keeps serving every request, green is not
+/// restarted, and nothing of green is left running.
+#[test]
+fn a_daemonizing_build_is_refused_and_the_old_color_keeps_serving() {
+    let bgd = Bgd::start(Setup::default());
+    bgd.release(&example_build(bgd.dir.path(), "good", "v1"));
+    let addr = bgd.addr();
+    let load = Load::start(&addr, 4, 4);
+    let dir = bgd.dir.path();
+    let builds = [
+        wrapped_build(dir, "fork-setsid", "v2", &fork_setsid(0.0)),
+        wrapped_build(dir, "double-fork", "v2", DOUBLE_FORK),
+        shell_ampersand(dir, "v2"),
+    ];
+    for build in &builds {
+        let name = build.file_name().unwrap().to_string_lossy().to_string();
+        let out = bgd.bgctl(&["release", build.to_str().unwrap()]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert!(err.contains("daemonized"), "{name}: {err}");
+        let st = bgd.status();
+        assert_eq!(
+            (&st["live"], &st["receiving"]),
+            (&"blue".into(), &"blue".into()),
+            "{name}: {st}"
+        );
+        wait_until(
+            &format!("{name}: nothing of green to run"),
+            Duration::from_secs(10),
+            || {
+                app_processes(&bgd.root(), Some("green"))
+                    .is_empty()
+                    .then_some(())
+            },
+        );
+        let st = bgd.status();
+        assert_eq!(st["green"]["restarts"], 0, "{name}: {st}");
+        assert_ne!(st["green"]["state"], "live", "{name}: {st}");
+    }
+    let samples = load.finish_clean();
+    let others = samples
+        .iter()
+        .filter(|s| s.result.as_ref().is_ok_and(|b| release_of(b) != Some(1)))
+        .count();
+    assert_eq!(
+        others,
+        0,
+        "{others} of {} answers came from a daemonized build",
+        samples.len()
+    );
+}
+
+/// Daemonizing builds whose main process exits as the readiness check
+/// passes (the named case: at the moment its server answers bgd's check),
+/// or 0.3 s after its server serves. Where the exit comes before the swap
+/// is written, the release is refused (the check at the moment of the
+/// switch); where it comes after, it is a crash within the standby window:
+/// bgd switches back to blue by itself and says the app daemonized. Either
+/// way blue serves again, green is not restarted and nothing of it runs on.
+#[test]
+fn a_build_that_daemonizes_at_the_switch_never_keeps_the_traffic() {
+    let bgd = Bgd::start(Setup::default());
+    bgd.release(&example_build(bgd.dir.path(), "good", "v1"));
+    let addr = bgd.addr();
+    let load = Load::start(&addr, 4, 4);
+    let dir = bgd.dir.path();
+    let builds = [
+        script_build(dir, "exits-as-it-answers", EXITS_AS_IT_ANSWERS),
+        wrapped_build(dir, "fork-setsid-late", "v2", &fork_setsid(0.3)),
+    ];
+    let mut refused = 0;
+    for build in &builds {
+        let name = build.file_name().unwrap().to_string_lossy().to_string();
+        let rollbacks = |h: &str| h.matches("rolled back automatically").count();
+        let before = rollbacks(&text(&bgd.bgctl(&["history", "--json"]).stdout));
+        let out = bgd.bgctl(&["release", build.to_str().unwrap()]);
+        let err = text(&out.stderr);
+        if out.status.success() {
+            wait_until(
+                &format!("{name}: the automatic switch back, saying why"),
+                Duration::from_secs(20),
+                || {
+                    let h = text(&bgd.bgctl(&["history", "--json"]).stdout);
+                    (rollbacks(&h) > before && h.contains("daemonized")).then_some(())
+                },
+            );
+        } else {
+            assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+            assert!(err.contains("daemonized"), "{name}: {err}");
+            refused += 1;
+        }
+        wait_until(
+            &format!("{name}: blue live again"),
+            Duration::from_secs(20),
+            || {
+                let st = bgd.status();
+                (st["live"] == "blue" && st["receiving"] == "blue").then_some(())
+            },
+        );
+        wait_until(
+            &format!("{name}: nothing of green to run"),
+            Duration::from_secs(10),
+            || {
+                app_processes(&bgd.root(), Some("green"))
+                    .is_empty()
+                    .then_some(())
+            },
+        );
+        assert_eq!(bgd.status()["green"]["restarts"], 0, "{name}");
+    }
+    eprintln!(
+        "{refused} of {} refused at the switch, the others switched away from",
+        builds.len()
+    );
+    let samples = load.finish();
+    let failed = samples.iter().filter(|s| s.result.is_err()).count();
+    assert!(failed <= 16, "{failed} of {} failed (at most the 8 clients' requests in flight on a killed orphan, per build)", samples.len());
+}
+
+/// Crashes `after` seconds after it starts (it is ready well before).
+fn crashes_after(after: f64) -> String {
+    format!("import os, threading\nthreading.Timer({after}, lambda: os._exit(7)).start()\n")
+}
+
+/// Answers 500 to /healthz from `after` seconds after it starts.
+fn sick_after(dir: &std::path::Path, name: &str, after: f64) -> std::path::PathBuf {
+    let build = example_build(dir, name, "v2");
+    std::fs::write(build.join("unhealthy-after"), after.to_string()).unwrap();
+    build
+}
+
+/// A new build that goes live and then dies (or fails its checks) within
+/// the default standby window: bgd switches back to the standby by
+/// itself, with or without `health.interval`, and the dead build is not
+/// restarted in a loop. Requests fail only on connections the dying build
+/// had accepted; none after the switch back.
+#[test]
+fn a_build_that_dies_right_after_going_live_hands_the_traffic_back() {
+    for (health, case) in [
+        ("", "crash, no health.interval"),
+        (
+            "interval = \"1s\"\nfailures = 2\n",
+            "crash, with health.interval",
+        ),
+        ("interval = \"1s\"\nfailures = 2\n", "failed checks"),
+    ] {
+        let bgd = Bgd::start(Setup {
+            health: format!("http = \"/healthz\"\ntimeout = \"20s\"\n{health}"),
+            ..Setup::default()
+        });
+        bgd.release(&example_build(bgd.dir.path(), "good", "v1"));
+        let addr = bgd.addr();
+        let load = Load::start(&addr, 4, 4);
+        let bad = if case == "failed checks" {
+            sick_after(bgd.dir.path(), "sick", 1.5)
+        } else {
+            wrapped_build(bgd.dir.path(), "dies", "v2", &crashes_after(1.5))
+        };
+        let out = bgd.bgctl(&["release", bad.to_str().unwrap()]);
+        assert!(out.status.success(), "{case}: {}", text(&out.stderr));
+        assert_eq!(bgd.status()["blue"]["state"], "standby", "{case}");
+        let st = wait_until(
+            &format!("{case}: the switch back"),
+            Duration::from_secs(20),
+            || {
+                let st = bgd.status();
+                (st["live"] == "blue" && st["receiving"] == "blue").then_some(st)
+            },
+        );
+        let switched = std::time::Instant::now();
+        assert_eq!(st["blue"]["state"], "live", "{case}: {st}");
+        wait_until(
+            &format!("{case}: the automatic rollback in the history"),
+            Duration::from_secs(20),
+            || {
+                let h = text(&bgd.bgctl(&["history", "--json"]).stdout);
+                h.contains("rolled back automatically").then_some(())
+            },
+        );
+        // No restart loop of the dead build, and the standby is what serves.
+        std::thread::sleep(Duration::from_millis(1500)); // let a loop show, if there were one
+        let st = bgd.status();
+        assert_eq!(st["green"]["restarts"], 0, "{case}: {st}");
+        assert_eq!(st["live"], "blue", "{case}: {st}");
+        let samples = load.finish();
+        let late: Vec<_> = samples
+            .iter()
+            .filter(|s| s.started > switched)
+            .filter(|s| !s.result.as_ref().is_ok_and(|b| release_of(b) == Some(1)))
+            .collect();
+        assert!(
+            late.is_empty(),
+            "{case}: {} requests after the switch back failed or went elsewhere: {:?}",
+            late.len(),
+            late.first().map(|s| &s.result)
+        );
+        let failed = samples.iter().filter(|s| s.result.is_err()).count();
+        assert!(failed <= 8, "{case}: {failed} of {} failed (at most the 8 clients' requests in flight on the dying build)", samples.len());
+        if case == "failed checks" {
+            assert_eq!(
+                failed, 0,
+                "{case}: a sick build that still serves costs no request"
+            );
+        }
+    }
+}
