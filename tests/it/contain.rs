@@ -131,6 +131,7 @@ fn a_stuck_setsid_worker_is_killed_at_the_drain_deadline() {
         let mut bgd = Bgd::start(Setup {
             drain_timeout: "2s",
             bgd_env: env,
+            tail: NO_STANDBY.into(),
             ..Setup::default()
         });
         bgd.release(&wrapped_build(bgd.dir.path(), "b1", "v1", STUCK_WORKER));

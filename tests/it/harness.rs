@@ -45,6 +45,11 @@ pub fn wait_until<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Opti
     }
 }
 
+/// `Setup::tail` for a test about the old color's drain itself: without
+/// the standby that `traffic.standby` keeps by default (30 s), the old
+/// color drains right after the swap, as a release with `standby = "0s"`.
+pub const NO_STANDBY: &str = "\n[traffic]\nstandby = \"0s\"\n";
+
 /// Settings a test varies; the rest of the config is fixed.
 #[derive(Clone)]
 pub struct Setup {
