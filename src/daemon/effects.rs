@@ -196,6 +196,13 @@ impl Daemon {
             // Dropped before the event, so its pgid record is gone before
             // the daemon can start this color again.
             drop(proc);
+            // What it left queued (it was frozen or wedged, and killed) goes
+            // to the live color, or is reset: the next build of this color
+            // never finds it (issue 25). Before the event: a start of this
+            // color waits for it.
+            if quiet && ctx.listeners.accept_queue(color) > 0 {
+                crate::supervise::rescue::rescue(ctx.listeners.clone(), color).await;
+            }
             let _ = events.send(Event::Drained(Drained {
                 color,
                 pid,

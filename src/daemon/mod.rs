@@ -124,6 +124,7 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
         contain,
     });
     tokio::spawn(control::serve(control, access, sink(&tx, Event::Control)));
+    tokio::spawn(guard_sockets(ctx.listeners.clone()));
     if systemd::under_systemd() {
         tokio::spawn(tick(tx.clone()));
     }
@@ -167,6 +168,27 @@ async fn tick(tx: UnboundedSender<Event>) {
         }
     }
 }
+
+/// Every [`GUARD_EVERY`]: the app's sockets and the steering program are
+/// put right, and other processes in bgd's socket groups reported
+/// (`net/listen/guard.rs`). Off the loop, on the blocking pool.
+async fn guard_sockets(listeners: Arc<Listeners>) {
+    let mut interval = tokio::time::interval(GUARD_EVERY);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let l = listeners.clone();
+        if tokio::task::spawn_blocking(move || l.guard())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// How often the sockets' groups are looked at.
+const GUARD_EVERY: Duration = Duration::from_secs(2);
 
 /// The longest gap between ticks under systemd.
 const TICK: Duration = Duration::from_secs(5);

@@ -48,6 +48,15 @@ pub fn leader_runs(pid: Pid) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether the process `pid` is stopped (state `T` or `t` in
+/// /proc/PID/stat: SIGSTOP, or a tracer).
+pub fn stopped(pid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')')?.1.trim_start().chars().next())
+        .is_some_and(|state| state == 'T' || state == 't')
+}
+
 pub struct AppProcess {
     pub color: Color,
     /// Also the process group id.

@@ -296,3 +296,122 @@ fn a_build_that_dies_right_after_going_live_hands_the_traffic_back() {
         }
     }
 }
+
+/// One GET over a new connection that gives up after `secs` (closing the
+/// connection, as a client that stops waiting does).
+fn get_giving_up(addr: &str, path: &str, secs: u64) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(secs)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let code = resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// The example app, logging every request it serves.
+const LOGS_REQUESTS: &str = "import os\nos.environ[\"HELLO_DEBUG\"] = \"1\"\n";
+
+/// `kill -STOP` of the live app. Clients that connect meanwhile wait in
+/// its queue; the repeated checks report it frozen (status and log). A
+/// release then makes blue live; the frozen green is killed at
+/// drain_timeout, and its queue never reaches a later build: a client that
+/// still waits is served by the live color, one that gave up is reset and
+/// its request is executed by no one. Two cases: no standby (the operator
+/// releases), and the default standby (bgd switches back by itself once the
+/// checks fail).
+#[test]
+fn a_frozen_live_app_is_reported_and_its_queue_is_never_replayed() {
+    for standby in [false, true] {
+        let bgd = Bgd::start(Setup {
+            health: "http = \"/healthz\"\ntimeout = \"3s\"\ninterval = \"1s\"\nfailures = 2".into(),
+            drain_timeout: "2s",
+            tail: if standby {
+                String::new()
+            } else {
+                NO_STANDBY.into()
+            },
+            ..Setup::default()
+        });
+        let dir = bgd.dir.path().to_path_buf();
+        bgd.release(&wrapped_build(&dir, "b1", "v1", LOGS_REQUESTS));
+        bgd.release(&wrapped_build(&dir, "b2", "v2", LOGS_REQUESTS));
+        let addr = bgd.addr();
+        let green = bgd.status()["green"]["pid"].as_i64().unwrap() as i32;
+        // SAFETY: kill(2) of the app bgd started for this test.
+        unsafe { libc::kill(green, libc::SIGSTOP) };
+        let gave_up: Vec<_> = (0..4)
+            .map(|i| {
+                let addr = addr.clone();
+                std::thread::spawn(move || get_giving_up(&addr, &format!("/gaveup{i}"), 1))
+            })
+            .collect();
+        for g in gave_up {
+            assert!(
+                g.join().unwrap().is_err(),
+                "{standby}: a frozen app answered"
+            );
+        }
+        let waiting = {
+            let addr = addr.clone();
+            std::thread::spawn(move || get_giving_up(&addr, "/", 60))
+        };
+        let expect = if standby {
+            // The checks fail: bgd switches back to blue by itself.
+            wait_until("the switch back", Duration::from_secs(30), || {
+                (bgd.status()["live"] == "blue").then_some(())
+            });
+            1
+        } else {
+            let st = wait_until(
+                "the checks to report green frozen",
+                Duration::from_secs(30),
+                || {
+                    let st = bgd.status();
+                    let frozen = st["green"]["last_check_failure"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("is stopped (SIGSTOP"));
+                    (frozen && st["green"]["failing_checks"].as_u64() >= Some(2)).then_some(st)
+                },
+            );
+            assert!(st["green"]["failing_checks"].as_u64() >= Some(2), "{st}");
+            assert!(bgd.log().contains("is stopped (SIGSTOP"), "{}", bgd.log());
+            bgd.release(&wrapped_build(&dir, "b3", "v3", LOGS_REQUESTS));
+            3
+        };
+        let (code, body) = waiting
+            .join()
+            .unwrap()
+            .expect("the waiting client is served");
+        assert_eq!(
+            (code, release_of(&body)),
+            (200, Some(expect)),
+            "{standby}: {body}"
+        );
+        wait_until("green to stop", Duration::from_secs(20), || {
+            (bgd.status()["green"]["state"] == "stopped").then_some(())
+        });
+        // The next build of green finds nothing queued: no request that a
+        // client gave up on is executed by anyone.
+        bgd.release(&wrapped_build(&dir, "b4", "v4", LOGS_REQUESTS));
+        std::thread::sleep(Duration::from_millis(500)); // let a replayed request show in the log, if any
+        let logs = text(&bgd.bgctl(&["logs", "-n", "2000"]).stdout);
+        assert!(
+            !logs.contains("/gaveup"),
+            "{standby}: a request given up was executed:\n{logs}"
+        );
+        assert!(
+            bgd.log().contains("reset, their requests not executed"),
+            "{standby}: {}",
+            bgd.log()
+        );
+    }
+}

@@ -109,5 +109,6 @@ mod metrics;
 mod operations;
 mod releases;
 mod servers;
+mod sockets;
 mod systemd;
 mod watch;
