@@ -87,6 +87,7 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
         .with_context(|| format!("cannot create root {}", root.display()))?;
     let _lock = lock_root(&root)?;
     let contain = Arc::new(crate::supervise::contain::Containment::setup(&root));
+    contain.remove_stale_steps();
     // What a previous bgd left running is adopted, or killed.
     let (found, held) = crate::supervise::adoption::find(&root, &contain);
     let inherited = if inherited.is_empty() {
@@ -144,6 +145,7 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
     let ctx = daemon.ctx;
     let _ = std::fs::remove_file(&ctx.config.fixed.control);
     ctx.listeners.remove_unix_paths();
+    ctx.contain.remove_tree();
     tracing::info!("bgd stopped");
     Ok(())
 }
