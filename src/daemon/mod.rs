@@ -57,6 +57,11 @@ pub(crate) enum Event {
     Watch(watch::Settled),
     /// A drain stopped a color's process.
     Drained(Drained),
+    /// A drain sent its stop signal to a color's process.
+    Signalled(Color, Pid),
+    /// A drain's answer to a reclaim: the process, handed back before its
+    /// stop signal, or `None`.
+    Reclaimed(Color, Option<AppProcess>),
     /// A color's main process exited.
     Exited(Exited),
     /// The backoff before restarting a dead live color has passed.
@@ -266,6 +271,9 @@ struct Daemon {
     /// connections). A watch, so a launch that is aborted while it waits
     /// takes nothing away from the next one.
     rescues: HashMap<Color, tokio::sync::watch::Receiver<bool>>,
+    /// Each running drain, by the pid it stops: a message asks it to hand
+    /// the process back if it has not sent its stop signal (`Effect::Reclaim`).
+    drains: HashMap<Pid, tokio::sync::mpsc::UnboundedSender<()>>,
     /// bgd's own program, for `bgctl reexec`.
     program: Program,
     /// The history's writer, which keeps the records' order.
@@ -360,6 +368,7 @@ impl Daemon {
             clients: Clients::default(),
             tasks: HashMap::new(),
             rescues: HashMap::new(),
+            drains: HashMap::new(),
             watch: Watching {
                 saved: crate::store::operator::load(&root),
                 ..Watching::default()
@@ -377,6 +386,8 @@ impl Daemon {
                 Event::Task(report) => self.on_task_report(report),
                 Event::Watch(settled) => self.on_watch_settled(settled),
                 Event::Drained(d) => self.on_drained(d),
+                Event::Signalled(color, pid) => self.feed(Input::Signalled { color, pid }),
+                Event::Reclaimed(color, process) => self.on_reclaimed(color, process),
                 Event::Exited(e) => self.feed(Input::Exited(e)),
                 Event::RestartDue(color) => self.feed(Input::RestartDue { color }),
                 Event::Due => self.feed(Input::Due),
@@ -452,7 +463,16 @@ impl Daemon {
         }
     }
 
+    /// A drain handed its process back (or could not): to the core.
+    fn on_reclaimed(&mut self, color: Color, process: Option<AppProcess>) {
+        if let Some(p) = &process {
+            self.drains.remove(&p.pid);
+        }
+        self.feed(Input::Reclaimed { color, process });
+    }
+
     fn on_drained(&mut self, d: Drained) {
+        self.drains.remove(&d.pid);
         self.feed(Input::Drained(d));
         // An app may unlink its socket path when it stops.
         for m in self.ctx.listeners.keep_public_paths() {
@@ -515,6 +535,8 @@ fn policy_of(config: &Config, listeners: &Listeners) -> crate::deploy::Policy {
         failures: config.health.failures,
         no_split: listeners.no_split(),
         keep: config.keep,
+        drain_delay: config.app.drain_delay,
+        drain_timeout: config.app.drain_timeout,
     }
 }
 

@@ -63,6 +63,13 @@ pub enum Input<P> {
     RestartDue { color: Color },
     /// SIGTERM or SIGINT.
     Stop,
+    /// A drain sent its stop signal to `color`'s process `pid`: from now on
+    /// it can no longer be switched back to (see `reclaim.rs`).
+    Signalled { color: Color, pid: Pid },
+    /// The answer to [`Effect::Reclaim`](super::Effect::Reclaim): the
+    /// draining process, handed back before its stop signal, or `None`
+    /// (it was signalled, or is gone).
+    Reclaimed { color: Color, process: Option<P> },
 }
 
 /// What a release, rollback or restart task reports, in this order:

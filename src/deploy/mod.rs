@@ -39,6 +39,7 @@ mod input;
 pub mod kept;
 mod liveness;
 mod phase;
+mod reclaim;
 pub mod record;
 mod restart;
 pub mod rollout;
@@ -206,6 +207,12 @@ pub enum Effect<P> {
     Forget(Vec<u64>),
     /// Kill a process nobody needs any more (its whole group, SIGKILL).
     Discard(P),
+    /// Ask the drain of `color`'s process `pid` to hand it back if it has
+    /// not sent its stop signal yet; answered with [`Input::Reclaimed`].
+    Reclaim {
+        color: Color,
+        pid: Pid,
+    },
     /// SIGKILL this process group now.
     Kill {
         color: Color,
@@ -279,6 +286,11 @@ pub struct Core<P> {
     /// The live color's bake window, if it runs.
     bake: Option<Bake>,
     shutdown: Shutdown,
+    /// Draining processes that got their stop signal, and the moment their
+    /// drain ends at the latest (`drain_timeout` after it).
+    signalled: Vec<(Pid, SystemTime)>,
+    /// A rollback waiting for a draining color to be handed back.
+    reclaiming: Option<reclaim::Reclaiming>,
     ready_sent: bool,
     next_task: TaskId,
     /// Effects of the input being handled.
@@ -298,6 +310,8 @@ impl<P: Process> Core<P> {
             canary: None,
             bake: None,
             shutdown: Shutdown::Running,
+            signalled: Vec::new(),
+            reclaiming: None,
             ready_sent: false,
             next_task: FIRST_OTHER_TASK,
             out: Vec::new(),
@@ -345,6 +359,8 @@ impl<P: Process> Core<P> {
             Input::Exited(e) => self.on_exited(now, e),
             Input::RestartDue { color } => self.on_restart_due(now, color),
             Input::Stop => self.on_stop(now),
+            Input::Signalled { color, pid } => self.on_signalled(now, color, pid),
+            Input::Reclaimed { color, process } => self.on_reclaimed(now, color, process),
         }
         std::mem::take(&mut self.out)
     }

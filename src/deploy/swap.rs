@@ -228,6 +228,7 @@ impl<P: Process> Core<P> {
             forced,
         } = d;
         self.log(Level::Info, format!("{color} stopped ({exit})"));
+        self.forget_signal(pid);
         let forced = forced.map(|d| {
             let m = format!(
                 "{color} was killed after drain_timeout ({}): requests still in flight were cut",

@@ -281,6 +281,7 @@ fn words(effects: &[Effect<Proc>]) -> Vec<String> {
                 Effect::Forget(ids) => format!("forget {ids:?}"),
                 Effect::Drain { color, process } => format!("drain {color} {}", process.0),
                 Effect::Discard(p) => format!("discard {}", p.0),
+                Effect::Reclaim { color, pid } => format!("reclaim {color} {pid}"),
                 Effect::Kill { pid, .. } => format!("kill {pid}"),
                 Effect::RestartAfter { color, delay } => {
                     format!("restart {color} after {}ms", delay.as_millis())
@@ -469,7 +470,7 @@ fn a_release_waits_for_the_dormant_color_to_finish_draining() {
     assert!(t.core.busy(), "auto-release waits too");
     let effects = t.send(release("/builds/next"));
     assert_eq!(words(&effects), ["reply error Busy"]);
-    assert!(error_message(&effects).contains("green (pid 200) is still draining"));
+    assert!(error_message(&effects).contains("green (pid 200) is draining"));
     t.send(drained(Color::Green, NEW));
     assert_eq!(t.says(release("/builds/next")), ["commit"]);
 }

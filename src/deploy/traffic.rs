@@ -56,6 +56,10 @@ pub struct Policy {
     pub no_split: Option<String>,
     /// `keep`: good releases whose copies stay, besides the ones in use.
     pub keep: usize,
+    /// `app.drain_delay` and `app.drain_timeout`: how long a drain can
+    /// take, for the refusals that wait on one.
+    pub drain_delay: std::time::Duration,
+    pub drain_timeout: std::time::Duration,
 }
 
 impl Default for Policy {
@@ -65,6 +69,8 @@ impl Default for Policy {
             failures: 3,
             no_split: None,
             keep: crate::deploy::kept::DEFAULT_KEEP,
+            drain_delay: std::time::Duration::from_secs(30),
+            drain_timeout: std::time::Duration::from_secs(30),
         }
     }
 }

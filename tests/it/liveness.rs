@@ -415,3 +415,111 @@ fn a_frozen_live_app_is_reported_and_its_queue_is_never_replayed() {
         );
     }
 }
+
+/// A long-lived connection (as a WebSocket is) open on v1: one request,
+/// kept open. Returns the stream.
+fn long_lived(addr: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET / HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let (mut got, mut buf) = (String::new(), [0u8; 4096]);
+    while !got.contains("release=1") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed: {got}");
+        got += &String::from_utf8_lossy(&buf[..n]);
+    }
+    s
+}
+
+/// The named case: a long-lived connection keeps v1 (blue) draining after
+/// a release (no standby, drain_delay 30 s). Before its stop signal, blue
+/// is as good as a standby: `bgctl rollback` switches back to it at once
+/// (no start), the release that made green live ends, and not one request
+/// fails. Then the case found beside it: once blue got its stop signal (a
+/// slow request holds its drain), a rollback and a release are refused
+/// (exit 4) saying by when the drain ends at the latest.
+#[test]
+fn a_rollback_while_the_old_color_drains() {
+    let bgd = Bgd::start(Setup {
+        drain_delay: "30s",
+        drain_timeout: "30s",
+        tail: NO_STANDBY.into(),
+        ..Setup::default()
+    });
+    let dir = bgd.dir.path().to_path_buf();
+    bgd.release(&example_build(&dir, "b1", "v1"));
+    let addr = bgd.addr();
+    let _ws = long_lived(&addr);
+    let blue = bgd.status()["blue"]["pid"].as_u64();
+    let load = Load::start(&addr, 0, 4);
+    let release = bgd.release_in_background(&example_build(&dir, "b2", "v2"));
+    wait_until("blue to drain", Duration::from_secs(20), || {
+        let st = bgd.status();
+        (st["blue"]["state"] == "draining" && st["live"] == "green").then_some(())
+    });
+    let began = std::time::Instant::now();
+    let out = bgd.bgctl(&["rollback"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "the rollback waited for the drain"
+    );
+    let st = bgd.status();
+    assert_eq!(
+        (&st["live"], &st["blue"]["state"]),
+        (&"blue".into(), &"live".into()),
+        "{st}"
+    );
+    assert_eq!(
+        st["blue"]["pid"].as_u64(),
+        blue,
+        "a process was started: {st}"
+    );
+    let out = release.join().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (code, body) = get(&addr, "/").unwrap();
+    assert_eq!((code, release_of(&body)), (200, Some(1)));
+    load.finish_clean();
+    drop(_ws);
+
+    // Once signalled: refused, with by when.
+    let bgd = Bgd::start(Setup {
+        drain_delay: "1s",
+        drain_timeout: "30s",
+        tail: NO_STANDBY.into(),
+        ..Setup::default()
+    });
+    bgd.release(&example_build(&dir, "c1", "v1"));
+    let addr = bgd.addr();
+    let slow = {
+        let addr = addr.clone();
+        std::thread::spawn(move || get(&addr, "/slow?ms=8000"))
+    };
+    std::thread::sleep(Duration::from_millis(300)); // the slow request reaches blue
+    let release = bgd.release_in_background(&example_build(&dir, "c2", "v2"));
+    wait_until("blue's stop signal", Duration::from_secs(20), || {
+        bgd.log().contains("sending SIGTERM").then_some(())
+    });
+    wait_until("the core to know it", Duration::from_secs(5), || {
+        let out = bgd.bgctl(&["rollback"]);
+        let err = text(&out.stderr);
+        (out.status.code() == Some(4) && err.contains("got its stop signal")).then_some(err)
+    });
+    let out = bgd.bgctl(&["rollback"]);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("at the latest") && err.contains("drain_timeout 30s"),
+        "{err}"
+    );
+    let out = bgd.bgctl(&["release", example_build(&dir, "c3", "v3").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("got its stop signal"),
+        "{}",
+        text(&out.stderr)
+    );
+    let (code, _) = slow.join().unwrap().unwrap();
+    assert_eq!(code, 200, "the slow request finished during the drain");
+    assert!(release.join().unwrap().status.success());
+}

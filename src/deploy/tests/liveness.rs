@@ -143,3 +143,68 @@ fn after_the_standby_window_a_crash_restarts() {
         "{said:?}"
     );
 }
+
+// ---- rollback while the old color drains ----
+
+/// Blue live (OLD), a release to green (NEW) swapped: blue drains (no
+/// standby), the release is in its drain.
+fn draining() -> T {
+    let mut t = T::blue_live();
+    t.swap();
+    assert!(matches!(t.phase(Color::Blue), ColorPhase::Draining { .. }));
+    t
+}
+
+/// Before its stop signal the draining color is taken back: the release
+/// ends, and the rollback switches to blue at once, starting nothing.
+#[test]
+fn a_rollback_before_the_stop_signal_takes_the_draining_color_back() {
+    let mut t = draining();
+    let said = t.says(rollback());
+    assert_eq!(said, ["reclaim blue 100", "reply progress swap"]);
+    let said = t.says(Input::Reclaimed {
+        color: Color::Blue,
+        process: Some(Proc(OLD)),
+    });
+    assert!(said.contains(&"reply done".to_string()), "{said:?}");
+    assert!(said.contains(&"commit".to_string()), "{said:?}");
+    assert!(!said.iter().any(|w| w.starts_with("launch")), "{said:?}");
+    let said = t.says(Input::Committed(Ok(())));
+    assert!(said.contains(&"steer blue".to_string()), "{said:?}");
+    assert!(said.contains(&"drain green 200".to_string()), "{said:?}");
+    assert_eq!(t.core.state().live, Some(Color::Blue));
+}
+
+/// Once signalled, it is going away: the rollback is refused with how long
+/// the drain can still take; so is a release. A drain that was signalled
+/// while the reclaim was asked for answers `None`: refused the same way.
+#[test]
+fn after_the_stop_signal_a_rollback_is_refused_with_the_time_left() {
+    let mut t = draining();
+    t.send(Input::Signalled {
+        color: Color::Blue,
+        pid: Pid::from_raw(OLD),
+    });
+    let effects = t.send(rollback());
+    assert_eq!(words(&effects), ["reply error Busy"]);
+    let m = error_message(&effects);
+    assert!(
+        m.contains("got its stop signal") && m.contains("at the latest"),
+        "{m}"
+    );
+    let effects = t.send(release("/builds/fix"));
+    let m = error_message(&effects);
+    assert!(m.contains("got its stop signal"), "{m}");
+
+    let mut t = draining();
+    assert_eq!(
+        t.says(rollback()),
+        ["reclaim blue 100", "reply progress swap"]
+    );
+    let effects = t.send(Input::Reclaimed {
+        color: Color::Blue,
+        process: None,
+    });
+    assert_eq!(words(&effects), ["reply error Busy"]);
+    assert!(error_message(&effects).contains("is draining"));
+}
