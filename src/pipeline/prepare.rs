@@ -128,12 +128,7 @@ async fn still_running(ctx: &Ctx, app: &AppProcess) -> Result<(), String> {
     let exit = tokio::time::timeout(Duration::from_millis(500), app.exited())
         .await
         .unwrap_or(crate::deploy::Exit::Unknown);
-    let strays = ctx
-        .contain
-        .members(app.color, app.pid)
-        .into_iter()
-        .filter(|p| *p != app.pid)
-        .count();
+    let strays = strays(ctx, app);
     Err(crate::deploy::daemonized(
         app.color,
         app.pid.as_raw(),
@@ -321,15 +316,16 @@ async fn wait_ready(
     }
 }
 
+/// How many processes of `app`'s color run besides its main process.
+fn strays(ctx: &Ctx, app: &AppProcess) -> usize {
+    let members = ctx.contain.members(app.color, app.pid);
+    members.into_iter().filter(|p| *p != app.pid).count()
+}
+
 /// Why a color whose main process exited during the readiness wait
 /// failed; when others of its processes run on, it daemonized.
 fn exited_early(ctx: &Ctx, app: &AppProcess, exit: crate::deploy::Exit) -> String {
-    let strays = ctx
-        .contain
-        .members(app.color, app.pid)
-        .into_iter()
-        .filter(|p| *p != app.pid)
-        .count();
+    let strays = strays(ctx, app);
     let m = format!("{} exited during the readiness wait ({exit})", app.color);
     match strays {
         0 => m,

@@ -415,8 +415,17 @@ pub fn text(b: &[u8]) -> String {
 
 /// One GET over a new connection; returns (status, body).
 pub fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    get_within(addr, path, Duration::from_secs(10))
+}
+
+/// One GET over a new connection that gives up (and closes it, as a client
+/// that stops waiting does) after `wait` to connect and again to answer.
+pub fn get_within(addr: &str, path: &str, wait: Duration) -> std::io::Result<(u16, String)> {
+    let mut s = match addr.parse::<std::net::SocketAddr>() {
+        Ok(to) => TcpStream::connect_timeout(&to, wait)?,
+        Err(_) => TcpStream::connect(addr)?, // a host name
+    };
+    s.set_read_timeout(Some(wait))?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"

@@ -9,27 +9,6 @@ use std::time::Duration;
 use crate::harness::*;
 use crate::load::Load;
 
-/// One GET over a new connection that gives up after 2 s.
-fn quick_get(addr: &str) -> std::io::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let a: std::net::SocketAddr = addr.parse().unwrap();
-    let mut s = std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(
-        s,
-        "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let code = resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Ok((
-        code,
-        resp.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default(),
-    ))
-}
-
 /// Kills a helper process when the test ends, passed or not.
 struct KillOnDrop(std::process::Child);
 
@@ -43,7 +22,7 @@ impl Drop for KillOnDrop {
 /// `n` new-connection GETs in a row that the live release answers.
 fn all_served(addr: &str, n: usize, release: u64) -> Result<(), String> {
     for i in 0..n {
-        match quick_get(addr) {
+        match get_within(addr, "/", Duration::from_secs(2)) {
             Ok((200, body)) if release_of(&body) == Some(release) => {}
             other => return Err(format!("request {i} of {n}: {other:?}")),
         }

@@ -177,9 +177,8 @@ pub(super) fn refuse_taken(c: &ListenConfig) -> anyhow::Result<()> {
     };
     if let Some(e) = table.iter().find(|e| overlaps(e.local, addr)) {
         anyhow::bail!(
-            "{}: cannot use [[listen]] {:?} at {addr}: address in use by another process: {}. \
-             Its socket may share the port with bgd's (SO_REUSEPORT), and each would then steer the other's connections: \
-             stop that process, or give this bgd another address",
+            "{}: cannot use [[listen]] {:?} at {addr}: address in use by another process: {} \
+             (another process holds this address: stop it or pick another port; sharing it through SO_REUSEPORT, each would steer the other's connections)",
             c.location,
             c.name,
             holders(e.inode)
