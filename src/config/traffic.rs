@@ -72,8 +72,13 @@ pub(super) fn rollout_policy(
             .map_err(|(i, e)| src.fail(s.span(), format!("traffic.steps[{i}]: {e}")))?,
         None => Vec::new(),
     };
+    // Unset: the default standby in gate mode; shared mode cannot keep one.
+    let standby = match (&t.standby, mode) {
+        (None, TrafficMode::Gate) => rollout::DEFAULT_STANDBY,
+        _ => duration(&t.standby),
+    };
     let r = Rollout {
-        standby: duration(&t.standby),
+        standby,
         bake: duration(&t.bake),
         steps,
     };
@@ -137,7 +142,14 @@ mod tests {
     #[test]
     fn the_rollout_keys_say_what_they_need() {
         let c = parse(GOOD).unwrap();
-        assert_eq!(c.rollout, Rollout::default());
+        let standby = crate::deploy::rollout::DEFAULT_STANDBY;
+        assert_eq!(
+            c.rollout,
+            Rollout {
+                standby,
+                ..Rollout::default()
+            }
+        );
         assert_eq!((c.health.interval, c.health.failures), (Duration::ZERO, 3));
         let with =
             |health: &str, traffic: &str| parse(&format!("{GOOD}{health}\n[traffic]\n{traffic}\n"));
@@ -155,7 +167,8 @@ mod tests {
         );
         for (health, traffic, says) in [
             ("interval = \"5s\"", "standby = \"1m\"\nbake = \"2m\"", "traffic.bake (2m) is longer than traffic.standby (1m)"),
-            ("interval = \"5s\"", "bake = \"2m\"", "longer than traffic.standby (0s)"),
+            ("interval = \"5s\"", "bake = \"2m\"", "longer than traffic.standby (30s)"),
+            ("interval = \"5s\"", "standby = \"0s\"\nbake = \"2m\"", "longer than traffic.standby (0s)"),
             ("", "standby = \"10m\"\nbake = \"2m\"", "traffic.bake watches the new color's health checks every health.interval, which is off"),
             ("interval = \"5s\"", "steps = [\"50%:1m\", \"10%:1m\"]", "traffic.steps[1]: canary steps must increase"),
             ("interval = \"5s\"", "steps = [\"half\"]", "traffic.steps[0]: bad canary step \"half\""),

@@ -74,6 +74,12 @@ impl Daemon {
             Effect::Launch(launch) => self.launch(launch),
             Effect::Abort(task) => self.abort(task),
             Effect::Drain { color, process } => self.drain(color, process),
+            Effect::Reclaim { color, pid } => {
+                let asked = self.drains.get(&pid).is_some_and(|d| d.send(()).is_ok());
+                if !asked {
+                    let _ = self.events.send(Event::Reclaimed(color, None));
+                }
+            }
             Effect::Forget(ids) => self.forget(ids),
             // Dropping a process whose group may still run kills the group.
             Effect::Discard(process) => drop(process),
@@ -183,20 +189,55 @@ impl Daemon {
 
     /// Stops `proc` (after a quiesce, in gate mode, if it no longer
     /// receives connections), then reports it.
-    fn drain(&self, color: Color, proc: AppProcess) {
+    fn drain(&mut self, color: Color, proc: AppProcess) {
         let ctx = self.ctx.clone();
         let quiet = ctx.config.fixed.traffic == TrafficMode::Gate
             && ctx.listeners.receiving() != Some(color);
         let events = self.events.clone();
+        let (ask, mut asked) = tokio::sync::mpsc::unbounded_channel::<()>();
+        self.drains.insert(proc.pid, ask);
         tokio::spawn(async move {
             let app = &ctx.config.app;
             let (sig, delay, deadline) = (app.stop_signal, app.drain_delay, app.drain_timeout);
             let pid = proc.pid;
-            let stopped =
-                drain::stop(ctx.listeners.clone(), &proc, quiet, delay, sig, deadline).await;
+            if quiet {
+                // Until its stop signal it can be taken back (a rollback).
+                let listeners = ctx.listeners.clone();
+                tokio::select! {
+                    left = drain::quiesce(listeners, color, pid.as_raw(), delay) => {
+                        if !left.is_empty() {
+                            tracing::info!(%color, "after app.drain_delay ({}): {left}; sending {sig}", humantime::format_duration(delay));
+                        }
+                    }
+                    Some(()) = asked.recv() => {
+                        let _ = events.send(Event::Reclaimed(color, Some(proc)));
+                        return;
+                    }
+                }
+            }
+            let _ = events.send(Event::Signalled(color, pid));
+            let stopped = {
+                let stop = drain::stop(ctx.listeners.clone(), &proc, false, delay, sig, deadline);
+                tokio::pin!(stop);
+                loop {
+                    tokio::select! {
+                        s = &mut stop => break s,
+                        Some(()) = asked.recv() => {
+                            let _ = events.send(Event::Reclaimed(color, None));
+                        }
+                    }
+                }
+            };
             // Dropped before the event, so its pgid record is gone before
             // the daemon can start this color again.
             drop(proc);
+            // What it left queued (it was frozen or wedged, and killed) goes
+            // to the live color, or is reset: the next build of this color
+            // never finds it (issue 25). Before the event: a start of this
+            // color waits for it.
+            if quiet && ctx.listeners.accept_queue(color) > 0 {
+                crate::supervise::rescue::rescue(ctx.listeners.clone(), color).await;
+            }
             let _ = events.send(Event::Drained(Drained {
                 color,
                 pid,

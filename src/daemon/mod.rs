@@ -58,6 +58,11 @@ pub(crate) enum Event {
     Watch(watch::Settled),
     /// A drain stopped a color's process.
     Drained(Drained),
+    /// A drain sent its stop signal to a color's process.
+    Signalled(Color, Pid),
+    /// A drain's answer to a reclaim: the process, handed back before its
+    /// stop signal, or `None`.
+    Reclaimed(Color, Option<AppProcess>),
     /// A color's main process exited.
     Exited(Exited),
     /// The backoff before restarting a dead live color has passed.
@@ -88,6 +93,7 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
         .with_context(|| format!("cannot create root {}", root.display()))?;
     let _lock = lock_root(&root)?;
     let contain = Arc::new(crate::supervise::contain::Containment::setup(&root));
+    contain.remove_stale_steps();
     // What a previous bgd left running is adopted, or killed.
     let (found, held) = crate::supervise::adoption::find(&root, &contain);
     // A pause's holder keeps the sockets (and the connections waiting on
@@ -131,6 +137,7 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
         contain,
     });
     tokio::spawn(control::serve(control, access, sink(&tx, Event::Control)));
+    tokio::spawn(guard_sockets(ctx.listeners.clone()));
     if systemd::under_systemd() {
         tokio::spawn(tick(tx.clone()));
     }
@@ -150,6 +157,7 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
     let ctx = daemon.ctx;
     let _ = std::fs::remove_file(&ctx.config.fixed.control);
     ctx.listeners.remove_unix_paths();
+    ctx.contain.remove_tree();
     tracing::info!("bgd stopped");
     Ok(())
 }
@@ -174,6 +182,27 @@ async fn tick(tx: UnboundedSender<Event>) {
         }
     }
 }
+
+/// Every [`GUARD_EVERY`]: the app's sockets and the steering program are
+/// put right, and other processes in bgd's socket groups reported
+/// (`net/listen/guard.rs`). Off the loop, on the blocking pool.
+async fn guard_sockets(listeners: Arc<Listeners>) {
+    let mut interval = tokio::time::interval(GUARD_EVERY);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let l = listeners.clone();
+        if tokio::task::spawn_blocking(move || l.guard())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// How often the sockets' groups are looked at.
+const GUARD_EVERY: Duration = Duration::from_secs(2);
 
 /// The longest gap between ticks under systemd.
 const TICK: Duration = Duration::from_secs(5);
@@ -215,6 +244,15 @@ impl Process for AppProcess {
     fn pid(&self) -> Pid {
         self.pid
     }
+
+    /// Its recorded exit, or, if its exit event has not been handled yet,
+    /// what /proc says at this moment (a zombie or no process: exited).
+    fn exited(&self) -> Option<crate::deploy::Exit> {
+        self.exit_status().or_else(|| {
+            (!crate::supervise::process::leader_runs(self.pid))
+                .then_some(crate::deploy::Exit::Unknown)
+        })
+    }
 }
 
 /// A running release, rollback or restart task.
@@ -240,6 +278,9 @@ struct Daemon {
     /// connections). A watch, so a launch that is aborted while it waits
     /// takes nothing away from the next one.
     rescues: HashMap<Color, tokio::sync::watch::Receiver<bool>>,
+    /// Each running drain, by the pid it stops: a message asks it to hand
+    /// the process back if it has not sent its stop signal (`Effect::Reclaim`).
+    drains: HashMap<Pid, tokio::sync::mpsc::UnboundedSender<()>>,
     /// bgd's own program, for `bgctl reexec`.
     program: Program,
     /// The history's writer, which keeps the records' order.
@@ -334,6 +375,7 @@ impl Daemon {
             clients: Clients::default(),
             tasks: HashMap::new(),
             rescues: HashMap::new(),
+            drains: HashMap::new(),
             watch: Watching {
                 saved: crate::store::operator::load(&root),
                 ..Watching::default()
@@ -351,6 +393,8 @@ impl Daemon {
                 Event::Task(report) => self.on_task_report(report),
                 Event::Watch(settled) => self.on_watch_settled(settled),
                 Event::Drained(d) => self.on_drained(d),
+                Event::Signalled(color, pid) => self.feed(Input::Signalled { color, pid }),
+                Event::Reclaimed(color, process) => self.on_reclaimed(color, process),
                 Event::Exited(e) => self.feed(Input::Exited(e)),
                 Event::RestartDue(color) => self.feed(Input::RestartDue { color }),
                 Event::Due => self.feed(Input::Due),
@@ -428,7 +472,16 @@ impl Daemon {
         }
     }
 
+    /// A drain handed its process back (or could not): to the core.
+    fn on_reclaimed(&mut self, color: Color, process: Option<AppProcess>) {
+        if let Some(p) = &process {
+            self.drains.remove(&p.pid);
+        }
+        self.feed(Input::Reclaimed { color, process });
+    }
+
     fn on_drained(&mut self, d: Drained) {
+        self.drains.remove(&d.pid);
         self.feed(Input::Drained(d));
         // An app may unlink its socket path when it stops.
         for m in self.ctx.listeners.keep_public_paths() {
@@ -491,6 +544,8 @@ fn policy_of(config: &Config, listeners: &Listeners) -> crate::deploy::Policy {
         failures: config.health.failures,
         no_split: listeners.no_split(),
         keep: config.keep,
+        drain_delay: config.app.drain_delay,
+        drain_timeout: config.app.drain_timeout,
     }
 }
 

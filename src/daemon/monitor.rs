@@ -27,7 +27,9 @@ impl Daemon {
             let mut next = tokio::time::Instant::now() + every;
             loop {
                 tokio::time::sleep_until(next).await;
-                let result = crate::pipeline::health::check_once(&ctx, color, own, release).await;
+                let result = crate::pipeline::health::check_once(&ctx, color, own, release)
+                    .await
+                    .map_err(|e| e + &frozen(pid));
                 if events
                     .send(Event::Checked(Checked { color, pid, result }))
                     .is_err()
@@ -57,4 +59,14 @@ impl Daemon {
             let _ = events.send(Event::Due);
         });
     }
+}
+
+/// Why a color does not answer when its main process is stopped (SIGSTOP,
+/// or a debugger): said with each failed check, so status and the log
+/// report a frozen app as such. Empty otherwise.
+fn frozen(pid: Pid) -> String {
+    if !crate::supervise::process::stopped(pid) {
+        return String::new();
+    }
+    format!("; its main process (pid {pid}) is stopped (SIGSTOP or a debugger) and answers nothing: `kill -CONT {pid}` resumes it")
 }

@@ -47,6 +47,7 @@ impl Daemon {
             watch: self.watch.auto.as_ref().map(|a| self.watch_status(a)),
             metrics: self.telemetry.metrics_addr.map(|a| a.to_string()),
             paused: self.pause_status(),
+            socket_alerts: self.ctx.listeners.alerts(),
         }
     }
 

@@ -42,6 +42,14 @@ impl<P: Process> Core<P> {
             return busy("bgd is shutting down; nothing new is started".into());
         }
         if let Some(r) = &self.release {
+            if let ReleasePhase::Draining { old_pid, .. } = r.phase {
+                return busy(format!(
+                    "release {} is live on {}; {}",
+                    r.id,
+                    r.color,
+                    self.still_draining(r.color.other(), old_pid)
+                ));
+            }
             return busy(format!(
                 "{} of release {} is in progress (step {}, {} since {}): releases never overlap, so run this one again when it finishes (`bgctl status` shows progress)",
                 r.kind.name(), r.id, r.step(), r.color, crate::rfc3339(r.since)
@@ -55,9 +63,7 @@ impl<P: Process> Core<P> {
         }
         let color = self.dormant();
         if let ColorPhase::Draining { pid } = self.slot(color).phase {
-            return busy(format!(
-                "{color} (pid {pid}) is still draining: run this again once it has stopped (`bgctl status` shows it)"
-            ));
+            return busy(self.still_draining(color, pid));
         }
         self.pause_admits()
     }
@@ -215,6 +221,9 @@ impl<P: Process> Core<P> {
         client: Option<ClientId>,
         to: Option<String>,
     ) {
+        if to.is_none() && self.reclaim(client) {
+            return;
+        }
         if let Err(f) = self.admissible() {
             return self.refuse(client, f);
         }

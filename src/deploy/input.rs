@@ -67,6 +67,13 @@ pub enum Input<P> {
     Pause(super::PauseAsk),
     /// `bgctl resume`: the build live before the pause serves again.
     Resume { client: Option<ClientId> },
+    /// A drain sent its stop signal to `color`'s process `pid`: from now on
+    /// it can no longer be switched back to (see `reclaim.rs`).
+    Signalled { color: Color, pid: Pid },
+    /// The answer to [`Effect::Reclaim`](super::Effect::Reclaim): the
+    /// draining process, handed back before its stop signal, or `None`
+    /// (it was signalled, or is gone).
+    Reclaimed { color: Color, process: Option<P> },
 }
 
 /// What a release, rollback or restart task reports, in this order:

@@ -38,7 +38,9 @@ pub mod failure;
 mod input;
 pub mod kept;
 pub mod pause;
+mod liveness;
 mod phase;
+mod reclaim;
 pub mod record;
 mod restart;
 pub mod rollout;
@@ -54,6 +56,7 @@ pub use exit::Exit;
 pub use failure::{Failure, FailureKind, Step};
 pub use input::{Checked, Drained, Exited, Input, TaskReport};
 pub use pause::{PauseAsk, PauseView, Paused};
+pub use liveness::daemonized;
 pub use phase::{ColorPhase, Health, Kind, Release, ReleasePhase, Shutdown, Slot, Trigger};
 pub use record::{Record, StepTime};
 pub use traffic::{Bake, Canary, Policy, Shares};
@@ -96,6 +99,13 @@ impl Now {
 pub trait Process {
     /// The process leader's pid, also its process group id.
     fn pid(&self) -> Pid;
+
+    /// How the leader ended, once bgd knows it did (in memory: the reaper
+    /// set it); `None` while it runs. Read at the moment of a switch, so a
+    /// leader whose exit event is still on its way is not made live.
+    fn exited(&self) -> Option<Exit> {
+        None
+    }
 }
 
 /// What a release, rollback or restart task is asked to do.
@@ -199,6 +209,12 @@ pub enum Effect<P> {
     Forget(Vec<u64>),
     /// Kill a process nobody needs any more (its whole group, SIGKILL).
     Discard(P),
+    /// Ask the drain of `color`'s process `pid` to hand it back if it has
+    /// not sent its stop signal yet; answered with [`Input::Reclaimed`].
+    Reclaim {
+        color: Color,
+        pid: Pid,
+    },
     /// SIGKILL this process group now.
     Kill {
         color: Color,
@@ -291,6 +307,11 @@ pub struct Core<P> {
     shutdown: Shutdown,
     /// What a recorded pause (`state.pause`) needs beyond its record.
     pause: pause::PauseRun,
+    /// Draining processes that got their stop signal, and the moment their
+    /// drain ends at the latest (`drain_timeout` after it).
+    signalled: Vec<(Pid, SystemTime)>,
+    /// A rollback waiting for a draining color to be handed back.
+    reclaiming: Option<reclaim::Reclaiming>,
     ready_sent: bool,
     next_task: TaskId,
     /// Effects of the input being handled.
@@ -311,6 +332,8 @@ impl<P: Process> Core<P> {
             bake: None,
             shutdown: Shutdown::Running,
             pause: pause::PauseRun::default(),
+            signalled: Vec::new(),
+            reclaiming: None,
             ready_sent: false,
             next_task: FIRST_OTHER_TASK,
             out: Vec::new(),
@@ -360,6 +383,8 @@ impl<P: Process> Core<P> {
             Input::Stop => self.on_stop(now),
             Input::Pause(ask) => self.begin_pause(now, ask),
             Input::Resume { client } => self.resume(now, client),
+            Input::Signalled { color, pid } => self.on_signalled(now, color, pid),
+            Input::Reclaimed { color, process } => self.on_reclaimed(now, color, process),
         }
         self.pause_tick(now);
         std::mem::take(&mut self.out)

@@ -100,7 +100,11 @@ impl<P: Process> Core<P> {
         if self.shutdown != Shutdown::Running {
             return;
         }
-        if self.unhealthy(now, color, format!("it exited ({exit})")) {
+        let why = match strays {
+            0 => format!("it exited ({exit})"),
+            n => format!("it exited ({exit}) while {n} other process(es) of {color} ran on: the app daemonized"),
+        };
+        if self.unhealthy(now, color, why) {
             // Switching back to the standby (the rescue of what was queued
             // for this color follows the recorded switch, in `retire`).
             return;

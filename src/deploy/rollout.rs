@@ -33,6 +33,12 @@ pub struct Rollout {
     pub steps: Vec<CanaryStep>,
 }
 
+/// `traffic.standby` when the config does not set it (gate mode): the
+/// previous color stays warm this long after each swap, so a new color
+/// that dies within it hands the traffic back at once. Argo Rollouts keeps
+/// its previous ReplicaSet 30 s by default (`scaleDownDelaySeconds`).
+pub const DEFAULT_STANDBY: Duration = Duration::from_secs(30);
+
 /// Parses one step, `"10%:1m"`. The error says what to write.
 pub fn parse_step(s: &str) -> Result<CanaryStep, String> {
     let bad = |why: &str| {

@@ -56,6 +56,10 @@ impl<P: Process> Core<P> {
         };
         if let Some(r) = self.release.take_if(ours) {
             return match result {
+                Ok((process, _)) if process.exited().is_some() => {
+                    let exit = process.exited().unwrap_or(Exit::Unknown);
+                    self.refuse_dead(now, r, process, exit)
+                }
                 Ok((process, timings)) if self.wants_canary(&r) => {
                     self.start_canary(now, r, process, timings)
                 }
@@ -67,6 +71,10 @@ impl<P: Process> Core<P> {
             if let ColorPhase::Restarting { task: Some(t), .. } = self.slot(color).phase {
                 if t == task {
                     return match result {
+                        Ok((process, _)) if process.exited().is_some() => {
+                            let exit = process.exited().unwrap_or(Exit::Unknown);
+                            self.restart_dead(now, color, process, exit)
+                        }
                         Ok((process, _)) => self.finish_restart(now, color, process),
                         Err(failed) => self.restart_failed(now, color, failed),
                     };
@@ -121,7 +129,10 @@ impl<P: Process> Core<P> {
                 timings,
                 before,
             } => match result {
-                Ok(()) => self.on_swapped(now, r, process, timings),
+                Ok(()) => match process.exited() {
+                    Some(exit) => self.undo_dead_swap(now, r, process, before, exit),
+                    None => self.on_swapped(now, r, process, timings),
+                },
                 Err(e) => self.swap_failed(now, r, process, before, e),
             },
             phase => {
@@ -139,36 +150,7 @@ impl<P: Process> Core<P> {
         let (color, pid) = (r.color, process.pid());
         self.enter(color, ColorPhase::Draining { pid }, now.wall);
         self.emit(Effect::Drain { color, process });
-        if matches!(r.kind, Kind::Promote { .. }) {
-            // The canary drains: it gets no more connections.
-            self.emit(Effect::Split {
-                canary: color,
-                percent: 0,
-            });
-        }
-        let old = color.other();
-        if matches!(
-            r.kind,
-            Kind::Rollback {
-                automatic: Some(_),
-                ..
-            }
-        ) && self.state.live == Some(old)
-            && matches!(self.slot(old).phase, ColorPhase::Stopped)
-            && self.shutdown == super::Shutdown::Running
-        {
-            // It crashed and the switch away could not be recorded: it is
-            // still the live color, so it starts again.
-            self.enter(
-                old,
-                ColorPhase::Restarting {
-                    task: None,
-                    failed: None,
-                },
-                now.wall,
-            );
-            self.schedule_restart(old);
-        }
+        self.unswap_side_effects(now, &r);
         let m = format!("cannot record the new live color: {e}; the old color stays live");
         let f = Failure::new(FailureKind::Internal, Some(Step::Swap), m);
         // The new build is in the color's directory: `fail` must keep its
@@ -254,6 +236,7 @@ impl<P: Process> Core<P> {
             forced,
         } = d;
         self.log(Level::Info, format!("{color} stopped ({exit})"));
+        self.forget_signal(pid);
         let forced = forced.map(|d| {
             let m = format!(
                 "{color} was killed after drain_timeout ({}): requests still in flight were cut",

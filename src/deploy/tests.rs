@@ -7,14 +7,35 @@ use crate::deploy::FailureKind;
 
 mod kept;
 mod pause;
+mod liveness;
 mod traffic;
 
 #[derive(Debug, PartialEq)]
 struct Proc(i32);
 
+thread_local! {
+    /// Pids whose leader a test has made exit (see [`Process::exited`]).
+    static DEAD: std::cell::RefCell<Vec<(i32, Exit)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The process `pid` exits (as the reaper would record it) without its exit
+/// event reaching the core yet.
+fn dies(pid: i32, exit: Exit) {
+    DEAD.with(|d| d.borrow_mut().push((pid, exit)));
+}
+
 impl Process for Proc {
     fn pid(&self) -> Pid {
         Pid::from_raw(self.0)
+    }
+
+    fn exited(&self) -> Option<Exit> {
+        DEAD.with(|d| {
+            d.borrow()
+                .iter()
+                .find(|(p, _)| *p == self.0)
+                .map(|(_, e)| *e)
+        })
     }
 }
 
@@ -262,6 +283,7 @@ fn words(effects: &[Effect<Proc>]) -> Vec<String> {
                 Effect::Forget(ids) => format!("forget {ids:?}"),
                 Effect::Drain { color, process } => format!("drain {color} {}", process.0),
                 Effect::Discard(p) => format!("discard {}", p.0),
+                Effect::Reclaim { color, pid } => format!("reclaim {color} {pid}"),
                 Effect::Kill { pid, .. } => format!("kill {pid}"),
                 Effect::RestartAfter { color, delay } => {
                     format!("restart {color} after {}ms", delay.as_millis())
@@ -452,7 +474,7 @@ fn a_release_waits_for_the_dormant_color_to_finish_draining() {
     assert!(t.core.busy(), "auto-release waits too");
     let effects = t.send(release("/builds/next"));
     assert_eq!(words(&effects), ["reply error Busy"]);
-    assert!(error_message(&effects).contains("green (pid 200) is still draining"));
+    assert!(error_message(&effects).contains("green (pid 200) is draining"));
     t.send(drained(Color::Green, NEW));
     assert_eq!(t.says(release("/builds/next")), ["commit"]);
 }

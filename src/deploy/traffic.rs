@@ -6,9 +6,10 @@
 //!   [`ColorPhase::Standby`] with no new connections until its time is up,
 //!   then drains it. A rollback meanwhile is a switch: one steer back, no
 //!   start, and the other color drains.
-//! - A swap with `traffic.bake` watches the new color: a crash, or
-//!   `health.failures` failed checks in a row, switch back to the standby
-//!   by itself ([`Trigger::Automatic`]).
+//! - While the standby runs, a crash of the new color, or
+//!   `health.failures` failed checks in a row, switch back to it by itself
+//!   ([`Trigger::Automatic`]); `traffic.bake` adds a window at whose end
+//!   the release counts as good (`bake_passed`, `--wait-bake`).
 //! - A canary (`--canary PERCENT`, or `traffic.steps`) gets a share of new
 //!   connections beside the live color; its crash or failed checks abort it
 //!   by itself. `promote` raises its share or makes it live (a swap), and
@@ -55,6 +56,10 @@ pub struct Policy {
     pub no_split: Option<String>,
     /// `keep`: good releases whose copies stay, besides the ones in use.
     pub keep: usize,
+    /// `app.drain_delay` and `app.drain_timeout`: how long a drain can
+    /// take, for the refusals that wait on one.
+    pub drain_delay: std::time::Duration,
+    pub drain_timeout: std::time::Duration,
 }
 
 impl Default for Policy {
@@ -64,6 +69,8 @@ impl Default for Policy {
             failures: 3,
             no_split: None,
             keep: crate::deploy::kept::DEFAULT_KEEP,
+            drain_delay: std::time::Duration::from_secs(30),
+            drain_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -497,21 +504,33 @@ impl<P: Process> Core<P> {
             self.abort_canary(now, None, Some(why));
             return true;
         }
+        // Within the standby window (`traffic.standby`, 30 s by default)
+        // the previous color still runs: a live color that dies or fails
+        // its checks then hands the traffic back. With `traffic.bake` set,
+        // its window decides instead: a release that passed it is good.
         let baking = self.bake.as_ref().is_some_and(|b| b.color == color);
+        let watched = baking || self.policy.rollout.bake.is_zero();
         let warm = matches!(self.slot(color.other()).phase, ColorPhase::Standby { .. });
-        if baking && warm && self.release.is_none() {
+        if warm && watched && self.release.is_none() {
+            let during = if baking {
+                "its bake"
+            } else {
+                "the standby window"
+            };
             self.log(
                 Level::Error,
                 format!(
-                    "{color} failed its bake ({why}): switching back to {}",
+                    "{color} failed during {during} ({why}): switching back to {}",
                     color.other()
                 ),
             );
             self.switch_back(now, None, Some(why));
             return true;
         }
-        let cannot = if warm {
+        let cannot = if warm && watched {
             "a release is in progress, so bgd does not switch back"
+        } else if warm {
+            "it passed its bake, so bgd does not switch back (`bgctl rollback` does)"
         } else {
             "there is no standby to switch back to"
         };

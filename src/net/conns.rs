@@ -85,6 +85,41 @@ fn listener_info(fd: BorrowedFd<'_>) -> io::Result<libc::tcp_info> {
     Ok(info)
 }
 
+/// A listening socket's backlog as the kernel applies it: `tcpi_sacked` of
+/// `TCP_INFO` (min(backlog given to listen(2), `net.core.somaxconn`)).
+pub fn listen_backlog(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    Ok(listener_info(fd)?.tcpi_sacked)
+}
+
+/// The processes that hold the socket with inode `inode` open (their
+/// /proc/PID/fd links point to `socket:[inode]`), each with its command
+/// line, for messages. Reads every process's fd table: for rare paths.
+pub fn socket_holders(inode: u64) -> Vec<(i32, String)> {
+    let want = format!("socket:[{inode}]");
+    let Ok(proc) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for pid in proc.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        let holds = fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == want.as_str()));
+        if holds {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd: Vec<String> = cmd
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            out.push((pid, cmd.join(" ")));
+        }
+    }
+    out
+}
+
 /// The inode number of a socket: `st_ino` from fstat(2). [`sockets`] reports
 /// this number, and the socket's /proc/PID/fd links point to `socket:[N]`
 /// with the same number (proc(5)). Fails with

@@ -193,14 +193,17 @@ async fn exec_once(
     release: u64,
 ) -> Result<(), ExecFailed> {
     let cannot = ExecFailed::CannotRun;
-    let env = crate::supervise::process::color_env(ctx, color, release);
+    let mut env = crate::supervise::process::color_env(ctx, color, release);
+    // Everything the check starts, in the background too, ends with it.
+    let step = ctx.contain.step();
+    env.push(step.env());
     let check = spawn::spawn(&spawn::Spec {
         command: cmd,
         cwd: dir,
         env,
         fds: vec![],
         identity: ctx.config.app.identity.as_ref(),
-        cgroup: None,
+        cgroup: step.join_fd(),
         die_with_bgd: true,
     })
     .with_context(|| format!("cannot run health.exec {:?} in {}", cmd[0], dir.display()))
@@ -223,6 +226,7 @@ async fn exec_once(
             abort.abort();
         }
     }
+    drop(step);
     if status.success() {
         return Ok(());
     }

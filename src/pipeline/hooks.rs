@@ -63,13 +63,17 @@ async fn run_one(
     mut on_line: impl FnMut(&str),
 ) -> anyhow::Result<()> {
     let argv = ["/bin/sh".to_string(), "-c".to_string(), command.to_string()];
+    // Everything the hook starts, in the background too, ends with its step.
+    let step = ctx.contain.step();
+    let mut env = env.to_vec();
+    env.push(step.env());
     let child = spawn::spawn(&spawn::Spec {
         command: &argv,
         cwd: dir,
-        env: env.to_vec(),
+        env,
         fds: vec![],
         identity: ctx.config.app.identity.as_ref(),
-        cgroup: None,
+        cgroup: step.join_fd(),
         die_with_bgd: true,
     })
     .with_context(|| format!("could not start in {}", dir.display()))?;
@@ -100,6 +104,8 @@ async fn run_one(
     {
         on_line(&line);
     }
+    // What it left running in the background goes now.
+    drop(step);
     if status.success() {
         Ok(())
     } else {

@@ -94,8 +94,11 @@ async fn prepare(
         format!("waiting for {} (pid {}) to be ready", plan.color, app.pid),
     );
     let t = Instant::now();
-    let outcome = wait_ready(ctx, plan, &app, &dir).await;
+    let mut outcome = wait_ready(ctx, plan, &app, &dir).await;
     ctx.listeners.clear_probe(plan.color);
+    if outcome.is_ok() {
+        outcome = still_running(ctx, &app).await;
+    }
     timings.ready_ms = t.elapsed().as_millis() as u64;
     match outcome {
         Ok(()) => Ok((app, timings)),
@@ -111,6 +114,27 @@ async fn prepare(
             Err(f)
         }
     }
+}
+
+/// Ready, but is its main process still there? Looked at in /proc at this
+/// moment, not only through the exit event (which may be on its way): a
+/// daemonizing server's orphan answers the checks after its main process
+/// exited. `Err` says so, with how many of its processes ran on.
+async fn still_running(ctx: &Ctx, app: &AppProcess) -> Result<(), String> {
+    if app.exit_status().is_none() && crate::supervise::process::leader_runs(app.pid) {
+        return Ok(());
+    }
+    // A zombie is reaped at once: its status is a moment away.
+    let exit = tokio::time::timeout(Duration::from_millis(500), app.exited())
+        .await
+        .unwrap_or(crate::deploy::Exit::Unknown);
+    let strays = strays(ctx, app);
+    Err(crate::deploy::daemonized(
+        app.color,
+        app.pid.as_raw(),
+        exit,
+        Some(strays),
+    ))
 }
 
 /// When `app`'s processes listen on a TCP socket that is not one of bgd's,
@@ -281,12 +305,34 @@ async fn wait_ready(
     let timeout = ctx.config.health.timeout;
     let last_check = Mutex::new(String::new());
     tokio::select! {
+        // An exit seen in the same poll as a passed check wins.
+        biased;
+        exit = app.exited() => Err(exited_early(ctx, app, exit)),
         r = health::wait_ready(ctx, app, dir, plan.release, &last_check) => r.map_err(|e| format!("{e:#}")),
-        exit = app.exited() => Err(format!("{} exited during the readiness wait ({exit})", plan.color)),
         _ = tokio::time::sleep(timeout) => {
             let last = last_check.lock().expect("never held across a panic").clone();
             Err(not_ready(plan, timeout, &last, app.log_tail().await.last()))
         }
+    }
+}
+
+/// How many processes of `app`'s color run besides its main process.
+fn strays(ctx: &Ctx, app: &AppProcess) -> usize {
+    let members = ctx.contain.members(app.color, app.pid);
+    members.into_iter().filter(|p| *p != app.pid).count()
+}
+
+/// Why a color whose main process exited during the readiness wait
+/// failed; when others of its processes run on, it daemonized.
+fn exited_early(ctx: &Ctx, app: &AppProcess, exit: crate::deploy::Exit) -> String {
+    let strays = strays(ctx, app);
+    let m = format!("{} exited during the readiness wait ({exit})", app.color);
+    match strays {
+        0 => m,
+        n => format!(
+            "{m}; {}",
+            crate::deploy::daemonized(app.color, app.pid.as_raw(), exit, Some(n))
+        ),
     }
 }
 

@@ -275,6 +275,168 @@ impl Containment {
     }
 }
 
+/// One helper command's containment (issue 25): a hook (`prepare`,
+/// `after_live`) or a `health.exec` check, and everything it starts, even
+/// in the background or after `setsid()`. Made by [`Containment::step`];
+/// dropping it kills all of it, so nothing outlives its step or bgd's stop.
+/// With cgroups it is its own cgroup `base/step-PID-N`, removed once empty;
+/// in the fallback, the processes whose environment carries its tag.
+pub(crate) struct Step {
+    /// `base/step-PID-N`, when cgroups are used.
+    dir: Option<PathBuf>,
+    /// Its `cgroup.procs`, open for the child to join between fork and exec.
+    join: Option<OwnedFd>,
+    /// `BGD_STEP` for the child's environment: found by it in the fallback.
+    tag: String,
+}
+
+impl Step {
+    /// The fd the child writes itself into (see `join_self`).
+    pub(crate) fn join_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.join.as_ref().map(|f| f.as_raw_fd())
+    }
+
+    /// The variable that marks the command's processes.
+    pub(crate) fn env(&self) -> (String, String) {
+        ("BGD_STEP".into(), self.tag.clone())
+    }
+}
+
+impl Drop for Step {
+    fn drop(&mut self) {
+        self.join = None;
+        match self.dir.take() {
+            Some(dir) => {
+                let _ = fs::write(dir.join("cgroup.kill"), "1");
+                for pid in read_procs(&dir) {
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+                if fs::remove_dir(&dir).is_err() {
+                    // Its processes are still dying: removed once they are
+                    // gone, off the caller's thread.
+                    std::thread::spawn(move || remove_when_empty(&dir));
+                }
+            }
+            None => kill_tagged(&self.tag),
+        }
+    }
+}
+
+/// Removes the cgroup `dir` once its processes are gone (up to 5 s).
+fn remove_when_empty(dir: &Path) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while fs::remove_dir(dir).is_err() && std::time::Instant::now() < until {
+        let _ = fs::write(dir.join("cgroup.kill"), "1");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// SIGKILL to every process whose environment has `BGD_STEP=tag`, again
+/// while any is left (what forked between two looks), for up to 1 s.
+fn kill_tagged(tag: &str) {
+    let want = format!("BGD_STEP={tag}").into_bytes();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let found: Vec<i32> = fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| pgrp_and_state(*pid).is_some_and(|(_, s)| s != 'Z' && s != 'X'))
+            .filter(|pid| {
+                let env = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                env.split(|b| *b == 0).any(|v| v == want.as_slice())
+            })
+            .collect();
+        if found.is_empty() || std::time::Instant::now() >= until {
+            return;
+        }
+        for pid in found {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+impl Containment {
+    /// A containment for one helper command (see [`Step`]). Falls back to
+    /// its environment tag if its cgroup cannot be made.
+    pub(crate) fn step(&self) -> Step {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("{}-{n}", std::process::id());
+        if let Mode::Cgroup { base } = &self.mode {
+            let dir = base.join(format!("step-{tag}"));
+            let made = fs::create_dir(&dir).and_then(|()| {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_CLOEXEC)
+                    .open(dir.join("cgroup.procs"))
+            });
+            match made {
+                Ok(f) => {
+                    return Step {
+                        dir: Some(dir),
+                        join: Some(f.into()),
+                        tag,
+                    }
+                }
+                Err(e) => {
+                    let _ = fs::remove_dir(&dir);
+                    tracing::warn!("cannot make a cgroup for a hook or check ({}): {e}; its processes are found by their environment", dir.display());
+                }
+            }
+        }
+        Step {
+            dir: None,
+            join: None,
+            tag,
+        }
+    }
+
+    /// At start: kills and removes what a bgd that died left of its helper
+    /// commands (`step-*` cgroups).
+    pub(crate) fn remove_stale_steps(&self) {
+        let Mode::Cgroup { base } = &self.mode else {
+            return;
+        };
+        for e in fs::read_dir(base).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with("step-") {
+                let dir = e.path();
+                let _ = fs::write(dir.join("cgroup.kill"), "1");
+                remove_when_empty(&dir);
+            }
+        }
+    }
+
+    /// On a clean exit (no color runs): removes the colors' cgroups and,
+    /// unless it is systemd's unit, the `bgd-HASH` directory above them, so
+    /// nothing of bgd is left in the hierarchy. What still holds processes
+    /// (a relay finishing) is waited for, up to 5 s.
+    pub(crate) fn remove_tree(&self) {
+        let Mode::Cgroup { base } = &self.mode else {
+            return;
+        };
+        self.remove_stale_steps();
+        for color in Color::BOTH {
+            let dir = base.join(color.as_str());
+            if !read_procs(&dir).is_empty() {
+                tracing::warn!("{} still holds processes: left in place", dir.display());
+                continue;
+            }
+            remove_when_empty(&dir);
+        }
+        let own = base
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("bgd-"));
+        if own {
+            if let Err(e) = fs::remove_dir(base) {
+                tracing::warn!("cannot remove {}: {e}", base.display());
+            }
+        }
+    }
+}
+
 /// The cgroup under which the colors go, created; `Err` says why there is
 /// none.
 fn cgroup_base(root: &Path) -> Result<PathBuf, String> {

@@ -51,7 +51,7 @@ pub(crate) struct Left {
 }
 
 impl Left {
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         *self == Left::default()
     }
 }

@@ -36,6 +36,27 @@ const TAIL_LINES: usize = 40;
 /// Longest line logged; the rest of a longer line is cut.
 const MAX_LINE: usize = 8 * 1024;
 
+/// Whether the process `pid` runs (it exists and is neither a zombie nor
+/// dead), from /proc/PID/stat at this moment.
+pub fn leader_runs(pid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let state = s.rsplit_once(')')?.1.trim_start().chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
+}
+
+/// Whether the process `pid` is stopped (state `T` or `t` in
+/// /proc/PID/stat: SIGSTOP, or a tracer).
+pub fn stopped(pid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')')?.1.trim_start().chars().next())
+        .is_some_and(|state| state == 'T' || state == 't')
+}
+
 pub struct AppProcess {
     pub color: Color,
     /// Also the process group id.

@@ -1,6 +1,12 @@
 //! Connections left in the accept queue of a color that died and will not
 //! be started again: a canary that crashed, a baking color that crashed
-//! and was switched away from.
+//! and was switched away from, a color that was drained (a frozen or wedged
+//! app killed at `drain_timeout`) with connections still queued. None of
+//! them is left for the next build of that color to find (issue 25).
+//!
+//! A queued connection whose client has already hung up (it gave up
+//! waiting: the kernel holds its FIN) is reset, not relayed: its request
+//! is never executed, by the live color or later.
 //!
 //! bgd holds every color's listening socket, so what the kernel queued for
 //! the dead color in the moment before bgd steered away from it stays
@@ -32,7 +38,7 @@ const LOOK: Duration = Duration::from_millis(50);
 /// Accepts what is queued on `color`'s sockets and relays each connection
 /// to the live color. Returns how many it relayed.
 pub(crate) async fn rescue(listeners: Arc<Listeners>, color: Color) -> usize {
-    let mut relayed = 0;
+    let (mut relayed, mut reset) = (0, 0);
     for (fd, public) in listeners.orphans(color) {
         let fd = Arc::new(fd);
         let mut empty = 0;
@@ -40,6 +46,11 @@ pub(crate) async fn rescue(listeners: Arc<Listeners>, color: Color) -> usize {
             let f = fd.clone();
             let got = tokio::task::spawn_blocking(move || accept_waiting(&f)).await;
             match got {
+                Ok(Ok(Some(conn))) if hung_up(&conn) => {
+                    empty = 0;
+                    reset += 1;
+                    reset_now(conn);
+                }
                 Ok(Ok(Some(conn))) => {
                     empty = 0;
                     relayed += 1;
@@ -57,7 +68,44 @@ pub(crate) async fn rescue(listeners: Arc<Listeners>, color: Color) -> usize {
     if relayed > 0 {
         tracing::warn!(%color, "{relayed} connections were queued for {color} when it died: relayed to the live color");
     }
+    if reset > 0 {
+        tracing::warn!(%color, "{reset} connections queued for {color} had been given up by their clients: reset, their requests not executed");
+    }
     relayed
+}
+
+/// Whether the client of an accepted connection has already closed its
+/// side (POLLRDHUP: its FIN is queued).
+fn hung_up(conn: &OwnedFd) -> bool {
+    let mut p = libc::pollfd {
+        fd: conn.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one pollfd on the stack, for an fd that `conn` keeps open;
+    // a zero timeout does not wait.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
+}
+
+/// Closes `conn` with a reset (SO_LINGER 0), so no one reads its request.
+fn reset_now(conn: OwnedFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on an fd `conn` keeps open, with a linger struct on
+    // the stack whose size is passed.
+    unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(conn);
 }
 
 /// One queued connection, if `poll` says one waits within [`LOOK`].

@@ -131,6 +131,7 @@ fn a_stuck_setsid_worker_is_killed_at_the_drain_deadline() {
         let mut bgd = Bgd::start(Setup {
             drain_timeout: "2s",
             bgd_env: env,
+            tail: NO_STANDBY.into(),
             ..Setup::default()
         });
         bgd.release(&wrapped_build(bgd.dir.path(), "b1", "v1", STUCK_WORKER));
@@ -179,4 +180,90 @@ fn status_shows_the_containment_and_the_processes() {
     }
     assert_eq!(st["blue"]["processes"], 1, "{st}");
     assert_eq!(st["green"]["processes"], 0, "{st}");
+}
+
+/// Pids of running processes whose command line has the argument `arg`.
+fn running_with_arg(arg: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if cmd.split(|b| *b == 0).any(|a| a == arg.as_bytes()) && running(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Hooks (`prepare`, `after_live`) and a `health.exec` check each start a
+/// process in the background that calls setsid() (the named case, and a
+/// check that does the same): none outlives its step, with cgroups and in
+/// the fallback. Then a prepare hook still running when bgd gets SIGTERM,
+/// with its own background process: once bgd has exited, nothing of it
+/// runs, and (with cgroups) bgd's cgroup tree is gone.
+#[test]
+fn hooks_and_checks_leave_nothing_behind_their_step_or_bgd() {
+    for (i, (mode, env)) in modes().into_iter().enumerate() {
+        let mark = |n: u32| format!("{}", 31000 + 100 * i as u32 + n);
+        let (prep, after, check) = (mark(1), mark(2), mark(3));
+        let bg = |m: &str| format!("setsid sleep {m} >/dev/null 2>&1 &");
+        let mut bgd = Bgd::start(Setup {
+            bgd_env: env,
+            health: format!(
+                "http = \"/healthz\"\nexec = [\"/bin/sh\", \"-c\", \"{} true\"]\ntimeout = \"20s\"",
+                bg(&check)
+            ),
+            tail: format!(
+                "[hooks]\nprepare = [\"{} test ! -e stuck || {{ echo $$ > hook.pid; sleep 60; }}\"]\nafter_live = [\"{} touch after-live.ran\"]\n",
+                bg(&prep),
+                bg(&after)
+            ),
+            ..Setup::default()
+        });
+        bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
+        let ran = bgd.root().join("blue/after-live.ran");
+        wait_until(
+            &format!("{mode}: after_live to run"),
+            Duration::from_secs(10),
+            || ran.exists().then_some(()),
+        );
+        for m in [&prep, &after, &check] {
+            wait_until(
+                &format!("{mode}: nothing left of the step that started sleep {m}"),
+                Duration::from_secs(5),
+                || running_with_arg(m).is_empty().then_some(()),
+            );
+        }
+        let tree = bgd.status()["containment"]
+            .as_str()
+            .and_then(|c| c.strip_prefix("cgroup "))
+            .map(std::path::PathBuf::from);
+        // A release whose prepare hook is still running at bgd's stop.
+        // The same prepare hook waits when the build has a file `stuck`.
+        let stuck_build = example_build(bgd.dir.path(), "b2", "v2");
+        std::fs::write(stuck_build.join("stuck"), "").unwrap();
+        let client = bgd.release_in_background(&stuck_build);
+        let hook = read_pid(&bgd.root().join("green/hook.pid"));
+        wait_until(
+            &format!("{mode}: the stuck hook's background process"),
+            Duration::from_secs(10),
+            || (!running_with_arg(&prep).is_empty()).then_some(()),
+        );
+        assert_eq!(bgd.stop(libc::SIGTERM), Some(0), "{mode}");
+        let _ = client.join();
+        assert!(
+            running_with_arg(&prep).is_empty(),
+            "{mode}: sleep {prep} outlived bgd"
+        );
+        assert!(!running(hook), "{mode}: the hook outlived bgd");
+        if let Some(tree) = tree {
+            assert!(
+                !tree.exists(),
+                "{mode}: {} is left after a clean exit",
+                tree.display()
+            );
+        }
+    }
 }

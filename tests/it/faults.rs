@@ -73,15 +73,21 @@ fn slow_requests_complete_during_a_drain() {
     );
 }
 
-/// Ready, then dead a second after the swap: detected and restarted again
-/// and again with backoff; status counts the restarts.
+/// Ready, then dead a second after the swap. By default (a 30 s standby)
+/// bgd switches back to the standby by itself (`liveness.rs` tests that
+/// under load). Without a standby (`standby = "0s"`, or once its window
+/// ended) it is a dead live color: restarted again and again with backoff;
+/// status counts the restarts.
 #[test]
 fn a_flapping_new_color_is_restarted_and_shown() {
     const FLAPS: &str = r#"
 import os, threading
 threading.Timer(1.0, lambda: os._exit(7)).start()
 "#;
-    let bgd = Bgd::start(Setup::default());
+    let bgd = Bgd::start(Setup {
+        tail: NO_STANDBY.into(),
+        ..Setup::default()
+    });
     bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
     let flappy = wrapped_build(bgd.dir.path(), "flappy", "v1", FLAPS);
     bgd.release(&flappy);
@@ -456,11 +462,11 @@ time.sleep(2)
     client.kill().unwrap();
     client.wait().unwrap();
     wait_until(
-        "release 2 to go live anyway and blue to drain",
+        "release 2 to go live anyway and blue to become the standby",
         Duration::from_secs(30),
         || {
             let st = bgd.status();
-            (st["live"] == "green" && st["blue"]["state"] == "stopped").then_some(())
+            (st["live"] == "green" && st["blue"]["state"] == "standby").then_some(())
         },
     );
     assert_eq!(release_of(&get(&bgd.addr(), "/").unwrap().1), Some(2));
@@ -480,7 +486,12 @@ fn the_live_color_dying_during_a_release_leaves_one_live_color() {
 import time
 time.sleep(1.5)
 "#;
-    let bgd = Bgd::start(Setup::default());
+    // Without a standby: with one, a restart of blue that comes up before
+    // green is ready would be kept warm instead of stopped.
+    let bgd = Bgd::start(Setup {
+        tail: NO_STANDBY.into(),
+        ..Setup::default()
+    });
     bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
     let blue_pid = bgd.status()["blue"]["pid"].as_u64().unwrap() as i32;
     let slow = wrapped_build(bgd.dir.path(), "slow", "v1", SLOW_START);

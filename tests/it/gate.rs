@@ -335,6 +335,7 @@ fn an_app_that_binds_its_own_port_is_named() {
 fn a_forced_drain_is_reported() {
     let bgd = Bgd::start(Setup {
         drain_timeout: "1s",
+        tail: NO_STANDBY.into(),
         ..Setup::default()
     });
     let stubborn = wrapped_build(
@@ -367,6 +368,8 @@ fn a_forced_drain_is_reported() {
 fn the_public_unix_path_is_kept_when_an_exiting_app_removes_it() {
     let bgd = Bgd::start(Setup {
         extra_listen: "[[listen]]\nname = \"unix\"\naddress = \"unix:app.sock\"\n".into(),
+        // The old app must exit (and unlink the path) right after the swap.
+        tail: NO_STANDBY.into(),
         ..Setup::default()
     });
     let public = bgd.dir.path().join("app.sock");

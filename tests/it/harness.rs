@@ -45,6 +45,11 @@ pub fn wait_until<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Opti
     }
 }
 
+/// `Setup::tail` for a test about the old color's drain itself: without
+/// the standby that `traffic.standby` keeps by default (30 s), the old
+/// color drains right after the swap, as a release with `standby = "0s"`.
+pub const NO_STANDBY: &str = "\n[traffic]\nstandby = \"0s\"\n";
+
 /// Settings a test varies; the rest of the config is fixed.
 #[derive(Clone)]
 pub struct Setup {
@@ -410,8 +415,17 @@ pub fn text(b: &[u8]) -> String {
 
 /// One GET over a new connection; returns (status, body).
 pub fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    get_within(addr, path, Duration::from_secs(10))
+}
+
+/// One GET over a new connection that gives up (and closes it, as a client
+/// that stops waiting does) after `wait` to connect and again to answer.
+pub fn get_within(addr: &str, path: &str, wait: Duration) -> std::io::Result<(u16, String)> {
+    let mut s = match addr.parse::<std::net::SocketAddr>() {
+        Ok(to) => TcpStream::connect_timeout(&to, wait)?,
+        Err(_) => TcpStream::connect(addr)?, // a host name
+    };
+    s.set_read_timeout(Some(wait))?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"

@@ -114,8 +114,10 @@ fn keep_bounds_the_build_trees_in_root() {
         release(&bgd, v, v);
     }
     let root = bgd.root();
+    // `keep` good releases besides those in use: 5 is live and 4 is the
+    // standby (traffic.standby), so 2 and 3 stay too.
     wait_until("old kept copies to go", Duration::from_secs(20), || {
-        (kept_dirs(&root) == [3, 4, 5]).then_some(())
+        (kept_dirs(&root) == [2, 3, 4, 5]).then_some(())
     });
     let hidden: Vec<_> = std::fs::read_dir(&root)
         .unwrap()
@@ -133,8 +135,8 @@ fn keep_bounds_the_build_trees_in_root() {
         .iter()
         .map(|r| r["id"].as_u64().unwrap())
         .collect();
-    assert_eq!(ids, [3, 4, 5], "{list}");
-    assert_eq!(list["releases"][2]["state"], "live", "{list}");
+    assert_eq!(ids, [2, 3, 4, 5], "{list}");
+    assert_eq!(list["releases"][3]["state"], "live", "{list}");
     assert!(list["releases"][0]["size"].as_u64().unwrap() > 0, "{list}");
     let text_list = text(&bgd.bgctl(&["releases"]).stdout);
     assert!(

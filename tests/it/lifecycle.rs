@@ -32,10 +32,13 @@ fn rollback_and_status_json() {
     assert_eq!(st["green"]["state"], "live");
     assert_eq!(st["green"]["release"], 2);
     assert!(st["green"]["pid"].as_u64().unwrap() > 1);
-    assert_eq!(st["blue"]["state"], "stopped");
+    // The previous color is kept warm (traffic.standby, 30 s by default):
+    // the rollback below is a switch back to it.
+    assert_eq!(st["blue"]["state"], "standby");
     assert_eq!(st["blue"]["label"], "first");
     assert_eq!(st["blue"]["source"], b1.display().to_string());
-    assert_eq!(st["blue"]["pid"], serde_json::Value::Null);
+    assert!(st["blue"]["pid"].as_u64().is_some(), "{st}");
+    assert!(st["standby_until"].is_string(), "{st}");
     assert_eq!(st["release_in_progress"], serde_json::Value::Null);
 
     let out = bgd.bgctl(&["rollback"]);
@@ -132,10 +135,12 @@ fn sigkill_of_bgd_leaves_the_app_serving_and_a_new_bgd_adopts_it() {
         let (code, body) = get(&addr, "/").unwrap();
         assert!(code == 200 && body.contains("release=1"), "{body}");
         bgd.release(&example_build(bgd.dir.path(), "b2", "v2"));
-        assert!(
-            !running(app as i32),
-            "{env:?}: the adopted color was not drained"
-        );
+        // The adopted process is the previous color now: kept warm as the
+        // standby (traffic.standby), and no longer receiving.
+        let st = bgd.status();
+        assert_eq!(st["blue"]["state"], "standby", "{env:?}: {st}");
+        assert_eq!(st["blue"]["pid"].as_u64(), Some(app), "{env:?}: {st}");
+        assert_eq!(st["receiving"], "green", "{env:?}: {st}");
         load.finish_clean();
     }
 }

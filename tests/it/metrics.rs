@@ -107,7 +107,11 @@ fn course(events: &[Value]) -> Vec<String> {
 
 #[test]
 fn metrics_and_events_tell_the_same_exact_history() {
-    let bgd = Bgd::start(metrics_setup());
+    // The exact history of plain swaps (each old color drains at once).
+    let bgd = Bgd::start(Setup {
+        tail: format!("{}{NO_STANDBY}", metrics_setup().tail),
+        ..Setup::default()
+    });
     let maddr = bgd.status()["metrics"].as_str().unwrap().to_string();
     // Scrapers that never finish a request, open through everything below.
     let mut stalled = TcpStream::connect(&maddr).unwrap();

@@ -149,6 +149,32 @@ impl Out {
         println!("{}  {name} {}", e.at, escape_controls(&e.kind.describe()));
     }
 
+    /// Where new connections go, and what is wrong with the sockets.
+    fn connections(&self, s: &Status, on: bool) {
+        match (s.mode.as_str(), s.receiving) {
+            ("gate", Some(_)) if s.canary.is_some() => println!(
+                "  new connections: {} {}%, {} {}%",
+                self.color_name(on, "blue"),
+                s.traffic.blue,
+                self.color_name(on, "green"),
+                s.traffic.green
+            ),
+            ("gate", Some(c)) => println!(
+                "  new connections go to {}",
+                self.color_name(on, c.as_str())
+            ),
+            ("gate", None) => println!("  new connections: none yet (no color has been live)"),
+            ("shared", _) => println!(
+                "  new connections: both colors accept from one socket (traffic.mode = \"shared\")"
+            ),
+            _ => {}
+        }
+        for a in &s.socket_alerts {
+            let line = format!("  ALERT: {}", escape_controls(a));
+            println!("{}", self.paint(on, RED, &line));
+        }
+    }
+
     pub fn status(&self, s: &Status) {
         let on = self.color_out;
         let live = s
@@ -178,24 +204,7 @@ impl Out {
             let (name, address) = (escape_controls(&l.name), escape_controls(&l.address));
             println!("  listen {name} {address}");
         }
-        match (s.mode.as_str(), s.receiving) {
-            ("gate", Some(_)) if s.canary.is_some() => println!(
-                "  new connections: {} {}%, {} {}%",
-                self.color_name(on, "blue"),
-                s.traffic.blue,
-                self.color_name(on, "green"),
-                s.traffic.green
-            ),
-            ("gate", Some(c)) => println!(
-                "  new connections go to {}",
-                self.color_name(on, c.as_str())
-            ),
-            ("gate", None) => println!("  new connections: none yet (no color has been live)"),
-            ("shared", _) => println!(
-                "  new connections: both colors accept from one socket (traffic.mode = \"shared\")"
-            ),
-            _ => {}
-        }
+        self.connections(s, on);
         if let Some(c) = &s.canary {
             let step = match (c.step, c.steps, &c.next_step_at) {
                 (Some(i), Some(n), Some(at)) => format!("; step {i} of {n}, the next at {at}"),

@@ -20,7 +20,7 @@ fn policy(standby_min: u64, bake_min: u64, steps: &[(u8, u64)]) -> Policy {
         },
         failures: 3,
         no_split: None,
-        keep: crate::deploy::kept::DEFAULT_KEEP,
+        ..Policy::default()
     }
 }
 

@@ -20,10 +20,15 @@ impl Entry {
             return Ok(match (mode, tcp) {
                 (TrafficMode::Shared, _) => Entry::Shared(Socket::bound(c, false)?),
                 (TrafficMode::Gate, true) => {
+                    super::guard::refuse_taken(c)?;
                     let blue = Socket::bound(c, true)?;
                     // Green takes blue's port: a configured port 0 is now known.
                     let green = Socket::bound(&blue.config, true)?;
-                    Entry::Group { blue, green }
+                    Entry::Group {
+                        blue,
+                        green,
+                        order: Vec::new(),
+                    }
                 }
                 (TrafficMode::Gate, false) => {
                     let public = public_path(c).expect("a Unix entry");
@@ -48,7 +53,7 @@ impl Entry {
     pub(super) fn sockets(&self) -> Vec<&Socket> {
         match self {
             Entry::Shared(s) => vec![s],
-            Entry::Group { blue, green } => vec![blue, green],
+            Entry::Group { blue, green, .. } => vec![blue, green],
             Entry::Files { blue, green } => vec![&blue.socket, &green.socket],
         }
     }
@@ -107,7 +112,13 @@ fn adopt_entry(
             Some(g) => Socket::adopted(c, g)?,
             None => Socket::bound(&blue.config, true)?,
         };
-        return Ok(Entry::Group { blue, green });
+        // Sockets systemd kept listen already: blue joined first.
+        let order = [(&blue, Color::Blue), (&green, Color::Green)]
+            .into_iter()
+            .filter(|(s, _)| s.state == super::SocketState::Listening)
+            .map(|(_, c)| c)
+            .collect();
+        return Ok(Entry::Group { blue, green, order });
     }
     let blue = UnixSide::adopted(c, Color::Blue, blue)?;
     let green = match green {

@@ -49,6 +49,7 @@ use crate::net::steer;
 mod adopt;
 mod bind;
 mod entry;
+mod guard;
 mod route;
 mod socket;
 mod unix;
@@ -82,6 +83,8 @@ struct Inner {
     /// Gate, TCP: a canary color and its share of new connections, in
     /// percent; the receiving color gets the rest.
     canary: Option<(Color, u8)>,
+    /// What the last [`Listeners::guard`] found wrong (each logged once).
+    alerted: Vec<String>,
 }
 
 /// One `[[listen]]` entry.
@@ -97,7 +100,14 @@ enum Entry {
     /// Shared mode: one socket for both colors.
     Shared(Socket),
     /// Gate, TCP: one socket per color in one `SO_REUSEPORT` group.
-    Group { blue: Socket, green: Socket },
+    /// `order` is the group's socket array as the kernel keeps it: a socket
+    /// that listens is appended, one that stops listening is replaced by
+    /// the last (see `guard.rs`); the program's indexes come from it.
+    Group {
+        blue: Socket,
+        green: Socket,
+        order: Vec<Color>,
+    },
     /// Gate, Unix: one socket per color, each with a private name.
     Files { blue: UnixSide, green: UnixSide },
 }
@@ -137,6 +147,7 @@ impl Listeners {
                 first: None,
                 probes: Vec::new(),
                 canary: None,
+                alerted: Vec::new(),
             }),
             stored: AtomicBool::new(false),
             mode,
@@ -156,16 +167,24 @@ impl Listeners {
         if inner.receiving.is_none() && inner.first.is_none() {
             inner.first = Some(candidate);
         }
-        let route = steer::program(&inner.route());
+        // What an app did to the sockets it inherited is put right first.
+        inner.repair(Some(candidate));
+        let route = inner.color_route();
         for e in inner.entries.iter_mut() {
             match e {
-                Entry::Shared(s) => s.listen(false)?,
-                Entry::Group { blue, green } => {
-                    blue.listen(true)?;
+                Entry::Shared(s) => {
+                    s.listen(false)?;
+                }
+                Entry::Group { blue, green, order } => {
+                    if blue.listen(true)? {
+                        order.push(Color::Blue);
+                    }
                     // Steer before green joins, so no connection lands on
                     // green by the kernel's hash meanwhile.
-                    steer::attach(blue.fd.as_fd(), &route)?;
-                    green.listen(true)?;
+                    steer::attach(blue.fd.as_fd(), &steer::program(&route.indexed(order)))?;
+                    if green.listen(true)? {
+                        order.push(Color::Green);
+                    }
                 }
                 Entry::Files { blue, green } => {
                     blue.socket.listen(false)?;
@@ -193,9 +212,10 @@ impl Listeners {
         for e in inner.entries.iter_mut() {
             match e {
                 Entry::Shared(s) => s.reset(|c| bind_one(c, false)),
-                Entry::Group { blue, green } => {
+                Entry::Group { blue, green, order } => {
                     blue.reset(|c| bind_one(c, true));
                     green.reset(|c| bind_one(c, true));
+                    order.clear();
                 }
                 Entry::Files { blue, green } => {
                     for side in [blue, green] {

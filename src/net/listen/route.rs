@@ -37,39 +37,65 @@ pub(super) fn loopback_for(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The group index of `color`'s socket: blue listens first.
-pub(super) fn index(color: Color) -> u32 {
-    match color {
-        Color::Blue => 0,
-        Color::Green => 1,
-    }
+/// The group index of `color`'s socket in a group whose socket array is
+/// `order`; a color not in it yet gets the index it will have when it
+/// joins (the next one).
+pub(super) fn index_in(order: &[Color], color: Color) -> u32 {
+    order
+        .iter()
+        .position(|c| *c == color)
+        .unwrap_or(order.len()) as u32
 }
 
-impl Inner {
-    pub(super) fn route(&self) -> Route {
-        let to = self.receiving.or(self.first).unwrap_or(Color::Blue);
+/// Where new connections go, by color; each group's indexes follow.
+pub(super) struct ColorRoute {
+    to: Color,
+    probes: Vec<(SocketAddr, Color)>,
+    split: Option<(Color, u8)>,
+}
+
+impl ColorRoute {
+    /// The route in the indexes of a group whose socket array is `order`.
+    pub(super) fn indexed(&self, order: &[Color]) -> Route {
+        let index = |c: Color| index_in(order, c);
         Route {
-            to: index(to),
+            to: index(self.to),
             probes: self
                 .probes
                 .iter()
                 .map(|(from, c)| (*from, index(*c)))
                 .collect(),
-            split: self.canary.map(|(c, percent)| (index(c), percent)),
+            split: self.split.map(|(c, percent)| (index(c), percent)),
+        }
+    }
+}
+
+impl Inner {
+    pub(super) fn color_route(&self) -> ColorRoute {
+        ColorRoute {
+            to: self.receiving.or(self.first).unwrap_or(Color::Blue),
+            probes: self.probes.clone(),
+            split: self.canary,
         }
     }
 
+    /// The route in a group where blue listened first.
+    #[cfg(test)]
+    pub(super) fn route(&self) -> Route {
+        self.color_route().indexed(&[Color::Blue, Color::Green])
+    }
+
     /// Attaches the program for the current route to every TCP group that
-    /// listens.
+    /// listens, in that group's indexes.
     pub(super) fn steer(&self) -> io::Result<()> {
-        let program = steer::program(&self.route());
+        let route = self.color_route();
         for e in &self.entries {
-            if let Entry::Group { blue, green } = e {
+            if let Entry::Group { blue, green, order } = e {
                 let listening = [blue, green]
                     .into_iter()
                     .find(|s| s.state == SocketState::Listening);
                 if let Some(s) = listening {
-                    steer::attach(s.fd.as_fd(), &program)?;
+                    steer::attach(s.fd.as_fd(), &steer::program(&route.indexed(order)))?;
                 }
             }
         }
@@ -87,6 +113,8 @@ impl Listeners {
         inner.first = None;
         inner.probes.clear();
         inner.canary = None;
+        // The group as it is now, not as bgd left it: see guard.rs.
+        inner.repair(None);
         inner.steer()?;
         for e in &inner.entries {
             if let Entry::Files { blue, green } = e {
@@ -202,6 +230,7 @@ mod tests {
             first: None,
             probes: Vec::new(),
             canary: None,
+            alerted: Vec::new(),
         }
     }
 

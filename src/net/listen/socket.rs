@@ -75,17 +75,24 @@ impl Socket {
         Ok(self)
     }
 
-    pub(super) fn listen(&mut self, reuseport: bool) -> io::Result<()> {
+    /// Listens, binding first if a re-bind is pending. Returns whether it
+    /// began to listen now (it joined its group, if it has one).
+    pub(super) fn listen(&mut self, reuseport: bool) -> io::Result<bool> {
         if self.state == SocketState::Unbound {
             self.fd = bind_one(&self.config, reuseport)?;
             self.state = SocketState::Bound;
         }
         if self.state == SocketState::Bound {
-            let backlog = Backlog::new(self.config.backlog).unwrap_or(Backlog::MAXCONN);
-            listen(&self.fd, backlog)?;
+            listen(&self.fd, self.backlog())?;
             self.state = SocketState::Listening;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// `[[listen]] backlog`, as listen(2) takes it.
+    pub(super) fn backlog(&self) -> Backlog {
+        Backlog::new(self.config.backlog).unwrap_or(Backlog::MAXCONN)
     }
 
     /// Closes and re-binds, without listening: queued clients are reset.

@@ -54,6 +54,11 @@ pub struct Status {
     /// Where `/metrics` is served (`metrics.listen` as bound), if anywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
+    /// What is wrong with the app's sockets that bgd cannot put right, read
+    /// when status is asked: another process's socket in bgd's group, a
+    /// socket an app shut down (issue 25). Empty when all is well.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub socket_alerts: Vec<String>,
 }
 
 /// A pause as status shows it.
