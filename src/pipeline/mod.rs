@@ -9,6 +9,7 @@
 //! - `hooks`       `[hooks]` prepare and after_live commands
 //! - `health`      readiness checks that reach the new color alone
 //! - `watch`       auto-release: notify events coalesced into settled-tree events
+//! - `walk`        iterative walks of a tree that never follow a symlink out of it
 
 pub(crate) mod fingerprint;
 pub(crate) mod health;
@@ -16,4 +17,5 @@ pub(crate) mod hooks;
 pub(crate) mod prepare;
 pub(crate) mod releases;
 pub(crate) mod stage;
+pub(crate) mod walk;
 pub(crate) mod watch;

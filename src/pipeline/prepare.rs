@@ -341,6 +341,7 @@ async fn copy(
         cancel: cancel.clone(),
         shared: ctx.config.shared.clone(),
         hardlink: ctx.config.hardlink,
+        changing: false,
         progress: Some(Arc::new(move |files, bytes| {
             let message = format!("copied {files} files, {:.1} MB so far", bytes as f64 / 1e6);
             events(TaskReport::Progress {
@@ -377,9 +378,26 @@ async fn copy(
         let kind = match e {
             StageError::Refused(_) => FailureKind::BadRequest,
             StageError::Io(_) => FailureKind::Stage,
-            StageError::Changed => FailureKind::Changed,
+            StageError::Changed(_) => FailureKind::Changed,
             StageError::Aborted => FailureKind::Busy,
         };
-        failed(kind, Step::Stage, format!("cannot stage the build: {e}"))
+        let m = match &e {
+            StageError::Changed(_) => changed(&e, plan.expect.is_some()),
+            _ => format!("cannot stage the build: {e}"),
+        };
+        failed(kind, Step::Stage, m)
     })
+}
+
+/// Why a copy of a build that changed while it was copied was thrown
+/// away, and what to do: auto-release tries again once the tree settles;
+/// a release by hand needs a build that holds still.
+fn changed(e: &StageError, auto: bool) -> String {
+    if auto {
+        return format!("{e}; it is staged again after the next quiet period");
+    }
+    format!(
+        "{e}: nothing was released (a copy of a build that is being written would mix old and new files). \
+         Build into a new directory, then rename it into place (`mv build.new build`) or release that directory, and release again"
+    )
 }

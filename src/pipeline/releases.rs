@@ -6,7 +6,6 @@
 use std::collections::HashSet;
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::color::Color;
 use crate::deploy::kept::state_word;
 use crate::deploy::state::{Kept, State};
+use crate::pipeline::walk;
 use crate::store::layout;
 
 /// One release as `bgctl releases` shows it.
@@ -81,19 +81,24 @@ pub fn listing(root: &Path, state: &State, standby: Option<u64>, keep: usize) ->
 }
 
 /// Bytes the tree at `dir` takes on disk, counting each inode not in
-/// `seen` once (and adding it there). A missing tree takes nothing.
+/// `seen` once (and adding it there). A missing tree takes nothing. The
+/// walk is iterative (`walk.rs`), so no depth overflows a stack.
 pub fn disk_usage(dir: &Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
-    let Ok(meta) = fs::symlink_metadata(dir) else {
+    let Ok(top) = walk::lstat(dir) else {
         return 0;
     };
     let mut bytes = 0;
-    if seen.insert((meta.dev(), meta.ino())) {
-        bytes += meta.blocks() * 512;
-    }
-    if meta.is_dir() {
-        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-            bytes += disk_usage(&e.path(), seen);
+    let mut count = |m: &walk::Meta| {
+        if seen.insert((m.dev, m.ino)) {
+            bytes += m.blocks * 512;
         }
+    };
+    count(&top);
+    if top.is_dir() {
+        let _ = walk::walk::<std::io::Error>(dir, None, |e| {
+            count(e.meta);
+            Ok(true)
+        });
     }
     bytes
 }
