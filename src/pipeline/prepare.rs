@@ -207,7 +207,13 @@ async fn check_space(ctx: &Ctx, source: &std::path::Path) -> Result<stage::Need,
                 format!("sizing task failed: {e}"),
             )
         })?
-        .map_err(|m| failed(FailureKind::Stage, Step::Validate, m))
+        .map_err(|e| {
+            let kind = match e {
+                StageError::Refused(_) => FailureKind::BadRequest,
+                _ => FailureKind::Stage,
+            };
+            failed(kind, Step::Validate, e.to_string())
+        })
 }
 
 /// Stages a copy of the kept release `build` (a rollback to it); returns
@@ -377,7 +383,7 @@ async fn copy(
     staged.map_err(|e| {
         let kind = match e {
             StageError::Refused(_) => FailureKind::BadRequest,
-            StageError::Io(_) => FailureKind::Stage,
+            StageError::Io(_) | StageError::NoSpace(_) => FailureKind::Stage,
             StageError::Changed(_) => FailureKind::Changed,
             StageError::Aborted => FailureKind::Busy,
         };

@@ -36,6 +36,7 @@ use crate::store::layout::{self, color_dir, shared_dir, staging_dir, trash_dir};
 
 mod copy;
 mod durable;
+pub mod manifest;
 mod parallel;
 mod setid;
 mod space;
@@ -144,6 +145,9 @@ pub enum StageError {
     Changed(PathBuf),
     #[error("the release was aborted")]
     Aborted,
+    /// The build does not fit, or could not be sized: what it needs.
+    #[error("{0}")]
+    NoSpace(String),
 }
 
 /// Sizes of what was copied and the source's fingerprint.
@@ -181,6 +185,7 @@ pub fn stage(
             color: &staging_dir(root, id),
         };
         let copied = copy_tree(root, dirs, opts)?;
+        manifest::write(&kept, &layout::release_manifest(root, id))?;
         let whole = layout::release_dir(root, id);
         fs::rename(&kept, &whole).map_err(|e| at(&whole, e))?;
         fsync_dir(&layout::releases_dir(root))?;
@@ -208,6 +213,7 @@ pub fn stage_kept(
             src.display()
         )));
     }
+    check_kept(root, kept).map_err(StageError::Refused)?;
     let dirs = copy::Dirs {
         src: &src,
         kept: None,
@@ -299,6 +305,7 @@ pub fn keep_copy_of(root: &Path, dir: &Path, id: u64) -> Result<(), StageError> 
         let dirty = durable::dirty();
         copy.tree(dirs)?;
         durable::flush(&copy.files, &copy.dirs, copy.written_bytes, dirty)?;
+        manifest::write(&new, &layout::release_manifest(root, id))?;
         let whole = layout::release_dir(root, id);
         fs::rename(&new, &whole).map_err(|e| at(&whole, e))?;
         Ok(fsync_dir(&layout::releases_dir(root))?)
@@ -307,6 +314,29 @@ pub fn keep_copy_of(root: &Path, dir: &Path, id: u64) -> Result<(), StageError> 
         remove_tree(&new);
     }
     result
+}
+
+/// Checks kept release `id`'s copy against its manifest before it goes
+/// live again; `Err` says what differs and what to do. A copy without a
+/// manifest (made by an older bgd) passes, with a warning. Blocking.
+pub fn check_kept(root: &Path, id: u64) -> Result<(), String> {
+    let dir = layout::release_dir(root, id);
+    match manifest::check(&dir, &layout::release_manifest(root, id)) {
+        Ok(manifest::Check::Whole) => Ok(()),
+        Ok(manifest::Check::Unrecorded) => {
+            tracing::warn!("the kept copy of release {id} has no manifest: it is not checked");
+            Ok(())
+        }
+        Ok(manifest::Check::Differs(found, count)) => Err(format!(
+            "the kept copy of release {id} ({}) is damaged: {}; it is not the build that went live. Roll back to another release (`bgctl releases` marks the damaged ones), or release that build again",
+            dir.display(),
+            manifest::describe(&found, count)
+        )),
+        Err(e) => Err(format!(
+            "cannot check the kept copy of release {id} ({}): {e}",
+            dir.display()
+        )),
+    }
 }
 
 /// The newest whole kept copy in `root/releases`, whose unchanged files a
@@ -330,8 +360,9 @@ pub fn remove_kept(root: &Path, id: u64) {
     match fs::rename(&dir, &aside) {
         Ok(()) => remove_tree(&aside),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!("cannot remove {}: {e}", dir.display()),
+        Err(e) => return tracing::warn!("cannot remove {}: {e}", dir.display()),
     }
+    remove_tree(&layout::release_manifest(root, id));
 }
 
 /// Removes what a successful [`stage`] of release `id` set aside. Blocking.

@@ -28,6 +28,10 @@
 //!   --to` a label, `keep`, the app's writes never reaching a kept copy, a
 //!   build that does not fit (tmpfs), taking over an older root, a build that
 //!   contains the root, the watch pause across a restart.
+//! - `builds.rs`: hostile and damaged builds (issue 26): a deploy user's
+//!   setuid tools and file capabilities, sparse files, trees 1,900 deep
+//!   (copied, watched) and deeper (refused), a build written while it is
+//!   copied, a damaged kept copy, a watched path that is a symlink.
 //! - `canary.rs`: warm standby, canaries and the bake window, under load from
 //!   keep-alive and new-connection clients: not one request fails.
 //! - `contain.rs`: containment, with cgroups and with the process-group
@@ -94,6 +98,7 @@
 mod harness;
 mod load;
 
+mod builds;
 mod canary;
 mod contain;
 mod deb;

@@ -338,6 +338,10 @@ impl Out {
                 escape_controls(&r.source),
                 self.paint(on, DIM, &fingerprint),
             );
+            if let Some(d) = &r.damaged {
+                let m = format!("     damaged: {}", escape_controls(d));
+                println!("{}", self.paint(on, RED, &m));
+            }
         }
         println!(
             "kept releases use {}, the colors {}; {} free; keep = {}",

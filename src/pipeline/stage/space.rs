@@ -5,6 +5,7 @@ use std::io;
 use std::path::Path;
 
 use super::copy::same_file;
+use super::StageError;
 use crate::pipeline::walk::{self, Kind};
 
 /// What staging a build will write, in bytes: each file's allocated
@@ -25,23 +26,32 @@ const BLOCK: u64 = 4096;
 /// `root` cannot hold, before anything is copied: its kept copy (besides
 /// what it can link to the newest kept release) and the color's copy,
 /// against the space free for bgd. `Ok` says what it needs.
-pub fn check_space(root: &Path, src: &Path, hardlink: bool) -> Result<Need, String> {
+///
+/// A build deeper than [`walk::MAX_DEPTH`] is [`StageError::Refused`] here
+/// already; a build that does not fit is [`StageError::NoSpace`].
+pub fn check_space(root: &Path, src: &Path, hardlink: bool) -> Result<Need, StageError> {
     let prev = super::newest_kept(root);
     let mut need = Need::default();
-    estimate(src, prev.as_deref(), hardlink, &mut need)
-        .map_err(|e| format!("cannot size the build {}: {e}", src.display()))?;
-    let free = free_bytes(root)
-        .map_err(|e| format!("cannot ask how much space {} has: {e}", root.display()))?;
+    estimate(src, prev.as_deref(), hardlink, &mut need).map_err(|e| match walk::too_deep(&e) {
+        Some(deep) => StageError::Refused(deep.to_string()),
+        None => StageError::NoSpace(format!("cannot size the build {}: {e}", src.display())),
+    })?;
+    let free = free_bytes(root).map_err(|e| {
+        StageError::NoSpace(format!(
+            "cannot ask how much space {} has: {e}",
+            root.display()
+        ))
+    })?;
     let total = need.kept + need.color;
     if total > free {
-        return Err(format!(
+        return Err(StageError::NoSpace(format!(
             "not enough space for this build: it needs {} on the filesystem of bgd's root {} ({} for its kept copy, {} for the color's copy) and {} are free; nothing was copied. Free space there, or lower `keep` (`bgctl releases` shows what kept releases take)",
             mb(total),
             root.display(),
             mb(need.kept),
             mb(need.color),
             mb(free)
-        ));
+        )));
     }
     Ok(need)
 }
@@ -62,7 +72,7 @@ pub fn mb(bytes: u64) -> String {
 fn estimate(dir: &Path, prev: Option<&Path>, hardlink: bool, need: &mut Need) -> io::Result<()> {
     need.kept += BLOCK;
     need.color += BLOCK;
-    walk::walk::<io::Error>(dir, None, |e| {
+    walk::walk::<io::Error>(dir, Some(walk::MAX_DEPTH), |e| {
         match e.meta.kind {
             Kind::Dir => {
                 need.kept += BLOCK;
