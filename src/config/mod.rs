@@ -18,6 +18,7 @@ mod hooks;
 pub mod identity;
 mod listen;
 mod metrics;
+mod nul;
 mod parse;
 pub mod template;
 mod traffic;
@@ -32,7 +33,7 @@ use crate::deploy::rollout::Rollout;
 use parse::{absolute, check_unix_path, line_col, located, parse_mode, Spanned};
 
 pub use app::{fd_names, parse_signal, AppConfig, DEFAULT_DRAIN_DELAY};
-pub use health::HealthConfig;
+pub use health::{HealthConfig, DEFAULT_ATTEMPT_TIMEOUT};
 pub use hooks::HooksConfig;
 pub use listen::{ListenAddr, ListenConfig, PROBE_FD_NAME};
 pub use parse::parse_duration;
@@ -155,12 +156,14 @@ impl Config {
             text,
             dir: file.parent().unwrap_or(Path::new("/")).to_path_buf(),
         };
+        nul::refuse(&src)?;
         check_name(&src, &raw.name)?;
         let root = src.dir.join(&raw.root);
         let control = control_socket(&src, raw.control.as_ref(), &root, raw.name.span())?;
         let listen = listen::parse(&src, &raw.listen)?;
         app::check_command(&src, &raw.app)?;
-        let health = health::parse(&src, raw.health)?;
+        let mut warnings = Vec::new();
+        let health = health::parse(&src, raw.health, &mut warnings)?;
         let watch = raw.watch.map(|w| watch::parse(&src, w)).transpose()?;
         let shared = shared(&src, raw.shared.as_ref())?;
         let hooks = hooks::parse(&src, raw.hooks)?;
@@ -180,7 +183,6 @@ impl Config {
         let fds = fd_names(&listen, traffic, health.http.is_some());
         app::check_templates(&src, &raw.app, &fds)?;
         let metrics = metrics::parse(&src, raw.metrics)?;
-        let mut warnings = Vec::new();
         let app = app::build(&src, raw.app, identity, &mut warnings);
         Ok(Config {
             file: file.clone(),

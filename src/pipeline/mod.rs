@@ -5,6 +5,7 @@
 //! - `prepare`     the task that brings a color up: validate, stage, prepare hooks, start, wait until ready
 //! - `stage`       keeping a build and copying it into a color directory atomically
 //! - `releases`    kept releases on disk: sizes, listing, taking over an older root
+//! - `runnable`    whether a config's programs resolve and may run (`--check`, reload)
 //! - `fingerprint` a cheap summary of a build tree, to tell two builds apart
 //! - `hooks`       `[hooks]` prepare and after_live commands
 //! - `health`      readiness checks that reach the new color alone
@@ -16,6 +17,7 @@ pub(crate) mod health;
 pub(crate) mod hooks;
 pub(crate) mod prepare;
 pub(crate) mod releases;
+pub mod runnable;
 pub(crate) mod stage;
 pub(crate) mod walk;
 pub(crate) mod watch;

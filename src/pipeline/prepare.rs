@@ -291,14 +291,20 @@ async fn wait_ready(
         exit = app.exited() => Err(format!("{} exited during the readiness wait ({exit})", plan.color)),
         _ = tokio::time::sleep(timeout) => {
             let last = last_check.lock().expect("never held across a panic").clone();
-            Err(not_ready(plan, timeout, &last, app.log_tail().await.last()))
+            let limits = (timeout, ctx.config.health.attempt_timeout);
+            Err(not_ready(plan, limits, &last, app.log_tail().await.last()))
         }
     }
 }
 
 /// Why a color that did not become ready in time failed: what the last
 /// check saw and, when the app never answered, its last line and a hint.
-fn not_ready(plan: &Launch, timeout: Duration, last: &str, last_line: Option<&String>) -> String {
+fn not_ready(
+    plan: &Launch,
+    (timeout, attempt): (Duration, Duration),
+    last: &str,
+    last_line: Option<&String>,
+) -> String {
     let mut m = format!(
         "{} was not ready within health.timeout ({})",
         plan.color,
@@ -317,6 +323,13 @@ fn not_ready(plan: &Launch, timeout: Duration, last: &str, last_line: Option<&St
             m += &format!("; its last line was {line:?}");
         }
         m += "; if it was still starting, raise health.timeout";
+    }
+    if let Some(limit) = last.contains("health.attempt_timeout").then_some(attempt) {
+        // Each attempt was cut: a longer wait alone would only cut more.
+        m += &format!(
+            "; if it answers, but slower than {}, raise health.attempt_timeout (how long one attempt may take)",
+            humantime::format_duration(limit)
+        );
     }
     m
 }
