@@ -178,7 +178,10 @@ mod tests {
     #[test]
     fn the_attempt_timeout_is_a_key_of_its_own() {
         let with = |t: &str| parse(&GOOD.replace("\"/healthz\"", &format!("\"/healthz\"\n{t}")));
-        assert_eq!(with("").unwrap().health.attempt_timeout, Duration::from_secs(2));
+        assert_eq!(
+            with("").unwrap().health.attempt_timeout,
+            Duration::from_secs(2)
+        );
         let c = with("attempt_timeout = \"5s\"\ntimeout = \"60s\"").unwrap();
         assert_eq!(c.health.attempt_timeout, Duration::from_secs(5));
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);

@@ -104,15 +104,42 @@ impl Daemon {
     }
 
     fn save(&self, state: &State) {
-        if let Err(e) = state::save(state, &self.ctx.config.fixed.root) {
-            tracing::error!("cannot write bgd's state: {e}");
+        let root = &self.ctx.config.fixed.root;
+        match state::save(state, root) {
+            Ok(()) => self.notes.clear("state.json write"),
+            Err(e) => {
+                let file = crate::store::layout::state_file(root);
+                let m = format!("cannot write {}: {e}; a restart of bgd would find the state before this change", file.display());
+                tracing::error!("{m}");
+                self.notes.set("state.json write", m);
+            }
         }
     }
 
-    fn commit(&self, state: &State) -> Result<(), String> {
+    /// Writes the state for a decision that waits on it; a full disk is
+    /// said as such (the client's failure is then a staging one, exit 6).
+    fn commit(&self, state: &State) -> Result<(), crate::deploy::WriteFailed> {
         let root = &self.ctx.config.fixed.root;
-        state::save(state, root)
-            .map_err(|e| format!("{}: {e}", crate::store::layout::state_file(root).display()))
+        let file = crate::store::layout::state_file(root);
+        let saved = state::save(state, root).map_err(|e| {
+            let full = disk_full(&e);
+            let hint = if full {
+                ": the disk that holds bgd's root is full; free space there and try again"
+            } else {
+                ""
+            };
+            crate::deploy::WriteFailed {
+                message: format!("{}: {e}{hint}", file.display()),
+                full,
+            }
+        });
+        match &saved {
+            Ok(()) => self.notes.clear("state.json write"),
+            Err(e) => self
+                .notes
+                .set("state.json write", format!("cannot write {e}")),
+        }
+        saved
     }
 
     fn point_live(&self, color: Color) {
@@ -254,14 +281,37 @@ impl Daemon {
 
 /// Writes history records in the order they come, off the loop (each is
 /// a read-modify-write of the file, with fsync).
-pub(super) fn history_writer(root: std::path::PathBuf) -> UnboundedSender<history::Record> {
+/// Whether `e` says the disk (or the quota) is full.
+fn disk_full(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+        || matches!(
+            format!("{:?}", e.kind()).as_str(),
+            "StorageFull" | "QuotaExceeded"
+        )
+}
+
+/// What cannot be written or read back is noted for status.
+pub(super) fn history_writer(
+    root: std::path::PathBuf,
+    notes: crate::store::files::Notes,
+) -> UnboundedSender<history::Record> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<history::Record>();
     tokio::spawn(async move {
         while let Some(record) = rx.recv().await {
-            let root = root.clone();
-            let written = tokio::task::spawn_blocking(move || history::append(&root, record));
-            if let Ok(Err(e)) = written.await {
-                tracing::warn!("cannot write the release history: {e}");
+            let (root, release) = (root.clone(), record.release);
+            let written = tokio::task::spawn_blocking(move || history::append(&root, record)).await;
+            let Ok((written, damaged)) = written else {
+                continue;
+            };
+            if let Some(note) = damaged {
+                notes.set("history.json", note);
+            }
+            match written {
+                Ok(()) => notes.clear("history.json write"),
+                Err(e) => notes.set(
+                    "history.json write",
+                    format!("cannot write the release history: {e}; the record of release {release} is not in `bgctl history`"),
+                ),
             }
         }
     });

@@ -41,6 +41,7 @@ use crate::{Ctx, Sink};
 mod effects;
 mod monitor;
 mod queries;
+mod recover;
 mod reexec;
 mod service;
 mod status;
@@ -87,8 +88,20 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
         .with_context(|| format!("cannot create root {}", root.display()))?;
     let _lock = lock_root(&root)?;
     let contain = Arc::new(crate::supervise::contain::Containment::setup(&root));
+    // bgd's own files it could not read or write whole, for status.
+    let notes = crate::store::files::Notes::default();
+    // Read before anything is killed: bgd that cannot tell which color is
+    // live stops here, with the app still serving.
+    let (mut state, damaged) = crate::store::state::load(&root)?;
     // What a previous bgd left running is adopted, or killed.
-    let (found, held) = crate::supervise::adoption::find(&root, &contain);
+    let (found, held) = crate::supervise::adoption::find(&root, &contain, &state, &notes);
+    if let Some(note) = damaged {
+        notes.set("state.json", note);
+        if recover::trust_what_runs(&mut state, &found, &notes) {
+            crate::store::state::save(&state, &root)
+                .with_context(|| format!("cannot write {}", layout::state_file(&root).display()))?;
+        }
+    }
     let inherited = if inherited.is_empty() {
         held
     } else {
@@ -98,7 +111,6 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
         tracing::warn!("{e}");
     }
     stage::remove_leftovers(&root).with_context(|| format!("cannot clean {}", root.display()))?;
-    let mut state = crate::store::state::load(&root)?;
     crate::pipeline::releases::at_start(&root, &mut state)?;
     let fixed = &config.fixed;
     let listeners = Arc::new(Listeners::adopt_or_bind(
@@ -129,7 +141,7 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
     }
     tracing::info!(name = %ctx.config.fixed.name, control = %ctx.config.fixed.control.display(), containment = %ctx.contain.describe(), "bgd is up");
 
-    let mut daemon = Daemon::new(ctx, state, tx, telemetry);
+    let mut daemon = Daemon::new(ctx, state, tx, telemetry, notes);
     daemon.start_watching()?;
     for f in found {
         let color = f.color;
@@ -247,6 +259,8 @@ struct Daemon {
     status_line: String,
     /// Lifecycle events (`bgctl events`) and the metrics.
     telemetry: telemetry::Telemetry,
+    /// bgd's own files it could not read or write whole (status).
+    notes: crate::store::files::Notes,
 }
 
 /// The clients that wait for the outcome of what they asked.
@@ -309,11 +323,19 @@ impl Daemon {
         state: State,
         events: UnboundedSender<Event>,
         telemetry: telemetry::Telemetry,
+        notes: crate::store::files::Notes,
     ) -> Daemon {
         let root = ctx.config.fixed.root.clone();
+        let (operator, damaged) = crate::store::operator::load(&root);
+        if let Some(note) = damaged {
+            notes.set("operator.json", note);
+        }
+        if let Some(note) = crate::store::history::load(&root).note {
+            notes.set("history.json", note);
+        }
         Daemon {
             core: Core::new(state, policy(&ctx), now()),
-            history: effects::history_writer(root.clone()),
+            history: effects::history_writer(root.clone(), notes.clone()),
             program: Program {
                 exe: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
                 instance: SystemTime::now()
@@ -328,12 +350,13 @@ impl Daemon {
             tasks: HashMap::new(),
             rescues: HashMap::new(),
             watch: Watching {
-                saved: crate::store::operator::load(&root),
+                saved: operator,
                 ..Watching::default()
             },
             last_result: None,
             status_line: String::new(),
             telemetry,
+            notes,
         }
     }
 

@@ -46,6 +46,7 @@ impl Daemon {
             canary: canary_status(core, now),
             watch: self.watch.auto.as_ref().map(|a| self.watch_status(a)),
             metrics: self.telemetry.metrics_addr.map(|a| a.to_string()),
+            own_files: self.notes.all(),
         }
     }
 

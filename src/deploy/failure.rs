@@ -69,6 +69,43 @@ pub enum FailureKind {
     RolledBack,
 }
 
+/// Why a write of the state ([`Input::Committed`](super::Input::Committed))
+/// failed: the error, and whether the disk (or the quota) was full. A full
+/// disk is a staging failure for the client (`FailureKind::Stage`, exit 6),
+/// as when it fills during the copy; anything else is bgd's own
+/// (`FailureKind::Internal`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteFailed {
+    pub message: String,
+    pub full: bool,
+}
+
+impl WriteFailed {
+    /// The kind of failure a client is told.
+    pub fn kind(&self) -> FailureKind {
+        if self.full {
+            FailureKind::Stage
+        } else {
+            FailureKind::Internal
+        }
+    }
+}
+
+impl From<&str> for WriteFailed {
+    fn from(message: &str) -> Self {
+        WriteFailed {
+            message: message.into(),
+            full: false,
+        }
+    }
+}
+
+impl std::fmt::Display for WriteFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 impl Failure {
     pub fn new(kind: FailureKind, step: Option<Step>, message: impl Into<String>) -> Self {
         Failure {

@@ -50,7 +50,7 @@ mod traffic;
 
 pub use answer::{Answer, CanaryShare, Outcome, Swapped};
 pub use exit::Exit;
-pub use failure::{Failure, FailureKind, Step};
+pub use failure::{Failure, FailureKind, Step, WriteFailed};
 pub use input::{Checked, Drained, Exited, Input, TaskReport};
 pub use phase::{ColorPhase, Health, Kind, Release, ReleasePhase, Shutdown, Slot, Trigger};
 pub use record::{Record, StepTime};

@@ -5,6 +5,7 @@
 use super::*;
 use crate::deploy::FailureKind;
 
+mod disk;
 mod kept;
 mod traffic;
 

@@ -54,7 +54,12 @@ pub fn live_build(root: &Path) -> Option<PathBuf> {
     std::fs::canonicalize(live).ok().filter(|d| d.is_dir())
 }
 
-fn program(name: &str, build: Option<&Path>, path: &str, who: Option<&Identity>) -> Result<(), String> {
+fn program(
+    name: &str,
+    build: Option<&Path>,
+    path: &str,
+    who: Option<&Identity>,
+) -> Result<(), String> {
     if name.contains('{') {
         return Ok(());
     }
@@ -112,7 +117,10 @@ fn program(name: &str, build: Option<&Path>, path: &str, who: Option<&Identity>)
 fn may_execute(meta: &std::fs::Metadata, who: Option<&Identity>) -> bool {
     let mode = meta.mode();
     let (uid, groups) = match who {
-        Some(i) => (i.uid.as_raw(), i.groups.iter().map(|g| g.as_raw()).collect()),
+        Some(i) => (
+            i.uid.as_raw(),
+            i.groups.iter().map(|g| g.as_raw()).collect(),
+        ),
         None => (
             nix::unistd::geteuid().as_raw(),
             nix::unistd::getgroups()
@@ -179,13 +187,18 @@ mod tests {
     fn the_health_check_program_too() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("server"), "").unwrap();
-        std::fs::set_permissions(dir.path().join("server"), std::fs::Permissions::from_mode(0o755))
-            .unwrap();
+        std::fs::set_permissions(
+            dir.path().join("server"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         let text = "name = \"t\"\nroot = \"r\"\n[[listen]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[app]\ncommand = [\"./server\"]\nallow_root = true\n[health]\nexec = [\"./check\"]\n";
         let c = Config::parse(Path::new("/etc/bgd/t.toml"), text).unwrap();
         let e = check(&c, Some(dir.path())).unwrap_err();
         assert!(
-            e.starts_with("/etc/bgd/t.toml:10:8: health.exec: the program \"./check\" cannot be found"),
+            e.starts_with(
+                "/etc/bgd/t.toml:10:8: health.exec: the program \"./check\" cannot be found"
+            ),
             "{e}"
         );
     }

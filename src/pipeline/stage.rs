@@ -513,7 +513,7 @@ mod tests {
             Path::new("a/b/f")
         );
         assert_eq!(entries(&root), ["blue", "releases"], "no staging left");
-        assert_eq!(entries(&layout::releases_dir(&root)), ["1"]);
+        assert_eq!(entries(&layout::releases_dir(&root)), ["1", "1.manifest"]);
         assert_eq!(
             Fingerprint::of_tree(&layout::release_dir(&root, 1), &GlobSet::empty(), None),
             expect,
@@ -535,7 +535,7 @@ mod tests {
         );
         assert_eq!(
             entries(&layout::releases_dir(&root)),
-            ["1"],
+            ["1", "1.manifest"],
             "and its kept copy"
         );
     }

@@ -34,6 +34,10 @@
 //!   copied, a damaged kept copy, a watched path that is a symlink.
 //! - `canary.rs`: warm standby, canaries and the bake window, under load from
 //!   keep-alive and new-connection clients: not one request fails.
+//! - `config_checks.rs`: configs edited by hand (issue 26): a NUL byte in a
+//!   value, a reload naming a program that is not there (or not
+//!   executable, or a user that does not exist), a health endpoint slower
+//!   than 2 s; `--check` and SIGHUP refuse them and the old config stays.
 //! - `contain.rs`: containment, with cgroups and with the process-group
 //!   fallback (`BGD_NO_CGROUP`): every process of a color, however it forked,
 //!   `setsid()`ed or daemonized, is found, stopped and killed with it.
@@ -41,6 +45,10 @@
 //!   markers, broken builds, no loops, pause, turn-taking.
 //! - `operations.rs`: hooks, shared data, history, logs, `--no-wait`,
 //!   completions and man page.
+//! - `own_files.rs`: bgd's own files torn or unwritable (issue 26):
+//!   `history.json`, `state.json`, run records and `operator.json` cut short
+//!   lose at most their last record, never make bgd kill the serving app,
+//!   and are named in status; a full disk fails releases with exit 6.
 //! - `metrics.rs`: after two releases, a rollback, a failed release and a
 //!   restart of the live color, the Python client's parser reads exact values
 //!   from `/metrics` (and `promtool check metrics` lints it where installed),
@@ -100,6 +108,7 @@ mod load;
 
 mod builds;
 mod canary;
+mod config_checks;
 mod contain;
 mod deb;
 mod failures;
@@ -111,6 +120,7 @@ mod kept;
 mod lifecycle;
 mod metrics;
 mod operations;
+mod own_files;
 mod releases;
 mod servers;
 mod systemd;

@@ -225,6 +225,15 @@ impl Out {
         if let Some(w) = &s.watch {
             self.watch_status(w);
         }
+        self.own_files(&s.own_files);
+    }
+
+    /// bgd's own files it could not read or write whole, one warning each.
+    fn own_files(&self, notes: &[String]) {
+        for note in notes {
+            let line = format!("warning: {}", escape_controls(note));
+            println!("{}", self.paint(self.color_out, RED, &line));
+        }
     }
 
     /// One color's line of `bgctl status`.

@@ -51,6 +51,11 @@ pub struct Status {
     /// Where `/metrics` is served (`metrics.listen` as bound), if anywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
+    /// bgd's own files (`state.json`, `history.json`, `operator.json`, run
+    /// records) that it could not read or write whole, each with what bgd
+    /// did about it: a sentence each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub own_files: Vec<String>,
 }
 
 /// A canary as status shows it.

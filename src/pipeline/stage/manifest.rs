@@ -7,14 +7,14 @@
 //!
 //! One line per entry, in the walk's order, fields separated by tabs
 //! (`\`, tab and newline in a path escaped as `\\`, `\t`, `\n`), between
-//! a header and a trailer that counts the entries:
+//! a header and a trailer that counts the entries (tabs shown as `→`):
 //!
 //! ```text
 //! bgd-manifest 1
-//! d	755	-	-	static
-//! f	644	1234	1700000000.000000000	static/app.css
-//! l	777	-	-	current	static
-//! end	3
+//! d→755→-→-→static
+//! f→644→1234→1700000000.000000000→static/app.css
+//! l→777→-→-→current→static
+//! end→3
 //! ```
 //!
 //! It is written whole (temp file, fsync, rename). A manifest cut short
