@@ -20,6 +20,7 @@ use crate::pipeline::prepare;
 use crate::store::history;
 use crate::store::state;
 use crate::supervise::drain;
+use crate::supervise::logs::escape_controls;
 use crate::supervise::process::AppProcess;
 
 /// The longest a start of a color waits for the rescue of its queue.
@@ -92,10 +93,11 @@ impl Daemon {
             Effect::Unlisten => self.ctx.listeners.unlisten(),
             Effect::Ready => crate::ops::systemd::ready(),
             Effect::Stopping => crate::ops::systemd::stopping(),
-            Effect::Log(level, message) => match level {
-                Level::Info => tracing::info!("{message}"),
-                Level::Warn => tracing::warn!("{message}"),
-                Level::Error => tracing::error!("{message}"),
+            // A message may quote the app (a hook's line, a check's output).
+            Effect::Log(level, message) => match (level, escape_controls(&message)) {
+                (Level::Info, m) => tracing::info!("{m}"),
+                (Level::Warn, m) => tracing::warn!("{m}"),
+                (Level::Error, m) => tracing::error!("{m}"),
             },
             // Published by `handle` as the core returned it, in order.
             Effect::Notify(_) => {}
@@ -242,7 +244,10 @@ impl Daemon {
             let dir = crate::store::layout::color_dir(&ctx.config.fixed.root, color);
             let env = crate::supervise::process::color_env(&ctx, color, release);
             let hooks = ctx.config.hooks.after_live.clone();
-            let log = |line: &str| tracing::info!(%color, hook = "after_live", "{line}");
+            let log = |line: &str| {
+                let line = escape_controls(line);
+                tracing::info!(%color, hook = "after_live", "{line}")
+            };
             match crate::pipeline::hooks::run(&ctx, "after_live", &hooks, &dir, &env, log).await {
                 Ok(()) => tracing::info!(%color, release, "after_live hooks done"),
                 Err(f) => {

@@ -41,6 +41,9 @@
 //! - `contain.rs`: containment, with cgroups and with the process-group
 //!   fallback (`BGD_NO_CGROUP`): every process of a color, however it forked,
 //!   `setsid()`ed or daemonized, is found, stopped and killed with it.
+//! - `escapes.rs`: an app's terminal escapes (title, clear, CR, NUL, C1)
+//!   reach no terminal raw: logs, a failure's tail, hook lines, events,
+//!   status, history, bgd's own log (issue 26).
 //! - `watch.rs`: auto-release under load: slow writers, `rm -rf`, `mv`,
 //!   markers, broken builds, no loops, pause, turn-taking.
 //! - `operations.rs`: hooks, shared data, history, logs, `--no-wait`,
@@ -111,6 +114,7 @@ mod canary;
 mod config_checks;
 mod contain;
 mod deb;
+mod escapes;
 mod failures;
 mod faults;
 mod fleet;
