@@ -52,14 +52,15 @@ pub enum FailureKind {
     BadRequest,
     /// Another release is running, or bgd is shutting down.
     Busy,
-    /// Copying the build failed (I/O error, disk full).
+    /// Copying the build failed (I/O error, disk full), or the state
+    /// could not be written because the disk is full.
     Stage,
     /// The new color could not start, exited, or was not ready in time.
     App,
     /// bgd itself failed (could not write its state, ...).
     Internal,
-    /// The watched build changed while it was copied; it is staged again
-    /// after the next quiet period.
+    /// The build changed while it was copied: auto-release stages it
+    /// again after the next quiet period; a release by hand is refused.
     Changed,
     /// The peer may not use the control socket.
     Denied,

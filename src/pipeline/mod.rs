@@ -19,5 +19,7 @@ pub(crate) mod prepare;
 pub(crate) mod releases;
 pub mod runnable;
 pub(crate) mod stage;
+/// A kept copy's manifest (read by the fuzz target for bgd's own files).
+pub use stage::manifest;
 pub(crate) mod walk;
 pub(crate) mod watch;

@@ -26,6 +26,23 @@ const RESET: &str = "\x1b[0m";
 /// set the terminal's title, clear it, or overwrite a line with `\r`.
 pub use bgd::supervise::logs::escape_controls;
 
+/// The release in progress, one line of `bgctl status`.
+fn in_progress(r: &bgd::ops::protocol::ReleaseProgress) {
+    let kind = if r.kind.is_empty() {
+        "release"
+    } else {
+        &r.kind
+    };
+    println!(
+        "  {} of release {} on {} in progress: step {} since {}",
+        escape_controls(kind),
+        r.id,
+        r.color,
+        r.step,
+        escape_controls(&r.since)
+    );
+}
+
 impl Out {
     pub fn new() -> Out {
         let allowed = std::env::var_os("NO_COLOR").is_none();
@@ -147,19 +164,7 @@ impl Out {
             println!("{}", self.color_status(name, c));
         }
         if let Some(r) = &s.release_in_progress {
-            let kind = if r.kind.is_empty() {
-                "release"
-            } else {
-                &r.kind
-            };
-            println!(
-                "  {} of release {} on {} in progress: step {} since {}",
-                escape_controls(kind),
-                r.id,
-                r.color,
-                r.step,
-                escape_controls(&r.since)
-            );
+            in_progress(r);
         }
         if let Some(r) = &s.last_result {
             let r = escape_controls(r);
