@@ -202,16 +202,21 @@ impl Watching {
         if let Err(e) = self.watcher.watch(parent, RecursiveMode::NonRecursive) {
             self.report(e, parent);
         }
-        let mut target = self
-            .signals
-            .target
-            .lock()
-            .expect("never held across a panic");
-        let _ = self.watcher.unwatch(&target);
-        *target = resolve(&cfg.path);
+        // The lock is not held across notify's calls: its callback, which
+        // takes it, may be running on notify's thread meanwhile.
+        let target = resolve(&cfg.path);
+        let old = std::mem::replace(
+            &mut *self
+                .signals
+                .target
+                .lock()
+                .expect("never held across a panic"),
+            target.clone(),
+        );
+        let _ = self.watcher.unwatch(&old);
         if target.is_dir() {
             if let Err(e) = self.watcher.watch(&target, RecursiveMode::Recursive) {
-                self.report(e, &target.clone());
+                self.report(e, &target);
             }
         }
     }

@@ -431,8 +431,14 @@ fn a_damaged_kept_copy_is_refused_naming_what_differs() {
     let shown = text(&bgd.bgctl(&["releases"]).stdout);
     assert!(shown.contains("damaged: app.css is missing"), "{shown}");
 
+    // A plain rollback picks the same target (the previous good release),
+    // and is refused the same way.
+    let out = bgd.bgctl(&["rollback"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("app.css is missing"), "{err}");
     // Same kind: a file changed in place in a kept copy (same name, other
-    // size) is refused too, by an automatic choice of target as well.
+    // size) is refused too.
     std::fs::write(
         bgd.root().join("releases/1/server.py"),
         "print('tampered')\n",
