@@ -152,12 +152,14 @@ pub fn parse(bytes: &[u8]) -> Read {
     if lines.next() != Some(&format!("{HEADER}\n")) {
         return read;
     }
-    for line in lines {
+    while let Some(line) = lines.next() {
         let Some(line) = line.strip_suffix('\n') else {
             break; // cut short in the middle of a line
         };
         if let Some(n) = line.strip_prefix("end\t") {
-            read.whole = n.parse() == Ok(read.entries.len() as u64);
+            // Whole: the count is right and nothing follows (found by the
+            // own_files fuzz target: bytes after a trailer read as whole).
+            read.whole = n.parse() == Ok(read.entries.len() as u64) && lines.next().is_none();
             break;
         }
         match parse_line(line) {
@@ -385,5 +387,8 @@ mod tests {
         }
         assert!(parse(&whole).whole);
         assert_eq!(parse(&whole).entries.len(), 4);
+        let mut more = whole.clone();
+        more.extend_from_slice(b"ff\nend\t4\n");
+        assert!(!parse(&more).whole, "nothing may follow the trailer");
     }
 }
