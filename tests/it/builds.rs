@@ -10,43 +10,10 @@ use serde_json::Value;
 
 use crate::harness::*;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid(2) has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 const NOBODY: u32 = 65534;
 
 fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
-}
-
-/// Mounts a tmpfs of `size` at `dir`; `None` (and why, printed) if this
-/// host cannot. Unmounted when the guard drops.
-fn tmpfs(dir: &Path, size: &str) -> Option<impl Drop> {
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    if !is_root() {
-        eprintln!("skipped: mounting a tmpfs needs root");
-        return None;
-    }
-    std::fs::create_dir_all(dir).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(dir)
-        .status();
-    if !mounted.is_ok_and(|s| s.success()) {
-        eprintln!("skipped: cannot mount a tmpfs here");
-        return None;
-    }
-    Some(Unmount(dir.to_path_buf()))
 }
 
 /// A build made by `nobody` holds `tool`, 4755, and `gtool`, 2755 with
@@ -258,7 +225,7 @@ fn deep(top: &Path, depth: usize) {
 }
 
 /// A build 1,900 directories deep made bgd abort with a stack overflow
-/// (exit 134): it is released, kept, rolled back to and removed. One
+/// (exit 134): it is released, kept, and removed once pruned. One
 /// deeper than 2,000 levels is refused by name before anything is copied.
 #[test]
 fn a_very_deep_build_is_released_and_a_deeper_one_refused() {

@@ -164,35 +164,6 @@ fn a_torn_operator_file_keeps_auto_release_paused() {
     );
 }
 
-/// Mounts a tmpfs of `size` at `dir`; `None` (and why, printed) if this
-/// host cannot. Unmounted when the guard drops.
-fn tmpfs(dir: &Path, size: &str) -> Option<impl Drop> {
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    // SAFETY: geteuid(2) has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: mounting a tmpfs needs root");
-        return None;
-    }
-    std::fs::create_dir_all(dir).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(dir)
-        .status();
-    if !mounted.is_ok_and(|s| s.success()) {
-        eprintln!("skipped: cannot mount a tmpfs here");
-        return None;
-    }
-    Some(Unmount(dir.to_path_buf()))
-}
-
 /// Fills the filesystem of `dir` with `dir/filler`.
 fn fill(dir: &Path) -> PathBuf {
     use std::io::Write;
