@@ -123,7 +123,12 @@ pub(crate) fn append(root: &Path, record: Record) -> (std::io::Result<()>, Optio
     let excess = all.len().saturating_sub(KEEP);
     all.drain(..excess);
     let data = serde_json::to_vec_pretty(&all).expect("records serialize infallibly");
-    let written = files::write_keeping_previous(&layout::history_file(root), &data);
+    let path = layout::history_file(root);
+    // A damaged file is not kept as `.prev`: the one there is readable.
+    let written = match note {
+        None => files::write_keeping_previous(&path, &data),
+        Some(_) => crate::store::state::write_atomically(&path, &data),
+    };
     (written, note)
 }
 

@@ -39,13 +39,16 @@ fn damaged(root: &Path, why: &str) -> (Operator, Option<String>) {
         "{} could not be read ({why}): auto-release is paused until `bgctl watch resume`, since the lost decision may have been a pause; {kept}",
         path.display()
     );
-    (
-        Operator {
-            paused: true,
-            ..prev
-        },
-        Some(note),
-    )
+    let op = Operator {
+        paused: true,
+        ..prev
+    };
+    // Written as decided, so that the pause also outlives the next start.
+    let data = serde_json::to_vec_pretty(&op).expect("operator decisions serialize");
+    if let Err(e) = crate::store::state::write_atomically(&path, &data) {
+        tracing::warn!("cannot write {}: {e}", path.display());
+    }
+    (op, Some(note))
 }
 
 /// Parses `operator.json`'s text.

@@ -33,8 +33,9 @@ pub fn load(root: &Path) -> anyhow::Result<(State, Option<String>)> {
         Err(e) => e,
     };
     let prev = files::previous(&path);
-    let state = fs::read(&prev)
-        .map_err(|e| e.to_string())
+    let prev_text = fs::read(&prev).map_err(|e| e.to_string());
+    let state = prev_text
+        .clone()
         .and_then(|t| parse(&t))
         .map_err(|why| {
             anyhow::anyhow!(
@@ -44,6 +45,12 @@ pub fn load(root: &Path) -> anyhow::Result<(State, Option<String>)> {
             )
         })?;
     let kept = files::keep_damaged(&path);
+    // Put back, so that the next write keeps a readable `.prev`.
+    if let Ok(t) = &prev_text {
+        if let Err(e) = write_atomically(&path, t) {
+            tracing::warn!("cannot put back {}: {e}", path.display());
+        }
+    }
     let note = format!(
         "{} could not be read ({damage}): bgd started from {}, the state before its last change, which may be lost; {kept}",
         path.display(),
@@ -137,8 +144,15 @@ mod tests {
         save(&s, dir.path()).unwrap();
         let whole = fs::read(layout::state_file(dir.path())).unwrap();
         fs::write(layout::state_file(dir.path()), &whole[..whole.len() / 2]).unwrap();
-        let (back, note) = load(dir.path()).unwrap();
+        let (back, _) = load(dir.path()).unwrap();
         assert_eq!(back, State::empty(), "the one before the last write");
+        assert_eq!(
+            load(dir.path()).unwrap(),
+            (State::empty(), None),
+            "put back"
+        );
+        fs::write(layout::state_file(dir.path()), &whole[..whole.len() / 2]).unwrap();
+        let note = load(dir.path()).unwrap().1;
         let note = note.unwrap();
         assert!(
             note.contains("could not be read") && note.contains("state.json.prev"),
@@ -146,6 +160,7 @@ mod tests {
         );
         assert!(dir.path().join("state.json.damaged").exists());
         fs::write(files::previous(&layout::state_file(dir.path())), "{").unwrap();
+        fs::write(layout::state_file(dir.path()), "{\"vers").unwrap();
         let e = format!("{:#}", load(dir.path()).unwrap_err());
         assert!(
             e.contains("neither can") && e.contains("move both away"),
