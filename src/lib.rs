@@ -31,6 +31,8 @@
 //! - [`systemd`]      socket activation, fd store, sd_notify messages
 //! - `watch`          auto-release: notify events coalesced into settled-tree events
 //! - `fingerprint`    a cheap summary of a build tree, to tell two builds apart
+//! - `walk`           iterative walks of a tree that never follow a symlink out of it
+//! - `runnable`       whether a config's programs resolve and may run (`--check`, reload)
 //! - `control`        the control socket: peer check, decode, stream replies
 //! - `identity`       the user and groups the app runs as
 //! - `layout`         bgd's root directory: the path of everything bgd keeps there

@@ -131,6 +131,12 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
+        // The programs, as a start of the live color would find them.
+        let build = bgd::pipeline::runnable::live_build(&config.fixed.root);
+        if let Err(e) = bgd::pipeline::runnable::check(&config, build.as_deref()) {
+            eprintln!("bgd: {e}");
+            return ExitCode::from(2);
+        }
         for w in &config.warnings {
             eprintln!("warning: {w}");
         }

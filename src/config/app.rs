@@ -22,6 +22,9 @@ pub struct AppConfig {
     /// resolves inside the color's directory; a bare name is looked up in
     /// `PATH`.
     pub command: Vec<String>,
+    /// Where `app.command` is written (`file:line:col`), for the errors of
+    /// checks that need the running build (`pipeline::runnable`).
+    pub command_at: String,
     /// `app.env`: variables added to the app's environment, as written
     /// (`{fd:NAME}` templates are expanded at spawn).
     pub env: BTreeMap<String, String>,
@@ -270,6 +273,7 @@ pub(super) fn build(
         None => Duration::from_secs(30),
     };
     AppConfig {
+        command_at: src.location(raw.command.span().start),
         command: raw
             .command
             .into_inner()

@@ -18,6 +18,7 @@ mod hooks;
 pub mod identity;
 mod listen;
 mod metrics;
+mod nul;
 mod parse;
 mod pause;
 pub mod template;
@@ -33,7 +34,7 @@ use crate::deploy::rollout::Rollout;
 use parse::{absolute, check_unix_path, line_col, located, parse_mode, Spanned};
 
 pub use app::{fd_names, parse_signal, AppConfig, DEFAULT_DRAIN_DELAY};
-pub use health::HealthConfig;
+pub use health::{HealthConfig, DEFAULT_ATTEMPT_TIMEOUT};
 pub use hooks::HooksConfig;
 pub use listen::{ListenAddr, ListenConfig, PROBE_FD_NAME};
 pub use parse::parse_duration;
@@ -159,12 +160,14 @@ impl Config {
             text,
             dir: file.parent().unwrap_or(Path::new("/")).to_path_buf(),
         };
+        nul::refuse(&src)?;
         check_name(&src, &raw.name)?;
         let root = src.dir.join(&raw.root);
         let control = control_socket(&src, raw.control.as_ref(), &root, raw.name.span())?;
         let listen = listen::parse(&src, &raw.listen)?;
         app::check_command(&src, &raw.app)?;
-        let health = health::parse(&src, raw.health)?;
+        let mut warnings = Vec::new();
+        let health = health::parse(&src, raw.health, &mut warnings)?;
         let watch = raw.watch.map(|w| watch::parse(&src, w)).transpose()?;
         let shared = shared(&src, raw.shared.as_ref())?;
         let hooks = hooks::parse(&src, raw.hooks)?;
@@ -185,7 +188,6 @@ impl Config {
         app::check_templates(&src, &raw.app, &fds)?;
         let metrics = metrics::parse(&src, raw.metrics)?;
         let pause = pause::parse(&src, raw.pause)?;
-        let mut warnings = Vec::new();
         let app = app::build(&src, raw.app, identity, &mut warnings);
         Ok(Config {
             file: file.clone(),

@@ -20,6 +20,7 @@ use crate::pipeline::prepare;
 use crate::store::history;
 use crate::store::state;
 use crate::supervise::drain;
+use crate::supervise::logs::escape_controls;
 use crate::supervise::process::AppProcess;
 
 /// The longest a start of a color waits for the rescue of its queue.
@@ -99,10 +100,11 @@ impl Daemon {
             Effect::Hold(color) => self.hold(color),
             Effect::Ready => crate::ops::systemd::ready(),
             Effect::Stopping => crate::ops::systemd::stopping(),
-            Effect::Log(level, message) => match level {
-                Level::Info => tracing::info!("{message}"),
-                Level::Warn => tracing::warn!("{message}"),
-                Level::Error => tracing::error!("{message}"),
+            // A message may quote the app (a hook's line, a check's output).
+            Effect::Log(level, message) => match (level, escape_controls(&message)) {
+                (Level::Info, m) => tracing::info!("{m}"),
+                (Level::Warn, m) => tracing::warn!("{m}"),
+                (Level::Error, m) => tracing::error!("{m}"),
             },
             // Published by `handle` as the core returned it, in order.
             Effect::Notify(_) => {}
@@ -111,15 +113,42 @@ impl Daemon {
     }
 
     fn save(&self, state: &State) {
-        if let Err(e) = state::save(state, &self.ctx.config.fixed.root) {
-            tracing::error!("cannot write bgd's state: {e}");
+        let root = &self.ctx.config.fixed.root;
+        match state::save(state, root) {
+            Ok(()) => self.notes.clear("state.json write"),
+            Err(e) => {
+                let file = crate::store::layout::state_file(root);
+                let m = format!("cannot write {}: {e}; a restart of bgd would find the state before this change", file.display());
+                tracing::error!("{m}");
+                self.notes.set("state.json write", m);
+            }
         }
     }
 
-    fn commit(&self, state: &State) -> Result<(), String> {
+    /// Writes the state for a decision that waits on it; a full disk is
+    /// said as such (the client's failure is then a staging one, exit 6).
+    fn commit(&self, state: &State) -> Result<(), crate::deploy::WriteFailed> {
         let root = &self.ctx.config.fixed.root;
-        state::save(state, root)
-            .map_err(|e| format!("{}: {e}", crate::store::layout::state_file(root).display()))
+        let file = crate::store::layout::state_file(root);
+        let saved = state::save(state, root).map_err(|e| {
+            let full = disk_full(&e);
+            let hint = if full {
+                ": the disk that holds bgd's root is full; free space there and try again"
+            } else {
+                ""
+            };
+            crate::deploy::WriteFailed {
+                message: format!("{}: {e}{hint}", file.display()),
+                full,
+            }
+        });
+        match &saved {
+            Ok(()) => self.notes.clear("state.json write"),
+            Err(e) => self
+                .notes
+                .set("state.json write", format!("cannot write {e}")),
+        }
+        saved
     }
 
     fn point_live(&self, color: Color) {
@@ -257,7 +286,10 @@ impl Daemon {
             let dir = crate::store::layout::color_dir(&ctx.config.fixed.root, color);
             let env = crate::supervise::process::color_env(&ctx, color, release);
             let hooks = ctx.config.hooks.after_live.clone();
-            let log = |line: &str| tracing::info!(%color, hook = "after_live", "{line}");
+            let log = |line: &str| {
+                let line = escape_controls(line);
+                tracing::info!(%color, hook = "after_live", "{line}")
+            };
             match crate::pipeline::hooks::run(&ctx, "after_live", &hooks, &dir, &env, log).await {
                 Ok(()) => tracing::info!(%color, release, "after_live hooks done"),
                 Err(f) => {
@@ -296,14 +328,37 @@ impl Daemon {
 
 /// Writes history records in the order they come, off the loop (each is
 /// a read-modify-write of the file, with fsync).
-pub(super) fn history_writer(root: std::path::PathBuf) -> UnboundedSender<history::Record> {
+/// Whether `e` says the disk (or the quota) is full.
+fn disk_full(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+        || matches!(
+            format!("{:?}", e.kind()).as_str(),
+            "StorageFull" | "QuotaExceeded"
+        )
+}
+
+/// What cannot be written or read back is noted for status.
+pub(super) fn history_writer(
+    root: std::path::PathBuf,
+    notes: crate::store::files::Notes,
+) -> UnboundedSender<history::Record> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<history::Record>();
     tokio::spawn(async move {
         while let Some(record) = rx.recv().await {
-            let root = root.clone();
-            let written = tokio::task::spawn_blocking(move || history::append(&root, record));
-            if let Ok(Err(e)) = written.await {
-                tracing::warn!("cannot write the release history: {e}");
+            let (root, release) = (root.clone(), record.release);
+            let written = tokio::task::spawn_blocking(move || history::append(&root, record)).await;
+            let Ok((written, damaged)) = written else {
+                continue;
+            };
+            if let Some(note) = damaged {
+                notes.set("history.json", note);
+            }
+            match written {
+                Ok(()) => notes.clear("history.json write"),
+                Err(e) => notes.set(
+                    "history.json write",
+                    format!("cannot write the release history: {e}; the record of release {release} is not in `bgctl history`"),
+                ),
             }
         }
     });

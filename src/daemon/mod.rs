@@ -42,6 +42,7 @@ mod effects;
 mod monitor;
 mod pausing;
 mod queries;
+mod recover;
 mod reexec;
 mod service;
 mod status;
@@ -94,21 +95,16 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
     let _lock = lock_root(&root)?;
     let contain = Arc::new(crate::supervise::contain::Containment::setup(&root));
     contain.remove_stale_steps();
-    // What a previous bgd left running is adopted, or killed.
-    let (found, held) = crate::supervise::adoption::find(&root, &contain);
-    // A pause's holder keeps the sockets (and the connections waiting on
-    // them) when no color runs: the same sockets, so taken before binding.
-    let holder = crate::supervise::hold::take(&root);
-    let inherited = match (inherited.is_empty(), held.is_empty()) {
-        (false, _) => inherited,
-        (true, false) => held,
-        (true, true) => holder,
-    };
+    let Left {
+        mut state,
+        found,
+        inherited,
+        notes,
+    } = take_over(&root, &contain, inherited)?;
     if let Err(e) = contain.limit(config.app.memory_max.as_deref(), config.app.cpu_weight) {
         tracing::warn!("{e}");
     }
     stage::remove_leftovers(&root).with_context(|| format!("cannot clean {}", root.display()))?;
-    let mut state = crate::store::state::load(&root)?;
     if state.pause.is_none() {
         crate::supervise::hold::end(&root);
     }
@@ -143,7 +139,7 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
     }
     tracing::info!(name = %ctx.config.fixed.name, control = %ctx.config.fixed.control.display(), containment = %ctx.contain.describe(), "bgd is up");
 
-    let mut daemon = Daemon::new(ctx, state, tx, telemetry);
+    let mut daemon = Daemon::new(ctx, state, tx, telemetry, notes);
     daemon.start_watching()?;
     for f in found {
         let color = f.color;
@@ -160,6 +156,52 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
     ctx.contain.remove_tree();
     tracing::info!("bgd stopped");
     Ok(())
+}
+
+/// What a previous bgd left behind, taken over at start-up, before any
+/// socket is bound.
+struct Left {
+    state: State,
+    /// The colors still running, to adopt.
+    found: Vec<crate::supervise::adoption::Found>,
+    /// The sockets: systemd's, else a relay's, else a pause's holder's.
+    inherited: Vec<(OwnedFd, String)>,
+    /// bgd's own files it could not read or write whole, for status.
+    notes: crate::store::files::Notes,
+}
+
+/// Reads the state (before anything is killed: a bgd that cannot tell
+/// which color is live stops here, with the app still serving), adopts or
+/// kills what a previous bgd left running, and takes the sockets it held.
+fn take_over(
+    root: &Path,
+    contain: &crate::supervise::contain::Containment,
+    inherited: Vec<(OwnedFd, String)>,
+) -> anyhow::Result<Left> {
+    let notes = crate::store::files::Notes::default();
+    let (mut state, damaged) = crate::store::state::load(root)?;
+    let (found, held) = crate::supervise::adoption::find(root, contain, &state, &notes);
+    if let Some(note) = damaged {
+        notes.set("state.json", note);
+        if recover::trust_what_runs(&mut state, &found, &notes) {
+            crate::store::state::save(&state, root)
+                .with_context(|| format!("cannot write {}", layout::state_file(root).display()))?;
+        }
+    }
+    // A pause's holder keeps the sockets (and the connections waiting on
+    // them) when no color runs: the same sockets, so taken before binding.
+    let holder = crate::supervise::hold::take(root);
+    let inherited = match (inherited.is_empty(), held.is_empty()) {
+        (false, _) => inherited,
+        (true, false) => held,
+        (true, true) => holder,
+    };
+    Ok(Left {
+        state,
+        found,
+        inherited,
+        notes,
+    })
 }
 
 /// A [`Sink`] for a subsystem whose messages the daemon wraps with `wrap`.
@@ -295,6 +337,8 @@ struct Daemon {
     status_line: String,
     /// Lifecycle events (`bgctl events`) and the metrics.
     telemetry: telemetry::Telemetry,
+    /// bgd's own files it could not read or write whole (status).
+    notes: crate::store::files::Notes,
 }
 
 /// The clients that wait for the outcome of what they asked.
@@ -357,11 +401,19 @@ impl Daemon {
         state: State,
         events: UnboundedSender<Event>,
         telemetry: telemetry::Telemetry,
+        notes: crate::store::files::Notes,
     ) -> Daemon {
         let root = ctx.config.fixed.root.clone();
+        let (operator, damaged) = crate::store::operator::load(&root);
+        if let Some(note) = damaged {
+            notes.set("operator.json", note);
+        }
+        if let Some(note) = crate::store::history::load(&root).note {
+            notes.set("history.json", note);
+        }
         Daemon {
             core: Core::new(state, policy(&ctx), now()),
-            history: effects::history_writer(root.clone()),
+            history: effects::history_writer(root.clone(), notes.clone()),
             program: Program {
                 exe: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
                 instance: SystemTime::now()
@@ -377,12 +429,13 @@ impl Daemon {
             rescues: HashMap::new(),
             drains: HashMap::new(),
             watch: Watching {
-                saved: crate::store::operator::load(&root),
+                saved: operator,
                 ..Watching::default()
             },
             last_result: None,
             status_line: String::new(),
             telemetry,
+            notes,
         }
     }
 

@@ -12,10 +12,15 @@ use super::Daemon;
 impl Daemon {
     pub(super) fn reply_history(&self, reply: Responder) {
         let root = self.ctx.config.fixed.root.clone();
+        let notes = self.notes.clone();
         tokio::spawn(async move {
-            let records = tokio::task::spawn_blocking(move || history::load(&root))
+            let loaded = tokio::task::spawn_blocking(move || history::load(&root))
                 .await
                 .unwrap_or_default();
+            if let Some(note) = loaded.note {
+                notes.set("history.json", note);
+            }
+            let records = loaded.records;
             let _ = reply.send(Reply::Done {
                 result: Done::History(records),
             });

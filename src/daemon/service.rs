@@ -85,7 +85,16 @@ impl Daemon {
     pub(super) fn on_reload(&mut self) {
         systemd::reloading();
         let file = self.ctx.config.file.clone();
-        match Config::load(&file) {
+        // Checked as a start of the live color would find its programs.
+        let live = self.core.state().live;
+        let build = live.map(|c| crate::store::layout::color_dir(&self.ctx.config.fixed.root, c));
+        let loaded = Config::load(&file)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                crate::pipeline::runnable::check(&c, build.as_deref().filter(|d| d.is_dir()))?;
+                Ok(c)
+            });
+        match loaded {
             Err(e) => {
                 tracing::error!("reload failed, the running config stays: {e}");
                 self.last_result = Some(format!("{} reload failed: {e}", crate::now_rfc3339()));

@@ -48,6 +48,7 @@ impl Daemon {
             metrics: self.telemetry.metrics_addr.map(|a| a.to_string()),
             paused: self.pause_status(),
             socket_alerts: self.ctx.listeners.alerts(),
+            own_files: self.notes.all(),
         }
     }
 

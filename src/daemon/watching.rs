@@ -68,10 +68,13 @@ impl Daemon {
         }
         self.watch.saved = op.clone();
         let root = self.ctx.config.fixed.root.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = operator::save(&root, &op) {
-                tracing::error!("{e}; the watch pause or hold would be forgotten if bgd restarted");
-            }
+        let notes = self.notes.clone();
+        tokio::task::spawn_blocking(move || match operator::save(&root, &op) {
+            Ok(()) => notes.clear("operator.json write"),
+            Err(e) => notes.set(
+                "operator.json write",
+                format!("{e}; the watch pause or hold would be forgotten if bgd restarted"),
+            ),
         });
     }
 
@@ -82,10 +85,14 @@ impl Daemon {
             return;
         };
         match operator::save(&self.ctx.config.fixed.root, &op) {
-            Ok(()) => self.watch.saved = op,
-            Err(e) => {
-                tracing::error!("{e}; the watch pause would be forgotten if bgd restarted")
+            Ok(()) => {
+                self.watch.saved = op;
+                self.notes.clear("operator.json write");
             }
+            Err(e) => self.notes.set(
+                "operator.json write",
+                format!("{e}; the watch pause would be forgotten if bgd restarted"),
+            ),
         }
     }
 

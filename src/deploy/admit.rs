@@ -27,7 +27,7 @@ use super::{ClientId, ColorPhase, Core, Effect, Kind, Launch, Level, Now, Proces
 use super::{Release, ReleasePhase, Shutdown, Trigger};
 use crate::color::Color;
 use crate::deploy::state::{Build, Kept, State};
-use crate::deploy::{Failure, FailureKind};
+use crate::deploy::{Failure, FailureKind, WriteFailed};
 
 impl<P: Process> Core<P> {
     /// The color a release or rollback starts: the one that is not live.
@@ -174,12 +174,12 @@ impl<P: Process> Core<P> {
         now: Now,
         mut r: Release<P>,
         (before, launch, evicting): (State, Launch, Option<Pid>),
-        result: Result<(), String>,
+        result: Result<(), WriteFailed>,
     ) {
         if let Err(e) = result {
             self.state = before;
             let m = format!("cannot write bgd's state: {e}");
-            return self.refuse(r.client, Failure::new(FailureKind::Internal, None, m));
+            return self.refuse(r.client, Failure::new(e.kind(), None, m));
         }
         if let Some(pid) = evicting {
             let (task, color) = (r.task, r.color);

@@ -52,14 +52,15 @@ pub enum FailureKind {
     BadRequest,
     /// Another release is running, or bgd is shutting down.
     Busy,
-    /// Copying the build failed (I/O error, disk full).
+    /// Copying the build failed (I/O error, disk full), or the state
+    /// could not be written because the disk is full.
     Stage,
     /// The new color could not start, exited, or was not ready in time.
     App,
     /// bgd itself failed (could not write its state, ...).
     Internal,
-    /// The watched build changed while it was copied; it is staged again
-    /// after the next quiet period.
+    /// The build changed while it was copied: auto-release stages it
+    /// again after the next quiet period; a release by hand is refused.
     Changed,
     /// The peer may not use the control socket.
     Denied,
@@ -67,6 +68,43 @@ pub enum FailureKind {
     /// or aborted, by bgd during its bake or canary, or by hand
     /// (`bgctl release --wait-bake`).
     RolledBack,
+}
+
+/// Why a write of the state ([`Input::Committed`](super::Input::Committed))
+/// failed: the error, and whether the disk (or the quota) was full. A full
+/// disk is a staging failure for the client (`FailureKind::Stage`, exit 6),
+/// as when it fills during the copy; anything else is bgd's own
+/// (`FailureKind::Internal`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteFailed {
+    pub message: String,
+    pub full: bool,
+}
+
+impl WriteFailed {
+    /// The kind of failure a client is told.
+    pub fn kind(&self) -> FailureKind {
+        if self.full {
+            FailureKind::Stage
+        } else {
+            FailureKind::Internal
+        }
+    }
+}
+
+impl From<&str> for WriteFailed {
+    fn from(message: &str) -> Self {
+        WriteFailed {
+            message: message.into(),
+            full: false,
+        }
+    }
+}
+
+impl std::fmt::Display for WriteFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 impl Failure {

@@ -9,7 +9,7 @@ use nix::unistd::Pid;
 use super::{ClientId, Failed, TaskId, Timings, Trigger};
 use crate::color::Color;
 use crate::deploy::state::Build;
-use crate::deploy::{Exit, Step};
+use crate::deploy::{Exit, Step, WriteFailed};
 
 /// Everything the core reacts to. Each subsystem's report is one type
 /// of its own, which the daemon passes on as it came.
@@ -54,7 +54,7 @@ pub enum Input<P> {
     /// A release, rollback or restart task's report.
     Task(TaskReport<P>),
     /// The outcome of the last [`Effect::Commit`]: `Err` says what failed.
-    Committed(Result<(), String>),
+    Committed(Result<(), WriteFailed>),
     /// A drain ([`Effect::Drain`]) stopped a color's process.
     Drained(Drained),
     /// A process bgd did not ask to stop exited.

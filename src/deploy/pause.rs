@@ -34,7 +34,7 @@ use super::{ClientId, ColorPhase, Core, Effect, Level, Notice, Now, Outcome, Pro
 use super::{Release, Trigger};
 use crate::color::Color;
 use crate::deploy::record::Record;
-use crate::deploy::{Failure, FailureKind, Step};
+use crate::deploy::{Failure, FailureKind, Step, WriteFailed};
 
 /// The label of the maintenance page's release (status, history).
 pub const PAGE_LABEL: &str = "maintenance page";
@@ -215,14 +215,14 @@ impl<P: Process> Core<P> {
 
     /// The outcome of committing a pause's record; `false` if no pause
     /// was being committed.
-    pub(super) fn pause_committed(&mut self, now: Now, result: &Result<(), String>) -> bool {
+    pub(super) fn pause_committed(&mut self, now: Now, result: &Result<(), WriteFailed>) -> bool {
         let Some(client) = self.pause.committing.take() else {
             return false;
         };
         if let Err(e) = result {
             self.state.pause = None;
             let m = format!("cannot record the pause in bgd's state: {e}; nothing changed");
-            self.refuse(client, Failure::new(FailureKind::Internal, None, m));
+            self.refuse(client, Failure::new(e.kind(), None, m));
             return true;
         }
         let Some(p) = self.state.pause.clone() else {

@@ -10,7 +10,7 @@ use crate::color::Color;
 use crate::deploy::record::Record;
 use crate::deploy::state::{Build, State};
 use crate::deploy::Exit;
-use crate::deploy::{Failure, FailureKind, Step};
+use crate::deploy::{Failure, Step, WriteFailed};
 
 impl<P: Process> Core<P> {
     fn current(&mut self, task: TaskId) -> Option<&mut Release<P>> {
@@ -111,7 +111,7 @@ impl<P: Process> Core<P> {
     }
 
     /// The outcome of the last commit: admitting a release, or its swap.
-    pub(super) fn on_committed(&mut self, now: Now, result: Result<(), String>) {
+    pub(super) fn on_committed(&mut self, now: Now, result: Result<(), WriteFailed>) {
         if self.pause_committed(now, &result) {
             return;
         }
@@ -144,7 +144,7 @@ impl<P: Process> Core<P> {
 
     /// The swap could not be written: the old color stays live, the new
     /// one drains. Its build is in place, so its record stays.
-    fn swap_failed(&mut self, now: Now, r: Release<P>, process: P, before: State, e: String) {
+    fn swap_failed(&mut self, now: Now, r: Release<P>, process: P, before: State, e: WriteFailed) {
         self.state = before;
         self.pause_swap_failed();
         let (color, pid) = (r.color, process.pid());
@@ -152,7 +152,7 @@ impl<P: Process> Core<P> {
         self.emit(Effect::Drain { color, process });
         self.unswap_side_effects(now, &r);
         let m = format!("cannot record the new live color: {e}; the old color stays live");
-        let f = Failure::new(FailureKind::Internal, Some(Step::Swap), m);
+        let f = Failure::new(e.kind(), Some(Step::Swap), m);
         // The new build is in the color's directory: `fail` must keep its
         // record, not put back the one this release replaced.
         let r = Release {

@@ -5,9 +5,10 @@
 use super::*;
 use crate::deploy::FailureKind;
 
+mod disk;
 mod kept;
-mod pause;
 mod liveness;
+mod pause;
 mod traffic;
 
 #[derive(Debug, PartialEq)]

@@ -64,7 +64,7 @@ impl Code {
             Code::Usage => "bad arguments, or bgctl could not read the config it was given",
             Code::Unreachable => "cannot reach bgd: no control socket, connection refused, permission denied",
             Code::Busy => "refused: another release is in progress, or bgd is stopping",
-            Code::BadRequest => "refused: bad request (no such build directory, nothing to roll back to, nothing to promote)",
+            Code::BadRequest => "refused: bad request (no such build directory, a build too deep, nothing to roll back to, a damaged kept copy, nothing to promote)",
             Code::Stage => "staging failed (copy error, disk full, or the build changed while it was copied); the old color still serves",
             Code::Internal => "bgd failed internally (for example it could not write its state), or spoke an unknown protocol; see its log",
             Code::RolledBack => "release --wait-bake: the build went live (or became a canary) and was rolled back or aborted before its bake passed; the previous build serves",

@@ -8,6 +8,8 @@ use std::path::Path;
 
 use globset::GlobSet;
 
+use crate::pipeline::walk::{self, Meta};
+
 /// A cheap summary of a tree: every entry's relative path, type, size,
 /// mtime, mode and symlink target, depth first in name order. Two trees
 /// with the same fingerprint are taken as the same build.
@@ -40,15 +42,14 @@ impl Fingerprint {
     }
 
     /// Adds one entry; `rel` is its path inside the tree.
-    pub fn add(&mut self, rel: &Path, meta: &std::fs::Metadata, link: Option<&Path>) {
-        use std::os::unix::fs::MetadataExt;
+    pub fn add(&mut self, rel: &Path, meta: &Meta, link: Option<&Path>) {
         let h = &mut self.hasher;
         h.write(rel.as_os_str().as_encoded_bytes());
         h.write_u8(0);
-        h.write_u32(meta.mode());
-        h.write_u64(if meta.is_dir() { 0 } else { meta.size() });
-        h.write_i64(meta.mtime());
-        h.write_i64(meta.mtime_nsec());
+        h.write_u32(meta.mode);
+        h.write_u64(if meta.is_dir() { 0 } else { meta.size });
+        h.write_i64(meta.mtime);
+        h.write_i64(meta.mtime_nsec);
         if let Some(l) = link {
             h.write(l.as_os_str().as_encoded_bytes());
         }
@@ -61,40 +62,22 @@ impl Fingerprint {
     }
 
     /// The fingerprint of the tree at `root`, leaving out ignored paths and
-    /// the marker; `None` if `root` is not a readable directory.
+    /// the marker; `None` if `root` is not a readable directory, or changed
+    /// while it was read. The walk is iterative (`walk.rs`): no depth
+    /// makes it overflow a stack.
     pub fn of_tree(root: &Path, ignore: &GlobSet, marker: Option<&Path>) -> Option<String> {
-        fn walk(
-            dir: &Path,
-            root: &Path,
-            f: &mut Fingerprint,
-            skip: &dyn Fn(&Path) -> bool,
-        ) -> std::io::Result<()> {
-            let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-            entries.sort_by_key(|e| e.file_name());
-            for e in entries {
-                let path = e.path();
-                let rel = path.strip_prefix(root).expect("walk stays under its root");
-                let meta = std::fs::symlink_metadata(&path)?;
-                if !skip(rel) {
-                    let link = meta
-                        .file_type()
-                        .is_symlink()
-                        .then(|| std::fs::read_link(&path))
-                        .transpose()?;
-                    f.add(rel, &meta, link.as_deref());
-                }
-                if meta.is_dir() {
-                    walk(&path, root, f, skip)?;
-                }
-            }
-            Ok(())
-        }
         if !root.is_dir() {
             return None;
         }
         let mut f = Fingerprint::new();
         let skip = |rel: &Path| ignore.is_match(rel) || marker == Some(rel);
-        walk(root, root, &mut f, &skip).ok()?;
+        walk::walk::<std::io::Error>(root, None, |e| {
+            if !skip(e.rel) {
+                f.add(e.rel, e.meta, e.link);
+            }
+            Ok(true)
+        })
+        .ok()?;
         Some(f.finish())
     }
 }

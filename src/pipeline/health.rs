@@ -59,26 +59,28 @@ fn note(last: &Mutex<String>, what: String) {
     *last.lock().expect("never held across a panic") = what;
 }
 
-/// How long one probe waits for a connection and a status line.
-const ATTEMPT: Duration = Duration::from_secs(2);
-
 /// GETs `path` until it answers 2xx: through the address clients use (gate
 /// mode), or through the color's private probe socket (shared mode). The
 /// first request may wait in the color's queue until the app accepts: no
 /// polling while the app boots. Non-2xx answers, resets and attempts with
-/// no answer within [`ATTEMPT`] are retried with a short backoff; `last`
-/// says what the last one saw.
+/// no answer within `health.attempt_timeout` are retried with a short
+/// backoff; `last` says what the last one saw, naming that key when it is
+/// the limit an attempt hit.
 async fn wait_http(ctx: &Ctx, via: &ProbeTarget, color: Color, path: &str, last: &Mutex<String>) {
     let mut backoff = Duration::from_millis(10);
+    let limit = ctx.config.health.attempt_timeout;
     loop {
-        let attempt = tokio::time::timeout(ATTEMPT, probe_once(ctx, via, color, path));
+        let attempt = tokio::time::timeout(limit, probe_once(ctx, via, color, path));
         match attempt.await {
             Ok(Ok(code)) if (200..300).contains(&code) => return,
             Ok(Ok(code)) => note(last, format!("GET {path} answered {code}")),
             Ok(Err(e)) => note(last, format!("GET {path} failed: {e}")),
             Err(_) => note(
                 last,
-                format!("GET {path} got no answer within {} s", ATTEMPT.as_secs()),
+                format!(
+                    "GET {path} got no answer within health.attempt_timeout ({})",
+                    humantime::format_duration(limit)
+                ),
             ),
         }
         tokio::time::sleep(backoff).await;

@@ -231,7 +231,13 @@ async fn check_space(ctx: &Ctx, source: &std::path::Path) -> Result<stage::Need,
                 format!("sizing task failed: {e}"),
             )
         })?
-        .map_err(|m| failed(FailureKind::Stage, Step::Validate, m))
+        .map_err(|e| {
+            let kind = match e {
+                StageError::Refused(_) => FailureKind::BadRequest,
+                _ => FailureKind::Stage,
+            };
+            failed(kind, Step::Validate, e.to_string())
+        })
 }
 
 /// Stages a copy of the kept release `build` (a rollback to it); returns
@@ -311,7 +317,8 @@ async fn wait_ready(
         r = health::wait_ready(ctx, app, dir, plan.release, &last_check) => r.map_err(|e| format!("{e:#}")),
         _ = tokio::time::sleep(timeout) => {
             let last = last_check.lock().expect("never held across a panic").clone();
-            Err(not_ready(plan, timeout, &last, app.log_tail().await.last()))
+            let limits = (timeout, ctx.config.health.attempt_timeout);
+            Err(not_ready(plan, limits, &last, app.log_tail().await.last()))
         }
     }
 }
@@ -338,7 +345,12 @@ fn exited_early(ctx: &Ctx, app: &AppProcess, exit: crate::deploy::Exit) -> Strin
 
 /// Why a color that did not become ready in time failed: what the last
 /// check saw and, when the app never answered, its last line and a hint.
-fn not_ready(plan: &Launch, timeout: Duration, last: &str, last_line: Option<&String>) -> String {
+fn not_ready(
+    plan: &Launch,
+    (timeout, attempt): (Duration, Duration),
+    last: &str,
+    last_line: Option<&String>,
+) -> String {
     let mut m = format!(
         "{} was not ready within health.timeout ({})",
         plan.color,
@@ -357,6 +369,13 @@ fn not_ready(plan: &Launch, timeout: Duration, last: &str, last_line: Option<&St
             m += &format!("; its last line was {line:?}");
         }
         m += "; if it was still starting, raise health.timeout";
+    }
+    if let Some(limit) = last.contains("health.attempt_timeout").then_some(attempt) {
+        // Each attempt was cut: a longer wait alone would only cut more.
+        m += &format!(
+            "; if it answers, but slower than {}, raise health.attempt_timeout (how long one attempt may take)",
+            humantime::format_duration(limit)
+        );
     }
     m
 }
@@ -387,6 +406,7 @@ async fn copy(
         cancel: cancel.clone(),
         shared: ctx.config.shared.clone(),
         hardlink: ctx.config.hardlink,
+        changing: false,
         progress: Some(Arc::new(move |files, bytes| {
             let message = format!("copied {files} files, {:.1} MB so far", bytes as f64 / 1e6);
             events(TaskReport::Progress {
@@ -422,10 +442,27 @@ async fn copy(
     staged.map_err(|e| {
         let kind = match e {
             StageError::Refused(_) => FailureKind::BadRequest,
-            StageError::Io(_) => FailureKind::Stage,
-            StageError::Changed => FailureKind::Changed,
+            StageError::Io(_) | StageError::NoSpace(_) => FailureKind::Stage,
+            StageError::Changed(_) => FailureKind::Changed,
             StageError::Aborted => FailureKind::Busy,
         };
-        failed(kind, Step::Stage, format!("cannot stage the build: {e}"))
+        let m = match &e {
+            StageError::Changed(_) => changed(&e, plan.expect.is_some()),
+            _ => format!("cannot stage the build: {e}"),
+        };
+        failed(kind, Step::Stage, m)
     })
+}
+
+/// Why a copy of a build that changed while it was copied was thrown
+/// away, and what to do: auto-release tries again once the tree settles;
+/// a release by hand needs a build that holds still.
+fn changed(e: &StageError, auto: bool) -> String {
+    if auto {
+        return format!("{e}; it is staged again after the next quiet period");
+    }
+    format!(
+        "{e}: nothing was released (a copy of a build that is being written would mix old and new files). \
+         Build into a new directory, then rename it into place (`mv build.new build`) or release that directory, and release again"
+    )
 }

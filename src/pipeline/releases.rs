@@ -6,7 +6,6 @@
 use std::collections::HashSet;
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::color::Color;
 use crate::deploy::kept::state_word;
 use crate::deploy::state::{Kept, State};
+use crate::pipeline::walk;
 use crate::store::layout;
 
 /// One release as `bgctl releases` shows it.
@@ -30,6 +30,11 @@ pub struct Listed {
     pub made: String,
     /// `live`, `standby`, `kept` or `failed`.
     pub state: String,
+    /// Its kept copy no longer matches its manifest: what differs. A
+    /// rollback to it is refused, and `fingerprint` is left out (it
+    /// describes the build, which this copy no longer is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
 }
 
 /// `bgctl releases`: every kept or failed release, oldest first, and the
@@ -56,14 +61,18 @@ pub fn listing(root: &Path, state: &State, standby: Option<u64>, keep: usize) ->
     list.sort_by_key(|k| k.release);
     let releases: Vec<Listed> = list
         .into_iter()
-        .map(|k| Listed {
-            id: k.release,
-            label: k.label.clone(),
-            source: k.source.clone(),
-            fingerprint: k.fingerprint.clone(),
-            size: disk_usage(&layout::release_dir(root, k.release), &mut seen),
-            made: k.made.clone(),
-            state: state_word(k, live, standby).into(),
+        .map(|k| {
+            let damaged = (!k.failed).then(|| damage(root, k.release)).flatten();
+            Listed {
+                id: k.release,
+                label: k.label.clone(),
+                source: k.source.clone(),
+                fingerprint: k.fingerprint.clone().filter(|_| damaged.is_none()),
+                size: disk_usage(&layout::release_dir(root, k.release), &mut seen),
+                made: k.made.clone(),
+                state: state_word(k, live, standby).into(),
+                damaged,
+            }
         })
         .collect();
     let kept_bytes = releases.iter().map(|r| r.size).sum();
@@ -80,20 +89,40 @@ pub fn listing(root: &Path, state: &State, standby: Option<u64>, keep: usize) ->
     }
 }
 
+/// What differs between kept release `id`'s copy and its manifest, if
+/// anything does.
+fn damage(root: &Path, id: u64) -> Option<String> {
+    use crate::pipeline::stage::manifest::{check, describe, Check};
+    let (dir, manifest) = (
+        layout::release_dir(root, id),
+        layout::release_manifest(root, id),
+    );
+    match check(&dir, &manifest) {
+        Ok(Check::Differs(found, count)) => Some(describe(&found, count)),
+        Ok(_) => None,
+        Err(e) => Some(format!("cannot be checked: {e}")),
+    }
+}
+
 /// Bytes the tree at `dir` takes on disk, counting each inode not in
-/// `seen` once (and adding it there). A missing tree takes nothing.
+/// `seen` once (and adding it there). A missing tree takes nothing. The
+/// walk is iterative (`walk.rs`), so no depth overflows a stack.
 pub fn disk_usage(dir: &Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
-    let Ok(meta) = fs::symlink_metadata(dir) else {
+    let Ok(top) = walk::lstat(dir) else {
         return 0;
     };
     let mut bytes = 0;
-    if seen.insert((meta.dev(), meta.ino())) {
-        bytes += meta.blocks() * 512;
-    }
-    if meta.is_dir() {
-        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-            bytes += disk_usage(&e.path(), seen);
+    let mut count = |m: &walk::Meta| {
+        if seen.insert((m.dev, m.ino)) {
+            bytes += m.blocks * 512;
         }
+    };
+    count(&top);
+    if top.is_dir() {
+        let _ = walk::walk::<std::io::Error>(dir, None, |e| {
+            count(e.meta);
+            Ok(true)
+        });
     }
     bytes
 }
@@ -154,10 +183,17 @@ fn remove_unnamed(root: &Path, state: &State) -> io::Result<()> {
         .flatten()
     {
         let e = e?;
-        if let Some(id) = e.file_name().to_str().and_then(layout::kept_release_id) {
+        let name = e.file_name();
+        if let Some(id) = name.to_str().and_then(layout::kept_release_id) {
             if state.kept(id).is_none_or(|k| k.failed) {
                 tracing::info!("removing {}: no release names it", e.path().display());
                 crate::pipeline::stage::remove_kept(root, id);
+            }
+        }
+        // A manifest whose copy is gone (bgd died between the two).
+        if let Some(id) = name.to_str().and_then(layout::manifest_release_id) {
+            if !layout::release_dir(root, id).is_dir() {
+                crate::pipeline::stage::remove_tree(&e.path());
             }
         }
     }

@@ -23,7 +23,6 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,8 +36,11 @@ use crate::store::layout::{self, color_dir, shared_dir, staging_dir, trash_dir};
 
 mod copy;
 mod durable;
+pub mod manifest;
 mod parallel;
+mod setid;
 mod space;
+mod sparse;
 
 pub use space::{check_space, free_bytes, mb, Need};
 
@@ -119,6 +121,11 @@ pub struct Options {
     pub hardlink: bool,
     /// Told (files, bytes) copied so far, at most every [`PROGRESS_EVERY`].
     pub progress: Option<Arc<dyn Fn(u64, u64) + Send + Sync>>,
+    /// The source may change while it is copied (a running color's
+    /// directory, kept when bgd takes over an older root): what it holds
+    /// is copied as read instead of being refused as
+    /// [`StageError::Changed`]. A build never may.
+    pub changing: bool,
 }
 
 /// How often a large copy reports its progress.
@@ -131,12 +138,16 @@ pub enum StageError {
     Refused(String),
     #[error("{0}")]
     Io(#[from] io::Error),
-    #[error(
-        "the build changed while it was copied; it is staged again after the next quiet period"
-    )]
-    Changed,
+    /// The build changed while it was copied: this entry (or, when the
+    /// whole tree's fingerprint changed, the build's top) was not as the
+    /// walk listed it. Nothing of the copy is kept.
+    #[error("the build changed while it was copied ({} changed)", .0.display())]
+    Changed(PathBuf),
     #[error("the release was aborted")]
     Aborted,
+    /// The build does not fit, or could not be sized: what it needs.
+    #[error("{0}")]
+    NoSpace(String),
 }
 
 /// Sizes of what was copied and the source's fingerprint.
@@ -174,6 +185,7 @@ pub fn stage(
             color: &staging_dir(root, id),
         };
         let copied = copy_tree(root, dirs, opts)?;
+        manifest::write(&kept, &layout::release_manifest(root, id))?;
         let whole = layout::release_dir(root, id);
         fs::rename(&kept, &whole).map_err(|e| at(&whole, e))?;
         fsync_dir(&layout::releases_dir(root))?;
@@ -201,6 +213,7 @@ pub fn stage_kept(
             src.display()
         )));
     }
+    check_kept(root, kept).map_err(StageError::Refused)?;
     let dirs = copy::Dirs {
         src: &src,
         kept: None,
@@ -214,15 +227,19 @@ pub fn stage_kept(
 /// Copies `dirs.src` with the shared links, checks the fingerprint it
 /// expects, and makes both copies durable.
 fn copy_tree(root: &Path, dirs: copy::Dirs<'_>, opts: &Options) -> Result<Copied, StageError> {
-    let mut copy = copy::Copy::new(opts, dirs.src);
+    let mut copy = copy::Copy::new(opts);
     let dirty = durable::dirty();
     copy.tree(dirs)?;
     copy.copied.fingerprint = copy.fingerprint.finish();
-    if let Some(expect) = &opts.expect {
-        let now = Fingerprint::of_tree(dirs.src, &opts.ignore, opts.marker.as_deref());
-        if &copy.copied.fingerprint != expect || now.as_ref() != Some(expect) {
-            return Err(StageError::Changed);
-        }
+    // The tree as it is now must be the tree the walk listed (files added
+    // or removed meanwhile), and, for auto-release, the settled tree.
+    let now = Fingerprint::of_tree(dirs.src, &opts.ignore, opts.marker.as_deref());
+    let settled = opts
+        .expect
+        .as_ref()
+        .is_none_or(|e| e == &copy.copied.fingerprint);
+    if now.as_ref() != Some(&copy.copied.fingerprint) || !settled {
+        return Err(StageError::Changed(dirs.src.to_path_buf()));
     }
     durable::flush(&copy.files, &copy.dirs, copy.written_bytes, dirty)?;
     // After the flush: a shared entry replaces what the build held there.
@@ -273,7 +290,10 @@ pub fn keep_copy_of(root: &Path, dir: &Path, id: u64) -> Result<(), StageError> 
     fs::create_dir_all(layout::releases_dir(root))
         .map_err(|e| at(&layout::releases_dir(root), e))?;
     remove_tree(&new);
-    let opts = Options::default();
+    let opts = Options {
+        changing: true,
+        ..Options::default()
+    };
     let dirs = copy::Dirs {
         src: dir,
         kept: None,
@@ -281,10 +301,11 @@ pub fn keep_copy_of(root: &Path, dir: &Path, id: u64) -> Result<(), StageError> 
         color: &new,
     };
     let result = (|| {
-        let mut copy = copy::Copy::new(&opts, dir);
+        let mut copy = copy::Copy::new(&opts);
         let dirty = durable::dirty();
         copy.tree(dirs)?;
         durable::flush(&copy.files, &copy.dirs, copy.written_bytes, dirty)?;
+        manifest::write(&new, &layout::release_manifest(root, id))?;
         let whole = layout::release_dir(root, id);
         fs::rename(&new, &whole).map_err(|e| at(&whole, e))?;
         Ok(fsync_dir(&layout::releases_dir(root))?)
@@ -293,6 +314,29 @@ pub fn keep_copy_of(root: &Path, dir: &Path, id: u64) -> Result<(), StageError> 
         remove_tree(&new);
     }
     result
+}
+
+/// Checks kept release `id`'s copy against its manifest before it goes
+/// live again; `Err` says what differs and what to do. A copy without a
+/// manifest (made by an older bgd) passes, with a warning. Blocking.
+pub fn check_kept(root: &Path, id: u64) -> Result<(), String> {
+    let dir = layout::release_dir(root, id);
+    match manifest::check(&dir, &layout::release_manifest(root, id)) {
+        Ok(manifest::Check::Whole) => Ok(()),
+        Ok(manifest::Check::Unrecorded) => {
+            tracing::warn!("the kept copy of release {id} has no manifest: it is not checked");
+            Ok(())
+        }
+        Ok(manifest::Check::Differs(found, count)) => Err(format!(
+            "the kept copy of release {id} ({}) is damaged: {}; it is not the build that went live. Roll back to another release (`bgctl releases` marks the damaged ones), or release that build again",
+            dir.display(),
+            manifest::describe(&found, count)
+        )),
+        Err(e) => Err(format!(
+            "cannot check the kept copy of release {id} ({}): {e}",
+            dir.display()
+        )),
+    }
 }
 
 /// The newest whole kept copy in `root/releases`, whose unchanged files a
@@ -316,8 +360,9 @@ pub fn remove_kept(root: &Path, id: u64) {
     match fs::rename(&dir, &aside) {
         Ok(()) => remove_tree(&aside),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!("cannot remove {}: {e}", dir.display()),
+        Err(e) => return tracing::warn!("cannot remove {}: {e}", dir.display()),
     }
+    remove_tree(&layout::release_manifest(root, id));
 }
 
 /// Removes what a successful [`stage`] of release `id` set aside. Blocking.
@@ -389,27 +434,11 @@ pub fn remove_leftovers(root: &Path) -> io::Result<()> {
 }
 
 /// Removes a tree, making read-only directories writable first if needed
-/// (a build may hold 0555 directories).
+/// (a build may hold 0555 directories), without recursion and without
+/// following a symlink out of it (`walk::remove`); a failure is logged.
 pub(crate) fn remove_tree(path: &Path) {
-    fn writable(dir: &Path) {
-        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
-        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                writable(&e.path());
-            }
-        }
-    }
-    let result = fs::remove_dir_all(path).or_else(|e| match e.kind() {
-        io::ErrorKind::PermissionDenied => {
-            writable(path);
-            fs::remove_dir_all(path)
-        }
-        _ => Err(e),
-    });
-    match result {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!("cannot remove {}: {e}", path.display()),
+    if let Err(e) = crate::pipeline::walk::remove(path) {
+        tracing::warn!("cannot remove {}: {e}", path.display());
     }
 }
 
@@ -419,20 +448,6 @@ pub(super) fn chown(path: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
             std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|e| at(path, e))
         }
         None => Ok(()),
-    }
-}
-
-pub(super) fn special_kind(meta: &fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let ft = meta.file_type();
-    if ft.is_fifo() {
-        "FIFO"
-    } else if ft.is_socket() {
-        "socket"
-    } else if ft.is_block_device() || ft.is_char_device() {
-        "device"
-    } else {
-        "special file"
     }
 }
 
@@ -498,7 +513,7 @@ mod tests {
             Path::new("a/b/f")
         );
         assert_eq!(entries(&root), ["blue", "releases"], "no staging left");
-        assert_eq!(entries(&layout::releases_dir(&root)), ["1"]);
+        assert_eq!(entries(&layout::releases_dir(&root)), ["1", "1.manifest"]);
         assert_eq!(
             Fingerprint::of_tree(&layout::release_dir(&root, 1), &GlobSet::empty(), None),
             expect,
@@ -511,7 +526,7 @@ mod tests {
         };
         assert!(matches!(
             stage(&root, &src, Color::Green, 2, &opts),
-            Err(StageError::Changed)
+            Err(StageError::Changed(_))
         ));
         assert_eq!(
             entries(&root),
@@ -520,7 +535,7 @@ mod tests {
         );
         assert_eq!(
             entries(&layout::releases_dir(&root)),
-            ["1"],
+            ["1", "1.manifest"],
             "and its kept copy"
         );
     }

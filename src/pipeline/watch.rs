@@ -8,7 +8,12 @@
 //! [`Settled`]. The daemon decides whether to release it.
 //!
 //! The parent directory is watched too, so that `rm -rf build && make` and
-//! `mv build.new build` re-arm the recursive watch on the new tree. When the
+//! `mv build.new build` re-arm the recursive watch on the new tree. A
+//! watched path that is a symlink (capistrano's `current`, pointing at
+//! `releases/A`) is followed: the directory it points at is watched, and
+//! repointing the link (a new link renamed over it, or `ln -sfn`) re-arms
+//! the watch on the new target. Symlinks inside the tree are not
+//! followed. When the
 //! inotify watch limit is hit, the watcher says which sysctl to raise and
 //! falls back to notify's poll watcher instead of missing changes.
 
@@ -39,6 +44,9 @@ struct Signals {
     limit: AtomicBool,
     /// Changes seen and ignored.
     ignored: AtomicU64,
+    /// The directory watched recursively: `watch.path`, or where it points
+    /// when it is a symlink. Events name paths below it.
+    target: Mutex<PathBuf>,
     wake: tokio::sync::Notify,
 }
 
@@ -186,17 +194,29 @@ impl Watching {
         })
     }
 
-    /// Watches the parent (to see the directory come and go) and, if it
-    /// exists, the directory itself, recursively.
+    /// Watches the parent (to see the directory, or the symlink, come and
+    /// go) and, if it exists, the directory itself (or the one the symlink
+    /// points at), recursively.
     fn arm(&mut self, cfg: &WatchConfig) {
         let parent = cfg.path.parent().unwrap_or(Path::new("/"));
         if let Err(e) = self.watcher.watch(parent, RecursiveMode::NonRecursive) {
             self.report(e, parent);
         }
-        let _ = self.watcher.unwatch(&cfg.path);
-        if cfg.path.is_dir() {
-            if let Err(e) = self.watcher.watch(&cfg.path, RecursiveMode::Recursive) {
-                self.report(e, &cfg.path);
+        // The lock is not held across notify's calls: its callback, which
+        // takes it, may be running on notify's thread meanwhile.
+        let target = resolve(&cfg.path);
+        let old = std::mem::replace(
+            &mut *self
+                .signals
+                .target
+                .lock()
+                .expect("never held across a panic"),
+            target.clone(),
+        );
+        let _ = self.watcher.unwatch(&old);
+        if target.is_dir() {
+            if let Err(e) = self.watcher.watch(&target, RecursiveMode::Recursive) {
+                self.report(e, &target);
             }
         }
     }
@@ -233,13 +253,32 @@ fn handler(
     }
 }
 
+/// Where `path` leads: itself, or the directory it points at when it is a
+/// symlink (a chain of them, resolved), made absolute.
+fn resolve(path: &Path) -> PathBuf {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+        }
+        _ => path.to_path_buf(),
+    }
+}
+
 fn classify(cfg: &WatchConfig, paths: &[PathBuf], signals: &Signals) {
+    let target = signals
+        .target
+        .lock()
+        .expect("never held across a panic")
+        .clone();
     for p in paths {
-        if p == &cfg.path {
+        if p == &cfg.path || p == &target {
             signals.rearm.store(true, Ordering::Relaxed);
             continue;
         }
-        let Ok(rel) = p.strip_prefix(&cfg.path) else {
+        let Ok(rel) = p
+            .strip_prefix(&target)
+            .or_else(|_| p.strip_prefix(&cfg.path))
+        else {
             continue;
         };
         let counts = !cfg.ignore.is_match(rel) && cfg.marker.as_ref().is_none_or(|m| rel == m);

@@ -11,6 +11,7 @@
 //!   run/<color>.pgid        the process group of a running color
 //!   run/<color>.notify      the color's NOTIFY_SOCKET (`health.notify`)
 //!   releases/<id>/          the kept copy of release <id>, never run from
+//!   releases/<id>.manifest  what releases/<id> held when it was made
 //!   releases/.new-<id>/     release <id>'s kept copy being made
 //!   releases/.trash-<id>/   a kept copy set aside to be removed
 //!   operator.json           what the operator decided (watch pause, holds)
@@ -117,6 +118,20 @@ pub fn releases_dir(root: &Path) -> PathBuf {
 pub fn release_dir(root: &Path, id: u64) -> PathBuf {
     releases_dir(root).join(id.to_string())
 }
+
+/// `root/releases/<id>.manifest`: every entry of release `id`'s kept copy
+/// as it was made, checked before the copy goes live again.
+pub fn release_manifest(root: &Path, id: u64) -> PathBuf {
+    releases_dir(root).join(format!("{id}{MANIFEST_SUFFIX}"))
+}
+
+/// The release id an entry of [`releases_dir`] names, if it is a
+/// [`release_manifest`].
+pub fn manifest_release_id(name: &str) -> Option<u64> {
+    name.strip_suffix(MANIFEST_SUFFIX)?.parse().ok()
+}
+
+const MANIFEST_SUFFIX: &str = ".manifest";
 
 /// `root/releases/.new-<id>`: release `id`'s kept copy while it is made;
 /// renamed to [`release_dir`] once it is whole and on disk.
@@ -250,6 +265,10 @@ mod tests {
         assert_eq!(release_new_dir(root, 7), p("/srv/app/releases/.new-7"));
         assert_eq!(release_trash_dir(root, 7), p("/srv/app/releases/.trash-7"));
         assert_eq!(kept_release_id("7"), Some(7));
+        assert_eq!(release_manifest(root, 7), p("/srv/app/releases/7.manifest"));
+        assert_eq!(manifest_release_id("7.manifest"), Some(7));
+        assert_eq!(kept_release_id("7.manifest"), None);
+        assert!(!is_release_leftover("7.manifest"));
         for dir in [release_new_dir(root, 7), release_trash_dir(root, 7)] {
             let name = dir.file_name().unwrap().to_str().unwrap();
             assert!(is_release_leftover(name), "{name}");

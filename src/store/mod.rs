@@ -5,8 +5,10 @@
 //! - `state`    `state.json` and the `live` symlink
 //! - `history`  `history.json`, the last 50 releases
 //! - `operator` `operator.json`, the watch pause and hold
+//! - `files`    writing them keeping the previous version; notes on damage
 
+pub mod files;
 pub mod history;
 pub(crate) mod layout;
-pub(crate) mod operator;
-pub(crate) mod state;
+pub mod operator;
+pub mod state;

@@ -13,26 +13,61 @@ use anyhow::Context as _;
 
 use crate::color::Color;
 use crate::deploy::state::{State, STATE_VERSION};
-use crate::store::layout;
+use crate::store::{files, layout};
 
-/// Reads the state; a root without one starts empty.
-/// Reads the state; a root without one starts empty.
-pub fn load(root: &Path) -> anyhow::Result<State> {
+/// Reads the state; a root without one starts empty. A `state.json` that
+/// cannot be read (cut short, edited by hand) is replaced by the version
+/// before its last write (`state.json.prev`): at most that last change is
+/// lost, and the returned note says so (`bgctl status` shows it). With
+/// neither readable, bgd refuses to start (it would forget which color is
+/// live, and could stop the one that serves).
+pub fn load(root: &Path) -> anyhow::Result<(State, Option<String>)> {
     let path = layout::state_file(root);
     let text = match fs::read(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::empty()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((State::empty(), None)),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    let state: State = serde_json::from_slice(&text).with_context(|| {
-        format!("{} is not valid bgd state; it is only ever replaced whole, so it was edited by hand: fix it or move it away to start with no live color", path.display())
-    })?;
+    let damage = match parse(&text) {
+        Ok(state) => return Ok((state, None)),
+        Err(e) => e,
+    };
+    let prev = files::previous(&path);
+    let prev_text = fs::read(&prev).map_err(|e| e.to_string());
+    let state = prev_text
+        .clone()
+        .and_then(|t| parse(&t))
+        .map_err(|why| {
+            anyhow::anyhow!(
+                "{} cannot be read ({damage}), and neither can {} ({why}): bgd does not start without knowing which color is live. Fix the file, or move both away to start with no live color (the running app is then not adopted)",
+                path.display(),
+                prev.display()
+            )
+        })?;
+    let kept = files::keep_damaged(&path);
+    // Put back, so that the next write keeps a readable `.prev`.
+    if let Ok(t) = &prev_text {
+        if let Err(e) = write_atomically(&path, t) {
+            tracing::warn!("cannot put back {}: {e}", path.display());
+        }
+    }
+    let note = format!(
+        "{} could not be read ({damage}): bgd started from {}, the state before its last change, which may be lost; {kept}",
+        path.display(),
+        prev.display()
+    );
+    Ok((state, Some(note)))
+}
+
+/// Parses `state.json`'s text; the error says what is wrong with it.
+pub fn parse(text: &[u8]) -> Result<State, String> {
+    let state: State =
+        serde_json::from_slice(text).map_err(|e| format!("not valid bgd state: {e}"))?;
     if state.version != STATE_VERSION {
-        anyhow::bail!(
-            "{} has state version {}, this bgd reads version {STATE_VERSION}",
-            path.display(),
+        return Err(format!(
+            "state version {}, this bgd reads version {STATE_VERSION}",
             state.version
-        );
+        ));
     }
     Ok(state)
 }
@@ -40,7 +75,7 @@ pub fn load(root: &Path) -> anyhow::Result<State> {
 /// Writes the state whole (see [`write_atomically`]).
 pub fn save(state: &State, root: &Path) -> io::Result<()> {
     let data = serde_json::to_vec_pretty(state).expect("state serializes infallibly");
-    write_atomically(&layout::state_file(root), &data)
+    files::write_keeping_previous(&layout::state_file(root), &data)
 }
 
 /// Writes `path` whole or not at all.
@@ -71,7 +106,7 @@ mod tests {
     #[test]
     fn state_round_trips_and_starts_empty() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = load(dir.path()).unwrap();
+        let mut s = load(dir.path()).unwrap().0;
         assert_eq!(s.live, None);
         assert_eq!(s.next_release, 1);
         s.live = Some(Color::Green);
@@ -87,19 +122,49 @@ mod tests {
             }),
         );
         save(&s, dir.path()).unwrap();
-        assert_eq!(load(dir.path()).unwrap(), s);
-        let leftovers: Vec<_> = fs::read_dir(dir.path())
+        assert_eq!(load(dir.path()).unwrap(), (s.clone(), None));
+        save(&s, dir.path()).unwrap();
+        let mut leftovers: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(leftovers, vec!["state.json"]);
+        leftovers.sort();
+        assert_eq!(leftovers, vec!["state.json", "state.json.prev"]);
     }
 
+    /// A torn state.json: the state before its last change, said; with
+    /// no previous version either, bgd refuses to start.
     #[test]
-    fn corrupt_state_is_refused_with_advice() {
+    fn a_torn_state_falls_back_on_the_previous_one() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(layout::state_file(dir.path()), "{").unwrap();
+        let mut s = State::empty();
+        save(&s, dir.path()).unwrap();
+        s.live = Some(Color::Blue);
+        s.next_release = 2;
+        save(&s, dir.path()).unwrap();
+        let whole = fs::read(layout::state_file(dir.path())).unwrap();
+        fs::write(layout::state_file(dir.path()), &whole[..whole.len() / 2]).unwrap();
+        let (back, _) = load(dir.path()).unwrap();
+        assert_eq!(back, State::empty(), "the one before the last write");
+        assert_eq!(
+            load(dir.path()).unwrap(),
+            (State::empty(), None),
+            "put back"
+        );
+        fs::write(layout::state_file(dir.path()), &whole[..whole.len() / 2]).unwrap();
+        let note = load(dir.path()).unwrap().1;
+        let note = note.unwrap();
+        assert!(
+            note.contains("could not be read") && note.contains("state.json.prev"),
+            "{note}"
+        );
+        assert!(dir.path().join("state.json.damaged").exists());
+        fs::write(files::previous(&layout::state_file(dir.path())), "{").unwrap();
+        fs::write(layout::state_file(dir.path()), "{\"vers").unwrap();
         let e = format!("{:#}", load(dir.path()).unwrap_err());
-        assert!(e.contains("move it away"), "{e}");
+        assert!(
+            e.contains("neither can") && e.contains("move both away"),
+            "{e}"
+        );
     }
 }

@@ -22,12 +22,14 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::color::Color;
+use crate::deploy::state::State;
+use crate::store::files::Notes;
 use crate::store::layout;
 use crate::supervise::contain::Containment;
 
 /// What `root/run/COLOR.json` records of a running color.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct RunRecord {
+pub struct RunRecord {
     pub pid: i32,
     /// Field 22 of /proc/PID/stat: clock ticks after boot.
     pub start_time: u64,
@@ -46,6 +48,11 @@ pub(crate) fn record(root: &Path, color: Color, r: &RunRecord) {
     if let Err(e) = written {
         tracing::warn!("cannot write {}: {e}", path.display());
     }
+}
+
+/// Parses a run record's text.
+pub fn parse_record(bytes: &[u8]) -> Result<RunRecord, String> {
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
 }
 
 /// Forgets `color`'s record: nothing of it runs.
@@ -103,17 +110,49 @@ pub(crate) struct Found {
 /// listening sockets their relays hold (from the first one). A record that
 /// names another process now, or whose relay is gone, is dropped, and what
 /// is left of that color is killed.
-pub(crate) fn find(root: &Path, contain: &Containment) -> (Vec<Found>, Vec<(OwnedFd, String)>) {
+///
+/// A record that is missing or cannot be read (torn, or never written on a
+/// full disk) does not make bgd kill a color that serves: the color's
+/// relay, if it answers, names its app, which is adopted if it runs in the
+/// color's cgroup; its release comes from `state`. `notes` says so.
+pub(crate) fn find(
+    root: &Path,
+    contain: &Containment,
+    state: &State,
+    notes: &Notes,
+) -> (Vec<Found>, Vec<(OwnedFd, String)>) {
     let mut found = Vec::new();
     let mut sockets = Vec::new();
     for color in Color::BOTH {
         let path = layout::run_record(root, color);
-        let Ok(text) = fs::read_to_string(&path) else {
-            contain.kill_leftovers(color);
-            end_relays(root, color);
-            continue;
+        let text = match fs::read(&path) {
+            Ok(t) => Some(t),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => Some(e.to_string().into_bytes()),
         };
-        match adoptable(root, color, &text, contain) {
+        let record = text.as_deref().map(parse_record);
+        let adopted = match record {
+            Some(Ok(record)) => adoptable(root, color, record, contain),
+            Some(Err(why)) => from_relay(root, color, contain, state)
+                .inspect(|(r, ..)| notes.set(&topic(color), format!("{} could not be read ({why}): bgd adopted {color} (pid {}) through its relay, and wrote the record again", path.display(), r.pid)))
+                .map_err(|e| {
+                    notes.set(&topic(color), format!("{} could not be read ({why}), and {color} could not be adopted without it ({e}): what ran of {color} was stopped", path.display()));
+                    e
+                }),
+            None => match from_relay(root, color, contain, state) {
+                Ok(a) => {
+                    notes.set(&topic(color), format!("{} was missing: bgd adopted {color} (pid {}) through its relay, and wrote the record again", path.display(), a.0.pid));
+                    Ok(a)
+                }
+                // Nothing of it runs: the usual case.
+                Err(_) => {
+                    contain.kill_leftovers(color);
+                    end_relays(root, color);
+                    continue;
+                }
+            },
+        };
+        match adopted {
             Ok((record, relay, fds, rest)) => {
                 tracing::info!(%color, pid = record.pid, "adopting {color} (pid {}, release {}), left running by a previous bgd", record.pid, record.release);
                 if sockets.is_empty() {
@@ -208,14 +247,61 @@ type Adoptable = (
     Vec<u8>,
 );
 
+/// The note topic of `color`'s run record.
+fn topic(color: Color) -> String {
+    format!("run/{color}.json")
+}
+
+/// Adopts `color` through its relay alone, for a record that is missing
+/// or unreadable: the relay names its app's pid; the app must run and be
+/// in the color's cgroup. The record is written again.
+fn from_relay(
+    root: &Path,
+    color: Color,
+    contain: &Containment,
+    state: &State,
+) -> Result<Adoptable, String> {
+    let socket = layout::relay_socket(root, color);
+    let (relay, pid, fds, rest) = crate::supervise::relay::reconnect_any(&socket)
+        .map_err(|e| format!("its relay does not answer ({e})"))?;
+    let start_time = start_time(pid).ok_or_else(|| format!("pid {pid} no longer runs"))?;
+    if !contain.holds(color, Pid::from_raw(pid)) {
+        return Err(format!("pid {pid} is not in {color}'s cgroup"));
+    }
+    // Shared mode: the private probe socket is among the relay's.
+    let probe_addr = fds
+        .iter()
+        .find(|(_, name)| name == crate::config::PROBE_FD_NAME)
+        .and_then(|(fd, _)| {
+            nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(
+                std::os::fd::AsRawFd::as_raw_fd(fd),
+            )
+            .ok()
+        })
+        .and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| SocketAddr::from((v4.ip(), v4.port())))
+                .or_else(|| {
+                    a.as_sockaddr_in6()
+                        .map(|v6| SocketAddr::from((v6.ip(), v6.port())))
+                })
+        });
+    let record = RunRecord {
+        pid,
+        start_time,
+        release: state.build(color).map_or(0, |b| b.release),
+        probe_addr,
+    };
+    self::record(root, color, &record);
+    Ok((record, relay, fds, rest))
+}
+
 fn adoptable(
     root: &Path,
     color: Color,
-    text: &str,
+    record: RunRecord,
     contain: &Containment,
 ) -> Result<Adoptable, String> {
-    let record: RunRecord =
-        serde_json::from_str(text).map_err(|e| format!("its record is unreadable ({e})"))?;
     match start_time(record.pid) {
         None => return Err(format!("pid {} no longer runs", record.pid)),
         Some(t) if t != record.start_time => {

@@ -2,6 +2,7 @@
 //! both colors in memory, and a broadcast of new lines for `bgctl logs -f`.
 //! (The same lines also go to bgd's own log with the color as a field.)
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
@@ -9,6 +10,29 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::color::Color;
+
+/// `text` with each control character escaped, so that a field printed
+/// from data (an app's line of output, a label, a path, a message) stays
+/// on its line and cannot reach a terminal as a control sequence: `\n`,
+/// `\r` and `\t` as those two characters, other control characters
+/// (C0, DEL and C1: ESC, BEL, NUL, CSI...) as `\u{..}`. Everything else,
+/// non-ASCII letters and backslashes included, is kept as it is; `--json`
+/// has the exact text. bgctl prints every such field through it, and
+/// bgd's own log the apps' lines.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
 
 /// Lines kept, both colors together.
 pub(crate) const KEEP: usize = 2000;

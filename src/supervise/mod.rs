@@ -13,7 +13,7 @@
 //! - `logs`     the apps' recent output for `bgctl logs`, and its live feed
 //! - `notify`   the per-color NOTIFY_SOCKET a color's app is given (`health.notify`)
 
-pub(crate) mod adoption;
+pub mod adoption;
 pub(crate) mod contain;
 pub(crate) mod drain;
 pub mod hold;

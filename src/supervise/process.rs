@@ -541,7 +541,10 @@ async fn relay_lines(
 /// One line of the app's output: logged, kept for failure reports, and
 /// sent to `bgctl logs`.
 fn take_line(text: String, stream: &str, color: Color, pid: Pid, output: &Output, hub: &LogHub) {
-    tracing::info!(target: "app", %color, pid = pid.as_raw(), stream, "{text}");
+    // bgd's own log may be a terminal: the app's control characters are
+    // escaped there (`bgctl logs --json` has them as they were).
+    let shown = crate::supervise::logs::escape_controls(&text);
+    tracing::info!(target: "app", %color, pid = pid.as_raw(), stream, "{shown}");
     output.push(text.clone());
     hub.push(LogLine {
         at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),

@@ -381,16 +381,26 @@ pub(crate) fn reconnect(
     path: &std::path::Path,
     app: i32,
 ) -> io::Result<(UnixStream, Named, Vec<u8>)> {
-    let conn = UnixStream::connect(path)?;
-    conn.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
-    let (of, fds, rest) = receive(conn.as_raw_fd())?;
+    let (conn, of, fds, rest) = reconnect_any(path)?;
     if of != app {
         return Err(io::Error::other(format!(
             "the relay there is pid {of}'s, not pid {app}'s"
         )));
     }
-    conn.set_read_timeout(None)?;
     Ok((conn, fds, rest))
+}
+
+/// [`reconnect`] to whichever app the relay serves: the connection, the
+/// app's pid (as the relay knows it), the sockets and the first bytes of
+/// output. For a color whose run record is gone or unreadable.
+pub(crate) fn reconnect_any(
+    path: &std::path::Path,
+) -> io::Result<(UnixStream, i32, Named, Vec<u8>)> {
+    let conn = UnixStream::connect(path)?;
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+    let (of, fds, rest) = receive(conn.as_raw_fd())?;
+    conn.set_read_timeout(None)?;
+    Ok((conn, of, fds, rest))
 }
 
 /// One frame from a relay.

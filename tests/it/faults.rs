@@ -185,25 +185,9 @@ fn disk_full_during_staging_loses_nothing() {
     }
     let mnt = tempfile::tempdir().unwrap();
     let root = mnt.path().join("root");
-    std::fs::create_dir(&root).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&root)
-        .status();
-    if !mounted.is_ok_and(|s| s.success()) {
-        eprintln!("skipped: cannot mount a tmpfs here");
+    let Some(_unmount) = tmpfs(&root, "1m") else {
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(root.clone());
+    };
 
     let bgd = Bgd::start(Setup {
         root: Some(root.clone()),

@@ -292,11 +292,12 @@ fn a_readiness_failure_names_what_the_last_check_saw() {
     );
     let err = release("slow", STILL_STARTING);
     assert!(
-        err.contains("GET /healthz got no answer within 2 s"),
+        err.contains("GET /healthz got no answer within health.attempt_timeout (2s)"),
         "{err}"
     );
     assert!(err.contains("loading the model"), "its last line: {err}");
     assert!(err.contains("raise health.timeout"), "{err}");
+    assert!(err.contains("raise health.attempt_timeout"), "{err}");
 }
 
 /// A wrapper that starts the server without `exec`: LISTEN_PID is not the

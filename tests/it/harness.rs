@@ -543,3 +543,37 @@ pub fn running(pid: i32) -> bool {
         })
         .is_some_and(|state| state != 'Z' && state != 'X')
 }
+
+/// Whether the tests run as root (tmpfs mounts, files of other users).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Mounts a tmpfs of `size` at `dir`; `None` (and why, printed) if this
+/// host cannot. Unmounted when the guard drops.
+pub fn tmpfs(dir: &Path, size: &str) -> Option<impl Drop> {
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return None;
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return None;
+    }
+    Some(Unmount(dir.to_path_buf()))
+}

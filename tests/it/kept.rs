@@ -185,39 +185,6 @@ fn the_running_apps_writes_do_not_change_a_kept_copy() {
     unchanged("after the rollback");
 }
 
-/// Mounts a tmpfs of `size` at `dir`; `None` (and why, printed) if this
-/// host cannot. Unmounted when the guard drops.
-fn tmpfs(dir: &Path, size: &str) -> Option<impl Drop> {
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    if !is_root() {
-        eprintln!("skipped: mounting a tmpfs needs root");
-        return None;
-    }
-    std::fs::create_dir_all(dir).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(dir)
-        .status();
-    if !mounted.is_ok_and(|s| s.success()) {
-        eprintln!("skipped: cannot mount a tmpfs here");
-        return None;
-    }
-    Some(Unmount(dir.to_path_buf()))
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// A build that fits once but not as a kept copy plus the color's copy is
 /// refused at `validate`, before anything is copied: the filesystem holds
 /// what it held.

@@ -28,15 +28,30 @@
 //!   --to` a label, `keep`, the app's writes never reaching a kept copy, a
 //!   build that does not fit (tmpfs), taking over an older root, a build that
 //!   contains the root, the watch pause across a restart.
+//! - `builds.rs`: hostile and damaged builds (issue 26): a deploy user's
+//!   setuid tools and file capabilities, sparse files, trees 1,900 deep
+//!   (copied, watched) and deeper (refused), a build written while it is
+//!   copied, a damaged kept copy, a watched path that is a symlink.
 //! - `canary.rs`: warm standby, canaries and the bake window, under load from
 //!   keep-alive and new-connection clients: not one request fails.
+//! - `config_checks.rs`: configs edited by hand (issue 26): a NUL byte in a
+//!   value, a reload naming a program that is not there (or not
+//!   executable, or a user that does not exist), a health endpoint slower
+//!   than 2 s; `--check` and SIGHUP refuse them and the old config stays.
 //! - `contain.rs`: containment, with cgroups and with the process-group
 //!   fallback (`BGD_NO_CGROUP`): every process of a color, however it forked,
 //!   `setsid()`ed or daemonized, is found, stopped and killed with it.
+//! - `escapes.rs`: an app's terminal escapes (title, clear, CR, NUL, C1)
+//!   reach no terminal raw: logs, a failure's tail, hook lines, events,
+//!   status, history, bgd's own log (issue 26).
 //! - `watch.rs`: auto-release under load: slow writers, `rm -rf`, `mv`,
 //!   markers, broken builds, no loops, pause, turn-taking.
 //! - `operations.rs`: hooks, shared data, history, logs, `--no-wait`,
 //!   completions and man page.
+//! - `own_files.rs`: bgd's own files torn or unwritable (issue 26):
+//!   `history.json`, `state.json`, run records and `operator.json` cut short
+//!   lose at most their last record, never make bgd kill the serving app,
+//!   and are named in status; a full disk fails releases with exit 6.
 //! - `metrics.rs`: after two releases, a rollback, a failed release and a
 //!   restart of the live color, the Python client's parser reads exact values
 //!   from `/metrics` (and `promtool check metrics` lints it where installed),
@@ -100,9 +115,12 @@
 mod harness;
 mod load;
 
+mod builds;
 mod canary;
+mod config_checks;
 mod contain;
 mod deb;
+mod escapes;
 mod failures;
 mod faults;
 mod fleet;
@@ -113,6 +131,7 @@ mod lifecycle;
 mod liveness;
 mod metrics;
 mod operations;
+mod own_files;
 mod pause;
 mod releases;
 mod servers;

@@ -1,7 +1,6 @@
 //! How bgctl prints: progress on stderr, answers on stdout, colors only when
 //! the stream is a terminal and `NO_COLOR` is not set.
 
-use std::borrow::Cow;
 use std::io::IsTerminal;
 
 use bgd::ops::events::{Event, Kind};
@@ -23,26 +22,11 @@ const DIM: &str = "\x1b[2m";
 const BOLD: &str = "\x1b[1m";
 const RESET: &str = "\x1b[0m";
 
-/// `text` with each control character escaped, so that a field printed from
-/// data (a label, a path, a message) stays on its line and cannot reach the
-/// terminal as a control sequence: `\n`, `\r` and `\t` as those two
-/// characters, other control characters as `\u{..}`. Everything else,
-/// non-ASCII letters and backslashes included, is kept as it is; `--json`
-/// has the exact text.
-pub fn escape_controls(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
-}
+/// Every field printed from data goes through this: a label, a path, a
+/// message, and above all the app's own output (`bgctl logs`, the tail of
+/// a failed release, hooks' lines in the progress), which could otherwise
+/// set the terminal's title, clear it, or overwrite a line with `\r`.
+pub use bgd::supervise::logs::escape_controls;
 
 impl Out {
     pub fn new() -> Out {
@@ -70,24 +54,27 @@ impl Out {
         }
     }
 
+    /// A step's progress; a prepare hook's output arrives this way.
     pub fn progress(&self, step: Step, message: &str) {
         eprintln!(
-            "bgctl: {} {message}",
-            self.paint(self.color_err, DIM, &format!("[{step}]"))
+            "bgctl: {} {}",
+            self.paint(self.color_err, DIM, &format!("[{step}]")),
+            escape_controls(message)
         );
     }
 
     pub fn failure(&self, f: &Failure) -> String {
+        let message = escape_controls(&f.message);
         let mut s = match f.step {
-            Some(step) => format!("failed at step {step}: {}", f.message),
-            None => f.message.clone(),
+            Some(step) => format!("failed at step {step}: {message}"),
+            None => message.into_owned(),
         };
         s = self.paint(self.color_err, RED, &s);
         if !f.log_tail.is_empty() {
             s.push_str("\nlast output of the new color:");
             for l in &f.log_tail {
                 s.push_str("\n  | ");
-                s.push_str(l);
+                s.push_str(&escape_controls(l));
             }
         }
         s
@@ -126,7 +113,7 @@ impl Out {
         } else {
             let name = self.color_name(self.color_out, l.color.as_str());
             let pad = " ".repeat(5 - l.color.as_str().len());
-            println!("{name}{pad} | {}", l.line);
+            println!("{name}{pad} | {}", escape_controls(&l.line));
         }
     }
 
@@ -229,6 +216,15 @@ impl Out {
         if let Some(w) = &s.watch {
             self.watch_status(w);
         }
+        self.own_files(&s.own_files);
+    }
+
+    /// bgd's own files it could not read or write whole, one warning each.
+    fn own_files(&self, notes: &[String]) {
+        for note in notes {
+            let line = format!("warning: {}", escape_controls(note));
+            println!("{}", self.paint(self.color_out, RED, &line));
+        }
     }
 
     /// The release in progress, if any.
@@ -240,8 +236,12 @@ impl Out {
                 &r.kind
             };
             println!(
-                "  {kind} of release {} on {} in progress: step {} since {}",
-                r.id, r.color, r.step, r.since
+                "  {} of release {} on {} in progress: step {} since {}",
+                escape_controls(kind),
+                r.id,
+                r.color,
+                r.step,
+                escape_controls(&r.since)
             );
         }
     }
@@ -391,6 +391,10 @@ impl Out {
                 escape_controls(&r.source),
                 self.paint(on, DIM, &fingerprint),
             );
+            if let Some(d) = &r.damaged {
+                let m = format!("     damaged: {}", escape_controls(d));
+                println!("{}", self.paint(on, RED, &m));
+            }
         }
         println!(
             "kept releases use {}, the colors {}; {} free; keep = {}",
@@ -442,6 +446,7 @@ impl Out {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::borrow::Cow;
 
     #[test]
     fn newline_tab_and_return_become_two_character_escapes() {

@@ -59,6 +59,11 @@ pub struct Status {
     /// socket an app shut down (issue 25). Empty when all is well.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub socket_alerts: Vec<String>,
+    /// bgd's own files (`state.json`, `history.json`, `operator.json`, run
+    /// records) that it could not read or write whole, each with what bgd
+    /// did about it: a sentence each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub own_files: Vec<String>,
 }
 
 /// A pause as status shows it.

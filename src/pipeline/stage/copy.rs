@@ -11,6 +11,7 @@
 //! the directories get their modes and times, deepest first (filling a
 //! directory changes its mtime, and a read-only one must be filled first).
 
+use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -21,24 +22,26 @@ use std::sync::Mutex;
 use nix::sys::stat::{futimens, utimensat, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 
-use super::{at, chown, parallel, special_kind, Copied, Options, StageError, PROGRESS_EVERY};
+use super::setid::copy_mode;
+use super::{at, chown, parallel, Copied, Options, StageError, PROGRESS_EVERY};
 use crate::pipeline::fingerprint::Fingerprint;
+use crate::pipeline::walk::{self, Kind, Meta};
 
-/// One directory of the walk and where it goes.
+/// The top of a copy and where it goes.
 #[derive(Clone, Copy)]
 pub(super) struct Dirs<'p> {
     /// What is copied: the build, or (for a rollback) a kept copy.
     pub src: &'p Path,
     /// The kept copy being made, if this walk makes one.
     pub kept: Option<&'p Path>,
-    /// The same directory in the newest kept release, whose unchanged
-    /// files the kept copy links instead of copying.
+    /// The newest kept release, whose unchanged files the kept copy links
+    /// instead of copying.
     pub prev: Option<&'p Path>,
     /// The color's staging directory.
     pub color: &'p Path,
 }
 
-/// [`Dirs`], owned: the directory a listed file is in.
+/// One directory of the copy and where it goes: [`Dirs`], owned.
 struct Place {
     src: PathBuf,
     kept: Option<PathBuf>,
@@ -50,36 +53,19 @@ struct Place {
 struct File {
     /// Index of its directory in [`Copy::places`].
     place: usize,
-    name: std::ffi::OsString,
-    meta: Stat,
-}
-
-/// What the copy keeps of a file's metadata (a listed file costs its name
-/// and these 32 bytes until it is copied).
-pub(super) struct Stat {
-    /// Bytes.
-    len: u64,
-    mode: u32,
-    mtime: i64,
-    mtime_nsec: i64,
-}
-
-impl From<&fs::Metadata> for Stat {
-    fn from(m: &fs::Metadata) -> Stat {
-        Stat {
-            len: m.len(),
-            mode: m.mode(),
-            mtime: m.mtime(),
-            mtime_nsec: m.mtime_nsec(),
-        }
-    }
+    name: OsString,
+    /// As the walk listed it: the copy must read this inode, and find it
+    /// unchanged afterwards.
+    meta: Meta,
+    /// Left out of the fingerprint (`watch.ignore`, the marker): if it
+    /// changes or goes away while it is copied, it is left out of the copy
+    /// instead of failing the release.
+    ignored: bool,
 }
 
 /// One copy in progress: what it copies and what it has seen.
 pub(super) struct Copy<'a> {
     pub opts: &'a Options,
-    /// The top of what is copied, for relative paths in the fingerprint.
-    pub top: &'a Path,
     pub copied: Copied,
     pub fingerprint: Fingerprint,
     /// Files written (not linked), to be made durable.
@@ -92,14 +78,13 @@ pub(super) struct Copy<'a> {
     found: Vec<File>,
     /// Directories created, with their source's metadata and whether they
     /// are the color's (handed to the app's owner), in creation order.
-    made: Vec<(PathBuf, fs::Metadata, bool)>,
+    made: Vec<(PathBuf, Meta, bool)>,
 }
 
 impl<'a> Copy<'a> {
-    pub fn new(opts: &'a Options, top: &'a Path) -> Copy<'a> {
+    pub fn new(opts: &'a Options) -> Copy<'a> {
         Copy {
             opts,
-            top,
             copied: Copied::default(),
             fingerprint: Fingerprint::new(),
             files: Vec::new(),
@@ -116,98 +101,104 @@ impl<'a> Copy<'a> {
     pub fn tree(&mut self, d: Dirs<'_>) -> Result<(), StageError> {
         self.walk(d)?;
         self.copy_files()?;
+        let bgd = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
         for (dst, meta, color) in self.made.iter().rev() {
-            fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))
-                .map_err(|e| at(dst, e))?;
+            let owner = match (*color, self.opts.owner) {
+                (true, Some(owner)) => {
+                    chown(dst, Some(owner))?;
+                    owner
+                }
+                _ => fs::symlink_metadata(dst).map_or(bgd, |m| (m.uid(), m.gid())),
+            };
+            let mode = copy_mode(meta, owner.0, owner.1);
+            fs::set_permissions(dst, fs::Permissions::from_mode(mode)).map_err(|e| at(dst, e))?;
             set_times(dst, meta)?;
-            if *color {
-                chown(dst, self.opts.owner)?;
-            }
         }
         self.dirs = self.made.drain(..).map(|(d, _, _)| d).collect();
         Ok(())
     }
 
-    /// The first pass: creates `d`'s directories and symlinks, lists its
-    /// files, and fingerprints it, in name order.
+    /// The first pass: creates the directories and symlinks, lists the
+    /// files, and fingerprints the tree, in name order (`walk.rs`: no
+    /// recursion, at most [`walk::MAX_DEPTH`] levels).
     fn walk(&mut self, d: Dirs<'_>) -> Result<(), StageError> {
-        let meta = fs::metadata(d.src).map_err(|e| at(d.src, e))?;
-        for dst in d.kept.iter().copied().chain([d.color]) {
-            fs::create_dir(dst).map_err(|e| at(dst, e))?;
-            self.made
-                .push((dst.to_path_buf(), meta.clone(), dst == d.color));
-        }
-        let place = self.places.len();
+        let top = walk::stat(d.src).map_err(|e| at(d.src, e))?;
+        self.make_dirs(d.kept, d.color, &top)?;
         self.places.push(Place {
             src: d.src.to_path_buf(),
             kept: d.kept.map(Path::to_path_buf),
             prev: d.prev.map(Path::to_path_buf),
             color: d.color.to_path_buf(),
         });
-        let mut entries: Vec<_> = fs::read_dir(d.src)
-            .map_err(|e| at(d.src, e))?
-            .collect::<io::Result<_>>()
-            .map_err(|e| at(d.src, e))?;
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            if self.opts.cancel.load(Ordering::Relaxed) {
-                return Err(StageError::Aborted);
-            }
-            self.entry(d, place, entry.file_name())?;
+        // The place of each directory on the way down to the entry.
+        let mut parents = vec![0];
+        walk::walk(d.src, Some(walk::MAX_DEPTH), |e| {
+            self.entry(e, &mut parents)
+        })
+        .map_err(|e: StageError| match e {
+            StageError::Io(io) => walk_error(io),
+            other => other,
+        })
+    }
+
+    fn make_dirs(&mut self, kept: Option<&Path>, color: &Path, meta: &Meta) -> io::Result<()> {
+        for dst in kept.into_iter().chain([color]) {
+            fs::create_dir(dst).map_err(|e| at(dst, e))?;
+            self.made.push((dst.to_path_buf(), *meta, dst == color));
         }
         Ok(())
     }
 
-    fn entry(
-        &mut self,
-        d: Dirs<'_>,
-        place: usize,
-        name: std::ffi::OsString,
-    ) -> Result<(), StageError> {
-        let from = d.src.join(&name);
-        let meta = fs::symlink_metadata(&from).map_err(|e| at(&from, e))?;
-        let ft = meta.file_type();
-        let link = ft
-            .is_symlink()
-            .then(|| fs::read_link(&from))
-            .transpose()
-            .map_err(|e| at(&from, e))?;
-        let rel = from
-            .strip_prefix(self.top)
-            .expect("the copy stays under the build's top");
-        if !(self.opts.ignore.is_match(rel) || self.opts.marker.as_deref() == Some(rel)) {
-            self.fingerprint.add(rel, &meta, link.as_deref());
+    /// One entry of the walk; returns whether to walk into it.
+    fn entry(&mut self, e: &walk::Entry, parents: &mut Vec<usize>) -> Result<bool, StageError> {
+        if self.opts.cancel.load(Ordering::Relaxed) {
+            return Err(StageError::Aborted);
         }
-        if ft.is_file() {
-            let meta = Stat::from(&meta);
-            self.found.push(File { place, name, meta });
-            return Ok(());
+        parents.truncate(e.depth);
+        let place = parents[e.depth - 1];
+        let ignored =
+            self.opts.ignore.is_match(e.rel) || self.opts.marker.as_deref() == Some(e.rel);
+        if !ignored {
+            self.fingerprint.add(e.rel, e.meta, e.link);
         }
+        let p = &self.places[place];
         let (kept, prev, to) = (
-            d.kept.map(|k| k.join(&name)),
-            d.prev.map(|p| p.join(&name)),
-            d.color.join(&name),
+            p.kept.as_ref().map(|k| k.join(e.name)),
+            p.prev.as_ref().map(|k| k.join(e.name)),
+            p.color.join(e.name),
         );
-        if ft.is_dir() {
-            let sub = Dirs {
-                src: &from,
-                kept: kept.as_deref(),
-                prev: prev.as_deref(),
-                color: &to,
-            };
-            self.walk(sub)
-        } else if let Some(target) = link {
-            for dst in kept.iter().chain([&to]) {
-                std::os::unix::fs::symlink(&target, dst).map_err(|e| at(dst, e))?;
-                set_times(dst, &meta)?;
+        match (e.meta.kind, e.link) {
+            (Kind::File, _) => {
+                let name = e.name.to_owned();
+                let meta = *e.meta;
+                self.found.push(File { place, name, meta, ignored });
+                Ok(false)
             }
-            Ok(chown(&to, self.opts.owner)?)
-        } else {
-            Err(StageError::Refused(format!(
+            (Kind::Dir, _) => {
+                self.make_dirs(kept.as_deref(), &to, e.meta)?;
+                parents.push(self.places.len());
+                self.places.push(Place { src: e.path.to_path_buf(), kept, prev, color: to });
+                Ok(true)
+            }
+            (Kind::Symlink, Some(target)) => {
+                for dst in kept.iter().chain([&to]) {
+                    std::os::unix::fs::symlink(target, dst).map_err(|e| at(dst, e))?;
+                    set_times(dst, e.meta)?;
+                }
+                chown(&to, self.opts.owner)?;
+                Ok(false)
+            }
+            (kind, _) => Err(StageError::Refused(format!(
                 "{} is a {}: a build may hold only files, directories and symlinks; remove it from the build",
-                from.display(),
-                special_kind(&meta)
-            )))
+                e.path.display(),
+                match kind {
+                    Kind::Special(what) => what,
+                    _ => "special file",
+                }
+            ))),
         }
     }
 
@@ -244,6 +235,18 @@ impl<'a> Copy<'a> {
     }
 }
 
+/// A walk's error as staging reports it: a tree that changed under the
+/// walk, one too deep, or an I/O error.
+fn walk_error(e: io::Error) -> StageError {
+    if let Some(path) = walk::changed(&e) {
+        return StageError::Changed(path.to_path_buf());
+    }
+    if let Some(deep) = walk::too_deep(&e) {
+        return StageError::Refused(deep.to_string());
+    }
+    StageError::Io(e)
+}
+
 /// What the file pass's threads share.
 struct FilePass<'a> {
     opts: &'a Options,
@@ -270,6 +273,7 @@ impl FilePass<'_> {
         let place = &self.places[f.place];
         let (from, meta) = (place.src.join(&f.name), &f.meta);
         let mut written = Vec::with_capacity(2);
+        let steady = !self.opts.changing;
         let source = match &place.kept {
             Some(k) => {
                 let (k, prev) = (
@@ -277,30 +281,45 @@ impl FilePass<'_> {
                     place.prev.as_ref().map(|p| p.join(&f.name)),
                 );
                 let linked = prev.is_some_and(|p| {
-                    same_file(&p, meta) && same_content(&p, &from) && link(&p, &k).is_ok()
+                    same_file(&p, meta) && same_content(&p, &from, meta) && link(&p, &k).is_ok()
                 });
                 if !linked {
-                    copy_file(&from, &k, meta)?;
-                    self.kept_bytes.fetch_add(meta.len, Ordering::Relaxed);
+                    match copy_file(&from, &k, Some((meta, steady)), meta, None) {
+                        Err(e) if gone_or_changed(&e) => return self.left_out(f, &from, e),
+                        r => r?,
+                    }
+                    self.kept_bytes.fetch_add(meta.len(), Ordering::Relaxed);
                     written.push(k.clone());
                 }
-                k
+                Some(k)
             }
-            None => from,
+            None => None,
         };
         let to = place.color.join(&f.name);
-        if !(self.opts.hardlink && link(&source, &to).is_ok()) {
-            copy_file(&source, &to, meta)?;
+        let linked = self.opts.hardlink && link(source.as_deref().unwrap_or(&from), &to).is_ok();
+        if !linked {
+            // From the kept copy just made (bgd's own), or else the build.
+            let copied = match &source {
+                Some(k) => copy_file(k, &to, None, meta, self.opts.owner),
+                None => copy_file(&from, &to, Some((meta, steady)), meta, self.opts.owner),
+            };
+            match copied {
+                Err(e) if source.is_none() && gone_or_changed(&e) => {
+                    return self.left_out(f, &from, e)
+                }
+                r => r?,
+            }
             written.push(to.clone());
         }
-        chown(&to, self.opts.owner)?;
-        self.written_bytes
-            .fetch_add(meta.len * written.len() as u64, Ordering::Relaxed);
+        self.written_bytes.fetch_add(
+            meta.blocks_bytes() * written.len() as u64,
+            Ordering::Relaxed,
+        );
         self.written
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend(written);
-        let bytes = self.bytes.fetch_add(meta.len, Ordering::Relaxed) + meta.len;
+        let bytes = self.bytes.fetch_add(meta.len(), Ordering::Relaxed) + meta.len();
         let files = self.files.fetch_add(1, Ordering::Relaxed) + 1;
         if let (Some(report), Ok(mut last)) = (&self.opts.progress, self.reported.try_lock()) {
             if last.elapsed() >= PROGRESS_EVERY {
@@ -312,44 +331,84 @@ impl FilePass<'_> {
     }
 }
 
-/// Opens a file the walk listed as a regular file, for reading: never
-/// through a symlink (`O_NOFOLLOW`), and never blocking on a FIFO
-/// (`O_NONBLOCK`, which regular files ignore), so that a file swapped for
-/// either between the listing and the copy is refused, not followed (bgd
+impl FilePass<'_> {
+    /// A file that changed or went away while it was copied: left out of
+    /// the copy if the fingerprint ignores it or the source may change
+    /// (`Options::changing`), else the copy fails with
+    /// [`StageError::Changed`].
+    fn left_out(&self, f: &File, from: &Path, e: StageError) -> Result<(), StageError> {
+        if f.ignored || self.opts.changing {
+            tracing::debug!("left {} out of the copy: {e}", from.display());
+            return Ok(());
+        }
+        Err(StageError::Changed(from.to_path_buf()))
+    }
+}
+
+/// Sizes of a listed file.
+trait Sizes {
+    /// Bytes.
+    fn len(&self) -> u64;
+    /// Bytes allocated (a sparse file's data).
+    fn blocks_bytes(&self) -> u64;
+}
+
+impl Sizes for Meta {
+    fn len(&self) -> u64 {
+        self.size
+    }
+
+    fn blocks_bytes(&self) -> u64 {
+        (self.blocks * 512).min(self.size.next_multiple_of(4096))
+    }
+}
+
+/// Whether a copy failed because its source changed or went away.
+fn gone_or_changed(e: &StageError) -> bool {
+    match e {
+        StageError::Changed(_) => true,
+        StageError::Io(e) => e.kind() == io::ErrorKind::NotFound,
+        _ => false,
+    }
+}
+
+/// Opens a file the walk listed as `expect`, for reading: never through a
+/// symlink (`O_NOFOLLOW`), never blocking on a FIFO (`O_NONBLOCK`, which
+/// regular files ignore), and only if it is still the inode the walk
+/// listed (a directory above it swapped for a symlink leads elsewhere).
+/// Anything else is [`StageError::Changed`]: refused, not followed (bgd
 /// may run as root; open(2)).
-fn open_listed(path: &Path) -> io::Result<fs::File> {
-    let changed = || {
-        io::Error::other(format!(
-            "{}: changed while it was copied (it is no longer a regular file); release again once the build is complete",
-            path.display()
-        ))
-    };
+fn open_listed(path: &Path, expect: Option<&Meta>) -> Result<fs::File, StageError> {
+    let changed = || StageError::Changed(path.to_path_buf());
     let file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| match e.raw_os_error() {
             Some(libc::ELOOP) => changed(),
-            _ => at(path, e),
+            _ => StageError::Io(at(path, e)),
         })?;
-    match file.metadata() {
-        Ok(m) if m.is_file() => Ok(file),
-        Ok(_) => Err(changed()),
-        Err(e) => Err(at(path, e)),
+    let now = file
+        .metadata()
+        .map(|m| Meta::of(&m))
+        .map_err(|e| at(path, e))?;
+    if now.kind != Kind::File || expect.is_some_and(|m| !m.same_inode(&now)) {
+        return Err(changed());
     }
+    Ok(file)
 }
 
 /// Whether the kept file at `prev` looks like the build's file with `meta`:
-/// same size, mtime and mode (as rsync's `--link-dest` decides; a kept copy
-/// has its source's mtime). Enough for an estimate; a link also needs
-/// [`same_content`].
-pub(super) fn same_file(prev: &Path, meta: &Stat) -> bool {
+/// same size, mtime and the mode a kept copy of it gets (as rsync's
+/// `--link-dest` decides; a kept copy has its source's mtime). Enough for
+/// an estimate; a link also needs [`same_content`].
+pub(super) fn same_file(prev: &Path, meta: &Meta) -> bool {
     fs::symlink_metadata(prev).is_ok_and(|p| {
         p.is_file()
-            && p.len() == meta.len
+            && p.len() == meta.size
             && p.mtime() == meta.mtime
             && p.mtime_nsec() == meta.mtime_nsec
-            && p.mode() == meta.mode
+            && p.mode() & 0o7777 == copy_mode(meta, p.uid(), p.gid())
     })
 }
 
@@ -357,9 +416,9 @@ pub(super) fn same_file(prev: &Path, meta: &Stat) -> bool {
 /// mode can agree while the contents differ: two checkouts of a repository
 /// give files of equal size the same mtime (found by the fleet test, whose
 /// v1 and v2 were linked as one). Reading both costs no write.
-fn same_content(a: &Path, b: &Path) -> bool {
+fn same_content(a: &Path, b: &Path, expect: &Meta) -> bool {
     use std::io::Read;
-    let (Ok(mut a), Ok(mut b)) = (fs::File::open(a), open_listed(b)) else {
+    let (Ok(mut a), Ok(mut b)) = (fs::File::open(a), open_listed(b, Some(expect))) else {
         return false;
     };
     let (mut x, mut y) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
@@ -381,36 +440,61 @@ fn link(from: &Path, to: &Path) -> io::Result<()> {
     fs::hard_link(from, to)
 }
 
-/// Copies a file's contents (the kernel's `copy_file_range`: a reflink on
-/// filesystems that share extents), its mode and its times. (Starting its
+/// Copies a file's contents (holes stay holes, `sparse.rs`; data by the
+/// kernel's `copy_file_range`, a reflink on filesystems that share
+/// extents), hands it to `owner`, and gives it `meta`'s mode (less a
+/// setuid or setgid bit of another owner, `setid.rs`) and mtime. When
+/// `expect` is given (the source is the build), the file must be the inode
+/// the walk listed and, if `steady`, must not change while it is read.
+/// (Starting its
 /// writeback here with `sync_file_range` was measured: it doubled the cost
 /// per file, and the parallel flush afterwards does not need it.)
-fn copy_file(from: &Path, to: &Path, meta: &Stat) -> io::Result<()> {
-    let mut src = open_listed(from)?;
-    let mut dst = fs::OpenOptions::new()
+fn copy_file(
+    from: &Path,
+    to: &Path,
+    expect: Option<(&Meta, bool)>,
+    meta: &Meta,
+    owner: Option<(u32, u32)>,
+) -> Result<(), StageError> {
+    let src = open_listed(from, expect.map(|(m, _)| m))?;
+    let dst = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(to)
         .map_err(|e| at(to, e))?;
-    io::copy(&mut src, &mut dst).map_err(|e| at(to, e))?;
-    dst.set_permissions(fs::Permissions::from_mode(meta.mode & 0o7777))
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&dst, Some(uid), Some(gid)).map_err(|e| at(to, e))?;
+    }
+    super::sparse::copy_contents(&src, &dst, meta.size).map_err(|e| at(to, e))?;
+    if let Some((listed, true)) = expect {
+        // Written to while it was copied (an append, a rewrite in place).
+        let now = src
+            .metadata()
+            .map(|m| Meta::of(&m))
+            .map_err(|e| at(from, e))?;
+        let same =
+            (now.size, now.mtime, now.mtime_nsec) == (listed.size, listed.mtime, listed.mtime_nsec);
+        if !same {
+            return Err(StageError::Changed(from.to_path_buf()));
+        }
+    }
+    let mine = dst.metadata().map_err(|e| at(to, e))?;
+    let mode = copy_mode(meta, mine.uid(), mine.gid());
+    dst.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(|e| at(to, e))?;
     let mtime = TimeSpec::new(meta.mtime, meta.mtime_nsec);
-    futimens(&dst, &TimeSpec::UTIME_OMIT, &mtime).map_err(|e| at(to, e.into()))
-}
-
-fn mtime(meta: &fs::Metadata) -> TimeSpec {
-    TimeSpec::new(meta.mtime(), meta.mtime_nsec())
+    futimens(&dst, &TimeSpec::UTIME_OMIT, &mtime).map_err(|e| at(to, e.into()))?;
+    Ok(())
 }
 
 /// Gives `path` (not following a symlink) the mtime in `meta`.
-fn set_times(path: &Path, meta: &fs::Metadata) -> io::Result<()> {
+fn set_times(path: &Path, meta: &Meta) -> io::Result<()> {
     utimensat(
         nix::fcntl::AT_FDCWD,
         path,
         &TimeSpec::UTIME_OMIT,
-        &mtime(meta),
+        &TimeSpec::new(meta.mtime, meta.mtime_nsec),
         UtimensatFlags::NoFollowSymlink,
     )
     .map_err(|e| at(path, e.into()))
@@ -433,11 +517,19 @@ mod tests {
         fs::write(&file, "x").unwrap();
         std::os::unix::fs::symlink(&file, &link).unwrap();
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
-        assert!(open_listed(&file).is_ok());
+        assert!(open_listed(&file, None).is_ok());
         for swapped in [&link, &fifo] {
-            let e = open_listed(swapped).unwrap_err().to_string();
-            assert!(e.contains("changed while it was copied"), "{e}");
-            assert!(e.contains(&swapped.display().to_string()), "{e}");
+            let e = open_listed(swapped, None).unwrap_err();
+            assert!(matches!(&e, StageError::Changed(p) if p == swapped), "{e}");
         }
+        // Another file where the walk listed this one (a directory above
+        // it swapped for a symlink): refused.
+        let listed = walk::lstat(&file).unwrap();
+        let other = dir.path().join("other");
+        fs::write(&other, "y").unwrap();
+        assert!(matches!(
+            open_listed(&other, Some(&listed)),
+            Err(StageError::Changed(_))
+        ));
     }
 }

@@ -1,15 +1,16 @@
 //! Whether the filesystem of bgd's root can hold a build, asked before
 //! anything is copied.
 
-use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::copy::same_file;
+use super::StageError;
+use crate::pipeline::walk::{self, Kind};
 
-/// What staging a build will write, in bytes (each file rounded up to
-/// whole 4 KiB blocks, each directory one block).
+/// What staging a build will write, in bytes: each file's allocated
+/// blocks (a sparse file's data, not its length: copies keep its holes),
+/// rounded up to whole 4 KiB blocks; each directory one block.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Need {
     /// Into the kept copy: the files the newest kept release does not hold
@@ -25,23 +26,32 @@ const BLOCK: u64 = 4096;
 /// `root` cannot hold, before anything is copied: its kept copy (besides
 /// what it can link to the newest kept release) and the color's copy,
 /// against the space free for bgd. `Ok` says what it needs.
-pub fn check_space(root: &Path, src: &Path, hardlink: bool) -> Result<Need, String> {
+///
+/// A build deeper than [`walk::MAX_DEPTH`] is [`StageError::Refused`] here
+/// already; a build that does not fit is [`StageError::NoSpace`].
+pub fn check_space(root: &Path, src: &Path, hardlink: bool) -> Result<Need, StageError> {
     let prev = super::newest_kept(root);
     let mut need = Need::default();
-    estimate(src, prev.as_deref(), hardlink, &mut need)
-        .map_err(|e| format!("cannot size the build {}: {e}", src.display()))?;
-    let free = free_bytes(root)
-        .map_err(|e| format!("cannot ask how much space {} has: {e}", root.display()))?;
+    estimate(src, prev.as_deref(), hardlink, &mut need).map_err(|e| match walk::too_deep(&e) {
+        Some(deep) => StageError::Refused(deep.to_string()),
+        None => StageError::NoSpace(format!("cannot size the build {}: {e}", src.display())),
+    })?;
+    let free = free_bytes(root).map_err(|e| {
+        StageError::NoSpace(format!(
+            "cannot ask how much space {} has: {e}",
+            root.display()
+        ))
+    })?;
     let total = need.kept + need.color;
     if total > free {
-        return Err(format!(
+        return Err(StageError::NoSpace(format!(
             "not enough space for this build: it needs {} on the filesystem of bgd's root {} ({} for its kept copy, {} for the color's copy) and {} are free; nothing was copied. Free space there, or lower `keep` (`bgctl releases` shows what kept releases take)",
             mb(total),
             root.display(),
             mb(need.kept),
             mb(need.color),
             mb(free)
-        ));
+        )));
     }
     Ok(need)
 }
@@ -57,31 +67,36 @@ pub fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
+/// Adds what staging the tree at `dir` writes to `need` (iterative:
+/// `walk.rs`).
 fn estimate(dir: &Path, prev: Option<&Path>, hardlink: bool, need: &mut Need) -> io::Result<()> {
     need.kept += BLOCK;
     need.color += BLOCK;
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let meta = fs::symlink_metadata(entry.path())?;
-        let prev = prev.map(|p| p.join(entry.file_name()));
-        if meta.is_dir() {
-            estimate(&entry.path(), prev.as_deref(), hardlink, need)?;
-        } else if meta.is_file() {
-            let size = meta.size().div_ceil(BLOCK) * BLOCK;
-            if !prev.is_some_and(|p| same_file(&p, &(&meta).into())) {
-                need.kept += size;
+    walk::walk::<io::Error>(dir, Some(walk::MAX_DEPTH), |e| {
+        match e.meta.kind {
+            Kind::Dir => {
+                need.kept += BLOCK;
+                need.color += BLOCK;
             }
-            if !hardlink {
-                need.color += size;
+            Kind::File => {
+                let size = (e.meta.blocks * 512).div_ceil(BLOCK) * BLOCK;
+                if !prev.is_some_and(|p| same_file(&p.join(e.rel), e.meta)) {
+                    need.kept += size;
+                }
+                if !hardlink {
+                    need.color += size;
+                }
             }
+            _ => {}
         }
-    }
-    Ok(())
+        Ok(true)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn a_build_larger_than_the_free_space_is_refused_with_figures() {
@@ -99,5 +114,21 @@ mod tests {
         );
         let hard = check_space(dir.path(), &src, true).unwrap();
         assert_eq!(hard.color, 4096);
+    }
+
+    /// A 1 GiB file with 20 KiB of data needs 20 KiB per copy, not 1 GiB
+    /// (it was refused with "needs 2147.5 MB").
+    #[test]
+    fn a_sparse_file_needs_its_data_only() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("b");
+        fs::create_dir(&src).unwrap();
+        let f = fs::File::create(src.join("sparse")).unwrap();
+        f.set_len(1 << 30).unwrap();
+        f.write_all_at(&[1u8; 20 << 10], 0).unwrap();
+        f.sync_all().unwrap();
+        let need = check_space(dir.path(), &src, false).unwrap();
+        assert!(need.kept + need.color < 1 << 20, "{need:?}");
     }
 }
