@@ -183,7 +183,8 @@ fn take_over(
     let (found, held) = crate::supervise::adoption::find(root, contain, &state, &notes);
     if let Some(note) = damaged {
         notes.set("state.json", note);
-        if recover::trust_what_runs(&mut state, &found, &notes) {
+        let pointed = crate::store::state::pointed_live(root);
+        if recover::trust_what_runs(&mut state, &found, pointed, &notes) {
             crate::store::state::save(&state, root)
                 .with_context(|| format!("cannot write {}", layout::state_file(root).display()))?;
         }

@@ -7,18 +7,31 @@ use crate::deploy::state::State;
 use crate::store::files::Notes;
 use crate::supervise::adoption::Found;
 
-/// Makes the one adopted color live if the older state says another color
-/// is live that no longer runs, and the adopted color's release is one the
-/// state knows. Returns whether the state changed (it must be saved).
-pub(super) fn trust_what_runs(state: &mut State, found: &[Found], notes: &Notes) -> bool {
-    let [running] = found else {
-        return false;
-    };
-    let color = running.color;
+/// Makes the color that served when bgd died live, if the older state
+/// names another one and the running color's release is one the state
+/// knows. That color is the one adopted color, when the older state's live
+/// color no longer runs; or, when both run (one was the standby), the one
+/// `root/live` points at (`pointed`), as it is repointed right after each
+/// swap is written. Returns whether the state changed (it must be saved).
+pub(super) fn trust_what_runs(
+    state: &mut State,
+    found: &[Found],
+    pointed: Option<crate::color::Color>,
+    notes: &Notes,
+) -> bool {
     let live_runs = state
         .live
         .is_some_and(|l| found.iter().any(|f| f.color == l));
-    if state.live == Some(color) || live_runs {
+    let running = match found {
+        [one] if !live_runs => one,
+        [_, _] => match found.iter().find(|f| Some(f.color) == pointed) {
+            Some(f) => f,
+            None => return false,
+        },
+        _ => return false,
+    };
+    let color = running.color;
+    if state.live == Some(color) {
         return false;
     }
     let release = running.record.release;

@@ -88,6 +88,14 @@ pub fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
+/// The color `root/live` points at, if it is a symlink to one.
+pub fn pointed_live(root: &Path) -> Option<Color> {
+    let target = fs::read_link(layout::live_link(root)).ok()?;
+    Color::BOTH
+        .into_iter()
+        .find(|c| target.as_os_str() == c.as_str())
+}
+
 /// Points `root/live` at `color` by renaming a new symlink over the old one.
 pub fn point_live_symlink(root: &Path, color: Color) -> io::Result<()> {
     let tmp = layout::live_link_tmp(root);

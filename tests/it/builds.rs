@@ -27,8 +27,10 @@ fn a_deploy_users_setuid_tool_never_becomes_roots() {
         return;
     }
     for app in ["allow_root = true", "user = \"nobody\""] {
+        // No standby: the rollback stages release 1's kept copy.
         let bgd = Bgd::start(Setup {
             app: app.into(),
+            tail: NO_STANDBY.into(),
             ..Setup::default()
         });
         let build = example_build(bgd.dir.path(), "b1", "v1");
@@ -231,6 +233,7 @@ fn deep(top: &Path, depth: usize) {
 fn a_very_deep_build_is_released_and_a_deeper_one_refused() {
     let bgd = Bgd::start(Setup {
         top: "keep = 0".into(),
+        tail: NO_STANDBY.into(),
         ..Setup::default()
     });
     let build = example_build(bgd.dir.path(), "b1", "v1");
@@ -357,7 +360,11 @@ fn an_ignored_file_written_during_the_copy_does_not_refuse_the_build() {
 /// releases` marks the copy damaged, without its fingerprint.
 #[test]
 fn a_damaged_kept_copy_is_refused_naming_what_differs() {
-    let bgd = Bgd::start(Setup::default());
+    // No standby: a rollback to v2 would switch to its running process.
+    let bgd = Bgd::start(Setup {
+        tail: NO_STANDBY.into(),
+        ..Setup::default()
+    });
     for v in ["v1", "v2", "v3"] {
         let b = example_build(bgd.dir.path(), v, v);
         std::fs::write(b.join("app.css"), format!("/* {v} */ body {{}}")).unwrap();

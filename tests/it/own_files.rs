@@ -94,6 +94,11 @@ fn a_torn_state_starts_from_the_previous_state() {
         get(&addr, "/").ok().filter(|(c, _)| *c == 200)
     });
     assert!(get(&addr, "/").unwrap().1.starts_with("hello from v2"));
+    // Blue was the standby when bgd died: adopted, it drains (a new bgd
+    // keeps no standby), and the next release waits for it.
+    wait_until("blue to stop", Duration::from_secs(30), || {
+        (bgd.status()["blue"]["state"] == "stopped").then_some(())
+    });
     bgd.release(&example_build(bgd.dir.path(), "b3", "v3"));
     assert!(get(&addr, "/").unwrap().1.starts_with("hello from v3"));
 }
