@@ -24,6 +24,60 @@ use crate::supervise::process::AppProcess;
 use crate::supervise::spawn;
 use crate::Ctx;
 
+/// What the last readiness check saw while the color was not ready yet.
+/// The caller's failure message says it, and its kind decides the advice
+/// (`prepare::not_ready`): raise `health.timeout` for an app that never
+/// answered, `health.attempt_timeout` for one whose answers were cut.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum NotReady {
+    /// No check has run to its end yet.
+    #[default]
+    Nothing,
+    /// `GET path` answered, but not 2xx.
+    Answered { path: String, code: u16 },
+    /// `GET path` failed to connect or read: `refused` when the
+    /// connection was refused (nothing accepts).
+    Failed {
+        path: String,
+        error: String,
+        refused: bool,
+    },
+    /// `GET path` got no answer within `health.attempt_timeout` (`limit`).
+    Cut { path: String, limit: Duration },
+    /// No `READY=1` on the color's NOTIFY_SOCKET yet.
+    NoNotify,
+    /// `health.exec` ran and failed: its status and last line.
+    Exec(String),
+}
+
+impl NotReady {
+    /// The app never answered a check: it may still be starting.
+    pub fn unanswered(&self) -> bool {
+        match self {
+            NotReady::Nothing | NotReady::Cut { .. } | NotReady::NoNotify => true,
+            NotReady::Failed { refused, .. } => *refused,
+            NotReady::Answered { .. } | NotReady::Exec(_) => false,
+        }
+    }
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotReady::Nothing => Ok(()),
+            NotReady::Answered { path, code } => write!(f, "GET {path} answered {code}"),
+            NotReady::Failed { path, error, .. } => write!(f, "GET {path} failed: {error}"),
+            NotReady::Cut { path, limit } => write!(
+                f,
+                "GET {path} got no answer within health.attempt_timeout ({})",
+                humantime::format_duration(*limit)
+            ),
+            NotReady::NoNotify => f.write_str("no READY=1 on NOTIFY_SOCKET yet"),
+            NotReady::Exec(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Waits until every configured check passes. Fails early when a check
 /// cannot pass; the caller races this against the app's exit and a timeout,
 /// and reports `last`, the most recent reason a check did not pass yet.
@@ -32,7 +86,7 @@ pub async fn wait_ready(
     app: &AppProcess,
     dir: &Path,
     release: u64,
-    last: &Mutex<String>,
+    last: &Mutex<NotReady>,
 ) -> anyhow::Result<()> {
     let h = &ctx.config.health;
     if let Some(path) = &h.http {
@@ -45,7 +99,7 @@ pub async fn wait_ready(
         }
     }
     if let Some(n) = &app.notify {
-        note(last, "no READY=1 on NOTIFY_SOCKET yet".into());
+        note(last, NotReady::NoNotify);
         n.wait_ready().await?;
     }
     if let Some(cmd) = &h.exec {
@@ -54,7 +108,7 @@ pub async fn wait_ready(
     Ok(())
 }
 
-fn note(last: &Mutex<String>, what: String) {
+fn note(last: &Mutex<NotReady>, what: NotReady) {
     tracing::debug!("not ready: {what}");
     *last.lock().expect("never held across a panic") = what;
 }
@@ -66,21 +120,34 @@ fn note(last: &Mutex<String>, what: String) {
 /// no answer within `health.attempt_timeout` are retried with a short
 /// backoff; `last` says what the last one saw, naming that key when it is
 /// the limit an attempt hit.
-async fn wait_http(ctx: &Ctx, via: &ProbeTarget, color: Color, path: &str, last: &Mutex<String>) {
+async fn wait_http(ctx: &Ctx, via: &ProbeTarget, color: Color, path: &str, last: &Mutex<NotReady>) {
     let mut backoff = Duration::from_millis(10);
     let limit = ctx.config.health.attempt_timeout;
     loop {
         let attempt = tokio::time::timeout(limit, probe_once(ctx, via, color, path));
         match attempt.await {
             Ok(Ok(code)) if (200..300).contains(&code) => return,
-            Ok(Ok(code)) => note(last, format!("GET {path} answered {code}")),
-            Ok(Err(e)) => note(last, format!("GET {path} failed: {e}")),
+            Ok(Ok(code)) => note(
+                last,
+                NotReady::Answered {
+                    path: path.into(),
+                    code,
+                },
+            ),
+            Ok(Err(e)) => note(
+                last,
+                NotReady::Failed {
+                    path: path.into(),
+                    refused: e.kind() == std::io::ErrorKind::ConnectionRefused,
+                    error: e.to_string(),
+                },
+            ),
             Err(_) => note(
                 last,
-                format!(
-                    "GET {path} got no answer within health.attempt_timeout ({})",
-                    humantime::format_duration(limit)
-                ),
+                NotReady::Cut {
+                    path: path.into(),
+                    limit,
+                },
             ),
         }
         tokio::time::sleep(backoff).await;
@@ -160,13 +227,13 @@ async fn wait_exec(
     dir: &Path,
     app: &AppProcess,
     release: u64,
-    last: &Mutex<String>,
+    last: &Mutex<NotReady>,
 ) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(20);
     loop {
         match exec_once(ctx, cmd, dir, app.color, release).await {
             Ok(()) => return Ok(()),
-            Err(ExecFailed::Failed(why)) => note(last, why),
+            Err(ExecFailed::Failed(why)) => note(last, NotReady::Exec(why)),
             Err(ExecFailed::CannotRun(e)) => return Err(e),
         }
         tokio::time::sleep(backoff).await;

@@ -309,7 +309,7 @@ async fn wait_ready(
     dir: &std::path::Path,
 ) -> Result<(), String> {
     let timeout = ctx.config.health.timeout;
-    let last_check = Mutex::new(String::new());
+    let last_check = Mutex::new(health::NotReady::default());
     tokio::select! {
         // An exit seen in the same poll as a passed check wins.
         biased;
@@ -348,7 +348,7 @@ fn exited_early(ctx: &Ctx, app: &AppProcess, exit: crate::deploy::Exit) -> Strin
 fn not_ready(
     plan: &Launch,
     (timeout, attempt): (Duration, Duration),
-    last: &str,
+    last: &health::NotReady,
     last_line: Option<&String>,
 ) -> String {
     let mut m = format!(
@@ -356,25 +356,21 @@ fn not_ready(
         plan.color,
         humantime::format_duration(timeout)
     );
-    if !last.is_empty() {
+    if *last != health::NotReady::Nothing {
         m += &format!(" (last check: {last})");
     }
     m += ": it was stopped";
-    let unanswered = last.is_empty()
-        || last.contains("no answer")
-        || last.contains("refused")
-        || last.contains("READY=1");
-    if unanswered {
+    if last.unanswered() {
         if let Some(line) = last_line {
             m += &format!("; its last line was {line:?}");
         }
         m += "; if it was still starting, raise health.timeout";
     }
-    if let Some(limit) = last.contains("health.attempt_timeout").then_some(attempt) {
+    if let health::NotReady::Cut { .. } = last {
         // Each attempt was cut: a longer wait alone would only cut more.
         m += &format!(
             "; if it answers, but slower than {}, raise health.attempt_timeout (how long one attempt may take)",
-            humantime::format_duration(limit)
+            humantime::format_duration(attempt)
         );
     }
     m
@@ -465,4 +461,86 @@ fn changed(e: &StageError, auto: bool) -> String {
         "{e}: nothing was released (a copy of a build that is being written would mix old and new files). \
          Build into a new directory, then rename it into place (`mv build.new build`) or release that directory, and release again"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::color::Color;
+    use health::NotReady;
+
+    fn said(last: NotReady) -> String {
+        let plan = Launch {
+            task: 1,
+            color: Color::Green,
+            source: None,
+            kept: None,
+            label: None,
+            release: 2,
+            expect: None,
+        };
+        let limits = (Duration::from_secs(30), Duration::from_secs(2));
+        not_ready(&plan, limits, &last, Some(&"booting".to_string()))
+    }
+
+    /// The advice follows what the last check saw: an app that never
+    /// answered may still be starting (health.timeout, with its last
+    /// line); one whose answers were cut answers slower than one attempt
+    /// may take (health.attempt_timeout); one that answered badly gets no
+    /// advice about waiting.
+    #[test]
+    fn the_advice_names_the_key_that_helps() {
+        let path = || "/healthz".to_string();
+        let table = [
+            (NotReady::Nothing, true, false),
+            (NotReady::NoNotify, true, false),
+            (
+                NotReady::Failed {
+                    path: path(),
+                    error: "Connection refused".into(),
+                    refused: true,
+                },
+                true,
+                false,
+            ),
+            (
+                NotReady::Cut {
+                    path: path(),
+                    limit: Duration::from_secs(2),
+                },
+                true,
+                true,
+            ),
+            (
+                NotReady::Answered {
+                    path: path(),
+                    code: 503,
+                },
+                false,
+                false,
+            ),
+            (
+                NotReady::Exec("health.exec \"./check\": exit code 1".into()),
+                false,
+                false,
+            ),
+        ];
+        for (last, timeout, attempt) in table {
+            let m = said(last.clone());
+            assert!(
+                m.starts_with("green was not ready within health.timeout (30s)"),
+                "{m}"
+            );
+            assert_eq!(m.contains("raise health.timeout"), timeout, "{last:?}: {m}");
+            assert_eq!(m.contains("its last line was \"booting\""), timeout, "{m}");
+            assert_eq!(
+                m.contains("raise health.attempt_timeout"),
+                attempt,
+                "{last:?}: {m}"
+            );
+            if last != NotReady::Nothing {
+                assert!(m.contains(&format!("(last check: {last})")), "{m}");
+            }
+        }
+    }
 }
