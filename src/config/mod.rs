@@ -8,11 +8,12 @@
 //! serde, then checks the top-level keys (here) and each section (in its
 //! own file) in a fixed order. A section's file holds its public type, its
 //! raw serde table, its checks and its tests: `listen.rs` (`[[listen]]`),
-//! `app.rs`, `health.rs`, `traffic.rs`, `watch.rs`, `hooks.rs` and
-//! `metrics.rs` (the table of that name). `parse.rs` holds the helpers
+//! `app.rs`, `health.rs`, `traffic.rs`, `watch.rs`, `hooks.rs`,
+//! `metrics.rs` and `compare.rs` (the table of that name). `parse.rs` holds the helpers
 //! they share (durations, file modes, `file:line:col`).
 
 mod app;
+mod compare;
 mod health;
 mod hooks;
 pub mod identity;
@@ -31,6 +32,7 @@ use serde::Deserialize;
 use crate::deploy::rollout::Rollout;
 use parse::{absolute, check_unix_path, line_col, located, parse_mode, Spanned};
 
+pub use compare::CompareConfig;
 pub use app::{fd_names, parse_signal, AppConfig, DEFAULT_DRAIN_DELAY};
 pub use health::HealthConfig;
 pub use hooks::HooksConfig;
@@ -66,6 +68,8 @@ pub struct Config {
     pub keep: usize,
     /// `[hooks]`: commands run around a release (none unless set).
     pub hooks: HooksConfig,
+    /// `[compare]`: what `bgctl compare` asks both builds.
+    pub compare: CompareConfig,
     /// What is allowed but likely a mistake, each already formatted as
     /// `file:line:col: message`, like a [`ConfigError`]. bgd logs them at
     /// start-up and on reload; `bgd --check` prints them.
@@ -174,13 +178,16 @@ impl Config {
             None if control_group.is_some() => 0o660,
             None => 0o600,
         };
+        let mut warnings = Vec::new();
         let raw_traffic = raw.traffic.unwrap_or_default();
         let traffic = traffic::mode(&src, raw_traffic.mode.as_ref())?;
-        let rollout = traffic::rollout_policy(&src, &raw_traffic, traffic, &listen, &health)?;
+        let modes = (traffic, listen.as_slice());
+        let rollout =
+            traffic::rollout_policy(&src, &raw_traffic, modes, &health, &mut warnings)?;
+        let compare = compare::parse(&src, raw.compare, &health)?;
         let fds = fd_names(&listen, traffic, health.http.is_some());
         app::check_templates(&src, &raw.app, &fds)?;
         let metrics = metrics::parse(&src, raw.metrics)?;
-        let mut warnings = Vec::new();
         let app = app::build(&src, raw.app, identity, &mut warnings);
         Ok(Config {
             file: file.clone(),
@@ -202,6 +209,7 @@ impl Config {
             hardlink,
             keep,
             hooks,
+            compare,
             warnings,
         })
     }
@@ -415,6 +423,7 @@ struct Raw {
     hooks: Option<hooks::RawHooks>,
     traffic: Option<traffic::RawTraffic>,
     metrics: Option<metrics::RawMetrics>,
+    compare: Option<compare::RawCompare>,
 }
 
 /// Every key serde accepts in `section`, in the order the raw struct
@@ -423,7 +432,7 @@ struct Raw {
 /// is `deny_unknown_fields`), and serde's error lists what it expected.
 /// `section` is `""` for the top level, `"listen"` for `[[listen]]`, else
 /// the table's name (`"app"`, `"health"`, `"traffic"`, `"watch"`,
-/// `"hooks"`, `"metrics"`). Panics for a section serde does not know.
+/// `"hooks"`, `"metrics"`, `"compare"`). Panics for a section serde does not know.
 #[cfg(test)]
 pub(crate) fn keys_of(section: &str) -> Vec<String> {
     const UNKNOWN: &str = "keys_of_no_such_key";
@@ -600,7 +609,7 @@ http = "/healthz"
     /// and naming keys every config writer knows.
     #[test]
     fn keys_of_lists_what_serde_accepts_in_each_section() {
-        let known: [(&str, &[&str]); 8] = [
+        let known: [(&str, &[&str]); 9] = [
             ("", &["name", "root", "control", "keep", "app", "listen"]),
             (
                 "listen",
@@ -611,10 +620,14 @@ http = "/healthz"
                 &["command", "user", "env", "drain_timeout", "cpu_weight"],
             ),
             ("health", &["http", "notify", "exec", "timeout", "failures"]),
-            ("traffic", &["mode", "standby", "bake", "steps"]),
+            (
+                "traffic",
+                &["mode", "standby", "bake", "steps", "testers", "canary_by"],
+            ),
             ("watch", &["path", "settle", "marker", "ignore"]),
             ("hooks", &["prepare", "after_live", "timeout"]),
             ("metrics", &["listen"]),
+            ("compare", &["paths"]),
         ];
         for (section, names) in known {
             let keys = keys_of(section);

@@ -33,6 +33,8 @@ use crate::deploy::state::{Build, State};
 mod admit;
 pub mod answer;
 pub(crate) mod auto;
+pub mod clients;
+pub mod compare;
 mod exit;
 pub mod failure;
 mod input;

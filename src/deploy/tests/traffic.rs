@@ -17,6 +17,7 @@ fn policy(standby_min: u64, bake_min: u64, steps: &[(u8, u64)]) -> Policy {
                     hold: Duration::from_millis(min * MIN),
                 })
                 .collect(),
+            ..Rollout::default()
         },
         failures: 3,
         no_split: None,

@@ -56,7 +56,7 @@ mod unix;
 pub(crate) use bind::remove_stale_unix_socket;
 use bind::{bind_one, bind_unix};
 use route::loopback_for;
-pub(crate) use route::ProbeTarget;
+pub(crate) use route::{CompareRoute, ProbeTarget};
 use socket::{Socket, SocketState};
 use unix::{file_id, UnixSide};
 
@@ -81,6 +81,12 @@ struct Inner {
     /// Gate, TCP: a canary color and its share of new connections, in
     /// percent; the receiving color gets the rest.
     canary: Option<(Color, u8)>,
+    /// Gate, TCP: the testers, how a canary splits, and where the testers
+    /// go now.
+    clients: route::Clients,
+    /// Gate: `bgctl compare`'s requests under way, by their exact source
+    /// address, and the color each must reach.
+    compares: Vec<(SocketAddr, Color)>,
 }
 
 /// One `[[listen]]` entry.
@@ -136,6 +142,8 @@ impl Listeners {
                 first: None,
                 probes: Vec::new(),
                 canary: None,
+                clients: route::Clients::default(),
+                compares: Vec::new(),
             }),
             stored: AtomicBool::new(false),
             mode,
