@@ -48,7 +48,8 @@ pub(super) fn parse(
     }
     let mut paths = Vec::new();
     for (i, p) in list.get_ref().iter().enumerate() {
-        check_path(p.get_ref()).map_err(|e| src.fail(p.span(), format!("compare.paths[{i}]: {e}")))?;
+        check_path(p.get_ref())
+            .map_err(|e| src.fail(p.span(), format!("compare.paths[{i}]: {e}")))?;
         paths.push(p.get_ref().clone());
     }
     Ok(CompareConfig { paths })

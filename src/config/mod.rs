@@ -32,8 +32,8 @@ use serde::Deserialize;
 use crate::deploy::rollout::Rollout;
 use parse::{absolute, check_unix_path, line_col, located, parse_mode, Spanned};
 
-pub use compare::CompareConfig;
 pub use app::{fd_names, parse_signal, AppConfig, DEFAULT_DRAIN_DELAY};
+pub use compare::CompareConfig;
 pub use health::HealthConfig;
 pub use hooks::HooksConfig;
 pub use listen::{ListenAddr, ListenConfig, PROBE_FD_NAME};
@@ -182,8 +182,7 @@ impl Config {
         let raw_traffic = raw.traffic.unwrap_or_default();
         let traffic = traffic::mode(&src, raw_traffic.mode.as_ref())?;
         let modes = (traffic, listen.as_slice());
-        let rollout =
-            traffic::rollout_policy(&src, &raw_traffic, modes, &health, &mut warnings)?;
+        let rollout = traffic::rollout_policy(&src, &raw_traffic, modes, &health, &mut warnings)?;
         let compare = compare::parse(&src, raw.compare, &health)?;
         let fds = fd_names(&listen, traffic, health.http.is_some());
         app::check_templates(&src, &raw.app, &fds)?;

@@ -171,12 +171,18 @@ fn by_client(
     let uses = [
         (
             "traffic.testers",
-            t.testers.as_ref().filter(|_| !testers.is_empty()).map(|l| l.span()),
+            t.testers
+                .as_ref()
+                .filter(|_| !testers.is_empty())
+                .map(|l| l.span()),
             "send the testers' connections to the new build",
         ),
         (
             "traffic.canary_by = \"client\"",
-            t.canary_by.as_ref().filter(|_| canary_by == CanaryBy::Client).map(|c| c.span()),
+            t.canary_by
+                .as_ref()
+                .filter(|_| canary_by == CanaryBy::Client)
+                .map(|c| c.span()),
             "give a canary its share by client address",
         ),
     ];
@@ -256,10 +262,16 @@ mod tests {
         use crate::deploy::clients::CanaryBy;
         let with = |traffic: &str| parse(&format!("{GOOD}\n[traffic]\n{traffic}\n"));
         let c = parse(GOOD).unwrap();
-        assert_eq!((c.rollout.testers.len(), c.rollout.canary_by), (0, CanaryBy::Client));
+        assert_eq!(
+            (c.rollout.testers.len(), c.rollout.canary_by),
+            (0, CanaryBy::Client)
+        );
         let c = with("testers = [\"203.0.113.0/24\", \"2001:db8:1::/48\", \"127.0.0.77\"]\ncanary_by = \"connection\"").unwrap();
         let shown: Vec<String> = c.rollout.testers.iter().map(|t| t.to_string()).collect();
-        assert_eq!(shown, ["203.0.113.0/24", "2001:db8:1::/48", "127.0.0.77/32"]);
+        assert_eq!(
+            shown,
+            ["203.0.113.0/24", "2001:db8:1::/48", "127.0.0.77/32"]
+        );
         assert_eq!(c.rollout.canary_by, CanaryBy::Connection);
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         let c = with("testers = [\"10.0.0.1\", \"10.1.2.3/16\"]").unwrap();
@@ -270,7 +282,9 @@ mod tests {
             "{}",
             c.warnings[0]
         );
-        let many: Vec<String> = (0..1000).map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256)).collect();
+        let many: Vec<String> = (0..1000)
+            .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+            .collect();
         for (traffic, says) in [
             ("testers = [\"10.0.0.0/33\"]", "app.toml:18:12: traffic.testers[0]: \"10.0.0.0/33\": an IPv4 prefix is at most 32 bits, not 33"),
             ("testers = [\"::/129\"]", "an IPv6 prefix is at most 128 bits"),
@@ -289,7 +303,10 @@ mod tests {
         let unix = GOOD.replace("127.0.0.1:8080", "unix:app.sock");
         for traffic in ["testers = [\"10.0.0.1\"]", "canary_by = \"client\""] {
             let e = parse(&format!("{unix}\n[traffic]\n{traffic}\n")).unwrap_err();
-            assert!(e.contains("is a Unix socket, whose connections carry no client address"), "{e}");
+            assert!(
+                e.contains("is a Unix socket, whose connections carry no client address"),
+                "{e}"
+            );
         }
     }
 

@@ -235,7 +235,10 @@ mod tests {
     fn bad_networks_say_what_to_write() {
         for (s, says) in [
             ("10.0.0.0/33", "an IPv4 prefix is at most 32 bits, not 33"),
-            ("2001:db8::/129", "an IPv6 prefix is at most 128 bits, not 129"),
+            (
+                "2001:db8::/129",
+                "an IPv6 prefix is at most 128 bits, not 129",
+            ),
             ("10.0.0/24", "is not an address or network"),
             ("example.com", "is not an address or network"),
             ("10.0.0.0/x", "the prefix length \"x\" is not a number"),
@@ -293,6 +296,9 @@ mod tests {
         assert_eq!(CanaryBy::default(), CanaryBy::Client);
         assert_eq!(CanaryBy::parse("connection"), Ok(CanaryBy::Connection));
         let e = CanaryBy::parse("cookie").unwrap_err();
-        assert!(e.contains("\"cookie\" is not known: write \"client\""), "{e}");
+        assert!(
+            e.contains("\"cookie\" is not known: write \"client\""),
+            "{e}"
+        );
     }
 }

@@ -207,6 +207,65 @@ pub fn report(path: String, live: &[Sample], other: &[Sample]) -> PathReport {
     }
 }
 
+/// The status and body of a whole HTTP/1.x answer (the server closed the
+/// connection after it: the request said `Connection: close`). A chunked
+/// body is decoded; otherwise the body is what follows the headers, cut at
+/// `Content-Length` if the answer gives one. `Err` says what was wrong.
+pub fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("the answer ended before its headers did")?;
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or("");
+    let code = status
+        .strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.get(2..5))
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {:?}", &status[..status.len().min(40)]))?;
+    let (mut length, mut chunked) = (None, false);
+    for line in lines {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        match k.trim().to_ascii_lowercase().as_str() {
+            "content-length" => length = v.trim().parse::<usize>().ok(),
+            "transfer-encoding" => chunked = v.to_ascii_lowercase().contains("chunked"),
+            _ => {}
+        }
+    }
+    let body = &raw[end + 4..];
+    if chunked {
+        return dechunk(body).map(|b| (code, b));
+    }
+    Ok((
+        code,
+        body[..length.unwrap_or(body.len()).min(body.len())].to_vec(),
+    ))
+}
+
+/// A chunked body's data.
+fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let eol = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("a chunked body ended inside a chunk size")?;
+        let size = String::from_utf8_lossy(&rest[..eol]);
+        let size = size.split(';').next().unwrap_or("").trim();
+        let n = usize::from_str_radix(size, 16).map_err(|_| format!("bad chunk size {size:?}"))?;
+        rest = &rest[eol + 2..];
+        if n == 0 {
+            return Ok(out);
+        }
+        let chunk = rest.get(..n).ok_or("a chunked body ended inside a chunk")?;
+        out.extend_from_slice(chunk);
+        rest = rest.get(n + 2..).unwrap_or(&[]);
+    }
+}
+
 impl<P: Process> Core<P> {
     /// The two builds a compare asks: the live one, and the one running
     /// beside it (a preview, a canary, or a standby, which is the previous
@@ -214,10 +273,14 @@ impl<P: Process> Core<P> {
     pub fn compare_sides(&self) -> Result<(Side, Side), Failure> {
         let refuse = |m: String| Err(Failure::new(FailureKind::BadRequest, None, m));
         let Some(live) = self.state.live else {
-            return refuse("nothing is live, so there is nothing to compare: `bgctl release DIR` first".into());
+            return refuse(
+                "nothing is live, so there is nothing to compare: `bgctl release DIR` first".into(),
+            );
         };
         if !matches!(self.slot(live).phase, ColorPhase::Live { .. }) {
-            return refuse(format!("{live} is live but not serving (it is restarting): compare once it serves"));
+            return refuse(format!(
+                "{live} is live but not serving (it is restarting): compare once it serves"
+            ));
         }
         let other = live.other();
         let role = match (&self.slot(other).phase, &self.canary) {
@@ -286,7 +349,11 @@ mod tests {
     fn what_differs_is_named() {
         for (live, other, want) in [
             (vec![ok(200, "a", 1.0)], vec![ok(200, "a", 9.0)], vec![]),
-            (vec![ok(200, "a", 1.0)], vec![ok(200, "b", 1.0)], vec!["body"]),
+            (
+                vec![ok(200, "a", 1.0)],
+                vec![ok(200, "b", 1.0)],
+                vec!["body"],
+            ),
             (
                 vec![ok(200, "a", 1.0)],
                 vec![ok(500, "boom", 1.0)],
@@ -316,19 +383,45 @@ mod tests {
             live: side("live"),
             other: side("preview"),
             requests: 1,
-            paths: vec![report("/".into(), &[ok(200, "a", 1.0)], &[ok(200, "b", 1.0)])],
+            paths: vec![report(
+                "/".into(),
+                &[ok(200, "a", 1.0)],
+                &[ok(200, "b", 1.0)],
+            )],
         };
         assert!(!c.status_differs(), "a body alone is no exit 9");
-        c.paths
-            .push(report("/x".into(), &[ok(200, "a", 1.0)], &[ok(500, "a", 1.0)]));
+        c.paths.push(report(
+            "/x".into(),
+            &[ok(200, "a", 1.0)],
+            &[ok(500, "a", 1.0)],
+        ));
         assert!(c.status_differs());
+    }
+
+    #[test]
+    fn answers_parse_to_status_and_body() {
+        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX: y\r\n\r\nhello";
+        assert_eq!(parse_response(r), Ok((200, b"hello".to_vec())));
+        let r = b"HTTP/1.0 500 Oops\r\n\r\nboom\n";
+        assert_eq!(parse_response(r), Ok((500, b"boom\n".to_vec())));
+        let r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=1\r\n world\r\n0\r\n\r\n";
+        assert_eq!(parse_response(r), Ok((200, b"hello world".to_vec())));
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\n")
+            .unwrap_err()
+            .contains("before its headers"));
+        assert!(parse_response(b"SSH-2.0\r\n\r\n")
+            .unwrap_err()
+            .contains("not an HTTP answer"));
     }
 
     #[test]
     fn paths_are_the_asked_ones_else_the_configured_ones_and_absolute() {
         let conf = vec!["/healthz".to_string()];
         assert_eq!(paths(vec![], &conf), Ok(conf.clone()));
-        assert_eq!(paths(vec!["/a?b=1".into()], &conf), Ok(vec!["/a?b=1".into()]));
+        assert_eq!(
+            paths(vec!["/a?b=1".into()], &conf),
+            Ok(vec!["/a?b=1".into()])
+        );
         for (asked, says) in [
             (vec!["api/items"], "compare path \"api/items\" is not absolute: start it with '/', such as \"/api/items\""),
             (vec!["/a b"], "has a blank"),

@@ -40,6 +40,7 @@ pub mod failure;
 mod input;
 pub mod kept;
 mod phase;
+mod preview;
 pub mod record;
 mod restart;
 pub mod rollout;
@@ -169,6 +170,9 @@ pub enum Effect<P> {
         canary: Color,
         percent: u8,
     },
+    /// The clients in `[traffic] testers` go to this color from now on (a
+    /// preview's or a canary's); `None`: where everyone goes.
+    Testers(Option<Color>),
     /// Send [`Input::Due`] at this moment.
     WakeAt(Instant),
     /// Check `color`'s process `pid` every `health.interval` and report
@@ -308,6 +312,7 @@ impl<P: Process> Core<P> {
                 trigger,
                 client,
                 canary,
+                preview,
                 wait_bake,
             } => {
                 let ask = admit::Ask {
@@ -315,6 +320,7 @@ impl<P: Process> Core<P> {
                     trigger,
                     client,
                     canary,
+                    preview,
                     wait_bake,
                 };
                 self.begin_release(now, source, ask)

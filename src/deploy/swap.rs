@@ -138,6 +138,7 @@ impl<P: Process> Core<P> {
                 canary: color,
                 percent: 0,
             });
+            self.emit(Effect::Testers(None));
         }
         let old = color.other();
         if matches!(

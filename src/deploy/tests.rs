@@ -6,6 +6,7 @@ use super::*;
 use crate::deploy::FailureKind;
 
 mod kept;
+mod preview;
 mod traffic;
 
 #[derive(Debug, PartialEq)]
@@ -185,6 +186,7 @@ fn release(dir: &str) -> Input<Proc> {
         trigger: Trigger::Client,
         client: Some(CLIENT),
         canary: None,
+        preview: false,
         wait_bake: false,
     }
 }
@@ -278,6 +280,8 @@ fn words(effects: &[Effect<Proc>]) -> Vec<String> {
                 Effect::Ready => "ready".into(),
                 Effect::Stopping => "stopping".into(),
                 Effect::Split { canary, percent } => format!("split {canary} {percent}"),
+                Effect::Testers(Some(c)) => format!("testers {c}"),
+                Effect::Testers(None) => "testers none".into(),
                 Effect::WakeAt(_) => "wake".into(),
                 Effect::Rescue(c) => format!("rescue {c}"),
                 Effect::Notify(n) => format!("notify {}", n.name()),
@@ -527,6 +531,7 @@ fn an_auto_release_asks_the_task_to_check_the_fingerprint() {
         trigger: Trigger::Watch("abc".into()),
         client: None,
         canary: None,
+        preview: false,
         wait_bake: false,
     });
     let effects = t.send(Input::Committed(Ok(())));

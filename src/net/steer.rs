@@ -81,9 +81,15 @@ pub struct Route {
 }
 
 /// Where the client hash puts `ip` in [0, 2^32): IPv4 the address times
-/// [`GOLDEN`]; IPv6 its /64, the two words `h` and `l` as `(h * GOLDEN + l)
-/// * GOLDEN`, all modulo 2^32. The program computes the same; a client
-/// whose point is below `percent`% of 2^32 ([`threshold`]) gets the canary.
+/// [`GOLDEN`]; IPv6 its /64, the two words `h` and `l` as
+/// `(h * GOLDEN + l) * GOLDEN`, all modulo 2^32. The program computes the
+/// same; a client whose point is below `percent`% of 2^32 ([`threshold`])
+/// gets the canary. The tests and the benchmark check the program against
+/// it.
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "the program computes it; tests check it")
+)]
 pub fn client_point(ip: IpAddr) -> u32 {
     match ip {
         IpAddr::V4(a) => u32::from(a).wrapping_mul(GOLDEN),
@@ -216,7 +222,10 @@ fn family(
         Family::V6 => (net + 8, 4),
     };
     for i in 0..words {
-        p.push(stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, first + 4 * i));
+        p.push(stmt(
+            libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+            first + 4 * i,
+        ));
         p.push(stmt(libc::BPF_ST, i));
     }
     if let Some((to, list)) = testers {
@@ -272,7 +281,10 @@ fn tester(words: &[(u32, u8)], to: u32) -> Vec<sock_filter> {
         }
         b.push(stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_MEM, i as u32));
         if *bits < 32 {
-            b.push(stmt(libc::BPF_ALU | libc::BPF_AND | libc::BPF_K, mask32(*bits)));
+            b.push(stmt(
+                libc::BPF_ALU | libc::BPF_AND | libc::BPF_K,
+                mask32(*bits),
+            ));
         }
         b.push(jeq_else(w & mask32(*bits)));
     }

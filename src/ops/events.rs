@@ -114,9 +114,33 @@ impl Kind {
                 };
                 format!("{how}: {message}")
             }
-            Kind::CanaryShare { color, share } => {
-                format!("{color} gets {:.1}% of new connections", share * 100.0)
+            Kind::CanaryShare {
+                color,
+                share,
+                canary_by,
+                testers,
+            } => {
+                let by = match canary_by.as_str() {
+                    "client" => " (by client address)",
+                    "connection" => " (at random, per connection)",
+                    _ => "",
+                };
+                let testers = match testers {
+                    0 => String::new(),
+                    n => format!(", and the {n} testers' networks"),
+                };
+                format!(
+                    "{color} gets {:.1}% of new connections{by}{testers}",
+                    share * 100.0
+                )
             }
+            Kind::Preview {
+                release,
+                color,
+                testers,
+            } => format!(
+                "preview: release {release} on {color} gets the {testers} testers' networks alone"
+            ),
             Kind::Promoted { release, color } => {
                 format!("release {release}: canary {color} promoted")
             }

@@ -32,6 +32,7 @@ fn canary_release(percent: u8, wait_bake: bool) -> Input<Proc> {
         trigger: Trigger::Client,
         client: Some(CLIENT),
         canary: Some(percent),
+        preview: false,
         wait_bake,
     }
 }
@@ -68,6 +69,7 @@ fn canary(percent: u8) -> T {
         said,
         [
             format!("split green {percent}"),
+            "testers green".into(),
             "ended ok".into(),
             "reply done".into()
         ]
@@ -84,6 +86,7 @@ fn swap_waiting_for_the_bake(t: &mut T) -> Vec<String> {
         trigger: Trigger::Client,
         client: Some(CLIENT),
         canary: None,
+        preview: false,
         wait_bake: true,
     });
     t.send(Input::Committed(Ok(())));
@@ -425,7 +428,12 @@ fn abort_ends_the_split_and_drains_the_canary() {
     });
     assert_eq!(
         said,
-        ["split green 0", "drain green 200", "reply progress drain"]
+        [
+            "split green 0",
+            "testers none",
+            "drain green 200",
+            "reply progress drain"
+        ]
     );
     assert_eq!(
         t.core.shares(),
@@ -452,6 +460,7 @@ fn a_canary_that_crashes_or_fails_its_checks_is_aborted_by_itself() {
         [
             "discard 200",
             "split green 0",
+            "testers none",
             "ended ok",
             "save",
             "forget [3]",
@@ -467,7 +476,7 @@ fn a_canary_that_crashes_or_fails_its_checks_is_aborted_by_itself() {
     t.send(check(Color::Green, NEW, false));
     t.send(check(Color::Green, NEW, false));
     let said = t.says(check(Color::Green, NEW, false));
-    assert_eq!(said, ["split green 0", "drain green 200"]);
+    assert_eq!(said, ["split green 0", "testers none", "drain green 200"]);
 }
 
 #[test]
@@ -478,7 +487,13 @@ fn steps_advance_on_their_own_then_promote() {
     t.send(staged(task, 3));
     assert_eq!(
         t.says(ok(task, NEW)),
-        ["split green 10", "wake", "ended ok", "reply done"]
+        [
+            "split green 10",
+            "testers green",
+            "wake",
+            "ended ok",
+            "reply done"
+        ]
     );
     t.wait(MIN - 1);
     assert!(t.says(Input::Due).is_empty());

@@ -56,7 +56,7 @@ mod unix;
 pub(crate) use bind::remove_stale_unix_socket;
 use bind::{bind_one, bind_unix};
 use route::loopback_for;
-pub(crate) use route::{CompareRoute, ProbeTarget};
+pub(crate) use route::ProbeTarget;
 use socket::{Socket, SocketState};
 use unix::{file_id, UnixSide};
 

@@ -159,7 +159,10 @@ impl Listeners {
             inner.compares.retain(|(f, _)| *f != from);
             return Err(e);
         }
-        Ok(CompareRoute { listeners: self, from })
+        Ok(CompareRoute {
+            listeners: self,
+            from,
+        })
     }
 
     /// Why new connections cannot be split between the colors here, if

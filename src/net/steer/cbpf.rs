@@ -52,10 +52,9 @@ impl Syn {
     /// `len` bytes at `off` from the network header, big-endian.
     fn load(&self, off: u32, len: usize) -> Result<u32, String> {
         let off = off as usize;
-        let bytes = self
-            .net
-            .get(off..off + len)
-            .ok_or(format!("a load of {len} bytes at SKF_NET_OFF+{off} is past the headers"))?;
+        let bytes = self.net.get(off..off + len).ok_or(format!(
+            "a load of {len} bytes at SKF_NET_OFF+{off} is past the headers"
+        ))?;
         Ok(bytes.iter().fold(0, |a, b| (a << 8) | u32::from(*b)))
     }
 
@@ -74,7 +73,9 @@ impl Syn {
         }
         // The payload: a SYN has none, and a failed load ends the program
         // with 0 (socket 0), which would be a silent wrong answer.
-        Err(format!("a load at payload offset {k}: a SYN has no payload"))
+        Err(format!(
+            "a load at payload offset {k}: a SYN has no payload"
+        ))
     }
 }
 
@@ -106,10 +107,11 @@ pub fn check(prog: &[sock_filter]) -> Result<(), String> {
                 }
                 valid |= 1 << ins.k;
             }
-            libc::BPF_LD | libc::BPF_LDX if mode(code) == libc::BPF_MEM => {
-                if ins.k >= MEMWORDS || valid & (1 << ins.k) == 0 {
-                    return Err(format!("M[{}] is read at {pc} before it is written", ins.k));
-                }
+            libc::BPF_LD | libc::BPF_LDX
+                if mode(code) == libc::BPF_MEM
+                    && (ins.k >= MEMWORDS || valid & (1 << ins.k) == 0) =>
+            {
+                return Err(format!("M[{}] is read at {pc} before it is written", ins.k));
             }
             libc::BPF_JMP if op(code) == libc::BPF_JA => {
                 let t = target(ins.k)?;
@@ -142,11 +144,7 @@ pub fn run(prog: &[sock_filter], syn: &Syn) -> Result<u32, String> {
         let code = u32::from(ins.code);
         let k = ins.k;
         pc += 1;
-        let operand = if src(code) == libc::BPF_X {
-            x
-        } else {
-            k
-        };
+        let operand = if src(code) == libc::BPF_X { x } else { k };
         let width = match size(code) {
             libc::BPF_W => 4,
             libc::BPF_H => 2,
@@ -188,13 +186,7 @@ pub fn run(prog: &[sock_filter], syn: &Syn) -> Result<u32, String> {
                 };
                 pc += usize::from(if taken { ins.jt } else { ins.jf });
             }
-            libc::BPF_RET => {
-                return Ok(if rval(code) == libc::BPF_A {
-                    a
-                } else {
-                    k
-                })
-            }
+            libc::BPF_RET => return Ok(if rval(code) == libc::BPF_A { a } else { k }),
             libc::BPF_MISC => {
                 if miscop(code) == libc::BPF_TAX {
                     x = a;

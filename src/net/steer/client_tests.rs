@@ -174,7 +174,10 @@ fn raising_the_share_moves_nobody_back() {
         assert!(!(a == GREEN && b == BLUE), "{from} went back");
         moved += usize::from(a != b);
     }
-    assert!((1000..2000).contains(&moved), "{moved} of 5000 joined at 60%");
+    assert!(
+        (1000..2000).contains(&moved),
+        "{moved} of 5000 joined at 60%"
+    );
     for percent in [0, 100] {
         let r = Route {
             testers: None,
@@ -203,9 +206,10 @@ fn the_hash_spreads_neighbouring_addresses() {
         let s = share(&mut (0..200).map(|i| IpAddr::V4(Ipv4Addr::from(base + i))));
         assert!((20.0..=40.0).contains(&s), "{base:#x} x200: {s}%");
     }
-    let s = share(&mut (0..256u128).map(|i| {
-        IpAddr::V6(Ipv6Addr::from((0x2001_0db8_0000_0000u128 + i) << 64))
-    }));
+    let s = share(
+        &mut (0..256u128)
+            .map(|i| IpAddr::V6(Ipv6Addr::from((0x2001_0db8_0000_0000u128 + i) << 64))),
+    );
     assert!((20.0..=40.0).contains(&s), "consecutive /64s: {s}%");
 }
 
@@ -260,7 +264,12 @@ fn the_largest_program_fits_and_the_kernel_takes_it() {
         i += 1;
     }
     let probes: Vec<(SocketAddr, u32)> = (0..8)
-        .map(|i| (SocketAddr::new("2001:db8:ffff::1".parse().unwrap(), 5000 + i), BLUE))
+        .map(|i| {
+            (
+                SocketAddr::new("2001:db8:ffff::1".parse().unwrap(), 5000 + i),
+                BLUE,
+            )
+        })
         .collect();
     let g = group(IpAddr::from([127, 0, 0, 1])).expect("127.0.0.1");
     for by in [CanaryBy::Client, CanaryBy::Connection] {
@@ -344,6 +353,9 @@ fn the_kernel_steers_an_ipv6_tester() {
     attach(g.0.as_fd(), &program(&r)).unwrap();
     let want = usize::from(client_point(ip) < threshold(50));
     for _ in 0..5 {
-        assert_eq!(landed(&g, &connect_from(SocketAddr::new(ip, 0), addr)), want);
+        assert_eq!(
+            landed(&g, &connect_from(SocketAddr::new(ip, 0), addr)),
+            want
+        );
     }
 }
