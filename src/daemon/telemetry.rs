@@ -150,6 +150,13 @@ impl Telemetry {
                         testers: core.policy().rollout.testers.len() as u32,
                     })
                 }
+                // A new share of a canary that runs on: its `canary_share`
+                // event said it, and it was not promoted to live.
+                Effect::Ended(ended)
+                    if ended.record.kind == "promote" && core.canary().is_some() =>
+                {
+                    self.followed = None
+                }
                 Effect::Ended(ended) => self.ended(ended),
                 Effect::Notify(notice) => self.publish(match notice.clone() {
                     Notice::BakePassed { release, color } => Kind::BakePassed { release, color },

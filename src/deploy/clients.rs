@@ -173,6 +173,14 @@ impl Cidr {
     }
 }
 
+/// `1 network` or `N networks`: how many `traffic.testers` has, in words.
+pub fn networks(n: usize) -> String {
+    match n {
+        1 => "1 network".into(),
+        n => format!("{n} networks"),
+    }
+}
+
 /// The mask of an IPv4 `/prefix` (0 to 32).
 pub fn mask32(prefix: u8) -> u32 {
     match prefix {

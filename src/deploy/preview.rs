@@ -11,7 +11,7 @@
 
 use super::{ColorPhase, Core, Process};
 use crate::color::Color;
-use crate::deploy::clients::CanaryBy;
+use crate::deploy::clients::{networks, CanaryBy};
 
 impl<P: Process> Core<P> {
     /// Whether a release with `--canary` (`canary`) or `--preview` may
@@ -42,14 +42,13 @@ impl<P: Process> Core<P> {
     }
 
     /// Who gets the new build at `percent` % (0: a preview), in words:
-    /// `the 3 testers (traffic.testers)`, or `30% of clients (by address),
-    /// and the 3 testers`.
+    /// `the testers (3 networks in traffic.testers)`, or `30% of clients
+    /// (by address, ...), and the testers (...)`.
     pub(super) fn who_gets(&self, percent: u8) -> String {
         let n = self.policy.rollout.testers.len();
         let testers = match n {
             0 => String::new(),
-            1 => "the 1 tester (traffic.testers)".into(),
-            n => format!("the {n} testers (traffic.testers)"),
+            n => format!("the testers ({} in traffic.testers)", networks(n)),
         };
         if percent == 0 {
             return testers;

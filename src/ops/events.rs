@@ -127,7 +127,10 @@ impl Kind {
                 };
                 let testers = match testers {
                     0 => String::new(),
-                    n => format!(", and the {n} testers' networks"),
+                    n => format!(
+                        ", and the testers ({})",
+                        crate::deploy::clients::networks(*n as usize)
+                    ),
                 };
                 format!(
                     "{color} gets {:.1}% of new connections{by}{testers}",
@@ -139,7 +142,8 @@ impl Kind {
                 color,
                 testers,
             } => format!(
-                "preview: release {release} on {color} gets the {testers} testers' networks alone"
+                "preview: release {release} on {color}, for the testers alone ({} in traffic.testers)",
+                crate::deploy::clients::networks(*testers as usize)
             ),
             Kind::Promoted { release, color } => {
                 format!("release {release}: canary {color} promoted")

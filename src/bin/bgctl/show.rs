@@ -228,17 +228,16 @@ impl Out {
         }
         if let Some(c) = s.canary.as_ref().filter(|c| c.preview) {
             println!(
-                "  preview: release {} on {} since {}, for the {} testers (traffic.testers) alone; `bgctl compare` asks both, `bgctl promote [PERCENT]` goes on, `bgctl abort` drains it",
+                "  preview: release {} on {} since {}, for the testers alone; `bgctl compare` asks both, `bgctl promote [PERCENT]` goes on, `bgctl abort` drains it",
                 c.release,
                 self.color_name(on, c.color.as_str()),
                 c.since,
-                s.testers
             );
         }
         if s.mode == "gate" && !s.canary_by.is_empty() {
             println!(
-                "  traffic.testers: {} networks; canary_by = \"{}\"",
-                s.testers,
+                "  traffic.testers: {}; canary_by = \"{}\"",
+                bgd::deploy::clients::networks(s.testers as usize),
                 escape_controls(&s.canary_by)
             );
         }

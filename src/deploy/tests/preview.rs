@@ -59,7 +59,7 @@ fn preview() -> T {
     };
     assert_eq!(share.percent, 0);
     assert!(
-        share.message.starts_with("preview: release 3 on green gets the 2 testers (traffic.testers); everyone else stays on blue"),
+        share.message.starts_with("preview: release 3 on green gets the testers (2 networks in traffic.testers); everyone else stays on blue"),
         "{}",
         share.message
     );
@@ -109,7 +109,7 @@ fn promote_makes_a_preview_a_canary_and_then_live() {
     let r = record_of(&effects);
     assert_eq!(r.kind, "promote");
     assert!(
-        r.result.starts_with("promoted from its preview: release 3 on green gets 10% of clients (by address, canary_by = \"client\"), and the 2 testers"),
+        r.result.starts_with("promoted from its preview: release 3 on green gets 10% of clients (by address, canary_by = \"client\"), and the testers (2 networks in traffic.testers)"),
         "{}",
         r.result
     );
@@ -205,7 +205,7 @@ fn a_canary_names_its_testers_and_how_it_splits() {
     let r = record_of(&effects);
     assert_eq!(r.kind, "canary");
     assert!(
-        r.result.starts_with("canary: release 3 on green gets 30% of new connections (at random, canary_by = \"connection\"), and the 2 testers"),
+        r.result.starts_with("canary: release 3 on green gets 30% of new connections (at random, canary_by = \"connection\"), and the testers (2 networks in traffic.testers)"),
         "{}",
         r.result
     );
