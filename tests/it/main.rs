@@ -30,6 +30,11 @@
 //!   contains the root, the watch pause across a restart.
 //! - `canary.rs`: warm standby, canaries and the bake window, under load from
 //!   keep-alive and new-connection clients: not one request fails.
+//! - `clients.rs`: traffic by client, under load: a preview reaches the
+//!   testers alone (clients bound to addresses of 127.0.0.0/8), a canary by
+//!   client keeps each client on one build and moves none back when its
+//!   share grows, `bgctl compare` exits 9 on a status that differs, and bad
+//!   input (at `--check` too) is refused with the fix.
 //! - `contain.rs`: containment, with cgroups and with the process-group
 //!   fallback (`BGD_NO_CGROUP`): every process of a color, however it forked,
 //!   `setsid()`ed or daemonized, is found, stopped and killed with it.
@@ -95,6 +100,7 @@ mod harness;
 mod load;
 
 mod canary;
+mod clients;
 mod contain;
 mod deb;
 mod failures;
