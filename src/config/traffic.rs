@@ -282,14 +282,14 @@ mod tests {
             "{}",
             c.warnings[0]
         );
-        let many: Vec<String> = (0..1000)
+        let many: Vec<String> = (0..4000)
             .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
             .collect();
         for (traffic, says) in [
             ("testers = [\"10.0.0.0/33\"]", "app.toml:18:12: traffic.testers[0]: \"10.0.0.0/33\": an IPv4 prefix is at most 32 bits, not 33"),
             ("testers = [\"::/129\"]", "an IPv6 prefix is at most 128 bits"),
             ("testers = [\"10.0.0.1\", \"tester.example\"]", "traffic.testers[1]: \"tester.example\" is not an address or network"),
-            (&format!("testers = [{}]", many.join(", ")), "traffic.testers is too long: its 1000 networks take 4000 instructions of the kernel's steering program, which has room for 3900"),
+            (&format!("testers = [{}]", many.join(", ")), "traffic.testers is too long: its 4000 networks take 4034 instructions of the kernel's steering program, which has room for 3900"),
             ("canary_by = \"cookie\"", "traffic.canary_by \"cookie\" is not known"),
             ("mode = \"shared\"\ntesters = [\"10.0.0.1\"]", "traffic.testers needs traffic.mode = \"gate\""),
             ("mode = \"shared\"\ncanary_by = \"client\"", "traffic.canary_by = \"client\" needs traffic.mode = \"gate\""),

@@ -33,10 +33,12 @@
 //!
 //! Testers and the client hash need the IP version first: the program
 //! branches to an IPv4 and an IPv6 part, each of which stores the source
-//! address in the scratch memory (`M[]`) once and tests each network
-//! against it. Conditional jumps have 8-bit offsets and go forward only, so
-//! each test is a short block that falls through to a `ret` of its own,
-//! and the long jumps use `BPF_JA` (a 32-bit offset). A program holds at most
+//! address in the scratch memory (`M[]`) once and tests the networks
+//! against it. IPv4 networks of one prefix length share one mask and a
+//! compare each; IPv6 networks are a short block each. Conditional jumps
+//! have 8-bit offsets and go forward only, so a run of compares is chained
+//! to a `ret` at most 250 instructions ahead, and the long jumps use
+//! `BPF_JA` (a 32-bit offset). A program holds at most
 //! `BPF_MAXINSNS` (4,096) instructions; the config refuses a testers list
 //! that would not fit ([`crate::deploy::clients::check_fits`]).
 
@@ -46,8 +48,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use libc::sock_filter;
 
-use crate::deploy::clients::{mask32, CanaryBy, Cidr};
+use crate::deploy::clients::{ipv4_groups, mask32, CanaryBy, Cidr, CHUNK};
 
+#[cfg(test)]
+mod bench;
 #[cfg(test)]
 mod cbpf;
 #[cfg(test)]
@@ -111,7 +115,7 @@ pub fn threshold(percent: u8) -> u32 {
 /// The program for `route`: one instruction without probes, 9 (IPv4) or
 /// 14 (IPv6) more per probe; a random split adds 3; testers or the client
 /// hash add the dispatch by IP version (29 at most, both splits included)
-/// and [`Cidr::instructions`] per tester.
+/// and the testers' ([`crate::deploy::clients::instructions`]).
 pub fn program(route: &Route) -> Vec<sock_filter> {
     let mut p = probes(&route.probes);
     p.extend(clients(route));
@@ -229,27 +233,19 @@ fn family(
         p.push(stmt(libc::BPF_ST, i));
     }
     if let Some((to, list)) = testers {
-        for c in list {
-            p.extend(match (fam, c.addr) {
-                (Family::V4, IpAddr::V4(a)) => tester(&[(u32::from(a), c.prefix)], *to),
-                (Family::V6, IpAddr::V6(a)) => {
-                    let o = a.octets();
-                    let words: Vec<(u32, u8)> = (0..4)
-                        .map(|i| {
-                            let w = u32::from_be_bytes([
-                                o[4 * i],
-                                o[4 * i + 1],
-                                o[4 * i + 2],
-                                o[4 * i + 3],
-                            ]);
-                            let bits = i32::from(c.prefix) - 32 * i as i32;
-                            (w, bits.clamp(0, 32) as u8)
-                        })
-                        .collect();
-                    tester(&words, *to)
+        match fam {
+            Family::V4 => {
+                for (prefix, nets) in ipv4_groups(list) {
+                    p.extend(ipv4_group(prefix, &nets, *to));
                 }
-                _ => Vec::new(),
-            });
+            }
+            Family::V6 => {
+                for c in list {
+                    if let IpAddr::V6(a) = c.addr {
+                        p.extend(ipv6_tester(a.octets(), c.prefix, *to));
+                    }
+                }
+            }
         }
     }
     match split {
@@ -270,23 +266,52 @@ fn family(
     p
 }
 
-/// One tester: for each 32-bit word with prefix bits (`bits`), load it
-/// from `M[i]`, mask a partial word, compare; a mismatch skips to the end
-/// of the block; a match of every word returns `to`.
-fn tester(words: &[(u32, u8)], to: u32) -> Vec<sock_filter> {
+/// The IPv4 networks of one prefix length: the client's address from
+/// `M[0]`, masked once, then compared with each network; runs of at most
+/// [`CHUNK`] compares share a return (a match jumps to it: conditional
+/// jumps reach 255 instructions ahead), and a jump past it follows each
+/// run. A /0 holds every address: it is the return alone.
+fn ipv4_group(prefix: u8, nets: &[u32], to: u32) -> Vec<sock_filter> {
+    if prefix == 0 {
+        return vec![ret(to)];
+    }
+    let mut b = vec![stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_MEM, 0)];
+    if prefix < 32 {
+        b.push(stmt(
+            libc::BPF_ALU | libc::BPF_AND | libc::BPF_K,
+            mask32(prefix),
+        ));
+    }
+    for run in nets.chunks(CHUNK) {
+        for (i, net) in run.iter().enumerate() {
+            // To the run's return: past the rest of the run and the jump.
+            b.push(jump(libc::BPF_JEQ, *net, (run.len() - i) as u8, 0));
+        }
+        b.push(stmt(libc::BPF_JMP | libc::BPF_JA, 1));
+        b.push(ret(to));
+    }
+    b
+}
+
+/// One IPv6 network: for each 32-bit word with prefix bits, load it from
+/// `M[i]`, mask a partial word, compare; a mismatch skips to the end of
+/// the block; a match of every word returns `to`.
+fn ipv6_tester(octets: [u8; 16], prefix: u8, to: u32) -> Vec<sock_filter> {
     let mut b = Vec::new();
-    for (i, (w, bits)) in words.iter().enumerate() {
-        if *bits == 0 {
+    for (i, w) in octets.chunks(4).enumerate() {
+        let bits = (i32::from(prefix) - 32 * i as i32).clamp(0, 32) as u8;
+        if bits == 0 {
             break;
         }
+        let word = u32::from_be_bytes([w[0], w[1], w[2], w[3]]);
         b.push(stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_MEM, i as u32));
-        if *bits < 32 {
+        if bits < 32 {
             b.push(stmt(
                 libc::BPF_ALU | libc::BPF_AND | libc::BPF_K,
-                mask32(*bits),
+                mask32(bits),
             ));
         }
-        b.push(jeq_else(w & mask32(*bits)));
+        b.push(jeq_else(word & mask32(bits)));
     }
     b.push(ret(to));
     past_block(b)

@@ -213,35 +213,96 @@ fn the_hash_spreads_neighbouring_addresses() {
     assert!((20.0..=40.0).contains(&s), "consecutive /64s: {s}%");
 }
 
-/// What the config counts for each tester is what the program spends.
+/// What the config counts for the testers is what the program spends.
 #[test]
-fn each_tester_costs_what_the_config_counts() {
-    let list = cidrs(&[
-        "0.0.0.0/0",
-        "10.0.0.0/8",
-        "10.0.0.1",
-        "::/0",
-        "2001:db8::/32",
-        "2001:db8:1::/48",
-        "2001:db8::/64",
-        "::1",
-        "2001:db8::/127",
-    ]);
+fn the_testers_cost_what_the_config_counts() {
     let bare = Route {
         testers: Some((GREEN, vec![])),
         ..route(30, CanaryBy::Client)
     };
     let base = program(&bare).len();
-    for c in &list {
-        let one = Route {
-            testers: Some((GREEN, vec![*c])),
-            ..bare.clone()
-        };
-        assert_eq!(program(&one).len() - base, c.instructions(), "{c}");
-    }
     // The route's two probes, one IPv4 (9) and one IPv6 (14), and the
     // rest: the dispatch (6), the loads (2 + 8), the hash and split (5 + 8).
     assert_eq!(base, 9 + 14 + 29);
+    let runs: Vec<String> = (0..600)
+        .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256))
+        .collect();
+    let runs: Vec<&str> = runs.iter().map(String::as_str).collect();
+    for list in [
+        &["0.0.0.0/0"][..],
+        &["10.0.0.0/8"],
+        &[
+            "10.0.0.1",
+            "10.0.0.2",
+            "10.0.0.0/8",
+            "192.168.0.0/16",
+            "11.0.0.0/8",
+        ],
+        &[
+            "::/0",
+            "2001:db8::/32",
+            "2001:db8:1::/48",
+            "2001:db8::/64",
+            "::1",
+            "2001:db8::/127",
+        ],
+        &runs,
+    ] {
+        let list = cidrs(list);
+        let with = Route {
+            testers: Some((GREEN, list.clone())),
+            ..bare.clone()
+        };
+        assert_eq!(
+            program(&with).len() - base,
+            crate::deploy::clients::instructions(&list),
+            "{list:?}"
+        );
+    }
+}
+
+/// A run of more compares than a jump reaches is chained: each network of
+/// 600 /24s, the first, the 250th, the 251st and the last, is a tester.
+#[test]
+fn a_long_run_of_networks_is_chained() {
+    let list: Vec<String> = (0..600)
+        .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256))
+        .collect();
+    let r = Route {
+        to: BLUE,
+        testers: Some((
+            GREEN,
+            cidrs(&list.iter().map(String::as_str).collect::<Vec<_>>()),
+        )),
+        ..Route::default()
+    };
+    for i in [0, 1, 249, 250, 251, 499, 500, 599] {
+        let from = format!("10.{}.{}.9:1", i / 256, i % 256);
+        assert_eq!(steer(&r, &from, 0), GREEN, "{from}");
+    }
+    for from in ["10.2.88.1:1", "10.3.0.1:1", "11.0.0.1:1"] {
+        assert_eq!(steer(&r, from, 0), BLUE, "{from}");
+    }
+}
+
+/// Testers up to the budget: networks of `kind` 0 (IPv4 /24s), or a mix
+/// of IPv4 /24s, IPv6 /128s and /127s (`kind` 1).
+fn full_list(kind: u32) -> Vec<Cidr> {
+    let mut list = Vec::new();
+    let mut i = 0u32;
+    loop {
+        let c = match (kind, i % 3) {
+            (0, _) | (1, 0) => format!("10.{}.{}.0/24", i / 256 % 256, i % 256),
+            (_, 1) => format!("2001:db8:{:x}::1", i),
+            _ => format!("2001:db8:{:x}::/127", i),
+        };
+        list.push(Cidr::parse(&c).unwrap().0);
+        if crate::deploy::clients::check_fits(&list).is_err() {
+            list.pop();
+            return list;
+        }
+        i += 1;
+    }
 }
 
 /// A full testers list, 8 IPv6 probes and the client hash fit in 4,096
@@ -249,20 +310,6 @@ fn each_tester_costs_what_the_config_counts() {
 /// kernel takes them; so does the same list with a random split.
 #[test]
 fn the_largest_program_fits_and_the_kernel_takes_it() {
-    let mut list = Vec::new();
-    let mut used = 0;
-    let mut i = 0u32;
-    while used + 10 <= crate::deploy::clients::TESTER_BUDGET {
-        let c = match i % 3 {
-            0 => format!("10.{}.{}.0/24", i / 256 % 256, i % 256),
-            1 => format!("2001:db8:{:x}::1", i),
-            _ => format!("2001:db8:{:x}::/127", i),
-        };
-        let c = Cidr::parse(&c).unwrap().0;
-        used += c.instructions();
-        list.push(c);
-        i += 1;
-    }
     let probes: Vec<(SocketAddr, u32)> = (0..8)
         .map(|i| {
             (
@@ -272,7 +319,12 @@ fn the_largest_program_fits_and_the_kernel_takes_it() {
         })
         .collect();
     let g = group(IpAddr::from([127, 0, 0, 1])).expect("127.0.0.1");
-    for by in [CanaryBy::Client, CanaryBy::Connection] {
+    for (kind, by) in [
+        (0, CanaryBy::Client),
+        (1, CanaryBy::Client),
+        (1, CanaryBy::Connection),
+    ] {
+        let list = full_list(kind);
         let r = Route {
             to: BLUE,
             probes: probes.clone(),
@@ -282,12 +334,22 @@ fn the_largest_program_fits_and_the_kernel_takes_it() {
         };
         let p = program(&r);
         assert!(p.len() <= 4096, "{} instructions", p.len());
+        assert!(p.len() > 3900, "{} instructions: not full", p.len());
         cbpf::check(&p).unwrap();
         attach(g.0.as_fd(), &p).unwrap_or_else(|e| panic!("{} instructions: {e}", p.len()));
-        // The last tester, past thousands of instructions, still matches.
-        let last = list.last().unwrap();
-        let from = SocketAddr::new(last.addr, 9).to_string();
-        assert_eq!(steer(&r, &from, u32::MAX), GREEN, "{last}");
+        // The last testers of each family, past thousands of
+        // instructions, still match.
+        for last in [
+            list.iter().rfind(|c| c.addr.is_ipv4()),
+            list.iter().rfind(|c| c.addr.is_ipv6()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let from = SocketAddr::new(last.addr, 9).to_string();
+            assert_eq!(steer(&r, &from, u32::MAX), GREEN, "{last}");
+        }
+        eprintln!("{} testers ({kind}): {} instructions", list.len(), p.len());
     }
 }
 
