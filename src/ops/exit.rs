@@ -100,6 +100,17 @@ impl From<Code> for std::process::ExitCode {
 mod tests {
     use super::*;
 
+    /// docs/cli.md's exit code table says what [`Code::meaning`] says.
+    #[test]
+    fn docs_cli_lists_every_code_with_its_meaning() {
+        let cli = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli.md"))
+            .expect("docs/cli.md");
+        for c in Code::ALL {
+            let row = format!("| {} | {} |", c.number(), c.meaning());
+            assert!(cli.lines().any(|l| l == row), "docs/cli.md lacks {row}");
+        }
+    }
+
     #[test]
     fn the_numbers_are_the_order_of_the_table() {
         for (i, c) in Code::ALL.iter().enumerate() {
