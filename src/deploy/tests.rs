@@ -291,6 +291,17 @@ fn words(effects: &[Effect<Proc>]) -> Vec<String> {
         .collect()
 }
 
+/// The history record of the release that `effects` ended.
+fn record_of(effects: &[Effect<Proc>]) -> crate::deploy::record::Record {
+    effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Ended(e) => Some(e.record.clone()),
+            _ => None,
+        })
+        .expect("a record")
+}
+
 fn error_message(effects: &[Effect<Proc>]) -> String {
     effects
         .iter()

@@ -234,7 +234,7 @@ impl Out {
                 c.since,
             );
         }
-        if s.mode == "gate" && !s.canary_by.is_empty() {
+        if s.mode == "gate" && !s.canary_by.is_empty() && (s.testers > 0 || s.canary.is_some()) {
             println!(
                 "  traffic.testers: {}; canary_by = \"{}\"",
                 bgd::deploy::clients::networks(s.testers as usize),

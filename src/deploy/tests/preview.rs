@@ -66,16 +66,6 @@ fn preview() -> T {
     t
 }
 
-fn record_of(effects: &[Effect<Proc>]) -> crate::deploy::record::Record {
-    effects
-        .iter()
-        .find_map(|e| match e {
-            Effect::Ended(e) => Some(e.record.clone()),
-            _ => None,
-        })
-        .expect("a record")
-}
-
 #[test]
 fn a_preview_is_ready_beside_the_live_color_for_the_testers_alone() {
     let t = preview();

@@ -96,16 +96,6 @@ fn swap_waiting_for_the_bake(t: &mut T) -> Vec<String> {
     t.says(Input::Committed(Ok(())))
 }
 
-fn record_of(effects: &[Effect<Proc>]) -> crate::deploy::record::Record {
-    effects
-        .iter()
-        .find_map(|e| match e {
-            Effect::Ended(e) => Some(e.record.clone()),
-            _ => None,
-        })
-        .expect("a record")
-}
-
 #[test]
 fn with_a_standby_the_old_color_stays_warm_and_the_release_ends_at_its_swap() {
     let mut t = T::blue_live_with(policy(10, 0, &[]));
