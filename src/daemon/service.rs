@@ -126,6 +126,17 @@ impl Daemon {
             tracing::error!("cannot steer by the reloaded traffic.testers: {e}");
         }
         self.telemetry.traffic_policy(r);
+        if let Some(c) = self
+            .core
+            .canary()
+            .filter(|c| c.is_preview() && r.testers.is_empty())
+        {
+            tracing::warn!(
+                "the preview of release {} on {} reaches nobody now: the reloaded traffic.testers is empty; `bgctl promote` or `bgctl abort` ends it",
+                c.release,
+                c.color
+            );
+        }
         self.ctx = Arc::new(Ctx {
             config,
             listeners: self.ctx.listeners.clone(),

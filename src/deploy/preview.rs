@@ -26,13 +26,13 @@ impl<P: Process> Core<P> {
     }
 
     fn preview_possible(&self) -> Result<(), String> {
-        if self.policy.rollout.testers.is_empty() {
-            return Err("--preview sends the clients in traffic.testers to the new build, and traffic.testers is empty: list the testers' addresses in the config, such as [traffic] testers = [\"203.0.113.7\", \"2001:db8:1::/48\"], and reload bgd (SIGHUP)".into());
-        }
         if let Some(why) = &self.policy.no_split {
             return Err(format!(
                 "--preview needs new connections steered by client address, and {why}"
             ));
+        }
+        if self.policy.rollout.testers.is_empty() {
+            return Err("--preview sends the clients in traffic.testers to the new build, and traffic.testers is empty: list the testers' addresses in the config, such as [traffic] testers = [\"203.0.113.7\", \"2001:db8:1::/48\"], and reload bgd (SIGHUP)".into());
         }
         match self.state.live {
             Some(live) if matches!(self.slot(live).phase, ColorPhase::Live { .. }) => Ok(()),

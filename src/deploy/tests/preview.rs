@@ -223,7 +223,7 @@ fn previews_that_cannot_be_done_are_refused_and_change_nothing() {
             || {
                 T::blue_live_with(Policy {
                     no_split: Some("[[listen]] \"unix\" is a Unix socket".into()),
-                    ..with_testers(0)
+                    ..Policy::default()
                 })
             },
             || preview_release(None),
