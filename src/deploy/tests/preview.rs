@@ -166,6 +166,19 @@ fn a_preview_that_dies_is_aborted_by_itself() {
     assert!(t.core.canary().is_none());
 }
 
+/// The live color restarts during a preview: its steer would end the
+/// testers' route, so the testers get it back (and no split begins).
+#[test]
+fn a_restart_of_the_live_color_keeps_the_testers_route() {
+    let mut t = preview();
+    t.send(exited(Color::Blue, OLD, 100));
+    t.send(Input::RestartDue { color: Color::Blue });
+    let task = t.restart_task(Color::Blue);
+    let said = t.says(ok(task, 300));
+    assert_eq!(said, ["steer blue", "testers green"]);
+    assert!(t.core.canary().unwrap().is_preview());
+}
+
 #[test]
 fn a_canary_names_its_testers_and_how_it_splits() {
     let mut t = T::blue_live_with(Policy {
