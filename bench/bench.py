@@ -1730,8 +1730,8 @@ def report_metrics(r7):
 def main():
     ap = argparse.ArgumentParser(description="bgd benchmark")
     ap.add_argument("--quick", action="store_true", help="a ~3 minute version with shorter runs")
-    ap.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10,11",
-                    help="comma-separated measurements to run (1,2,3,4,5,6,7,8,9,10,11)")
+    ap.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10,11,12",
+                    help="comma-separated measurements to run (1,2,3,4,5,6,7,8,9,10,11,12)")
     ap.add_argument("--gthread", action="store_true", help="2: also bgd with gunicorn's gthread workers (keep-alive)")
     ap.add_argument("--systems", default="bgd,bgd-shared,nginx,naive",
                     help="2: which release methods to load-test (bgd, bgd-shared, nginx, naive, bgd-gthread)")
@@ -1856,6 +1856,9 @@ def main():
         if "11" in only:
             import pause
             measure("11", lambda: pause.bench_pause(ctx))
+        if "12" in only:
+            import clients
+            measure("12", lambda: clients.bench_clients(ctx))
         if "3" in only:
             measure("3c", lambda: bench_quiesce_table(ctx))
         r1, r2, r3, r3b, r3c, r4, r5, r6 = (results.get(k) for k in ("1", "2", "3", "3b", "3c", "4", "5", "6"))
@@ -1881,6 +1884,9 @@ def main():
     if results.get("11"):
         import pause
         md += "\n" + "\n".join(pause.report(ctx, results["11"]))
+    if results.get("12"):
+        import clients
+        md += "\n" + "\n".join(clients.report(ctx, results["12"]))
     md += f"\n(bench/run took {time.monotonic() - t0:.0f} s)\n"
     print(md)
     if ctx.out:

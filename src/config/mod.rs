@@ -9,10 +9,12 @@
 //! own file) in a fixed order. A section's file holds its public type, its
 //! raw serde table, its checks and its tests: `listen.rs` (`[[listen]]`),
 //! `app.rs`, `health.rs`, `traffic.rs`, `watch.rs`, `hooks.rs`,
-//! `metrics.rs` and `pause.rs` (the table of that name). `parse.rs` holds
-//! the helpers they share (durations, file modes, `file:line:col`).
+//! `metrics.rs`, `pause.rs` and `compare.rs` (the table of that name).
+//! `parse.rs` holds the helpers they share (durations, file modes,
+//! `file:line:col`).
 
 mod app;
+mod compare;
 mod health;
 mod hooks;
 pub mod identity;
@@ -34,6 +36,7 @@ use crate::deploy::rollout::Rollout;
 use parse::{absolute, check_unix_path, line_col, located, parse_mode, Spanned};
 
 pub use app::{fd_names, parse_signal, AppConfig, DEFAULT_DRAIN_DELAY};
+pub use compare::CompareConfig;
 pub use health::{HealthConfig, DEFAULT_ATTEMPT_TIMEOUT};
 pub use hooks::HooksConfig;
 pub use listen::{ListenAddr, ListenConfig, PROBE_FD_NAME};
@@ -71,6 +74,8 @@ pub struct Config {
     pub hooks: HooksConfig,
     /// `[pause]`: the maintenance page of `bgctl pause --max`.
     pub pause: PauseConfig,
+    /// `[compare]`: what `bgctl compare` asks both builds.
+    pub compare: CompareConfig,
     /// What is allowed but likely a mistake, each already formatted as
     /// `file:line:col: message`, like a [`ConfigError`]. bgd logs them at
     /// start-up and on reload; `bgd --check` prints them.
@@ -183,7 +188,9 @@ impl Config {
         };
         let raw_traffic = raw.traffic.unwrap_or_default();
         let traffic = traffic::mode(&src, raw_traffic.mode.as_ref())?;
-        let rollout = traffic::rollout_policy(&src, &raw_traffic, traffic, &listen, &health)?;
+        let modes = (traffic, listen.as_slice());
+        let rollout = traffic::rollout_policy(&src, &raw_traffic, modes, &health, &mut warnings)?;
+        let compare = compare::parse(&src, raw.compare, &health)?;
         let fds = fd_names(&listen, traffic, health.http.is_some());
         app::check_templates(&src, &raw.app, &fds)?;
         let metrics = metrics::parse(&src, raw.metrics)?;
@@ -210,6 +217,7 @@ impl Config {
             keep,
             hooks,
             pause,
+            compare,
             warnings,
         })
     }
@@ -424,6 +432,7 @@ struct Raw {
     traffic: Option<traffic::RawTraffic>,
     metrics: Option<metrics::RawMetrics>,
     pause: Option<pause::RawPause>,
+    compare: Option<compare::RawCompare>,
 }
 
 /// Every key serde accepts in `section`, in the order the raw struct
@@ -432,7 +441,7 @@ struct Raw {
 /// is `deny_unknown_fields`), and serde's error lists what it expected.
 /// `section` is `""` for the top level, `"listen"` for `[[listen]]`, else
 /// the table's name (`"app"`, `"health"`, `"traffic"`, `"watch"`,
-/// `"hooks"`, `"metrics"`). Panics for a section serde does not know.
+/// `"hooks"`, `"metrics"`, `"compare"`). Panics for a section serde does not know.
 #[cfg(test)]
 pub(crate) fn keys_of(section: &str) -> Vec<String> {
     const UNKNOWN: &str = "keys_of_no_such_key";
@@ -609,7 +618,7 @@ http = "/healthz"
     /// and naming keys every config writer knows.
     #[test]
     fn keys_of_lists_what_serde_accepts_in_each_section() {
-        let known: [(&str, &[&str]); 9] = [
+        let known: [(&str, &[&str]); 10] = [
             ("", &["name", "root", "control", "keep", "app", "listen"]),
             (
                 "listen",
@@ -620,11 +629,15 @@ http = "/healthz"
                 &["command", "user", "env", "drain_timeout", "cpu_weight"],
             ),
             ("health", &["http", "notify", "exec", "timeout", "failures"]),
-            ("traffic", &["mode", "standby", "bake", "steps"]),
+            (
+                "traffic",
+                &["mode", "standby", "bake", "steps", "testers", "canary_by"],
+            ),
             ("watch", &["path", "settle", "marker", "ignore"]),
             ("hooks", &["prepare", "after_live", "timeout"]),
             ("metrics", &["listen"]),
             ("pause", &["page"]),
+            ("compare", &["paths"]),
         ];
         for (section, names) in known {
             let keys = keys_of(section);

@@ -1,5 +1,6 @@
-//! `[traffic]`: how new connections reach the colors (`mode`) and how a
-//! release hands them over (`standby`, `bake`, `steps`).
+//! `[traffic]`: how new connections reach the colors (`mode`), how a
+//! release hands them over (`standby`, `bake`, `steps`), who sees a new
+//! build first (`testers`) and how a canary picks its share (`canary_by`).
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use super::health::HealthConfig;
 use super::listen::{ListenAddr, ListenConfig};
 use super::parse::{HumanDuration, Spanned};
 use super::{ConfigError, Source};
+use crate::deploy::clients::{self, CanaryBy, Cidr};
 use crate::deploy::rollout::{self, Rollout};
 
 /// `[traffic] mode`: how new connections reach the colors.
@@ -36,6 +38,8 @@ pub(super) struct RawTraffic {
     standby: Option<Spanned<HumanDuration>>,
     bake: Option<Spanned<HumanDuration>>,
     steps: Option<Spanned<Vec<String>>>,
+    testers: Option<Spanned<Vec<Spanned<String>>>>,
+    canary_by: Option<Spanned<String>>,
 }
 
 /// `traffic.mode`.
@@ -61,9 +65,9 @@ pub(super) fn mode(
 pub(super) fn rollout_policy(
     src: &Source,
     t: &RawTraffic,
-    mode: TrafficMode,
-    listen: &[ListenConfig],
+    (mode, listen): (TrafficMode, &[ListenConfig]),
     health: &HealthConfig,
+    warnings: &mut Vec<String>,
 ) -> Result<Rollout, ConfigError> {
     let duration =
         |d: &Option<Spanned<HumanDuration>>| d.as_ref().map_or(Duration::ZERO, |d| d.get_ref().0);
@@ -77,10 +81,13 @@ pub(super) fn rollout_policy(
         (None, TrafficMode::Gate) => rollout::DEFAULT_STANDBY,
         _ => duration(&t.standby),
     };
+    let (testers, canary_by) = by_client(src, t, (mode, listen), warnings)?;
     let r = Rollout {
         standby,
         bake: duration(&t.bake),
         steps,
+        testers,
+        canary_by,
     };
     // The first key that needs what is missing is the one named.
     let used = [
@@ -127,6 +134,73 @@ pub(super) fn rollout_policy(
         )));
     }
     Ok(r)
+}
+
+/// `[traffic] testers` and `canary_by`: networks that parse and fit in the
+/// steering program, and a split the sockets can make. Bits set past a
+/// prefix are cleared, with a warning.
+fn by_client(
+    src: &Source,
+    t: &RawTraffic,
+    (mode, listen): (TrafficMode, &[ListenConfig]),
+    warnings: &mut Vec<String>,
+) -> Result<(Vec<Cidr>, CanaryBy), ConfigError> {
+    let canary_by = match &t.canary_by {
+        Some(c) => CanaryBy::parse(c.get_ref()).map_err(|e| src.fail(c.span(), e))?,
+        None => CanaryBy::default(),
+    };
+    let mut testers = Vec::new();
+    if let Some(list) = &t.testers {
+        for (i, entry) in list.get_ref().iter().enumerate() {
+            let (cidr, dirty) = Cidr::parse(entry.get_ref())
+                .map_err(|e| src.fail(entry.span(), format!("traffic.testers[{i}]: {e}")))?;
+            if dirty {
+                warnings.push(src.locate(
+                    entry.span(),
+                    &format!(
+                        "traffic.testers[{i}]: {:?} has bits set past its /{} prefix, so it means {cidr}: write \"{cidr}\" (or a longer prefix, if one address was meant)",
+                        entry.get_ref(),
+                        cidr.prefix
+                    ),
+                ));
+            }
+            testers.push(cidr);
+        }
+        clients::check_fits(&testers)
+            .map_err(|e| src.fail(list.span(), format!("traffic.testers is too long: {e}")))?;
+    }
+    // A split by client, or testers, where the sockets cannot be split.
+    let unix = listen
+        .iter()
+        .find(|l| !matches!(l.address, ListenAddr::Tcp(_)));
+    let uses = [
+        (
+            "traffic.testers",
+            t.testers
+                .as_ref()
+                .filter(|_| !testers.is_empty())
+                .map(|l| l.span()),
+            "send the testers' connections to the new build",
+        ),
+        (
+            "traffic.canary_by = \"client\"",
+            t.canary_by
+                .as_ref()
+                .filter(|_| canary_by == CanaryBy::Client)
+                .map(|c| c.span()),
+            "give a canary its share by client address",
+        ),
+    ];
+    for (key, span, what) in uses {
+        let Some(span) = span else { continue };
+        if mode == TrafficMode::Shared {
+            return Err(src.fail(span, format!("{key} needs traffic.mode = \"gate\": in shared mode both colors accept from one socket, so bgd cannot {what}; remove {key}, or use the gate")));
+        }
+        if let Some(l) = unix {
+            return Err(src.fail(span, format!("{key} steers new TCP connections in the kernel, and [[listen]] {:?} is a Unix socket, whose connections carry no client address and cannot be steered: remove {key}, or the Unix listener", l.name)));
+        }
+    }
+    Ok((testers, canary_by))
 }
 
 #[cfg(test)]
@@ -191,6 +265,62 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.contains("is a Unix socket, which cannot be split"), "{e}");
+    }
+
+    /// `testers` and `canary_by` (issue 23): networks that parse, a warning
+    /// for bits past a prefix, the program's limit, and refusals where the
+    /// kernel cannot steer by client.
+    #[test]
+    fn testers_and_canary_by_say_what_is_wrong() {
+        use crate::deploy::clients::CanaryBy;
+        let with = |traffic: &str| parse(&format!("{GOOD}\n[traffic]\n{traffic}\n"));
+        let c = parse(GOOD).unwrap();
+        assert_eq!(
+            (c.rollout.testers.len(), c.rollout.canary_by),
+            (0, CanaryBy::Client)
+        );
+        let c = with("testers = [\"203.0.113.0/24\", \"2001:db8:1::/48\", \"127.0.0.77\"]\ncanary_by = \"connection\"").unwrap();
+        let shown: Vec<String> = c.rollout.testers.iter().map(|t| t.to_string()).collect();
+        assert_eq!(
+            shown,
+            ["203.0.113.0/24", "2001:db8:1::/48", "127.0.0.77/32"]
+        );
+        assert_eq!(c.rollout.canary_by, CanaryBy::Connection);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let c = with("testers = [\"10.0.0.1\", \"10.1.2.3/16\"]").unwrap();
+        assert_eq!(c.rollout.testers[1].to_string(), "10.1.0.0/16");
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(
+            c.warnings[0].contains("app.toml:18:24: traffic.testers[1]: \"10.1.2.3/16\" has bits set past its /16 prefix, so it means 10.1.0.0/16"),
+            "{}",
+            c.warnings[0]
+        );
+        let many: Vec<String> = (0..4000)
+            .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+            .collect();
+        for (traffic, says) in [
+            ("testers = [\"10.0.0.0/33\"]", "app.toml:18:12: traffic.testers[0]: \"10.0.0.0/33\": an IPv4 prefix is at most 32 bits, not 33"),
+            ("testers = [\"::/129\"]", "an IPv6 prefix is at most 128 bits"),
+            ("testers = [\"10.0.0.1\", \"tester.example\"]", "traffic.testers[1]: \"tester.example\" is not an address or network"),
+            (&format!("testers = [{}]", many.join(", ")), "traffic.testers is too long: its 4000 networks take 4034 instructions of the kernel's steering program, which has room for 3900"),
+            ("canary_by = \"cookie\"", "traffic.canary_by \"cookie\" is not known"),
+            ("mode = \"shared\"\ntesters = [\"10.0.0.1\"]", "traffic.testers needs traffic.mode = \"gate\""),
+            ("mode = \"shared\"\ncanary_by = \"client\"", "traffic.canary_by = \"client\" needs traffic.mode = \"gate\""),
+        ] {
+            let e = with(traffic).unwrap_err();
+            assert!(e.contains(says), "{traffic}: {e}");
+        }
+        // Not said, the default applies where it can: no refusal.
+        assert!(with("mode = \"shared\"\ncanary_by = \"connection\"").is_ok());
+        assert!(with("mode = \"shared\"\ntesters = []").is_ok());
+        let unix = GOOD.replace("127.0.0.1:8080", "unix:app.sock");
+        for traffic in ["testers = [\"10.0.0.1\"]", "canary_by = \"client\""] {
+            let e = parse(&format!("{unix}\n[traffic]\n{traffic}\n")).unwrap_err();
+            assert!(
+                e.contains("is a Unix socket, whose connections carry no client address"),
+                "{e}"
+            );
+        }
     }
 
     /// The gate unless the config says "shared"; anything else is refused

@@ -60,6 +60,11 @@ impl Daemon {
                     );
                 }
             }
+            Effect::Testers(color) => {
+                if let Err(e) = self.ctx.listeners.route_testers(color) {
+                    tracing::error!("cannot steer the testers' connections: {e}");
+                }
+            }
             Effect::WakeAt(at) => self.wake_at(at),
             Effect::Monitor { color, pid } => self.monitor(color, pid),
             Effect::Unmonitor(color) => self.unmonitor(color),

@@ -116,6 +116,9 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
         inherited,
     )?);
     listeners.store_in_systemd();
+    listeners
+        .set_clients(config.rollout.testers.clone(), config.rollout.canary_by)
+        .context("cannot steer by client address")?;
     let reaper = Reaper::start().context("cannot start reaping child processes")?;
     let (tx, rx) = mpsc::unbounded_channel();
     forward_signals(tx.clone())?;
@@ -124,6 +127,7 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
     };
     let control = control::bind(&config.fixed.control, config.fixed.control_mode, access)?;
     let telemetry = telemetry::Telemetry::start(config.fixed.metrics, state.live, &contain)?;
+    telemetry.traffic_policy(&config.rollout);
     let logs = Arc::new(crate::supervise::logs::LogHub::default());
     let ctx = Arc::new(Ctx {
         config,
@@ -487,6 +491,7 @@ impl Daemon {
                 dir,
                 label,
                 canary,
+                preview,
                 wait_bake,
             } => {
                 let client = Some(self.client(reply));
@@ -496,9 +501,11 @@ impl Daemon {
                     trigger: crate::deploy::Trigger::Client,
                     client,
                     canary,
+                    preview,
                     wait_bake,
                 })
             }
+            Request::Compare { paths } => self.compare(paths, reply),
             Request::Rollback { to } => {
                 let client = Some(self.client(reply));
                 self.feed(Input::Rollback { client, to })

@@ -134,3 +134,35 @@ pub(super) fn stream<T: Clone + Send + 'static>(
         }
     });
 }
+
+impl Daemon {
+    /// `bgctl compare`: the same GETs to the live build and to the one
+    /// beside it, off the loop; refused with nothing to compare, bad paths,
+    /// or a compare under way.
+    pub(super) fn compare(&self, asked: Vec<String>, reply: Responder) {
+        use crate::ops::protocol::{Failure, FailureKind};
+        let refuse = |kind, m: String| {
+            let _ = reply.send(Reply::Error(Failure::new(kind, None, m)));
+        };
+        let sides = match self.core.compare_sides() {
+            Ok(s) => s,
+            Err(f) => return drop(reply.send(Reply::Error(f))),
+        };
+        let paths = match crate::deploy::compare::paths(asked, &self.ctx.config.compare.paths) {
+            Ok(p) => p,
+            Err(m) => return refuse(FailureKind::BadRequest, m),
+        };
+        let Some(turn) = crate::ops::compare::Turn::take() else {
+            let m = "another `bgctl compare` runs: try again when it has answered".to_string();
+            return refuse(FailureKind::Busy, m);
+        };
+        let ctx = self.ctx.clone();
+        tokio::spawn(async move {
+            let c = crate::ops::compare::run(&ctx, sides, paths).await;
+            drop(turn);
+            let _ = reply.send(Reply::Done {
+                result: Done::Compare(Box::new(c)),
+            });
+        });
+    }
+}

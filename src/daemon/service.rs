@@ -62,11 +62,12 @@ impl Daemon {
         let canary = self
             .core
             .canary()
-            .map(|c| {
-                format!(
-                    "; canary {} release {} at {}%",
-                    c.color, c.release, c.percent
-                )
+            .map(|c| match c.percent {
+                0 => format!(
+                    "; preview {} release {} for the testers",
+                    c.color, c.release
+                ),
+                p => format!("; canary {} release {} at {p}%", c.color, c.release),
             })
             .unwrap_or_default();
         let paused = match self.pause_line() {
@@ -133,6 +134,22 @@ impl Daemon {
             tracing::warn!("{e}");
         }
         self.core.set_policy(policy);
+        let r = &config.rollout;
+        if let Err(e) = (self.ctx.listeners).set_clients(r.testers.clone(), r.canary_by) {
+            tracing::error!("cannot steer by the reloaded traffic.testers: {e}");
+        }
+        self.telemetry.traffic_policy(r);
+        if let Some(c) = self
+            .core
+            .canary()
+            .filter(|c| c.is_preview() && r.testers.is_empty())
+        {
+            tracing::warn!(
+                "the preview of release {} on {} reaches nobody now: the reloaded traffic.testers is empty; `bgctl promote` or `bgctl abort` ends it",
+                c.release,
+                c.color
+            );
+        }
         self.ctx = Arc::new(Ctx {
             config,
             listeners: self.ctx.listeners.clone(),

@@ -41,6 +41,8 @@ impl Daemon {
             },
             receiving: self.ctx.listeners.receiving(),
             traffic: core.shares(),
+            testers: core.policy().rollout.testers.len() as u32,
+            canary_by: core.policy().rollout.canary_by.name().into(),
             standby_until: standby.map(crate::rfc3339),
             bake_until: bake.map(crate::rfc3339),
             canary: canary_status(core, now),
@@ -61,7 +63,10 @@ impl Daemon {
         ColorStatus {
             failing_checks: (failing > 0).then_some(failing),
             last_check_failure: slot.health.last.clone(),
-            state: slot.phase.name(build.is_some()).into(),
+            state: match self.core.canary() {
+                Some(c) if c.color == color && c.is_preview() => "preview".into(),
+                _ => slot.phase.name(build.is_some()).into(),
+            },
             pid: slot.pid().map(|p| p.as_raw() as u32),
             release: build.map(|b| b.release),
             label: build.and_then(|b| b.label.clone()),
@@ -112,13 +117,14 @@ fn progress<P: Process>(core: &Core<P>) -> Option<ReleaseProgress> {
     })
 }
 
-/// The canary as status shows it.
+/// The canary (or preview) as status shows it.
 fn canary_status<P: Process>(core: &Core<P>, now: Now) -> Option<CanaryStatus> {
     let steps = core.policy().rollout.steps.len() as u32;
     core.canary().map(|c| CanaryStatus {
         color: c.color,
         release: c.release,
         percent: c.percent,
+        preview: c.is_preview(),
         step: c.step.map(|(i, _)| i as u32 + 1),
         steps: c.step.map(|_| steps),
         next_step_at: c.step.map(|(_, at)| crate::rfc3339(now.wall_at(at))),

@@ -83,6 +83,14 @@ impl Telemetry {
         })
     }
 
+    /// `[traffic] testers` and `canary_by` as loaded (at start, on reload),
+    /// for the metrics.
+    pub(super) fn traffic_policy(&self, r: &crate::deploy::rollout::Rollout) {
+        if let Some(m) = &self.metrics {
+            m.set_traffic_policy(r.testers.len(), r.canary_by.name());
+        }
+    }
+
     /// Publishes one event to `bgctl events` and the metrics. The daemon's
     /// way to report what the core does not decide (a reload).
     pub(super) fn publish(&self, kind: Kind) {
@@ -134,6 +142,21 @@ impl Telemetry {
                         reason,
                     });
                 }
+                Effect::Ended(ended) if ended.record.kind == "preview" => {
+                    self.followed = None;
+                    self.publish(Kind::Preview {
+                        release: ended.record.release,
+                        color: ended.record.color,
+                        testers: core.policy().rollout.testers.len() as u32,
+                    })
+                }
+                // A new share of a canary that runs on: its `canary_share`
+                // event said it, and it was not promoted to live.
+                Effect::Ended(ended)
+                    if ended.record.kind == "promote" && core.canary().is_some() =>
+                {
+                    self.followed = None
+                }
                 Effect::Ended(ended) => self.ended(ended),
                 Effect::Notify(notice) => self.publish(match notice.clone() {
                     Notice::BakePassed { release, color } => Kind::BakePassed { release, color },
@@ -156,6 +179,8 @@ impl Telemetry {
                 Effect::Split { canary, percent } => self.publish(Kind::CanaryShare {
                     color: *canary,
                     share: f64::from(*percent) / 100.0,
+                    canary_by: core.policy().rollout.canary_by.name().into(),
+                    testers: core.policy().rollout.testers.len() as u32,
                 }),
                 _ => {}
             }

@@ -128,6 +128,7 @@ impl Daemon {
                     trigger: Trigger::Watch(fp),
                     client: None,
                     canary: None,
+                    preview: false,
                     wait_bake: false,
                 });
             }

@@ -11,9 +11,10 @@
 //!    the standby (a switch), else the previous good kept release (its
 //!    kept copy is staged into the dormant color), else a dormant color
 //!    whose build went live once (started from its directory);
-//! 6. a canary runs alone: a release or rollback waits for its promote or
-//!    abort, and `--canary` needs a live color and TCP listeners in gate
-//!    mode.
+//! 6. a canary (or a preview) runs alone: a release or rollback waits for
+//!    its promote or abort, and `--canary` needs a live color and TCP
+//!    listeners in gate mode; `--preview` needs the same and testers, and
+//!    does not go with `--canary`.
 //!
 //! A release whose dormant color is a standby drains that standby first.
 //! While a pause still stops the app, nothing begins (`pause.rs`).
@@ -56,9 +57,13 @@ impl<P: Process> Core<P> {
             ));
         }
         if let Some(c) = &self.canary {
+            let (what, share) = match c.percent {
+                0 => ("a preview", "the testers alone".to_string()),
+                p => ("a canary", format!("{p}% of new connections")),
+            };
             return busy(format!(
-                "a canary of release {} runs on {} ({}% of new connections): promote it (`bgctl promote`) or abort it (`bgctl abort`) first",
-                c.release, c.color, c.percent
+                "{what} of release {} runs on {} ({share}): promote it (`bgctl promote`) or abort it (`bgctl abort`) first",
+                c.release, c.color
             ));
         }
         let color = self.dormant();
@@ -77,6 +82,7 @@ impl<P: Process> Core<P> {
             trigger,
             client,
             canary,
+            preview,
             wait_bake,
         } = ask;
         if let Err(f) = self.admissible() {
@@ -86,9 +92,11 @@ impl<P: Process> Core<P> {
             let m = format!("build path {} must be absolute", source.display());
             return self.refuse(client, Failure::new(FailureKind::BadRequest, None, m));
         }
-        if let Err(m) = canary.map_or(Ok(()), |p| self.canary_possible(p)) {
+        if let Err(m) = self.share_possible(canary, preview) {
             return self.refuse(client, Failure::new(FailureKind::BadRequest, None, m));
         }
+        // A preview is a canary with no share: the testers alone reach it.
+        let canary = if preview { Some(0) } else { canary };
         let color = self.dormant();
         let before = self.state.clone();
         let (evicting, replaced) = self.clear_dormant(now, color);
@@ -148,7 +156,7 @@ impl<P: Process> Core<P> {
     }
 
     /// Whether a canary of `percent` % can run now; `Err` says why not.
-    fn canary_possible(&self, percent: u8) -> Result<(), String> {
+    pub(super) fn canary_possible(&self, percent: u8) -> Result<(), String> {
         if let Some(p) = &self.state.pause {
             return Err(format!("paused since {}: a canary shares new connections with a live color, and none serves during a pause; release without --canary to end the pause", p.since));
         }
@@ -375,6 +383,7 @@ pub(super) struct Ask {
     pub trigger: Trigger,
     pub client: Option<ClientId>,
     pub canary: Option<u8>,
+    pub preview: bool,
     pub wait_bake: bool,
 }
 

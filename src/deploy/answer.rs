@@ -35,6 +35,9 @@ pub enum Outcome {
     /// A canary gets `percent` % of new connections beside the live color:
     /// `release --canary` once it is ready, or `promote PERCENT`.
     Canary(CanaryShare),
+    /// A new build is ready beside the live color, and only the testers
+    /// reach it: `release --preview` (its `percent` is 0).
+    Preview(CanaryShare),
     /// The live build stayed healthy for its bake window.
     BakePassed { release: u64, color: Color },
     /// A newer release went live during this one's bake.
@@ -74,7 +77,7 @@ pub struct Swapped {
 pub struct CanaryShare {
     pub release: u64,
     pub color: Color,
-    /// 1 to 99.
+    /// 1 to 99; 0 for a preview.
     pub percent: u8,
     /// The steps that brought it up, for `release --canary`; `None` for a
     /// `promote`.
@@ -103,7 +106,7 @@ impl fmt::Display for Outcome {
             | Outcome::RolledBack(s)
             | Outcome::Promoted(s)
             | Outcome::Aborted(s) => f.write_str(&s.message),
-            Outcome::Canary(c) => f.write_str(&c.message),
+            Outcome::Canary(c) | Outcome::Preview(c) => f.write_str(&c.message),
             Outcome::BakePassed { release, color } => {
                 write!(f, "release {release} on {color} passed its bake")
             }

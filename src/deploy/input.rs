@@ -29,6 +29,8 @@ pub enum Input<P> {
         client: Option<ClientId>,
         /// `--canary PERCENT` (1 to 99).
         canary: Option<u8>,
+        /// `--preview`: once ready, only the testers reach it (issue 23).
+        preview: bool,
         /// `--wait-bake`.
         wait_bake: bool,
     },

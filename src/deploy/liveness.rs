@@ -97,10 +97,13 @@ impl<P: Process> Core<P> {
     pub(super) fn unswap_side_effects(&mut self, now: Now, r: &Release<P>) {
         let color = r.color;
         if matches!(r.kind, Kind::Promote { .. }) {
+            // The canary drains: it gets no more connections, nor do the
+            // testers.
             self.emit(Effect::Split {
                 canary: color,
                 percent: 0,
             });
+            self.emit(Effect::Testers(None));
         }
         let old = color.other();
         if matches!(

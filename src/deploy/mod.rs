@@ -33,6 +33,8 @@ use crate::deploy::state::{Build, State};
 mod admit;
 pub mod answer;
 pub(crate) mod auto;
+pub mod clients;
+pub mod compare;
 mod exit;
 pub mod failure;
 mod input;
@@ -40,6 +42,7 @@ pub mod kept;
 mod liveness;
 pub mod pause;
 mod phase;
+mod preview;
 mod reclaim;
 pub mod record;
 mod restart;
@@ -179,6 +182,9 @@ pub enum Effect<P> {
         canary: Color,
         percent: u8,
     },
+    /// The clients in `[traffic] testers` go to this color from now on (a
+    /// preview's or a canary's); `None`: where everyone goes.
+    Testers(Option<Color>),
     /// Send [`Input::Due`] at this moment.
     WakeAt(Instant),
     /// Check `color`'s process `pid` every `health.interval` and report
@@ -351,6 +357,7 @@ impl<P: Process> Core<P> {
                 trigger,
                 client,
                 canary,
+                preview,
                 wait_bake,
             } => {
                 let ask = admit::Ask {
@@ -358,6 +365,7 @@ impl<P: Process> Core<P> {
                     trigger,
                     client,
                     canary,
+                    preview,
                     wait_bake,
                 };
                 self.begin_release(now, source, ask)

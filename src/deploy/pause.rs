@@ -351,6 +351,7 @@ impl<P: Process> Core<P> {
             client,
             canary: None,
             wait_bake: false,
+            preview: false,
         };
         self.begin_release(now, page, ask);
     }

@@ -268,7 +268,8 @@ pub struct Release<P> {
     /// Who waits for the outcome.
     pub client: Option<ClientId>,
     /// `--canary PERCENT`: once ready, the new color gets this share of new
-    /// connections instead of all of them.
+    /// connections instead of all of them; 0 for `--preview`: the testers
+    /// alone reach it.
     pub canary: Option<u8>,
     /// `--wait-bake`: the client's answer waits until the bake window (and
     /// the canary steps) passed.

@@ -181,10 +181,14 @@ impl<P: Process> Core<P> {
         let pid = process.pid();
         self.log(Level::Info, format!("{color} (pid {pid}) is serving again"));
         self.emit(Effect::Steer(color));
-        // A steer ends any split: a canary beside it gets its share back.
+        // A steer ends any split and the testers' route: a canary (or a
+        // preview) beside it gets its share and its testers back.
         if let Some(c) = &self.canary {
             let (canary, percent) = (c.color, c.percent);
-            self.emit(Effect::Split { canary, percent });
+            if percent > 0 {
+                self.emit(Effect::Split { canary, percent });
+            }
+            self.emit(Effect::Testers(Some(canary)));
         }
         self.enter(color, ColorPhase::Live { process }, now.wall);
         self.ready();

@@ -1,12 +1,15 @@
 //! The rollout policy of `[traffic]`: how long the previous color stays
 //! warm after a swap (`standby`), how long the new one is watched before it
 //! counts as good (`bake`), and the canary steps a release goes through
-//! (`steps`). Issue 12 names the keys.
+//! (`steps`). Issue 12 names the keys; issue 23 adds who sees a new build
+//! first (`testers`) and how a canary picks its share (`canary_by`).
 //!
 //! Parsing only: what the policy means is decided in `deploy`, and the
 //! kernel split it asks for is built in `steer`.
 
 use std::time::Duration;
+
+use crate::deploy::clients::{CanaryBy, Cidr};
 
 /// One canary step: `percent` % of new connections go to the new color,
 /// for `hold`, while its health is checked; the next step follows.
@@ -31,6 +34,11 @@ pub struct Rollout {
     pub bake: Duration,
     /// Canary shares a release goes through before 100 %, increasing.
     pub steps: Vec<CanaryStep>,
+    /// `testers`: clients in these networks reach a new build during its
+    /// preview and its canary (issue 23).
+    pub testers: Vec<Cidr>,
+    /// `canary_by`: how a canary picks its share.
+    pub canary_by: CanaryBy,
 }
 
 /// `traffic.standby` when the config does not set it (gate mode): the

@@ -9,6 +9,7 @@ mod disk;
 mod kept;
 mod liveness;
 mod pause;
+mod preview;
 mod traffic;
 
 #[derive(Debug, PartialEq)]
@@ -209,6 +210,7 @@ fn release(dir: &str) -> Input<Proc> {
         trigger: Trigger::Client,
         client: Some(CLIENT),
         canary: None,
+        preview: false,
         wait_bake: false,
     }
 }
@@ -305,6 +307,8 @@ fn words(effects: &[Effect<Proc>]) -> Vec<String> {
                 Effect::Ready => "ready".into(),
                 Effect::Stopping => "stopping".into(),
                 Effect::Split { canary, percent } => format!("split {canary} {percent}"),
+                Effect::Testers(Some(c)) => format!("testers {c}"),
+                Effect::Testers(None) => "testers none".into(),
                 Effect::WakeAt(_) => "wake".into(),
                 Effect::Rescue(c) => format!("rescue {c}"),
                 Effect::Notify(n) => format!("notify {}", n.name()),
@@ -312,6 +316,17 @@ fn words(effects: &[Effect<Proc>]) -> Vec<String> {
             })
         })
         .collect()
+}
+
+/// The history record of the release that `effects` ended.
+fn record_of(effects: &[Effect<Proc>]) -> crate::deploy::record::Record {
+    effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Ended(e) => Some(e.record.clone()),
+            _ => None,
+        })
+        .expect("a record")
 }
 
 fn error_message(effects: &[Effect<Proc>]) -> String {
@@ -554,6 +569,7 @@ fn an_auto_release_asks_the_task_to_check_the_fingerprint() {
         trigger: Trigger::Watch("abc".into()),
         client: None,
         canary: None,
+        preview: false,
         wait_bake: false,
     });
     let effects = t.send(Input::Committed(Ok(())));

@@ -82,7 +82,8 @@ pub struct Canary {
     pub color: Color,
     pub release: u64,
     pub label: Option<String>,
-    /// Its share of new connections, 1 to 99.
+    /// Its share of new connections, 1 to 99; 0 for a preview, which only
+    /// the testers reach.
     pub percent: u8,
     /// With `traffic.steps`: the step it is at (0-based) and when that step
     /// ends; `None` for a canary that waits for `promote`.
@@ -104,6 +105,13 @@ pub struct Bake {
     /// had died, or a release was in progress), and why: the bake then
     /// does not pass.
     pub failed: Option<String>,
+}
+
+impl Canary {
+    /// A preview: only the testers reach it.
+    pub fn is_preview(&self) -> bool {
+        self.percent == 0
+    }
 }
 
 impl<P: Process> Core<P> {
@@ -170,10 +178,13 @@ impl<P: Process> Core<P> {
             }
         };
         self.enter(color, ColorPhase::Canary { process }, now.wall);
-        self.emit(Effect::Split {
-            canary: color,
-            percent,
-        });
+        if percent > 0 {
+            self.emit(Effect::Split {
+                canary: color,
+                percent,
+            });
+        }
+        self.emit(Effect::Testers(Some(color)));
         if let Some((_, until)) = step {
             self.emit(Effect::WakeAt(until));
         }
@@ -187,19 +198,10 @@ impl<P: Process> Core<P> {
             waiter,
             since: now.wall,
         });
-        let how = match step {
-            Some(_) => format!(
-                "; the shares follow traffic.steps ({} steps)",
-                self.policy.rollout.steps.len()
-            ),
-            None => "; `bgctl promote` makes it live, `bgctl abort` drains it".into(),
-        };
-        let msg = format!(
-            "canary: release {} on {color} gets {percent}% of new connections{how}",
-            r.id
-        );
+        let msg = self.canary_message(r.id, color, percent, step.is_some());
         self.log(Level::Info, msg.clone());
-        self.ended_as(now, &r, "canary", msg.clone(), None);
+        let kind = if percent == 0 { "preview" } else { "canary" };
+        self.ended_as(now, &r, kind, msg.clone(), None);
         match waiter {
             Some(_) => self.progress(r.client, Step::Swap, msg),
             None => {
@@ -210,7 +212,11 @@ impl<P: Process> Core<P> {
                     timings: Some(timings),
                     message: msg,
                 };
-                self.done(r.client, Outcome::Canary(share));
+                let outcome = match percent {
+                    0 => Outcome::Preview(share),
+                    _ => Outcome::Canary(share),
+                };
+                self.done(r.client, outcome);
             }
         }
     }
@@ -218,11 +224,16 @@ impl<P: Process> Core<P> {
     /// `bgctl promote [PERCENT]`.
     pub(super) fn promote(&mut self, now: Now, percent: Option<u8>, client: Option<ClientId>) {
         let Some(c) = &mut self.canary else {
-            let m = "no canary runs, so there is nothing to promote: `bgctl release DIR --canary PERCENT` starts one";
+            let m = "no canary runs (nor a preview), so there is nothing to promote: `bgctl release DIR --preview` or `--canary PERCENT` starts one";
             return self.refuse(client, Failure::new(FailureKind::BadRequest, None, m));
         };
         match percent.filter(|p| *p < 100) {
             Some(p) => {
+                let from = if c.percent == 0 {
+                    " from its preview"
+                } else {
+                    ""
+                };
                 c.percent = p;
                 c.step = None;
                 let (color, release) = (c.color, c.release);
@@ -231,7 +242,8 @@ impl<P: Process> Core<P> {
                     percent: p,
                 });
                 let msg = format!(
-                    "promoted: release {release} on {color} gets {p}% of new connections; `bgctl promote` makes it live"
+                    "promoted{from}: release {release} on {color} gets {}; `bgctl promote` makes it live",
+                    self.who_gets(p)
                 );
                 self.log(Level::Info, msg.clone());
                 self.record(now, release, color, "promote", Trigger::Client, msg.clone());
@@ -297,13 +309,14 @@ impl<P: Process> Core<P> {
         automatic: Option<String>,
     ) {
         let Some(c) = self.canary.take() else {
-            let m = "no canary runs, so there is nothing to abort";
+            let m = "no canary runs (nor a preview), so there is nothing to abort";
             return self.refuse(client, Failure::new(FailureKind::BadRequest, None, m));
         };
         self.emit(Effect::Split {
             canary: c.color,
             percent: 0,
         });
+        self.emit(Effect::Testers(None));
         if let Some(w) = c.waiter {
             let m = format!(
                 "the canary of release {} was aborted{}; {} serves all new connections",
@@ -604,9 +617,10 @@ impl<P: Process> Core<P> {
                 });
                 self.emit(Effect::WakeAt(now.mono + next.hold));
                 let m = format!(
-                    "canary step {} of {}: release {release} on {color} gets {percent}% of new connections",
+                    "canary step {} of {}: release {release} on {color} gets {}",
                     i + 2,
-                    steps.len()
+                    steps.len(),
+                    self.who_gets(percent)
                 );
                 self.log(Level::Info, m.clone());
                 self.record(now, release, color, "promote", Trigger::Automatic, m);

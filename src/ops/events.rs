@@ -114,9 +114,37 @@ impl Kind {
                 };
                 format!("{how}: {message}")
             }
-            Kind::CanaryShare { color, share } => {
-                format!("{color} gets {:.1}% of new connections", share * 100.0)
+            Kind::CanaryShare {
+                color,
+                share,
+                canary_by,
+                testers,
+            } => {
+                let by = match canary_by.as_str() {
+                    "client" => " (by client address)",
+                    "connection" => " (at random, per connection)",
+                    _ => "",
+                };
+                let testers = match testers {
+                    0 => String::new(),
+                    n => format!(
+                        ", and the testers ({})",
+                        crate::deploy::clients::networks(*n as usize)
+                    ),
+                };
+                format!(
+                    "{color} gets {:.1}% of new connections{by}{testers}",
+                    share * 100.0
+                )
             }
+            Kind::Preview {
+                release,
+                color,
+                testers,
+            } => format!(
+                "preview: release {release} on {color}, for the testers alone ({} in traffic.testers)",
+                crate::deploy::clients::networks(*testers as usize)
+            ),
             Kind::Promoted { release, color } => {
                 format!("release {release}: canary {color} promoted")
             }
@@ -133,6 +161,16 @@ impl Kind {
                 color,
                 reason,
             } => format!("release {release} on {color} did not pass its bake: {reason}"),
+            _ => self
+                .describe_pause()
+                .or_else(|| self.describe_release())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// A pause's course (issue 24).
+    fn describe_pause(&self) -> Option<String> {
+        Some(match self {
             Kind::Paused { color, max_ms } => match max_ms {
                 Some(ms) => format!("paused: new connections wait on {color} (--max {ms} ms)"),
                 None => format!("paused: new connections wait on {color}"),
@@ -149,8 +187,8 @@ impl Kind {
             Kind::PauseEnded { release, color, ms } => {
                 format!("pause ended after {ms} ms: release {release} on {color} serves")
             }
-            _ => self.describe_release().unwrap_or_default(),
-        }
+            _ => return None,
+        })
     }
 }
 

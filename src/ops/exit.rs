@@ -25,11 +25,13 @@ pub enum Code {
     Internal,
     /// 8
     RolledBack,
+    /// 9
+    Differs,
 }
 
 impl Code {
     /// Every code, in order.
-    pub const ALL: [Code; 9] = [
+    pub const ALL: [Code; 10] = [
         Code::Done,
         Code::AppFailed,
         Code::Usage,
@@ -39,6 +41,7 @@ impl Code {
         Code::Stage,
         Code::Internal,
         Code::RolledBack,
+        Code::Differs,
     ];
 
     /// The exit status.
@@ -53,6 +56,7 @@ impl Code {
             Code::Stage => 6,
             Code::Internal => 7,
             Code::RolledBack => 8,
+            Code::Differs => 9,
         }
     }
 
@@ -64,10 +68,11 @@ impl Code {
             Code::Usage => "bad arguments, or bgctl could not read the config it was given",
             Code::Unreachable => "cannot reach bgd: no control socket, connection refused, permission denied",
             Code::Busy => "refused: another release is in progress, or bgd is stopping",
-            Code::BadRequest => "refused: bad request (no such build directory, a build too deep, nothing to roll back to, a damaged kept copy, nothing to promote)",
+            Code::BadRequest => "refused: bad request (no such build directory, a build too deep, nothing to roll back to, a damaged kept copy, nothing to promote or compare, no testers for a preview)",
             Code::Stage => "staging failed (copy error, disk full, or the build changed while it was copied); the old color still serves",
             Code::Internal => "bgd failed internally (for example it could not write its state), or spoke an unknown protocol; see its log",
             Code::RolledBack => "release --wait-bake: the build went live (or became a canary) and was rolled back or aborted before its bake passed; the previous build serves",
+            Code::Differs => "compare: a path answered another status on one build than on the other (or no answer); the table shows which",
         }
     }
 
@@ -94,6 +99,17 @@ impl From<Code> for std::process::ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// docs/cli.md's exit code table says what [`Code::meaning`] says.
+    #[test]
+    fn docs_cli_lists_every_code_with_its_meaning() {
+        let cli = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli.md"))
+            .expect("docs/cli.md");
+        for c in Code::ALL {
+            let row = format!("| {} | {} |", c.number(), c.meaning());
+            assert!(cli.lines().any(|l| l == row), "docs/cli.md lacks {row}");
+        }
+    }
 
     #[test]
     fn the_numbers_are_the_order_of_the_table() {

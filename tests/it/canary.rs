@@ -101,11 +101,12 @@ fn a_rollback_to_the_warm_standby_starts_nothing() {
     load.finish_clean();
 }
 
-/// A 20 % canary gets 20 % ± 5 % of 1,000 new connections; promote gives
+/// A 20 % canary split per connection (`canary_by = "connection"`) gets
+/// 20 % ± 5 % of 1,000 new connections from one address; promote gives
 /// it all of them; a second canary's abort gives it none and stops it.
 #[test]
 fn a_canary_gets_its_share_then_promote_or_abort() {
-    let bgd = Bgd::start(setup("standby = \"0s\""));
+    let bgd = Bgd::start(setup("standby = \"0s\"\ncanary_by = \"connection\""));
     bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
     let addr = bgd.addr();
     let load = Load::start(&addr, 4, 4);
@@ -295,7 +296,9 @@ fn a_canary_that_crashes_loses_only_its_requests_in_flight() {
 /// Runs a 50% canary of a build with `prelude` under load (2 keep-alive,
 /// 16 new-connection clients) and waits until bgd has aborted it by itself.
 fn canary_dies(prelude: &str) -> (Bgd, Load) {
-    let bgd = Bgd::start(setup("standby = \"0s\""));
+    // Per connection: the load comes from one address, which a split by
+    // client would put wholly on one side.
+    let bgd = Bgd::start(setup("standby = \"0s\"\ncanary_by = \"connection\""));
     bgd.release(&example_build(bgd.dir.path(), "b1", "v1"));
     let addr = bgd.addr();
     let load = Load::start(&addr, 2, 16);

@@ -38,6 +38,11 @@
 //!   value, a reload naming a program that is not there (or not
 //!   executable, or a user that does not exist), a health endpoint slower
 //!   than 2 s; `--check` and SIGHUP refuse them and the old config stays.
+//! - `clients.rs`: traffic by client, under load: a preview reaches the
+//!   testers alone (clients bound to addresses of 127.0.0.0/8), a canary by
+//!   client keeps each client on one build and moves none back when its
+//!   share grows, `bgctl compare` exits 9 on a status that differs, and bad
+//!   input (at `--check` too) is refused with the fix.
 //! - `contain.rs`: containment, with cgroups and with the process-group
 //!   fallback (`BGD_NO_CGROUP`): every process of a color, however it forked,
 //!   `setsid()`ed or daemonized, is found, stopped and killed with it.
@@ -117,6 +122,7 @@ mod load;
 
 mod builds;
 mod canary;
+mod clients;
 mod config_checks;
 mod contain;
 mod deb;

@@ -21,8 +21,8 @@ use bgd::ops::protocol::{self, Done, Reply, Request};
 #[command(
     name = "bgctl",
     version = bgd::VERSION,
-    about = "Control a running bgd: release, rollback, status, history, logs, events",
-    long_about = "Control a running bgd: release, rollback, status, history, logs, events.\n\n\
+    about = "Control a running bgd: release, preview, compare, rollback, status, history, logs, events",
+    long_about = "Control a running bgd: release, preview, compare, rollback, status, history, logs, events.\n\n\
         bgctl sends one request to bgd over its control socket, prints the progress and the answer, and exits with a \
         code that says what happened (see EXIT STATUS)."
 )]
@@ -53,17 +53,22 @@ enum Command {
         /// one, until `bgctl promote` or `bgctl abort`.
         #[arg(long, value_name = "PERCENT", value_parser = canary_percent)]
         canary: Option<u8>,
+        /// Once ready, only the clients in `traffic.testers` reach the new build; everyone else
+        /// stays on the live one, until `bgctl promote [PERCENT]` or `bgctl abort`.
+        #[arg(long)]
+        preview: bool,
         /// Return only once the new build passed its bake window (and its canary steps):
         /// exit 8 if bgd rolled it back instead.
         #[arg(long)]
         wait_bake: bool,
     },
-    /// Raise the canary's share of new connections to PERCENT, or make it live (no PERCENT, or 100).
+    /// Make a preview a canary of PERCENT, raise a canary's share to PERCENT, or make either live
+    /// (no PERCENT, or 100).
     Promote {
         #[arg(value_name = "PERCENT", value_parser = promote_percent)]
         percent: Option<u8>,
     },
-    /// Give the canary no more new connections and drain it.
+    /// Give the canary (or preview) no more new connections and drain it.
     Abort,
     /// Hold new connections in the kernel and stop the app, for database work; returns once no
     /// app process runs. `bgctl release DIR` or `bgctl resume` ends the pause.
@@ -79,6 +84,17 @@ enum Command {
     },
     /// End a pause with the build that was live before it, started from its kept copy.
     Resume,
+    /// Ask PATHs (default: `compare.paths`) of the live build and of the one beside it (a
+    /// preview, canary or standby), several times each, and show the answers side by side:
+    /// exit 9 if a status differs.
+    Compare {
+        /// Paths to GET, such as / or "/api/items?limit=5".
+        #[arg(value_name = "PATH", value_parser = compare_path)]
+        paths: Vec<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-execute bgd's binary from disk in place (an upgrade): same pid, the app keeps running.
     Reexec,
     /// Make an earlier build live again: the standby (a switch), else the previous good release,
@@ -190,6 +206,7 @@ enum Print {
     Logs { json: bool },
     Events { json: bool },
     Watch,
+    Compare { json: bool },
 }
 
 /// One request to bgd, how its answer is printed, and whether to return as
@@ -221,12 +238,16 @@ fn run(args: Args) -> Result<Code, Fail> {
             label,
             no_wait,
             canary,
+            preview,
             wait_bake,
-        } => release(&dir, label, no_wait, canary, wait_bake)?,
+        } => release(&dir, label, no_wait, (canary, preview), wait_bake)?,
         Command::Promote { percent } => Ask::answer(Request::Promote { percent }, Print::Release),
         Command::Abort => Ask::answer(Request::Abort, Print::Release),
         Command::Pause { max, page } => pause(max, page.as_deref())?,
         Command::Resume => Ask::answer(Request::Resume, Print::Release),
+        Command::Compare { paths, json } => {
+            Ask::answer(Request::Compare { paths }, Print::Compare { json })
+        }
         Command::Reexec => {
             let socket = socket_path(&args.socket, args.config.as_deref())?;
             let before = instance(&socket);
@@ -386,14 +407,22 @@ fn promote_percent(s: &str) -> Result<u8, String> {
     bgd::deploy::rollout::parse_percent(s, 100)
 }
 
+/// `compare PATH`: absolute, as bgd will ask it.
+fn compare_path(s: &str) -> Result<String, String> {
+    bgd::deploy::compare::check_path(s).map(|()| s.to_string())
+}
+
 /// `release DIR`: bgd needs the directory as an absolute path.
 fn release(
     dir: &Path,
     label: Option<String>,
     no_wait: bool,
-    canary: Option<u8>,
+    (canary, preview): (Option<u8>, bool),
     wait_bake: bool,
 ) -> Result<Ask, Fail> {
+    if preview && canary.is_some() {
+        return Err((Code::Usage, "--preview and --canary do not go together: --preview gives the new build to the testers alone; `bgctl promote PERCENT` then makes it a canary".into()));
+    }
     let abs = std::path::absolute(dir).map_err(|e| {
         (
             Code::BadRequest,
@@ -405,6 +434,7 @@ fn release(
             dir: abs.display().to_string(),
             label,
             canary,
+            preview,
             wait_bake,
         },
         print: Print::Release,
@@ -490,6 +520,18 @@ fn done(out: &show::Out, print: Print, result: Done) -> Result<Code, Fail> {
         (Print::Status | Print::Watch, Done::Status(s)) => out.status(&s),
         (Print::History, Done::History(records)) => out.history(&records),
         (Print::Releases, Done::Releases(listing)) => out.releases(&listing),
+        (Print::Compare { json }, Done::Compare(c)) => {
+            match json {
+                true => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&c).expect("protocol types serialize")
+                ),
+                false => out.compare(&c),
+            }
+            if c.status_differs() {
+                return Ok(Code::Differs);
+            }
+        }
         (Print::Logs { .. } | Print::Events { .. }, _) => {}
         (_, other) => {
             let m = format!("bgd answered with something else than was asked: {other:?}; use a bgctl of the same release");

@@ -5,7 +5,8 @@ use std::io::IsTerminal;
 
 use bgd::ops::events::{Event, Kind};
 use bgd::ops::protocol::{
-    ColorStatus, Failure, Listing, Outcome, PauseStatus, Status, Step, WatchStatus,
+    ColorStatus, Comparison, Failure, Listing, Outcome, PauseStatus, Seen, Side, Status, Step,
+    WatchStatus,
 };
 use bgd::store::history::Record;
 use bgd::supervise::logs::LogLine;
@@ -136,32 +137,6 @@ impl Out {
         println!("{}  {name} {}", e.at, escape_controls(&e.kind.describe()));
     }
 
-    /// Where new connections go, and what is wrong with the sockets.
-    fn connections(&self, s: &Status, on: bool) {
-        match (s.mode.as_str(), s.receiving) {
-            ("gate", Some(_)) if s.canary.is_some() => println!(
-                "  new connections: {} {}%, {} {}%",
-                self.color_name(on, "blue"),
-                s.traffic.blue,
-                self.color_name(on, "green"),
-                s.traffic.green
-            ),
-            ("gate", Some(c)) => println!(
-                "  new connections go to {}",
-                self.color_name(on, c.as_str())
-            ),
-            ("gate", None) => println!("  new connections: none yet (no color has been live)"),
-            ("shared", _) => println!(
-                "  new connections: both colors accept from one socket (traffic.mode = \"shared\")"
-            ),
-            _ => {}
-        }
-        for a in &s.socket_alerts {
-            let line = format!("  ALERT: {}", escape_controls(a));
-            println!("{}", self.paint(on, RED, &line));
-        }
-    }
-
     pub fn status(&self, s: &Status) {
         let on = self.color_out;
         let live = s
@@ -191,19 +166,10 @@ impl Out {
             let (name, address) = (escape_controls(&l.name), escape_controls(&l.address));
             println!("  listen {name} {address}");
         }
-        self.connections(s, on);
-        if let Some(c) = &s.canary {
-            let step = match (c.step, c.steps, &c.next_step_at) {
-                (Some(i), Some(n), Some(at)) => format!("; step {i} of {n}, the next at {at}"),
-                _ => "; `bgctl promote` makes it live, `bgctl abort` drains it".into(),
-            };
-            println!(
-                "  canary: release {} on {} at {}% since {}{step}",
-                c.release,
-                self.color_name(on, c.color.as_str()),
-                c.percent,
-                c.since
-            );
+        self.traffic_status(s);
+        for a in &s.socket_alerts {
+            let line = format!("  ALERT: {}", escape_controls(a));
+            println!("{}", self.paint(on, RED, &line));
         }
         if let Some(t) = &s.bake_until {
             println!(
@@ -278,6 +244,63 @@ impl Out {
             .map(|r| format!(" or `bgctl resume` (release {r})"))
             .unwrap_or_default();
         println!("  `bgctl release DIR`{resume} ends the pause");
+    }
+
+    /// Where new connections go: the colors' shares, a preview or canary,
+    /// the testers and `canary_by`.
+    fn traffic_status(&self, s: &Status) {
+        let on = self.color_out;
+        match (s.mode.as_str(), s.receiving) {
+            ("gate", Some(c)) if s.canary.as_ref().is_some_and(|c| c.preview) => println!(
+                "  new connections go to {}, the testers' to {}",
+                self.color_name(on, c.as_str()),
+                self.color_name(on, c.other().as_str())
+            ),
+            ("gate", Some(_)) if s.canary.is_some() => println!(
+                "  new connections: {} {}%, {} {}%",
+                self.color_name(on, "blue"),
+                s.traffic.blue,
+                self.color_name(on, "green"),
+                s.traffic.green
+            ),
+            ("gate", Some(c)) => println!(
+                "  new connections go to {}",
+                self.color_name(on, c.as_str())
+            ),
+            ("gate", None) => println!("  new connections: none yet (no color has been live)"),
+            ("shared", _) => println!(
+                "  new connections: both colors accept from one socket (traffic.mode = \"shared\")"
+            ),
+            _ => {}
+        }
+        if let Some(c) = s.canary.as_ref().filter(|c| c.preview) {
+            println!(
+                "  preview: release {} on {} since {}, for the testers alone; `bgctl compare` asks both, `bgctl promote [PERCENT]` goes on, `bgctl abort` drains it",
+                c.release,
+                self.color_name(on, c.color.as_str()),
+                c.since,
+            );
+        }
+        if s.mode == "gate" && !s.canary_by.is_empty() && (s.testers > 0 || s.canary.is_some()) {
+            println!(
+                "  traffic.testers: {}; canary_by = \"{}\"",
+                bgd::deploy::clients::networks(s.testers as usize),
+                escape_controls(&s.canary_by)
+            );
+        }
+        if let Some(c) = s.canary.as_ref().filter(|c| !c.preview) {
+            let step = match (c.step, c.steps, &c.next_step_at) {
+                (Some(i), Some(n), Some(at)) => format!("; step {i} of {n}, the next at {at}"),
+                _ => "; `bgctl promote` makes it live, `bgctl abort` drains it".into(),
+            };
+            println!(
+                "  canary: release {} on {} at {}% since {}{step}",
+                c.release,
+                self.color_name(on, c.color.as_str()),
+                c.percent,
+                c.since
+            );
+        }
     }
 
     /// One color's line of `bgctl status`.
@@ -441,6 +464,122 @@ impl Out {
             }
         }
     }
+}
+
+impl Out {
+    /// `bgctl compare`: a line naming both builds, then one row per path
+    /// with each build's status, body size, digest and median time side by
+    /// side, and what differs; then why requests got no answer.
+    pub fn compare(&self, c: &Comparison) {
+        let on = self.color_out;
+        let name = |s: &Side| {
+            let label = s
+                .label
+                .as_deref()
+                .map(|l| format!(", {}", escape_controls(l)));
+            let release = s
+                .release
+                .map_or("no build".into(), |r| format!("release {r}"));
+            format!(
+                "{} {} ({release}{})",
+                s.role,
+                self.color_name(on, s.color.as_str()),
+                label.unwrap_or_default()
+            )
+        };
+        println!(
+            "{} beside {}: {} requests per path to each",
+            name(&c.live),
+            name(&c.other),
+            c.requests
+        );
+        let (a, b) = (&c.live.role, &c.other.role);
+        let mut rows = vec![vec![
+            "path".to_string(),
+            format!("{a} status"),
+            "bytes".into(),
+            "digest".into(),
+            "ms".into(),
+            format!("{b} status"),
+            "bytes".into(),
+            "digest".into(),
+            "ms".into(),
+            "differs".into(),
+        ]];
+        for p in &c.paths {
+            let mut row = vec![escape_controls(&p.path).into_owned()];
+            row.extend(seen_cells(&p.live));
+            row.extend(seen_cells(&p.other));
+            row.push(if p.differs.is_empty() {
+                "-".into()
+            } else {
+                p.differs.join(", ")
+            });
+            rows.push(row);
+        }
+        self.table(&rows);
+        for p in &c.paths {
+            for (side, seen) in [(&c.live, &p.live), (&c.other, &p.other)] {
+                if let Some(e) = &seen.error {
+                    println!(
+                        "  {} on {} {}: {} of {} got no answer: {}",
+                        escape_controls(&p.path),
+                        side.role,
+                        side.color,
+                        seen.failed,
+                        c.requests,
+                        escape_controls(e)
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl Out {
+    /// Rows as columns padded to their widest cell, the first row bold; a
+    /// last cell that names `status` in red.
+    fn table(&self, rows: &[Vec<String>]) {
+        let on = self.color_out;
+        let widths: Vec<usize> = (0..rows[0].len())
+            .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+            .collect();
+        for (n, row) in rows.iter().enumerate() {
+            let last = row.len() - 1;
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate() {
+                let padded = format!("{cell:<w$}", w = widths[i]);
+                line += &match (i, n) {
+                    (_, 0) => self.paint(on, BOLD, &padded),
+                    (i, _) if i == last && cell.contains("status") => self.paint(on, RED, cell),
+                    _ if i == last => cell.clone(),
+                    _ => padded,
+                };
+                if i != last {
+                    line += "  ";
+                }
+            }
+            println!("{}", line.trim_end());
+        }
+    }
+}
+
+/// One build's cells of a compare row: status, bytes, digest, median ms.
+fn seen_cells(s: &Seen) -> [String; 4] {
+    let mut status: Vec<String> = s.statuses.iter().map(u16::to_string).collect();
+    if s.failed > 0 {
+        status.push(format!("{} no answer", s.failed));
+    }
+    let digest = s
+        .digest
+        .as_deref()
+        .map_or("-".into(), |d| d.chars().take(8).collect());
+    [
+        status.join(", "),
+        s.bytes.map_or("-".into(), |b| b.to_string()),
+        digest,
+        s.median_ms.map_or("-".into(), |m| format!("{m:.1}")),
+    ]
 }
 
 #[cfg(test)]

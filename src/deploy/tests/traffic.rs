@@ -17,6 +17,7 @@ fn policy(standby_min: u64, bake_min: u64, steps: &[(u8, u64)]) -> Policy {
                     hold: Duration::from_millis(min * MIN),
                 })
                 .collect(),
+            ..Rollout::default()
         },
         failures: 3,
         no_split: None,
@@ -31,6 +32,7 @@ fn canary_release(percent: u8, wait_bake: bool) -> Input<Proc> {
         trigger: Trigger::Client,
         client: Some(CLIENT),
         canary: Some(percent),
+        preview: false,
         wait_bake,
     }
 }
@@ -67,6 +69,7 @@ fn canary(percent: u8) -> T {
         said,
         [
             format!("split green {percent}"),
+            "testers green".into(),
             "ended ok".into(),
             "reply done".into()
         ]
@@ -83,6 +86,7 @@ fn swap_waiting_for_the_bake(t: &mut T) -> Vec<String> {
         trigger: Trigger::Client,
         client: Some(CLIENT),
         canary: None,
+        preview: false,
         wait_bake: true,
     });
     t.send(Input::Committed(Ok(())));
@@ -90,16 +94,6 @@ fn swap_waiting_for_the_bake(t: &mut T) -> Vec<String> {
     t.send(staged(task, 3));
     t.send(ok(task, NEW));
     t.says(Input::Committed(Ok(())))
-}
-
-fn record_of(effects: &[Effect<Proc>]) -> crate::deploy::record::Record {
-    effects
-        .iter()
-        .find_map(|e| match e {
-            Effect::Ended(e) => Some(e.record.clone()),
-            _ => None,
-        })
-        .expect("a record")
 }
 
 #[test]
@@ -424,7 +418,12 @@ fn abort_ends_the_split_and_drains_the_canary() {
     });
     assert_eq!(
         said,
-        ["split green 0", "drain green 200", "reply progress drain"]
+        [
+            "split green 0",
+            "testers none",
+            "drain green 200",
+            "reply progress drain"
+        ]
     );
     assert_eq!(
         t.core.shares(),
@@ -451,6 +450,7 @@ fn a_canary_that_crashes_or_fails_its_checks_is_aborted_by_itself() {
         [
             "discard 200",
             "split green 0",
+            "testers none",
             "ended ok",
             "save",
             "forget [3]",
@@ -466,7 +466,7 @@ fn a_canary_that_crashes_or_fails_its_checks_is_aborted_by_itself() {
     t.send(check(Color::Green, NEW, false));
     t.send(check(Color::Green, NEW, false));
     let said = t.says(check(Color::Green, NEW, false));
-    assert_eq!(said, ["split green 0", "drain green 200"]);
+    assert_eq!(said, ["split green 0", "testers none", "drain green 200"]);
 }
 
 #[test]
@@ -477,7 +477,13 @@ fn steps_advance_on_their_own_then_promote() {
     t.send(staged(task, 3));
     assert_eq!(
         t.says(ok(task, NEW)),
-        ["split green 10", "wake", "ended ok", "reply done"]
+        [
+            "split green 10",
+            "testers green",
+            "wake",
+            "ended ok",
+            "reply done"
+        ]
     );
     t.wait(MIN - 1);
     assert!(t.says(Input::Due).is_empty());

@@ -85,6 +85,12 @@ struct Inner {
     canary: Option<(Color, u8)>,
     /// What the last [`Listeners::guard`] found wrong (each logged once).
     alerted: Vec<String>,
+    /// Gate, TCP: the testers, how a canary splits, and where the testers
+    /// go now.
+    clients: route::Clients,
+    /// Gate: `bgctl compare`'s requests under way, by their exact source
+    /// address, and the color each must reach.
+    compares: Vec<(SocketAddr, Color)>,
 }
 
 /// One `[[listen]]` entry.
@@ -148,6 +154,8 @@ impl Listeners {
                 probes: Vec::new(),
                 canary: None,
                 alerted: Vec::new(),
+                clients: route::Clients::default(),
+                compares: Vec::new(),
             }),
             stored: AtomicBool::new(false),
             mode,

@@ -1,7 +1,8 @@
 //! Where new connections go (gate mode, TCP): the receiving color, bgd's
-//! readiness probes by their exact source address, and a canary's share;
-//! all of it one classic BPF program per `SO_REUSEPORT` group
-//! ([`crate::net::steer`]).
+//! readiness probes and `bgctl compare`'s requests by their exact source
+//! address, the testers during a preview or a canary, and a canary's share
+//! (by client or per connection); all of it one classic BPF program per
+//! `SO_REUSEPORT` group ([`crate::net::steer`]).
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -12,7 +13,20 @@ use super::unix::{link_over, public_path};
 use super::{Entry, Inner, Listeners, SocketState};
 use crate::color::Color;
 use crate::config::{ListenAddr, TrafficMode};
+use crate::deploy::clients::{CanaryBy, Cidr};
 use crate::net::steer::{self, Route};
+
+/// Gate, TCP: traffic by client (issue 23).
+#[derive(Debug, Default)]
+pub(super) struct Clients {
+    /// `[traffic] testers`, as last loaded.
+    pub(super) testers: Vec<Cidr>,
+    /// `[traffic] canary_by`, as last loaded.
+    pub(super) by: CanaryBy,
+    /// The color the testers reach now: the new build, during a preview
+    /// or a canary; `None`: they go where everyone goes.
+    pub(super) tested: Option<Color>,
+}
 
 /// Where bgd's readiness probe connects to reach one color through the
 /// address clients use.
@@ -50,8 +64,12 @@ pub(super) fn index_in(order: &[Color], color: Color) -> u32 {
 /// Where new connections go, by color; each group's indexes follow.
 pub(super) struct ColorRoute {
     to: Color,
+    /// bgd's probes and `bgctl compare`'s requests, by exact source.
     probes: Vec<(SocketAddr, Color)>,
     split: Option<(Color, u8)>,
+    split_by: CanaryBy,
+    /// The testers and the color they reach.
+    testers: Option<(Color, Vec<Cidr>)>,
 }
 
 impl ColorRoute {
@@ -66,6 +84,8 @@ impl ColorRoute {
                 .map(|(from, c)| (*from, index(*c)))
                 .collect(),
             split: self.split.map(|(c, percent)| (index(c), percent)),
+            split_by: self.split_by,
+            testers: (self.testers.as_ref()).map(|(c, cidrs)| (index(*c), cidrs.clone())),
         }
     }
 }
@@ -74,8 +94,12 @@ impl Inner {
     pub(super) fn color_route(&self) -> ColorRoute {
         ColorRoute {
             to: self.receiving.or(self.first).unwrap_or(Color::Blue),
-            probes: self.probes.clone(),
+            probes: self.probes.iter().chain(&self.compares).copied().collect(),
             split: self.canary,
+            split_by: self.clients.by,
+            testers: (self.clients.tested)
+                .filter(|_| !self.clients.testers.is_empty())
+                .map(|c| (c, self.clients.testers.clone())),
         }
     }
 
@@ -106,13 +130,15 @@ impl Inner {
 impl Listeners {
     /// Steers new public connections to `to`, for good: TCP groups get a
     /// new program (one `setsockopt` each), Unix public paths are linked to
-    /// `to`'s socket. Ends any probe route and any canary split.
+    /// `to`'s socket. Ends any probe route, any canary split and the
+    /// testers' route.
     pub(crate) fn steer(&self, to: Color) -> io::Result<()> {
         let mut inner = self.lock();
         inner.receiving = Some(to);
         inner.first = None;
         inner.probes.clear();
         inner.canary = None;
+        inner.clients.tested = None;
         // The group as it is now, not as bgd left it: see guard.rs.
         inner.repair(None);
         inner.steer()?;
@@ -134,6 +160,45 @@ impl Listeners {
         let mut inner = self.lock();
         inner.canary = (percent > 0).then_some((canary, percent.min(99)));
         inner.steer()
+    }
+
+    /// Sends the clients in `[traffic] testers` to `color` (a preview's or
+    /// a canary's), or, with `None`, where everyone goes.
+    pub(crate) fn route_testers(&self, color: Option<Color>) -> io::Result<()> {
+        let mut inner = self.lock();
+        inner.clients.tested = color;
+        inner.steer()
+    }
+
+    /// Takes `[traffic] testers` and `canary_by` (at start and on a
+    /// reload); a preview or canary that runs gets them at once.
+    pub(crate) fn set_clients(&self, testers: Vec<Cidr>, by: CanaryBy) -> io::Result<()> {
+        let mut inner = self.lock();
+        inner.clients.testers = testers;
+        inner.clients.by = by;
+        inner.steer()
+    }
+
+    /// Sends connections from exactly `from` to `color`, until the guard
+    /// is dropped (`bgctl compare`'s requests: drop it once the connection
+    /// is made, or given up, which closes its socket). Unlike
+    /// [`route_probe`](Self::route_probe) it replaces no other route, so
+    /// it runs beside bgd's own checks of the same color.
+    pub(crate) fn route_compare(
+        &self,
+        from: SocketAddr,
+        color: Color,
+    ) -> io::Result<CompareRoute<'_>> {
+        let mut inner = self.lock();
+        inner.compares.push((from, color));
+        if let Err(e) = inner.steer() {
+            inner.compares.retain(|(f, _)| *f != from);
+            return Err(e);
+        }
+        Ok(CompareRoute {
+            listeners: self,
+            from,
+        })
     }
 
     /// Why new connections cannot be split between the colors here, if
@@ -219,6 +284,23 @@ impl Listeners {
     }
 }
 
+/// A route for one source address, ended on drop
+/// ([`Listeners::route_compare`]).
+pub(crate) struct CompareRoute<'a> {
+    listeners: &'a Listeners,
+    from: SocketAddr,
+}
+
+impl Drop for CompareRoute<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.listeners.lock();
+        inner.compares.retain(|(f, _)| *f != self.from);
+        if let Err(e) = inner.steer() {
+            tracing::warn!("cannot end the route of {}: {e}", self.from);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,6 +313,8 @@ mod tests {
             probes: Vec::new(),
             canary: None,
             alerted: Vec::new(),
+            clients: Clients::default(),
+            compares: Vec::new(),
         }
     }
 
@@ -256,6 +340,27 @@ mod tests {
             (r.to, r.probes, r.split),
             (0, vec![(probe, 1)], Some((1, 20)))
         );
+    }
+
+    /// Testers ride with a preview or canary only, and only when there
+    /// are some; a compare's source goes after the probes.
+    #[test]
+    fn testers_and_compares_join_the_route() {
+        let mut i = inner();
+        i.receiving = Some(Color::Blue);
+        let net = Cidr::parse("127.0.0.77").unwrap().0;
+        i.clients.testers = vec![net];
+        assert_eq!(i.route().testers, None, "no preview: no testers");
+        i.clients.tested = Some(Color::Green);
+        assert_eq!(i.route().testers, Some((1, vec![net])));
+        assert_eq!(i.route().split_by, CanaryBy::Client);
+        i.clients.testers.clear();
+        assert_eq!(i.route().testers, None, "an empty list costs nothing");
+        let probe: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let compare: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        i.probes.push((probe, Color::Green));
+        i.compares.push((compare, Color::Blue));
+        assert_eq!(i.route().probes, vec![(probe, 1), (compare, 0)]);
     }
 
     #[test]

@@ -54,6 +54,11 @@ struct ColorLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByLabel {
+    by: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: &'static str,
 }
@@ -95,6 +100,12 @@ pub struct Metrics {
     paused: Gauge,
     pauses: Counter,
     pause_duration: Histogram,
+    /// 1 for the color in a preview (only the testers reach it).
+    preview: Family<ColorLabel, Gauge>,
+    /// The networks in `traffic.testers`.
+    testers: Gauge,
+    /// 1 for the `traffic.canary_by` in force.
+    canary_by: Family<ByLabel, Gauge>,
     /// The process groups the per-color figures are read from.
     groups: Arc<procs::ColorGroups>,
 }
@@ -114,6 +125,9 @@ impl Metrics {
             paused: Gauge::default(),
             pauses: Counter::default(),
             pause_duration: Histogram::new(RELEASE_BUCKETS),
+            preview: Family::default(),
+            testers: Gauge::default(),
+            canary_by: Family::default(),
             groups: Arc::default(),
         };
         let mut registry = Registry::default();
@@ -175,6 +189,21 @@ impl Metrics {
             self.pause_duration.clone(),
         );
         registry.register(
+            "bgd_preview",
+            "1 for the color in a preview (bgctl release --preview: only the testers reach it), 0 otherwise",
+            self.preview.clone(),
+        );
+        registry.register(
+            "bgd_traffic_testers",
+            "Networks in traffic.testers: their clients reach a new build during its preview and its canary",
+            self.testers.clone(),
+        );
+        registry.register(
+            "bgd_traffic_canary_by",
+            "1 for how a canary picks its share (traffic.canary_by: client or connection), 0 for the other",
+            self.canary_by.clone(),
+        );
+        registry.register(
             "bgd_build",
             "The running bgd's version (the value is always 1)",
             Info::new(VersionLabel { version }),
@@ -203,7 +232,9 @@ impl Metrics {
             let _ = self.restarts.get_or_create(&color_label(color));
             let _ = self.live.get_or_create(&color_label(color));
             let _ = self.share.get_or_create(&color_label(color));
+            let _ = self.preview.get_or_create(&color_label(color));
         }
+        self.set_canary_by("client");
     }
 
     /// Moves the counters and histograms an event stands for.
@@ -236,11 +267,22 @@ impl Metrics {
             Kind::Restarting { color, .. } => {
                 self.restarts.get_or_create(&color_label(*color)).inc();
             }
-            Kind::CanaryShare { color, share } => {
-                self.set_traffic_share(*color, share.clamp(0.0, 1.0))
+            Kind::CanaryShare { color, share, .. } => {
+                self.set_traffic_share(*color, share.clamp(0.0, 1.0));
+                self.set_preview(None);
             }
-            Kind::Promoted { color, .. } => self.set_traffic_share(*color, 1.0),
-            Kind::Aborted { color, .. } => self.set_traffic_share(*color, 0.0),
+            Kind::Preview { color, .. } => {
+                self.set_traffic_share(*color, 0.0);
+                self.set_preview(Some(*color));
+            }
+            Kind::Promoted { color, .. } => {
+                self.set_traffic_share(*color, 1.0);
+                self.set_preview(None);
+            }
+            Kind::Aborted { color, .. } => {
+                self.set_traffic_share(*color, 0.0);
+                self.set_preview(None);
+            }
             Kind::Paused { .. } => {
                 self.pauses.inc();
             }
@@ -276,6 +318,30 @@ impl Metrics {
         self.share
             .get_or_create(&color_label(color.other()))
             .set(1.0 - share);
+    }
+
+    /// `color` is in a preview (`None`: no color is).
+    fn set_preview(&self, color: Option<Color>) {
+        for c in Color::BOTH {
+            let on = color == Some(c);
+            self.preview.get_or_create(&color_label(c)).set(on as i64);
+        }
+    }
+
+    /// `traffic.testers` (how many networks) and `traffic.canary_by`, as
+    /// loaded at start and by each reload.
+    pub fn set_traffic_policy(&self, testers: usize, canary_by: &'static str) {
+        self.testers.set(testers as i64);
+        self.set_canary_by(canary_by);
+    }
+
+    fn set_canary_by(&self, by: &'static str) {
+        for b in ["client", "connection"] {
+            let on = b == by;
+            self.canary_by
+                .get_or_create(&ByLabel { by: b })
+                .set(on as i64);
+        }
     }
 
     /// Reads the colors' processes through `c` (their cgroups) from now on.

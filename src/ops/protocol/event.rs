@@ -100,8 +100,23 @@ pub enum EventKind {
     /// The config file was read again (SIGHUP); `message` says what applied.
     Reloaded { ok: bool, message: String },
     /// The canary `color` now gets `share` (0..1) of new connections, the
-    /// other color the rest.
-    CanaryShare { color: Color, share: f64 },
+    /// other color the rest; `canary_by` says how (`client` or
+    /// `connection`), and the `testers` networks reach it too.
+    CanaryShare {
+        color: Color,
+        share: f64,
+        #[serde(default)]
+        canary_by: String,
+        #[serde(default)]
+        testers: u32,
+    },
+    /// Release `release` is ready on `color` and only the clients in the
+    /// `testers` networks reach it (`bgctl release --preview`).
+    Preview {
+        release: u64,
+        color: Color,
+        testers: u32,
+    },
     /// The canary `color` was promoted: it gets every new connection.
     Promoted { release: u64, color: Color },
     /// The canary `color` was stopped; the other color gets every new connection.
@@ -175,6 +190,7 @@ impl EventKind {
             EventKind::Adopted { .. } => "adopted",
             EventKind::Reloaded { .. } => "reloaded",
             EventKind::CanaryShare { .. } => "canary_share",
+            EventKind::Preview { .. } => "preview",
             EventKind::Promoted { .. } => "promoted",
             EventKind::Aborted { .. } => "aborted",
             EventKind::BakePassed { .. } => "bake_passed",

@@ -13,6 +13,7 @@ mod event;
 mod outcome;
 mod status;
 
+pub use crate::deploy::compare::{Comparison, PathReport, Seen, Side};
 pub use crate::deploy::{Failure, FailureKind, Record, Step, StepTime};
 pub use crate::pipeline::releases::{Listed, Listing};
 pub use event::*;
@@ -42,6 +43,10 @@ pub enum Request {
         /// (1 to 99 percent) beside the live one, instead of all of them.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         canary: Option<u8>,
+        /// Once ready, only the clients in `traffic.testers` reach the new
+        /// color (a preview); not with `canary`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        preview: bool,
         /// Answer once the bake window (and the canary steps) passed.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         wait_bake: bool,
@@ -74,6 +79,12 @@ pub enum Request {
     },
     /// Give the canary no more connections and drain it.
     Abort,
+    /// Ask `paths` (none: `compare.paths`) of the live build and of the one
+    /// beside it, several times each, and answer both side by side.
+    Compare {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        paths: Vec<String>,
+    },
     /// Re-execute bgd's binary in place (an upgrade); the app keeps running.
     Reexec,
     Status,
@@ -199,6 +210,7 @@ mod tests {
             dir: "/tmp/x".into(),
             label: Some("v2".into()),
             canary: None,
+            preview: false,
             wait_bake: false,
         };
         let line = encode(&r);

@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::color::Color;
+use crate::deploy::compare::Comparison;
 use crate::deploy::{self, Record, Timings};
 use crate::pipeline::releases::Listing;
 
@@ -26,6 +27,8 @@ pub enum Done {
     Status(Box<Status>),
     /// `releases`.
     Releases(Listing),
+    /// `compare`: both builds' answers, path by path.
+    Compare(Box<Comparison>),
     /// `history`: the records, oldest first.
     History(Vec<Record>),
     /// `events` without `follow`: `null`.
@@ -44,6 +47,9 @@ pub enum Outcome {
     Aborted(Swap),
     /// A canary gets `canary` % of new connections.
     Canary(Share),
+    /// A new build is ready beside the live one, and only the testers
+    /// reach it (`canary` is 0).
+    Preview(Share),
     BakePassed {
         release: u64,
         color: Color,
@@ -129,13 +135,8 @@ impl From<&deploy::Outcome> for Outcome {
             deploy::Outcome::RolledBack(s) => Outcome::RolledBack(Swap::from(&**s)),
             deploy::Outcome::Promoted(s) => Outcome::Promoted(Swap::from(&**s)),
             deploy::Outcome::Aborted(s) => Outcome::Aborted(Swap::from(&**s)),
-            deploy::Outcome::Canary(c) => Outcome::Canary(Share {
-                release: c.release,
-                color: c.color,
-                canary: c.percent,
-                ms: c.timings.map(StepMs::from),
-                message,
-            }),
+            deploy::Outcome::Canary(c) => Outcome::Canary(Share::of(c, message)),
+            deploy::Outcome::Preview(c) => Outcome::Preview(Share::of(c, message)),
             deploy::Outcome::BakePassed { release, color } => Outcome::BakePassed {
                 release: *release,
                 color: *color,
@@ -191,6 +192,18 @@ impl From<&deploy::Swapped> for Swap {
     }
 }
 
+impl Share {
+    fn of(c: &deploy::CanaryShare, message: String) -> Share {
+        Share {
+            release: c.release,
+            color: c.color,
+            canary: c.percent,
+            ms: c.timings.map(StepMs::from),
+            message,
+        }
+    }
+}
+
 impl From<Timings> for StepMs {
     fn from(t: Timings) -> StepMs {
         StepMs {
@@ -209,7 +222,7 @@ impl Outcome {
             | Outcome::RolledBack(s)
             | Outcome::Promoted(s)
             | Outcome::Aborted(s) => &s.message,
-            Outcome::Canary(c) => &c.message,
+            Outcome::Canary(c) | Outcome::Preview(c) => &c.message,
             Outcome::BakePassed { message, .. }
             | Outcome::Superseded { message, .. }
             | Outcome::PromotedByHand { message, .. }
@@ -223,6 +236,15 @@ impl Outcome {
 mod tests {
     use super::*;
     use crate::ops::protocol::{decode_reply, encode, Reply};
+
+    fn side(role: &str) -> crate::deploy::compare::Side {
+        crate::deploy::compare::Side {
+            role: role.into(),
+            color: Color::Green,
+            release: Some(2),
+            label: None,
+        }
+    }
 
     /// Each shape comes back as itself through a `done` line: the
     /// untagged `Done` tells them apart by their fields alone.
@@ -256,6 +278,12 @@ mod tests {
                 ..Status::default()
             })),
             Done::Releases(listing),
+            Done::Compare(Box::new(Comparison {
+                live: side("live"),
+                other: side("preview"),
+                requests: 5,
+                paths: vec![crate::deploy::compare::report("/".into(), &[], &[])],
+            })),
             Done::History(Vec::new()),
             Done::Nothing,
         ] {

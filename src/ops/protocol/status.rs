@@ -37,6 +37,14 @@ pub struct Status {
     /// Each color's share of new connections, in percent.
     #[serde(default)]
     pub traffic: Shares,
+    /// The networks in `traffic.testers`: their clients reach a new build
+    /// during its preview and its canary.
+    #[serde(default)]
+    pub testers: u32,
+    /// `client` or `connection` (`traffic.canary_by`): how a canary picks
+    /// its share.
+    #[serde(default)]
+    pub canary_by: String,
     /// When the standby drains (RFC 3339, UTC), while one is kept.
     #[serde(default)]
     pub standby_until: Option<String>,
@@ -97,13 +105,16 @@ pub struct PauseStatus {
     pub last_failure: Option<String>,
 }
 
-/// A canary as status shows it.
+/// A canary (or a preview) as status shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CanaryStatus {
     pub color: Color,
     pub release: u64,
-    /// Its share of new connections, in percent.
+    /// Its share of new connections, in percent (0 in a preview).
     pub percent: u8,
+    /// A preview: only the testers reach it.
+    #[serde(default)]
+    pub preview: bool,
     /// With `traffic.steps`: the step it is at (from 1) of `steps`, and
     /// when the next begins (RFC 3339, UTC).
     pub step: Option<u32>,
@@ -148,7 +159,8 @@ pub struct ReleaseProgress {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ColorStatus {
-    /// `live`, `starting`, `draining`, `restarting`, `stopped` or `empty`.
+    /// `live`, `starting`, `preview`, `canary`, `standby`, `draining`,
+    /// `restarting`, `stopped` or `empty`.
     pub state: String,
     pub pid: Option<u32>,
     pub release: Option<u64>,
