@@ -26,6 +26,9 @@ impl<P: Process> Core<P> {
     }
 
     fn preview_possible(&self) -> Result<(), String> {
+        if let Some(p) = &self.state.pause {
+            return Err(format!("paused since {}: a preview needs a live build for everyone but the testers, and none serves during a pause; release without --preview to end the pause", p.since));
+        }
         if let Some(why) = &self.policy.no_split {
             return Err(format!(
                 "--preview needs new connections steered by client address, and {why}"

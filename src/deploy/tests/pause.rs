@@ -171,6 +171,18 @@ fn bad_requests_are_refused_and_change_nothing() {
     }
     let e = c.send(ask);
     assert!(error_message(&e).contains("paused since"));
+    // A preview during a pause: there is no live build for the others.
+    let mut v = waiting();
+    let mut ask = release("/builds/new");
+    if let Input::Release { preview, .. } = &mut ask {
+        *preview = true;
+    }
+    let e = v.send(ask);
+    assert!(
+        error_message(&e).contains("paused since") && error_message(&e).contains("--preview"),
+        "{}",
+        error_message(&e)
+    );
     // Nothing live.
     let mut n = T::empty();
     let e = n.send(pause(None, None));
