@@ -230,18 +230,19 @@ fn unix_socket_releases_keep_the_public_path_on_the_live_color() {
 }
 
 /// Connections waiting in the accept queues of the listeners on `port`:
-/// the rx_queue column of their LISTEN rows in /proc/net/tcp (proc(5)).
+/// the Recv-Q of their rows in `ss -Hltn` (a listener's accept queue; ss(8)
+/// asks the kernel by netlink for the listeners alone). /proc/net/tcp would
+/// list every socket of the machine: with the TIME_WAIT sockets the load
+/// tests leave, one read took seconds, and the queue filled and drained
+/// between two reads.
 fn listen_queue(port: u16) -> u32 {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    table
+    let out = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2) runs");
+    String::from_utf8_lossy(&out.stdout)
         .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let local_port = u16::from_str_radix(f[1].rsplit_once(':')?.1, 16).ok()?;
-            let rx = u32::from_str_radix(f[4].split_once(':')?.1, 16).ok()?;
-            (local_port == port && f[3] == "0A").then_some(rx)
-        })
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u32>().ok())
         .sum()
 }
 
