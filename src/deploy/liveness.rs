@@ -82,6 +82,8 @@ impl<P: Process> Core<P> {
         self.save();
         self.emit(Effect::Discard(process));
         self.unswap_side_effects(now, &r);
+        // A release that would have ended a pause did not: it holds on.
+        self.pause_swap_failed();
         let f = Failure::new(FailureKind::App, Some(Step::Swap), m);
         let r = Release {
             phase: ReleasePhase::Preparing { staged: true },

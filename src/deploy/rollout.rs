@@ -21,8 +21,10 @@ pub struct CanaryStep {
 }
 
 /// `[traffic] standby`, `bake` and `steps`: the part of `[traffic]` a
-/// reload applies. All zero (the default) is a plain swap: the old color
-/// drains at once, and nothing watches the new one after its readiness.
+/// reload applies. The config's default keeps the old color as a standby
+/// for [`DEFAULT_STANDBY`] in gate mode (issue 25); all zero is a plain
+/// swap: the old color drains at once, and nothing watches the new one
+/// after its readiness.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rollout {
     /// Keep the previous color running, with no new connections, this long

@@ -153,8 +153,11 @@ impl<P: Process> Core<P> {
 
     /// Whether a ready release becomes a canary rather than live: asked
     /// for with `--canary`, or `traffic.steps` with a color live to share.
+    /// Never during a pause: the release that ends it (or replaces the
+    /// maintenance page) is a plain swap.
     pub(super) fn wants_canary(&self, r: &Release<P>) -> bool {
         matches!(r.kind, Kind::Release { .. })
+            && self.state.pause.is_none()
             && (r.canary.is_some()
                 || (!self.policy.rollout.steps.is_empty()
                     && matches!(self.slot(r.color.other()).phase, ColorPhase::Live { .. })))

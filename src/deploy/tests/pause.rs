@@ -316,3 +316,58 @@ fn the_page_is_never_kept_as_a_standby() {
     assert!(!matches!(t.phase(Color::Green), ColorPhase::Standby { .. }));
     assert!(t.core.paused(t.now()).is_none());
 }
+
+/// A release during the pause whose main process exited while its swap
+/// was written is undone, and the pause holds on: the maintenance page
+/// released later does not end it (a stale end was consumed there).
+#[test]
+fn an_undone_swap_leaves_the_pause_as_it_was() {
+    let mut t = paused_with(Some(2_000), Some("/page"));
+    t.send(Input::Committed(Ok(())));
+    t.send(drained(Color::Blue, OLD));
+    let task = t.admit();
+    t.send(staged(task, 3));
+    assert_eq!(t.says(ok(task, NEW)), ["commit"]);
+    dies(NEW, Exit::Code(0));
+    let e = t.says(Input::Committed(Ok(())));
+    assert!(e.contains(&"reply error App".to_string()), "{e:?}");
+    assert!(t.core.state().pause.is_some(), "still paused");
+    t.wait(2_000);
+    assert_eq!(t.says(Input::Due), ["notify pause_max", "commit"]);
+    let task = t.admit_committed();
+    t.send(staged(task, 4));
+    t.send(ok(task, 300));
+    let e = t.says(Input::Committed(Ok(())));
+    assert!(
+        !e.contains(&"notify pause_ended".to_string()) && !e.contains(&"unhold".to_string()),
+        "the page does not end the pause: {e:?}"
+    );
+    assert_eq!(t.core.paused(t.now()).unwrap().stage, "page");
+}
+
+/// With `traffic.steps`, the release that replaces the maintenance page
+/// is still a plain swap, never a canary beside the page.
+#[test]
+fn no_canary_steps_during_a_pause() {
+    let mut t = paused_with(Some(1_000), Some("/page"));
+    t.send(Input::Committed(Ok(())));
+    t.send(drained(Color::Blue, OLD));
+    t.wait(1_000);
+    t.send(Input::Due);
+    let task = t.admit_committed();
+    t.send(staged(task, 3));
+    t.send(ok(task, NEW));
+    t.send(Input::Committed(Ok(())));
+    assert_eq!(t.core.paused(t.now()).unwrap().stage, "page");
+    t.core.set_policy(Policy {
+        rollout: crate::deploy::rollout::Rollout {
+            steps: crate::deploy::rollout::parse_steps(&["10%:1m".to_string()]).unwrap(),
+            ..Default::default()
+        },
+        ..Policy::default()
+    });
+    let task = t.admit();
+    t.send(staged(task, 4));
+    let e = t.says(ok(task, 300));
+    assert_eq!(e, ["commit"], "a swap, not a split");
+}
