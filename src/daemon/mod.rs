@@ -188,7 +188,8 @@ fn take_over(
     if let Some(note) = damaged {
         notes.set("state.json", note);
         let pointed = crate::store::state::pointed_live(root);
-        if recover::trust_what_runs(&mut state, &found, pointed, &notes) {
+        let running: Vec<_> = found.iter().map(|f| (f.color, f.record.release)).collect();
+        if recover::trust_what_runs(&mut state, &running, pointed, &notes) {
             crate::store::state::save(&state, root)
                 .with_context(|| format!("cannot write {}", layout::state_file(root).display()))?;
         }

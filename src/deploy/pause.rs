@@ -27,6 +27,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
+use nix::unistd::Pid;
+
 use serde::{Deserialize, Serialize};
 
 use super::admit::Ask;
@@ -86,6 +88,9 @@ pub(super) struct PauseRun {
     failed: Option<String>,
     /// The swap being committed ends the pause: its record, for the end.
     ending: Option<Paused>,
+    /// The standby a pause drains before it holds connections on its
+    /// color's socket.
+    evicting: Option<Pid>,
 }
 
 /// A pause as status shows it.
@@ -229,24 +234,55 @@ impl<P: Process> Core<P> {
             return true;
         };
         let color = p.color;
-        self.emit(Effect::Hold(Some(color)));
-        self.emit(Effect::Steer(color));
-        let m = format!("new connections now wait on {color}'s socket, where nobody accepts (the kernel queues them)");
-        self.log(Level::Info, format!("paused: {m}"));
-        self.progress(client, Step::Drain, m);
-        self.emit(Effect::Notify(Notice::Paused {
-            color,
-            max_ms: p.max_ms,
-        }));
         self.pause.waiter = client;
         self.pause.deadline = p.max_ms.map(|ms| now.mono + Duration::from_millis(ms));
         if let Some(at) = self.pause.deadline {
             self.emit(Effect::WakeAt(at));
         }
+        // The standby kept after the last swap runs in the color whose
+        // socket will hold the connections: it drains first, and only then
+        // is anything steered there (it would accept them, and its drain
+        // could shut the socket down under them).
+        if let Some(process) = self.take_running(color) {
+            let pid = process.pid();
+            self.enter(color, ColorPhase::Draining { pid }, now.wall);
+            self.emit(Effect::Drain { color, process });
+            self.pause.evicting = Some(pid);
+            let m = format!("draining the standby {color} (pid {pid}) first: new connections wait on its socket once it has stopped");
+            self.progress(client, Step::Drain, m);
+            return true;
+        }
+        self.hold_and_stop(now, color, p.max_ms);
+        true
+    }
+
+    /// The standby a pause drained first has stopped (`pid`): now the
+    /// connections wait on its color's socket and the live color stops.
+    /// Returns whether `pid` was that standby.
+    pub(super) fn pause_evicted(&mut self, now: Now, pid: Pid) -> bool {
+        if self.pause.evicting != Some(pid) {
+            return false;
+        }
+        self.pause.evicting = None;
+        if let Some(p) = self.state.pause.clone() {
+            self.hold_and_stop(now, p.color, p.max_ms);
+        }
+        true
+    }
+
+    /// New connections wait on `color`'s sockets from now on, and every
+    /// process of the app stops.
+    fn hold_and_stop(&mut self, now: Now, color: Color, max_ms: Option<u64>) {
+        self.emit(Effect::Hold(Some(color)));
+        self.emit(Effect::Steer(color));
+        let m = format!("new connections now wait on {color}'s socket, where nobody accepts (the kernel queues them)");
+        self.log(Level::Info, format!("paused: {m}"));
+        let client = self.pause.waiter;
+        self.progress(client, Step::Drain, m);
+        self.emit(Effect::Notify(Notice::Paused { color, max_ms }));
         for c in Color::BOTH {
             self.stop_for_pause(now, c);
         }
-        true
     }
 
     /// Stops whatever runs in `color` for the pause: a running process

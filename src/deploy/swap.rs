@@ -250,7 +250,7 @@ impl<P: Process> Core<P> {
             slot.enter(ColorPhase::Stopped, now.wall);
             slot.last_exit = Some(exit);
         }
-        if self.evicted(now, pid) {
+        if self.evicted(now, pid) || self.pause_evicted(now, pid) {
             return;
         }
         let drained_by = |r: &mut Release<P>| matches!(r.phase, ReleasePhase::Draining { old_pid, .. } if old_pid == pid);

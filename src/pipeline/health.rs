@@ -120,9 +120,18 @@ fn note(last: &Mutex<NotReady>, what: NotReady) {
 /// no answer within `health.attempt_timeout` are retried with a short
 /// backoff; `last` says what the last one saw, naming that key when it is
 /// the limit an attempt hit.
+///
+/// A color that new public connections were steered to already (a
+/// release into the color a pause holds connections on, or a restart of
+/// the live color) shares its accept queue with the clients: the probe
+/// waits behind every one of them, so an attempt there is bounded by
+/// `health.timeout` alone.
 async fn wait_http(ctx: &Ctx, via: &ProbeTarget, color: Color, path: &str, last: &Mutex<NotReady>) {
     let mut backoff = Duration::from_millis(10);
-    let limit = ctx.config.health.attempt_timeout;
+    let limit = match ctx.listeners.steered() == Some(color) {
+        true => ctx.config.health.timeout,
+        false => ctx.config.health.attempt_timeout,
+    };
     loop {
         let attempt = tokio::time::timeout(limit, probe_once(ctx, via, color, path));
         match attempt.await {

@@ -39,6 +39,12 @@ const LOOK: Duration = Duration::from_millis(50);
 /// to the live color. Returns how many it relayed.
 pub(crate) async fn rescue(listeners: Arc<Listeners>, color: Color) -> usize {
     let (mut relayed, mut reset) = (0, 0);
+    // The receiving color's queue is where the public address leads (a
+    // pause holds connections there): relayed there, each would come back
+    // to the same queue, for ever. What waits there is for its next build.
+    if listeners.receiving() == Some(color) {
+        return 0;
+    }
     for (fd, public) in listeners.orphans(color) {
         let fd = Arc::new(fd);
         let mut empty = 0;

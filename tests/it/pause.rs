@@ -432,3 +432,40 @@ fn exchange(s: &mut (impl Read + Write)) -> Result<String, String> {
         _ => Err(format!("bad answer: {resp:?}")),
     }
 }
+
+/// A pause right after a release, while the previous build still runs as
+/// the standby (30 s by default) in the color whose socket will hold the
+/// connections: bgd drains the standby first, then holds the connections
+/// there and stops the live color. Under 4 new-connection clients no
+/// request fails, and every request made after `pause` returned is
+/// answered by the release that ends the pause (none by the standby).
+#[test]
+fn a_pause_within_the_standby_window_drains_the_standby_first() {
+    let (bgd, addr) = serving(Setup::default());
+    bgd.release(&example_build(bgd.dir.path(), "b2", "v2"));
+    assert_eq!(bgd.status()["blue"]["state"], "standby");
+    let load = Load::start_with(&addr, 0, 4, TIMEOUT);
+    wait_until("the load to get going", Duration::from_secs(10), || {
+        (load.count() > 20).then_some(())
+    });
+    let said = ok(&bgd, &["pause"]);
+    assert!(said.contains("draining the standby blue"), "{said}");
+    let paused = Instant::now();
+    assert!(app_processes(&bgd.root(), None).is_empty());
+    wait_pause(&bgd, "clients waiting on blue", |p| {
+        p["color"] == "blue" && p["waiting"].as_u64() >= Some(1)
+    });
+    ok(
+        &bgd,
+        &[
+            "release",
+            example_build(bgd.dir.path(), "b3", "v3").to_str().unwrap(),
+        ],
+    );
+    let samples = finish_after_more(load, 20);
+    assert_eq!(failures(&samples), Vec::<&String>::new());
+    for s in samples.iter().filter(|s| s.started > paused) {
+        let body = s.result.as_ref().unwrap();
+        assert_eq!(release_of(body), Some(3), "{body:?}");
+    }
+}

@@ -371,3 +371,41 @@ fn no_canary_steps_during_a_pause() {
     let e = t.says(ok(task, 300));
     assert_eq!(e, ["commit"], "a swap, not a split");
 }
+
+/// A pause within the standby window (30 s after a release by default):
+/// the standby runs in the color whose socket will hold the connections.
+/// It drains first, and only once it has stopped are new connections
+/// steered there (it would accept them, and could shut the socket down
+/// under them in its drain); then the live color stops.
+#[test]
+fn a_pause_right_after_a_release_drains_the_standby_before_it_holds() {
+    let mut t = T::blue_live_with(Policy {
+        rollout: crate::deploy::rollout::Rollout {
+            standby: Duration::from_secs(30),
+            ..Default::default()
+        },
+        ..Policy::default()
+    });
+    t.swap();
+    assert!(matches!(t.phase(Color::Blue), ColorPhase::Standby { .. }));
+    assert_eq!(t.says(pause(None, None)), ["commit"]);
+    let e = t.says(Input::Committed(Ok(())));
+    assert_eq!(e, ["drain blue 100", "reply progress drain"]);
+    assert_eq!(t.core.state().pause.as_ref().unwrap().color, Color::Blue);
+    let e = t.says(drained(Color::Blue, OLD));
+    assert_eq!(
+        e,
+        [
+            "hold blue",
+            "steer blue",
+            "reply progress drain",
+            "notify paused",
+            "drain green 200",
+            "reply progress drain"
+        ]
+    );
+    assert_eq!(
+        t.says(drained(Color::Green, NEW)),
+        ["notify pause_stopped", "reply done"]
+    );
+}

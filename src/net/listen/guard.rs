@@ -235,6 +235,11 @@ fn renew_if_dead(color: Color, s: &mut Socket, order: &mut Vec<Color>) -> Option
     });
     match fresh {
         Ok(fd) => {
+            // systemd's fd store hands the next bgd this socket, not the
+            // dead one (both are stored by name: the old goes first).
+            let stored_as = format!("{name}@{color}");
+            crate::net::fdstore::remove_stored(&stored_as);
+            crate::net::fdstore::store_fd(&fd, &stored_as);
             s.fd = fd;
             s.adopted = false;
             order.push(color);

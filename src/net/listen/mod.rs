@@ -223,7 +223,14 @@ impl Listeners {
                 Entry::Group { blue, green, order } => {
                     blue.reset(|c| bind_one(c, true));
                     green.reset(|c| bind_one(c, true));
-                    order.clear();
+                    // An adopted socket is never reset: it stays in the
+                    // group, and with two sockets the one left is at 0.
+                    let listens = |s: &Socket| s.state == SocketState::Listening;
+                    let (b, g) = (listens(blue), listens(green));
+                    order.retain(|c| match c {
+                        Color::Blue => b,
+                        Color::Green => g,
+                    });
                 }
                 Entry::Files { blue, green } => {
                     for side in [blue, green] {

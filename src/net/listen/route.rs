@@ -227,6 +227,16 @@ impl Listeners {
         inner.receiving.or(inner.first)
     }
 
+    /// The color new public connections were steered to for good (a swap,
+    /// a restart of the live color, or a pause's hold), not the first
+    /// start's exception; `None` in shared mode.
+    pub(crate) fn steered(&self) -> Option<Color> {
+        if self.mode == TrafficMode::Shared {
+            return None;
+        }
+        self.lock().receiving
+    }
+
     /// Where bgd's readiness probe reaches `color` through the address
     /// clients use: the first TCP entry, else the color's first Unix
     /// socket file. `None` in shared mode, where the probe has its own
