@@ -1,7 +1,9 @@
 //! Real servers, unmodified, from `examples/servers/`: each example is
 //! copied to a temp dir (its `127.0.0.1:8080` moved to a free port),
 //! released once, then released 5 times under keep-alive and
-//! new-connection load. Failed requests and leftover processes are counted
+//! new-connection load (with the default standby, so each release first
+//! drains the standby's server). Failed requests and leftover processes
+//! (of the drained color, found by environment and by cgroup) are counted
 //! and compared with the figures recorded in [`SERVERS`] (and in
 //! docs/servers.md). A server that is not installed is skipped with a
 //! message, unless `BGD_REQUIRE_SERVERS=1` (CI sets it; `.ci/servers`
@@ -200,16 +202,22 @@ fn run(name: &str) -> Figures {
         wait_until("requests between releases", Duration::from_secs(30), || {
             (load.count() > before + 100).then_some(())
         });
-        let old = bgd.status()["live"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        // The release goes to the color that is not live: with the default
+        // standby that color still runs the build before the last one, and
+        // the release drains it first. None of its processes may survive
+        // into the new build's color.
+        let st = bgd.status();
+        let target = match st["live"].as_str() {
+            Some("blue") => "green",
+            _ => "blue",
+        };
+        let earlier = color_processes(&st, &root, target);
         bgd.release(&builds[(i + 1) % 2]);
-        let left = app_processes(&root, Some(&old));
+        let now = color_processes(&bgd.status(), &root, target);
+        let left: Vec<i32> = earlier.into_iter().filter(|p| now.contains(p)).collect();
         if !left.is_empty() {
             eprintln!(
-                "{name}: {} left over after release {}: {left:?}",
-                old,
+                "{name}: {target} left over from before release {}: {left:?}",
                 i + 1
             );
         }
@@ -226,6 +234,7 @@ fn run(name: &str) -> Figures {
         .iter()
         .filter_map(|s| s.result.as_ref().err().cloned())
         .collect();
+    let cgroup = cgroup_of(&bgd.status());
     let mut bgd = bgd;
     assert_eq!(
         bgd.stop(libc::SIGTERM),
@@ -242,10 +251,16 @@ fn run(name: &str) -> Figures {
         eprintln!("{name}: {l}");
     }
     let end = Instant::now() + Duration::from_secs(5);
-    let mut after = app_processes(&root, None);
+    let everyone = || {
+        let mut all = app_processes(&root, None);
+        all.extend(cgroup_processes(&cgroup, "blue"));
+        all.extend(cgroup_processes(&cgroup, "green"));
+        all
+    };
+    let mut after = everyone();
     while !after.is_empty() && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(50)); // deadline-bounded poll
-        after = app_processes(&root, None);
+        after = everyone();
     }
     leftover += after.len();
     Figures {
@@ -256,6 +271,37 @@ fn run(name: &str) -> Figures {
         first_failures: failures.into_iter().take(5).collect(),
         cut_drains: cut.len(),
     }
+}
+
+/// The cgroup bgd puts the colors under, from status's `containment`
+/// (`cgroup PATH`); `None` in process-group mode.
+fn cgroup_of(status: &serde_json::Value) -> Option<PathBuf> {
+    status["containment"]
+        .as_str()
+        .and_then(|c| c.strip_prefix("cgroup "))
+        .map(PathBuf::from)
+}
+
+/// The pids in `cgroup/color/cgroup.procs` (none if it is gone).
+fn cgroup_processes(cgroup: &Option<PathBuf>, color: &str) -> Vec<i32> {
+    cgroup
+        .as_ref()
+        .and_then(|c| std::fs::read_to_string(c.join(color).join("cgroup.procs")).ok())
+        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// The processes of `color`: those carrying its `BG_ROOT`/`BG_COLOR` and,
+/// with cgroups, those in its cgroup (nginx rewrites its environment for
+/// its process titles, so only the cgroup finds its master and workers).
+fn color_processes(status: &serde_json::Value, root: &Path, color: &str) -> Vec<i32> {
+    let mut pids = app_processes(root, Some(color));
+    for p in cgroup_processes(&cgroup_of(status), color) {
+        if !pids.contains(&p) {
+            pids.push(p);
+        }
+    }
+    pids
 }
 
 /// Runs the example `name` if its server is installed, prints its figures
