@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -114,6 +114,7 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
         &fixed.listen,
         fixed.traffic,
         inherited,
+        Some(layout::group_order(&root)),
     )?);
     listeners.store_in_systemd();
     listeners
@@ -137,7 +138,10 @@ pub async fn run(config: Config, inherited: Vec<(OwnedFd, String)>) -> anyhow::R
         contain,
     });
     tokio::spawn(control::serve(control, access, sink(&tx, Event::Control)));
-    tokio::spawn(guard_sockets(ctx.listeners.clone()));
+    tokio::spawn(guard_sockets(
+        ctx.listeners.clone(),
+        ctx.config.fixed.root.clone(),
+    ));
     if systemd::under_systemd() {
         tokio::spawn(tick(tx.clone()));
     }
@@ -234,17 +238,29 @@ async fn tick(tx: UnboundedSender<Event>) {
 /// Every [`GUARD_EVERY`]: the app's sockets and the steering program are
 /// put right, and other processes in bgd's socket groups reported
 /// (`net/listen/guard.rs`). Off the loop, on the blocking pool.
-async fn guard_sockets(listeners: Arc<Listeners>) {
+async fn guard_sockets(listeners: Arc<Listeners>, root: PathBuf) {
     let mut interval = tokio::time::interval(GUARD_EVERY);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renewals = listeners.renewals();
     loop {
         interval.tick().await;
-        let l = listeners.clone();
-        if tokio::task::spawn_blocking(move || l.guard())
-            .await
-            .is_err()
-        {
-            return;
+        let (l, root) = (listeners.clone(), root.clone());
+        let seen = renewals;
+        let looked = tokio::task::spawn_blocking(move || {
+            l.guard();
+            // A pause's holder keeps the sockets it was given: after a
+            // renewal it would hand a later bgd the dead one.
+            let now = l.renewals();
+            if now != seen {
+                if let Err(e) = crate::supervise::hold::renew(&root, l.named()) {
+                    tracing::warn!("cannot give the pause's holder the renewed sockets: {e}");
+                }
+            }
+            now
+        });
+        match looked.await {
+            Ok(now) => renewals = now,
+            Err(_) => return,
         }
     }
 }

@@ -44,7 +44,13 @@ pub(super) fn trust_what_runs(
     let Some(mut build) = build else {
         return false;
     };
-    build.went_live = true;
+    // The maintenance page never counts as a build that went live: no
+    // rollback or standby goes back to it.
+    let page = state
+        .pause
+        .as_ref()
+        .is_some_and(|p| p.page_release == Some(release));
+    build.went_live = !page;
     state.set_build(color, Some(build));
     state.live = Some(color);
     notes.set(
@@ -174,5 +180,10 @@ mod tests {
             &Notes::default()
         ));
         assert!(s.pause.is_some(), "the page serves: still paused");
+        assert!(
+            !s.build(Color::Green).unwrap().went_live,
+            "the page never counts as a build that went live"
+        );
+        assert!(s.build(Color::Green).unwrap().release == 3);
     }
 }

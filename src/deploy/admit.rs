@@ -158,7 +158,7 @@ impl<P: Process> Core<P> {
     /// Whether a canary of `percent` % can run now; `Err` says why not.
     pub(super) fn canary_possible(&self, percent: u8) -> Result<(), String> {
         if let Some(p) = &self.state.pause {
-            return Err(format!("paused since {}: a canary shares new connections with a live color, and none serves during a pause; release without --canary to end the pause", p.since));
+            return Err(format!("paused since {}: a canary shares new connections with a live build, and during a pause none serves (at most the maintenance page); release without --canary to end the pause", p.since));
         }
         if !(1..=99).contains(&percent) {
             return Err(format!("--canary {percent}: a canary's share is 1 to 99 percent; release without --canary to give the new build every connection"));

@@ -1,12 +1,16 @@
 //! Pause for database work (issue 24): new connections wait in the kernel
 //! while no app process runs, then the next build serves them.
 //!
-//! - `bgctl pause` records the pause (`state.json`, so it survives bgd),
-//!   then steers new connections to the dormant color's sockets, where
-//!   nobody accepts: the kernel completes their handshakes and queues them.
-//!   bgd keeps a copy of every socket outside itself while the pause lasts
-//!   (`Effect::Hold`), so the queue outlives bgd too. The live color drains
-//!   exactly as after a swap; the client is answered once nothing runs.
+//! - `bgctl pause` records the pause (`state.json`, so it survives bgd).
+//!   If the standby kept after the last swap still runs in the dormant
+//!   color, it drains first (it would accept the connections meant to
+//!   wait). Then new connections are steered to the dormant color's
+//!   sockets, where nobody accepts: the kernel completes their handshakes
+//!   and queues them. bgd keeps a copy of every socket outside itself
+//!   while the pause lasts (`Effect::Hold`), so the queue outlives bgd
+//!   too. The live color drains exactly as after a swap (what queued on a
+//!   live color that was down, restarting, is relayed to the pause's
+//!   queue); the client is answered once nothing runs.
 //! - `bgctl release DIR` starts the new build in that color, which inherits
 //!   the socket and accepts the waiting connections first; the swap that
 //!   makes it live ends the pause (in the same commit). A release that fails
@@ -168,8 +172,9 @@ impl<P: Process> Core<P> {
         ))
     }
 
-    /// `bgctl pause`: records the pause, then (on `Committed`) steers and
-    /// stops. `--page` alone during a pause starts the page now.
+    /// `bgctl pause`: records the pause, then (on `Committed`) drains the
+    /// standby if one runs, steers, and stops the live color. `--page`
+    /// alone during a pause starts the page now.
     pub(super) fn begin_pause(&mut self, now: Now, ask: PauseAsk) {
         let PauseAsk { client, max, page } = ask;
         let bad = |m: String| Failure::new(FailureKind::BadRequest, None, m);
@@ -245,15 +250,30 @@ impl<P: Process> Core<P> {
         // could shut the socket down under them).
         if let Some(process) = self.take_running(color) {
             let pid = process.pid();
-            self.enter(color, ColorPhase::Draining { pid }, now.wall);
-            self.emit(Effect::Drain { color, process });
-            self.pause.evicting = Some(pid);
+            self.pause_evict(now, color, process);
             let m = format!("draining the standby {color} (pid {pid}) first: new connections wait on its socket once it has stopped");
             self.progress(client, Step::Drain, m);
             return true;
         }
         self.hold_and_stop(now, color, p.max_ms);
         true
+    }
+
+    /// The color whose sockets hold (or will hold) the waiting
+    /// connections, during a pause.
+    pub(super) fn pause_color(&self) -> Option<Color> {
+        self.state.pause.as_ref().map(|p| p.color)
+    }
+
+    /// Drains `process`, which runs in the pause's color, before anything
+    /// is steered there: it would accept the connections meant to wait,
+    /// and its drain could shut the socket down under them.
+    /// [`pause_evicted`](Self::pause_evicted) goes on once it has stopped.
+    pub(super) fn pause_evict(&mut self, now: Now, color: Color, process: P) {
+        let pid = process.pid();
+        self.enter(color, ColorPhase::Draining { pid }, now.wall);
+        self.emit(Effect::Drain { color, process });
+        self.pause.evicting = Some(pid);
     }
 
     /// The standby a pause drained first has stopped (`pid`): now the
@@ -302,6 +322,10 @@ impl<P: Process> Core<P> {
                 self.emit(Effect::Abort(task));
             }
             self.enter(color, ColorPhase::Stopped, now.wall);
+            // What queued on its socket while it was down would wait there
+            // for its next build: relayed instead to where the public
+            // address now leads, the pause's queue (steered just before).
+            self.emit(Effect::Rescue(color));
         }
     }
 
@@ -511,6 +535,12 @@ impl<P: Process> Core<P> {
     /// bgd started while a pause is recorded: nothing starts, new
     /// connections go on waiting where they waited, `--max` counts from
     /// the pause's start. `false` if the page serves (a normal boot).
+    ///
+    /// If the previous bgd died before the pause held anything (its
+    /// standby, or a release into the waiting color, still ran there),
+    /// that process drains first, as [`pause_committed`](Self::pause_committed)
+    /// does, and an adopted live color serves until then. Else the pause
+    /// holds at once and whatever else was adopted drains.
     pub(super) fn boot_paused(&mut self, now: Now) -> bool {
         let Some(p) = self.state.pause.clone() else {
             return false;
@@ -519,12 +549,29 @@ impl<P: Process> Core<P> {
             return false;
         }
         let color = p.color;
-        self.emit(Effect::Hold(Some(color)));
-        self.emit(Effect::Steer(color));
-        self.log(
-            Level::Warn,
-            format!("paused since {} (recorded): nothing starts; new connections wait on {color} until `bgctl release DIR` or `bgctl resume`", p.since),
-        );
+        if let Some(pid) = self.pause.evicting {
+            if let Some(live) = self
+                .state
+                .live
+                .filter(|l| self.slot(*l).phase.process().is_some())
+            {
+                self.emit(Effect::Steer(live));
+            }
+            self.log(
+                Level::Warn,
+                format!("paused since {} (recorded), but {color} (pid {pid}) still ran: it drains first, then new connections wait on {color} until `bgctl release DIR` or `bgctl resume`", p.since),
+            );
+        } else {
+            self.emit(Effect::Hold(Some(color)));
+            self.emit(Effect::Steer(color));
+            for c in Color::BOTH {
+                self.stop_for_pause(now, c);
+            }
+            self.log(
+                Level::Warn,
+                format!("paused since {} (recorded): nothing starts; new connections wait on {color} until `bgctl release DIR` or `bgctl resume`", p.since),
+            );
+        }
         if let (Some(max), None) = (p.max_ms, p.page_release) {
             let since = std::time::UNIX_EPOCH + Duration::from_millis(p.since_ms);
             let left = (since + Duration::from_millis(max))

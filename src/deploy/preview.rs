@@ -27,7 +27,7 @@ impl<P: Process> Core<P> {
 
     fn preview_possible(&self) -> Result<(), String> {
         if let Some(p) = &self.state.pause {
-            return Err(format!("paused since {}: a preview needs a live build for everyone but the testers, and none serves during a pause; release without --preview to end the pause", p.since));
+            return Err(format!("paused since {}: a preview needs a live build for everyone but the testers, and during a pause none serves (at most the maintenance page); release without --preview to end the pause", p.since));
         }
         if let Some(why) = &self.policy.no_split {
             return Err(format!(

@@ -42,7 +42,11 @@ impl<P: Process> Core<P> {
             Some(r) => matches!(r.phase, ReleasePhase::Draining { old_pid, .. } if old_pid == pid),
         };
         let went_live = self.state.build(color).is_some_and(|b| b.went_live);
+        // A pause drains the standby before it holds connections: taking
+        // it back would strand the pause (and a rollback during a pause is
+        // refused anyway, with `bgctl resume` named).
         if self.shutdown != Shutdown::Running
+            || self.state.pause.is_some()
             || self.canary.is_some()
             || self.reclaiming.is_some()
             || self.state.live != Some(color.other())

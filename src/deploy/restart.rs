@@ -10,17 +10,26 @@ use crate::color::Color;
 impl<P: Process> Core<P> {
     /// A color a previous bgd left running: the live one serves on, any
     /// other drains (a standby or canary is not kept across bgd's restart).
+    /// During a pause, what runs in the waiting color drains before the
+    /// pause holds connections there, and the live color waits for
+    /// [`boot`](Self::boot) to decide (see [`boot_paused`](Self::boot_paused)).
     pub(super) fn adopt(&mut self, now: Now, color: Color, process: P) {
         let pid = process.pid();
-        // During a pause that holds the connections nothing should run:
-        // a color left running mid-stop drains.
-        if self.state.live == Some(color) && self.shutdown == Shutdown::Running && !self.holding() {
+        if self.state.live == Some(color) && self.shutdown == Shutdown::Running {
+            if !self.holding() {
+                self.log(
+                    Level::Info,
+                    format!("adopted the live color {color} (pid {pid}): it serves on"),
+                );
+                self.emit(Effect::Steer(color));
+            }
+            self.enter(color, ColorPhase::Live { process }, now.wall);
+        } else if self.holding() && self.pause_color() == Some(color) {
             self.log(
                 Level::Info,
-                format!("adopted the live color {color} (pid {pid}): it serves on"),
+                format!("adopted {color} (pid {pid}) in the color where the pause holds connections: draining it first"),
             );
-            self.emit(Effect::Steer(color));
-            self.enter(color, ColorPhase::Live { process }, now.wall);
+            self.pause_evict(now, color, process);
         } else {
             self.log(
                 Level::Info,

@@ -42,8 +42,14 @@ pub enum NotReady {
         error: String,
         refused: bool,
     },
-    /// `GET path` got no answer within `health.attempt_timeout` (`limit`).
-    Cut { path: String, limit: Duration },
+    /// `GET path` got no answer within `limit`, the value of the config
+    /// key `key` (`health.attempt_timeout`, or `health.timeout` for a
+    /// probe that waits behind the clients' queue).
+    Cut {
+        path: String,
+        limit: Duration,
+        key: &'static str,
+    },
     /// No `READY=1` on the color's NOTIFY_SOCKET yet.
     NoNotify,
     /// `health.exec` ran and failed: its status and last line.
@@ -67,9 +73,9 @@ impl std::fmt::Display for NotReady {
             NotReady::Nothing => Ok(()),
             NotReady::Answered { path, code } => write!(f, "GET {path} answered {code}"),
             NotReady::Failed { path, error, .. } => write!(f, "GET {path} failed: {error}"),
-            NotReady::Cut { path, limit } => write!(
+            NotReady::Cut { path, limit, key } => write!(
                 f,
-                "GET {path} got no answer within health.attempt_timeout ({})",
+                "GET {path} got no answer within {key} ({})",
                 humantime::format_duration(*limit)
             ),
             NotReady::NoNotify => f.write_str("no READY=1 on NOTIFY_SOCKET yet"),
@@ -123,14 +129,15 @@ fn note(last: &Mutex<NotReady>, what: NotReady) {
 ///
 /// A color that new public connections were steered to already (a
 /// release into the color a pause holds connections on, or a restart of
-/// the live color) shares its accept queue with the clients: the probe
-/// waits behind every one of them, so an attempt there is bounded by
-/// `health.timeout` alone.
+/// the live color while bgd runs; not the live color's first start when
+/// bgd starts, which nothing was steered to yet) shares its accept queue
+/// with the clients: the probe waits behind every one of them, so an
+/// attempt there is bounded by `health.timeout` alone.
 async fn wait_http(ctx: &Ctx, via: &ProbeTarget, color: Color, path: &str, last: &Mutex<NotReady>) {
     let mut backoff = Duration::from_millis(10);
-    let limit = match ctx.listeners.steered() == Some(color) {
-        true => ctx.config.health.timeout,
-        false => ctx.config.health.attempt_timeout,
+    let (limit, key) = match ctx.listeners.steered() == Some(color) {
+        true => (ctx.config.health.timeout, "health.timeout"),
+        false => (ctx.config.health.attempt_timeout, "health.attempt_timeout"),
     };
     loop {
         let attempt = tokio::time::timeout(limit, probe_once(ctx, via, color, path));
@@ -156,6 +163,7 @@ async fn wait_http(ctx: &Ctx, via: &ProbeTarget, color: Color, path: &str, last:
                 NotReady::Cut {
                     path: path.into(),
                     limit,
+                    key,
                 },
             ),
         }

@@ -366,7 +366,11 @@ fn not_ready(
         }
         m += "; if it was still starting, raise health.timeout";
     }
-    if let health::NotReady::Cut { .. } = last {
+    if let health::NotReady::Cut {
+        key: "health.attempt_timeout",
+        ..
+    } = last
+    {
         // Each attempt was cut: a longer wait alone would only cut more.
         m += &format!(
             "; if it answers, but slower than {}, raise health.attempt_timeout (how long one attempt may take)",
@@ -507,6 +511,7 @@ mod tests {
                 NotReady::Cut {
                     path: path(),
                     limit: Duration::from_secs(2),
+                    key: "health.attempt_timeout",
                 },
                 true,
                 true,

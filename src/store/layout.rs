@@ -94,6 +94,12 @@ pub fn hold_socket(root: &Path) -> PathBuf {
     run_dir(root).join("hold.sock")
 }
 
+/// `root/run/group.json`: the order of each TCP entry's sockets in its
+/// `SO_REUSEPORT` group, for a bgd that takes the sockets back.
+pub fn group_order(root: &Path) -> PathBuf {
+    run_dir(root).join("group.json")
+}
+
 /// `root/run/hold.json`: the holder's pid and start time.
 pub fn hold_record(root: &Path) -> PathBuf {
     run_dir(root).join("hold.json")

@@ -98,6 +98,23 @@ pub(crate) fn start(root: &Path, sockets: Vec<(String, RawFd)>) -> io::Result<()
     if runs(root) {
         return Ok(());
     }
+    spawn_holder(root, sockets)
+}
+
+/// Replaces the running holder, if any, by one that keeps `sockets`: bgd
+/// replaced a socket an app shut down, and the old holder keeps the dead
+/// one, which a bgd started later would take back. The new holder starts
+/// before the old one is killed, so the sockets always have a keeper.
+pub(crate) fn renew(root: &Path, sockets: Vec<(String, RawFd)>) -> io::Result<()> {
+    let Some(old) = recorded(root) else {
+        return Ok(());
+    };
+    spawn_holder(root, sockets)?;
+    let _ = nix::sys::signal::kill(Pid::from_raw(old.pid), nix::sys::signal::Signal::SIGKILL);
+    Ok(())
+}
+
+fn spawn_holder(root: &Path, sockets: Vec<(String, RawFd)>) -> io::Result<()> {
     let path = layout::hold_socket(root);
     fs::create_dir_all(layout::run_dir(root))?;
     let names: Vec<&str> = sockets.iter().map(|(n, _)| n.as_str()).collect();

@@ -1,8 +1,11 @@
 //! Connections left in the accept queue of a color that died and will not
 //! be started again: a canary that crashed, a baking color that crashed
 //! and was switched away from, a color that was drained (a frozen or wedged
-//! app killed at `drain_timeout`) with connections still queued. None of
-//! them is left for the next build of that color to find (issue 25).
+//! app killed at `drain_timeout`) with connections still queued, a live
+//! color that was restarting when a pause began. None of them is left for
+//! the next build of that color to find (issue 25), except in the color a
+//! pause holds connections on: there the next build is meant to serve
+//! them, and relaying them would bring them back to the same queue.
 //!
 //! A queued connection whose client has already hung up (it gave up
 //! waiting: the kernel holds its FIN) is reset, not relayed: its request

@@ -437,8 +437,9 @@ fn exchange(s: &mut (impl Read + Write)) -> Result<String, String> {
 /// the standby (30 s by default) in the color whose socket will hold the
 /// connections: bgd drains the standby first, then holds the connections
 /// there and stops the live color. Under 4 new-connection clients no
-/// request fails, and every request made after `pause` returned is
-/// answered by the release that ends the pause (none by the standby).
+/// request fails, none made after `pause` was asked for reaches the
+/// standby's build, and every request made after `pause` returned is
+/// answered by the release that ends the pause.
 #[test]
 fn a_pause_within_the_standby_window_drains_the_standby_first() {
     let (bgd, addr) = serving(Setup::default());
@@ -448,6 +449,7 @@ fn a_pause_within_the_standby_window_drains_the_standby_first() {
     wait_until("the load to get going", Duration::from_secs(10), || {
         (load.count() > 20).then_some(())
     });
+    let asked = Instant::now();
     let said = ok(&bgd, &["pause"]);
     assert!(said.contains("draining the standby blue"), "{said}");
     let paused = Instant::now();
@@ -468,4 +470,14 @@ fn a_pause_within_the_standby_window_drains_the_standby_first() {
         let body = s.result.as_ref().unwrap();
         assert_eq!(release_of(body), Some(3), "{body:?}");
     }
+    // Until the standby had stopped, new connections went to the live
+    // color (release 2): none made after the pause was asked for reached
+    // the standby's build, release 1.
+    let standby: Vec<&String> = samples
+        .iter()
+        .filter(|s| s.started > asked)
+        .filter_map(|s| s.result.as_ref().ok())
+        .filter(|b| release_of(b) == Some(1))
+        .collect();
+    assert_eq!(standby, Vec::<&String>::new());
 }

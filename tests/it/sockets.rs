@@ -251,3 +251,41 @@ fn a_changed_backlog_and_o_nonblock_are_put_back_before_the_color_starts() {
     load.finish_clean();
     assert!(bgd.log().contains("bgd put back 64"), "{}", bgd.log());
 }
+
+/// Same kind, across a pause and bgd's death: the live app shuts its
+/// socket down as the pause stops it; bgd replaces that socket and gives
+/// the pause's holder the fresh one (the holder kept the dead one before,
+/// and a bgd started later took it back: a release into that color then
+/// went nowhere). bgd is SIGKILLed, started again (still paused), the
+/// release that ends the pause goes live, and so does the one after it,
+/// into the color whose socket was shut down.
+#[test]
+fn a_socket_shut_down_during_a_pause_is_renewed_in_the_holder_too() {
+    let mut bgd = Bgd::start(Setup {
+        tail: NO_STANDBY.into(),
+        ..Setup::default()
+    });
+    let dir = bgd.dir.path().to_path_buf();
+    bgd.release(&wrapped_build(&dir, "c1", "v1", SHUTS_DOWN_ITS_SOCKET));
+    let addr = bgd.addr();
+    let out = bgd.bgctl(&["pause"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let record = bgd.root().join("run/hold.json");
+    let holder = || std::fs::read_to_string(&record).unwrap_or_default();
+    let first = holder();
+    assert!(!first.is_empty(), "no holder record");
+    wait_until(
+        "the renewed socket in a new holder",
+        Duration::from_secs(20),
+        || (bgd.log().contains("no longer listened") && holder() != first).then_some(()),
+    );
+    bgd.stop(libc::SIGKILL);
+    bgd.respawn_on(&addr);
+    wait_until("the restarted bgd, paused", Duration::from_secs(20), || {
+        (!bgd.status()["paused"].is_null()).then_some(())
+    });
+    bgd.release(&example_build(&dir, "b2", "v2"));
+    all_served(&addr, 10, 2).unwrap();
+    bgd.release(&example_build(&dir, "b3", "v3")); // into blue
+    all_served(&addr, 10, 3).unwrap();
+}

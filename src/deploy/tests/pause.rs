@@ -242,8 +242,9 @@ fn past_max_without_a_page_bgd_warns_and_the_clients_keep_waiting() {
     assert_eq!(v.stage, "waiting");
 }
 
-#[test]
-fn a_bgd_started_while_a_pause_is_recorded_stays_paused() {
+/// Blue was live with release 1, green holds release 2, and a pause on
+/// green (since the epoch, `--max` of `max_ms`) is recorded.
+fn paused_state(max_ms: Option<u64>) -> State {
     let mut s = state(
         Some(Color::Blue),
         Some(build(1, true)),
@@ -254,20 +255,103 @@ fn a_bgd_started_while_a_pause_is_recorded_stays_paused() {
         since: "1970-01-01T00:00:00Z".into(),
         since_ms: 0,
         before: Some(1),
-        max_ms: Some(5_000),
+        max_ms,
         page: None,
         page_release: None,
     });
-    let mut t = T::new(s);
-    // A color left running mid-stop is drained, not adopted as live.
+    s
+}
+
+#[test]
+fn a_bgd_started_while_a_pause_is_recorded_stays_paused() {
+    let mut t = T::new(paused_state(Some(5_000)));
+    // The live color left running mid-stop: nothing is steered to it, and
+    // once boot has seen every adopted color it drains.
     let e = t.says(Input::Adopt {
         color: Color::Blue,
         process: Proc(OLD),
     });
-    assert_eq!(e, ["drain blue 100"]);
+    assert!(e.is_empty(), "{e:?}");
     let e = t.says(Input::Boot);
-    assert_eq!(e, ["hold green", "steer green", "wake", "ready"]);
+    assert_eq!(
+        e,
+        [
+            "hold green",
+            "steer green",
+            "drain blue 100",
+            "wake",
+            "ready"
+        ]
+    );
     assert!(t.core.paused(t.now()).is_some());
+}
+
+/// The previous bgd died before the pause held anything: the standby (or
+/// a release's process) still ran in the waiting color. It drains first
+/// while the adopted live color serves on; only then do connections wait
+/// there and the live color stop.
+#[test]
+fn a_bgd_started_before_the_pause_held_drains_the_waiting_color_first() {
+    let mut t = T::new(paused_state(None));
+    let adopt = |color, pid| Input::Adopt {
+        color,
+        process: Proc(pid),
+    };
+    assert_eq!(t.says(adopt(Color::Green, NEW)), ["drain green 200"]);
+    assert!(t.says(adopt(Color::Blue, OLD)).is_empty());
+    assert_eq!(t.says(Input::Boot), ["steer blue", "ready"]);
+    assert_eq!(t.core.paused(t.now()).unwrap().stage, "stopping");
+    assert_eq!(
+        t.says(drained(Color::Green, NEW)),
+        [
+            "hold green",
+            "steer green",
+            "notify paused",
+            "drain blue 100"
+        ]
+    );
+    // Nobody waits for an answer: the `bgctl pause` client left with the
+    // previous bgd.
+    assert!(t.says(drained(Color::Blue, OLD)).is_empty());
+    assert_eq!(t.core.paused(t.now()).unwrap().stage, "waiting");
+}
+
+/// A rollback while a pause drains the standby is refused: taking the
+/// standby back would leave the pause waiting for a drain that never ends.
+#[test]
+fn a_rollback_while_a_pause_drains_the_standby_is_refused() {
+    let mut t = T::blue_live_with(Policy {
+        rollout: crate::deploy::rollout::Rollout {
+            standby: Duration::from_secs(30),
+            ..Default::default()
+        },
+        ..Policy::default()
+    });
+    t.swap();
+    t.send(pause(None, None));
+    t.send(Input::Committed(Ok(())));
+    assert_eq!(t.says(rollback()), ["reply error Busy"]);
+    let e = t.says(drained(Color::Blue, OLD));
+    assert_eq!(&e[..2], ["hold blue", "steer blue"]);
+}
+
+/// A pause while the live color is down and waits to restart: what queued
+/// on its socket meanwhile is relayed to the pause's queue (rescued), not
+/// left for its next build.
+#[test]
+fn a_pause_while_the_live_color_restarts_rescues_its_queue() {
+    let mut t = T::blue_live_with(Policy::default());
+    t.send(exited(Color::Blue, OLD, 1));
+    assert!(matches!(
+        t.phase(Color::Blue),
+        ColorPhase::Restarting { .. }
+    ));
+    assert_eq!(t.says(pause(None, None)), ["commit"]);
+    let e = t.says(Input::Committed(Ok(())));
+    let at = |w: &str| e.iter().position(|x| x == w);
+    assert!(at("steer green") < at("rescue blue"), "{e:?}");
+    assert!(at("rescue blue").is_some(), "{e:?}");
+    assert_eq!(t.status(Color::Blue).state, "stopped");
 }
 
 impl T {

@@ -14,6 +14,7 @@ impl Entry {
         c: &ListenConfig,
         mode: TrafficMode,
         inherited: &mut Option<Vec<Option<(OwnedFd, String)>>>,
+        recorded: &super::order::Orders,
     ) -> anyhow::Result<Entry> {
         let tcp = matches!(c.address, ListenAddr::Tcp(_));
         let Some(inherited) = inherited else {
@@ -47,7 +48,7 @@ impl Entry {
                 }
             });
         };
-        adopt_entry(c, mode, tcp, inherited)
+        adopt_entry(c, mode, tcp, inherited, recorded.get(&c.name))
     }
 
     pub(super) fn sockets(&self) -> Vec<&Socket> {
@@ -81,6 +82,7 @@ fn adopt_entry(
     mode: TrafficMode,
     tcp: bool,
     inherited: &mut [Option<(OwnedFd, String)>],
+    recorded: Option<&Vec<Color>>,
 ) -> anyhow::Result<Entry> {
     if mode == TrafficMode::Shared {
         let a = adopt::take(c, &c.name, true, inherited)?
@@ -112,12 +114,14 @@ fn adopt_entry(
             Some(g) => Socket::adopted(c, g)?,
             None => Socket::bound(&blue.config, true)?,
         };
-        // Sockets systemd kept listen already: blue joined first.
-        let order = [(&blue, Color::Blue), (&green, Color::Green)]
+        // Sockets taken back listen already, in the order the last bgd
+        // recorded (or blue first, for systemd's new sockets).
+        let listening: Vec<Color> = [(&blue, Color::Blue), (&green, Color::Green)]
             .into_iter()
             .filter(|(s, _)| s.state == super::SocketState::Listening)
             .map(|(_, c)| c)
             .collect();
+        let order = super::order::adopted(recorded, &listening);
         return Ok(Entry::Group { blue, green, order });
     }
     let blue = UnixSide::adopted(c, Color::Blue, blue)?;

@@ -42,7 +42,7 @@ impl Inner {
     /// backlog or `O_NONBLOCK` is put back. Logs each repair and returns
     /// what it did. The caller attaches the program afterwards.
     pub(super) fn repair(&mut self, starting: Option<Color>) -> Vec<String> {
-        let mut done = Vec::new();
+        let (mut done, mut renewed) = (Vec::new(), 0);
         for e in self.entries.iter_mut() {
             let Entry::Group { blue, green, order } = e else {
                 continue;
@@ -53,6 +53,7 @@ impl Inner {
                 }
                 if let Some(m) = renew_if_dead(color, s, order) {
                     done.push(m);
+                    renewed += 1;
                     continue;
                 }
                 if starting == Some(color) {
@@ -63,6 +64,8 @@ impl Inner {
         for m in &done {
             tracing::warn!("{m}");
         }
+        self.renewed += renewed;
+        self.save_order();
         done
     }
 
@@ -129,6 +132,13 @@ impl Listeners {
         }
         inner.alerted = alerts.clone();
         alerts
+    }
+
+    /// How many sockets were replaced by fresh ones since bgd started (an
+    /// app shut its socket down); a change means that copies kept outside
+    /// bgd (the pause's holder) are stale.
+    pub(crate) fn renewals(&self) -> u64 {
+        self.lock().renewed
     }
 
     /// What status shows of the sockets: other processes' sockets in bgd's

@@ -50,6 +50,7 @@ mod adopt;
 mod bind;
 mod entry;
 mod guard;
+mod order;
 mod route;
 mod socket;
 mod unix;
@@ -91,6 +92,45 @@ struct Inner {
     /// Gate: `bgctl compare`'s requests under way, by their exact source
     /// address, and the color each must reach.
     compares: Vec<(SocketAddr, Color)>,
+    /// How many sockets [`guard`](Listeners::guard) or a start replaced
+    /// since bgd started (see `guard.rs`): whoever keeps copies of the
+    /// sockets outside bgd must take the fresh ones.
+    renewed: u64,
+    /// Where the groups' order is recorded (`order.rs`), and what was
+    /// written there last.
+    order_file: Option<PathBuf>,
+    saved: order::Orders,
+}
+
+impl Inner {
+    /// Listens on every socket that does not yet (blue before green),
+    /// tracking each group's order and steering as each joins.
+    fn listen_all(&mut self) -> io::Result<()> {
+        let route = self.color_route();
+        for e in self.entries.iter_mut() {
+            match e {
+                Entry::Shared(s) => {
+                    s.listen(false)?;
+                }
+                Entry::Group { blue, green, order } => {
+                    if blue.listen(true)? {
+                        order.push(Color::Blue);
+                    }
+                    // Steer before green joins, so no connection lands on
+                    // green by the kernel's hash meanwhile.
+                    steer::attach(blue.fd.as_fd(), &steer::program(&route.indexed(order)))?;
+                    if green.listen(true)? {
+                        order.push(Color::Green);
+                    }
+                }
+                Entry::Files { blue, green } => {
+                    blue.socket.listen(false)?;
+                    green.socket.listen(false)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One `[[listen]]` entry.
@@ -124,10 +164,15 @@ impl Listeners {
     /// inherited. Fails with the entry's location and a hint when a socket
     /// cannot be bound, when an inherited one does not match the config, or
     /// (gate mode) when this kernel refuses the steering program.
+    ///
+    /// `order_file` (`root/run/group.json`) records each group's order
+    /// for the next bgd, and tells this one the order of sockets taken
+    /// back that already listen (see `order.rs`).
     pub(crate) fn adopt_or_bind(
         configs: &[ListenConfig],
         mode: TrafficMode,
         inherited: Vec<(OwnedFd, String)>,
+        order_file: Option<PathBuf>,
     ) -> anyhow::Result<Listeners> {
         if mode == TrafficMode::Gate
             && configs
@@ -138,25 +183,31 @@ impl Listeners {
         }
         let mut inherited: Option<Vec<Option<(OwnedFd, String)>>> =
             (!inherited.is_empty()).then(|| inherited.into_iter().map(Some).collect());
+        let recorded = order_file.as_deref().map(order::load).unwrap_or_default();
         let mut entries = Vec::new();
         for c in configs {
-            entries.push(Entry::build(c, mode, &mut inherited)?);
+            entries.push(Entry::build(c, mode, &mut inherited, &recorded)?);
         }
         for (_, name) in inherited.into_iter().flatten().flatten() {
             tracing::warn!("systemd passed a socket named {name:?} that no [[listen]] entry names: closing bgd's copy");
             crate::net::fdstore::remove_stored(&name);
         }
+        let mut inner = Inner {
+            entries,
+            receiving: None,
+            first: None,
+            probes: Vec::new(),
+            canary: None,
+            alerted: Vec::new(),
+            clients: route::Clients::default(),
+            compares: Vec::new(),
+            renewed: 0,
+            order_file,
+            saved: recorded,
+        };
+        inner.save_order();
         Ok(Listeners {
-            inner: Mutex::new(Inner {
-                entries,
-                receiving: None,
-                first: None,
-                probes: Vec::new(),
-                canary: None,
-                alerted: Vec::new(),
-                clients: route::Clients::default(),
-                compares: Vec::new(),
-            }),
+            inner: Mutex::new(inner),
             stored: AtomicBool::new(false),
             mode,
         })
@@ -177,29 +228,9 @@ impl Listeners {
         }
         // What an app did to the sockets it inherited is put right first.
         inner.repair(Some(candidate));
-        let route = inner.color_route();
-        for e in inner.entries.iter_mut() {
-            match e {
-                Entry::Shared(s) => {
-                    s.listen(false)?;
-                }
-                Entry::Group { blue, green, order } => {
-                    if blue.listen(true)? {
-                        order.push(Color::Blue);
-                    }
-                    // Steer before green joins, so no connection lands on
-                    // green by the kernel's hash meanwhile.
-                    steer::attach(blue.fd.as_fd(), &steer::program(&route.indexed(order)))?;
-                    if green.listen(true)? {
-                        order.push(Color::Green);
-                    }
-                }
-                Entry::Files { blue, green } => {
-                    blue.socket.listen(false)?;
-                    green.socket.listen(false)?;
-                }
-            }
-        }
+        let listened = inner.listen_all();
+        inner.save_order();
+        listened?;
         inner.steer()
     }
 
@@ -243,6 +274,7 @@ impl Listeners {
                 }
             }
         }
+        inner.save_order();
     }
 
     /// Gate mode: a copy of each of `color`'s listening sockets (sharing

@@ -325,6 +325,9 @@ mod tests {
             alerted: Vec::new(),
             clients: Clients::default(),
             compares: Vec::new(),
+            renewed: 0,
+            order_file: None,
+            saved: Default::default(),
         }
     }
 
