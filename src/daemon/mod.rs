@@ -237,30 +237,25 @@ async fn tick(tx: UnboundedSender<Event>) {
 
 /// Every [`GUARD_EVERY`]: the app's sockets and the steering program are
 /// put right, and other processes in bgd's socket groups reported
-/// (`net/listen/guard.rs`). Off the loop, on the blocking pool.
+/// (`net/listen/guard.rs`), on the loop's thread.
 async fn guard_sockets(listeners: Arc<Listeners>, root: PathBuf) {
     let mut interval = tokio::time::interval(GUARD_EVERY);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renewals = listeners.renewals();
     loop {
         interval.tick().await;
-        let (l, root) = (listeners.clone(), root.clone());
-        let seen = renewals;
-        let looked = tokio::task::spawn_blocking(move || {
-            l.guard();
-            // A pause's holder keeps the sockets it was given: after a
-            // renewal it would hand a later bgd the dead one.
-            let now = l.renewals();
-            if now != seen {
-                if let Err(e) = crate::supervise::hold::renew(&root, l.named()) {
-                    tracing::warn!("cannot give the pause's holder the renewed sockets: {e}");
-                }
+        // On the loop's own thread: a look is a netlink query and a few
+        // socket options (well under a millisecond), and a thread of the
+        // blocking pool for it cost more wake-ups than the look itself.
+        listeners.guard();
+        // A pause's holder keeps the sockets it was given: after a renewal
+        // it would hand a later bgd the dead one.
+        let now = listeners.renewals();
+        if now != renewals {
+            renewals = now;
+            if let Err(e) = crate::supervise::hold::renew(&root, listeners.named()) {
+                tracing::warn!("cannot give the pause's holder the renewed sockets: {e}");
             }
-            now
-        });
-        match looked.await {
-            Ok(now) => renewals = now,
-            Err(_) => return,
         }
     }
 }

@@ -78,7 +78,7 @@ fn program(
             Some(f) => f,
             None => {
                 return Err(format!(
-                    "the program {name:?} is not in the PATH the app gets ({path}): install it, name it by its full path, or set app.env.PATH; the running config stays"
+                    "the program {name:?} is not in the PATH the app gets ({path}): install it, name it by its full path, or set app.env.PATH"
                 ))
             }
         }

@@ -34,6 +34,7 @@ use super::{Entry, Inner, Listeners, Socket, SocketState};
 use crate::color::Color;
 use crate::config::{ListenAddr, ListenConfig};
 use crate::net::conns::{self, TcpState};
+use crate::net::steer;
 
 impl Inner {
     /// Puts right what an app did to its sockets: a socket that no longer
@@ -43,15 +44,31 @@ impl Inner {
     /// what it did. The caller attaches the program afterwards.
     pub(super) fn repair(&mut self, starting: Option<Color>) -> Vec<String> {
         let (mut done, mut renewed) = (Vec::new(), 0);
+        let route = self.color_route();
         for e in self.entries.iter_mut() {
             let Entry::Group { blue, green, order } = e else {
                 continue;
             };
-            for (color, s) in [(Color::Blue, blue), (Color::Green, green)] {
+            for color in Color::BOTH {
+                let (s, other) = match color {
+                    Color::Blue => (&mut *blue, &*green),
+                    Color::Green => (&mut *green, &*blue),
+                };
                 if s.state != SocketState::Listening {
                     continue;
                 }
-                if let Some(m) = renew_if_dead(color, s, order) {
+                if let Some(m) = renew_if_dead(color, s, order, |order| {
+                    // Before the fresh socket joins at the end, the program
+                    // must already index the group without the dead one:
+                    // the old program's index for the other color may be
+                    // the slot the fresh socket takes, where nobody accepts.
+                    if other.state == SocketState::Listening {
+                        let program = steer::program(&route.indexed(order));
+                        if let Err(e) = steer::attach(other.fd.as_fd(), &program) {
+                            tracing::warn!("cannot steer before a fresh socket joins: {e}");
+                        }
+                    }
+                }) {
                     done.push(m);
                     renewed += 1;
                     continue;
@@ -233,13 +250,19 @@ fn holders(inode: u64) -> String {
 /// listens: a fresh socket takes its place at the end of the group, and
 /// `order` follows the kernel (the last socket moved into the slot `s`
 /// left). Returns what it did, or `None` if `s` still listens.
-fn renew_if_dead(color: Color, s: &mut Socket, order: &mut Vec<Color>) -> Option<String> {
+fn renew_if_dead(
+    color: Color,
+    s: &mut Socket,
+    order: &mut Vec<Color>,
+    steer_without: impl FnOnce(&[Color]),
+) -> Option<String> {
     if getsockopt(&s.fd, sockopt::AcceptConn).unwrap_or(true) {
         return None;
     }
     leave(order, color);
     let name = s.config.name.clone();
     let fresh = bind_one(&s.config, true).and_then(|fd| {
+        steer_without(order);
         listen(&fd, s.backlog())?;
         Ok(fd)
     });
