@@ -11,16 +11,24 @@ for tool in cargo curl; do
 done
 [ -x /usr/bin/python3 ] || { echo "demo: /usr/bin/python3 is missing: apt-get install python3 (the example app is Python)" >&2; exit 1; }
 
-cargo build --quiet --bins
-bin=$PWD/target/debug
+# BGD_DEMO_BIN=DIR runs the bgd and bgctl in DIR instead (the test that
+# runs this demo: cargo holds the build directory while tests run).
+if [ -n "${BGD_DEMO_BIN:-}" ]; then
+  bin=$BGD_DEMO_BIN
+else
+  cargo build --quiet --bins
+  bin=$PWD/target/debug
+fi
 url=http://127.0.0.1:8080/
 
 # The shipped config, with its state and watched directory in a temp dir so
 # the demo starts clean and leaves nothing behind.
 work=$(mktemp -d -t bgd-demo.XXXXXX)
+trap 'rm -rf "$work"' EXIT
 sed -e "s|^root = \"state\"|root = \"$work/state\"|" \
     -e "s|^control = \"state/bgd.sock\"|control = \"$work/bgd.sock\"|" \
     -e "s|^path = \"build\"|path = \"$work/build\"|" \
+    -e "s|^page = \"maintenance\"|page = \"$PWD/examples/hello/maintenance\"|" \
     examples/hello/bgd.toml > "$work/bgd.toml"
 if [ "$(id -u)" = 0 ]; then
   # bgd refuses to run an app as root unless the config says so.

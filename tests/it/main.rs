@@ -51,6 +51,8 @@
 //!   status, history, bgd's own log (issue 26).
 //! - `watch.rs`: auto-release under load: slow writers, `rm -rf`, `mv`,
 //!   markers, broken builds, no loops, pause, turn-taking.
+//! - `readme.rs`: the README's demo (`examples/hello/demo.sh`) runs and
+//!   loses no request.
 //! - `operations.rs`: hooks, shared data, history, logs, `--no-wait`,
 //!   completions and man page.
 //! - `own_files.rs`: bgd's own files torn or unwritable (issue 26):
@@ -139,6 +141,7 @@ mod metrics;
 mod operations;
 mod own_files;
 mod pause;
+mod readme;
 mod releases;
 mod servers;
 mod sockets;
