@@ -426,7 +426,7 @@ set -e
 mkdir -p tmp logs
 sed "s/@RELEASE@/$BG_RELEASE/g; s|@PREFIX@|$PWD|g" nginx.conf.in > nginx.conf
 export NGINX="3;"
-exec nginx -e stderr -p "$PWD" -c "$PWD/nginx.conf" -g "daemon off;"
+exec /usr/sbin/nginx -e stderr -p "$PWD" -c "$PWD/nginx.conf" -g "daemon off;"
 "#,
     )
     .unwrap();
