@@ -4,6 +4,7 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -195,6 +196,20 @@ fn assert_sparse(p: &Path, len: u64) {
     assert_eq!(b, [0; 4]);
 }
 
+/// Removes its directories with `rm -rf` when dropped (after the `Bgd`
+/// declared after it, whose temp dir's own removal gives up on a tree
+/// 1,900 deep: std's `remove_dir_all` holds a descriptor per level, more
+/// than an ordinary user's 1,024).
+struct RemoveDeep(Vec<PathBuf>);
+
+impl Drop for RemoveDeep {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = Command::new("rm").arg("-rf").arg(dir).status();
+        }
+    }
+}
+
 /// `depth` nested directories `d` below `top`, with a file at the bottom,
 /// made level by level with `mkdirat`/`openat` (no path grows long).
 fn deep(top: &Path, depth: usize) {
@@ -231,11 +246,13 @@ fn deep(top: &Path, depth: usize) {
 /// deeper than 2,000 levels is refused by name before anything is copied.
 #[test]
 fn a_very_deep_build_is_released_and_a_deeper_one_refused() {
+    let mut cleanup = RemoveDeep(Vec::new());
     let bgd = Bgd::start(Setup {
         top: "keep = 0".into(),
         tail: NO_STANDBY.into(),
         ..Setup::default()
     });
+    cleanup.0.push(bgd.dir.path().to_path_buf());
     let build = example_build(bgd.dir.path(), "b1", "v1");
     deep(&build.join("x"), 1_900);
     bgd.release(&build);
@@ -267,10 +284,12 @@ fn a_very_deep_watched_tree_is_released() {
         tail: "[watch]\npath = \"build\"\nsettle = \"300ms\"\n".into(),
         ..Setup::default()
     };
+    let mut cleanup = RemoveDeep(Vec::new());
     let bgd = Bgd::start_after(setup, |dir| {
         let b = example_build(dir, "build", "v1");
         deep(&b.join("x"), 1_900);
     });
+    cleanup.0.push(bgd.dir.path().to_path_buf());
     let st = wait_until("the deep tree's release", Duration::from_secs(60), || {
         let st = bgd.status();
         (st["watch"]["last_release"]["ok"] == true).then_some(st)
